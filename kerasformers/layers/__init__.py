@@ -1,0 +1,20 @@
+"""Reusable Keras 3 layers (each usable on its own, each `get_config` round-trips)."""
+
+from kerasformers.layers.attention import MultiHeadAttention
+from kerasformers.layers.core import AttentionMask, MaskedAdd, TokenSelect
+from kerasformers.layers.embeddings import (
+    Embedding,
+    PositionEmbedding,
+    RelativePositionEmbedding,
+    RelativePositionEmbeddingT5,
+    SinusoidalPositionEmbedding,
+)
+from kerasformers.layers.feedforward import FeedForward
+from kerasformers.layers.normalization import LayerNormalization, ScaleOffset
+
+__all__ = [
+    "AttentionMask", "Embedding", "FeedForward", "LayerNormalization", "MaskedAdd",
+    "MultiHeadAttention", "PositionEmbedding", "RelativePositionEmbedding",
+    "RelativePositionEmbeddingT5",
+    "ScaleOffset", "SinusoidalPositionEmbedding", "TokenSelect",
+]

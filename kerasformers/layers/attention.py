@@ -1,0 +1,156 @@
+"""Multi-head attention with the position-bias variants of the BERT era.
+
+>>> import numpy as np
+>>> from kerasformers.layers import MultiHeadAttention
+>>> att = MultiHeadAttention(heads=2, head_size=4)
+>>> x = np.random.rand(1, 5, 8).astype("float32")
+>>> mask = np.array([[[[True] * 3 + [False] * 2]]])        # [batch, 1, 1, keys]
+>>> tuple(att([x, x, x], attention_mask=mask).shape)
+(1, 5, 8)
+"""
+
+import keras
+from keras import ops
+
+from kerasformers.backend import apply_rotary_position_embeddings, attention_normalize
+
+
+@keras.saving.register_keras_serializable(package="kerasformers")
+class MultiHeadAttention(keras.layers.Layer):
+    """bert4keras' MultiHeadAttention: q/k/v/o Dense sublayers (`q_dense`, ...).
+
+    Call with `[q, k, v]` (or one tensor for self-attention) and optionally
+      attention_mask: boolean, True = may attend; broadcastable to [b, h, q, k]
+                      (a 3-D [b, q, k] mask is broadcast over heads);
+      attention_bias: additive float bias broadcastable to [b, h, q, k];
+      position_bias + p_bias: 'typical_relative' ([q, k, key_size], NEZHA),
+                      'rotary' (interleaved sin/cos [b|1, n, key_size], RoFormer),
+                      't5_relative' ([q, k, heads]).
+    Returns the output, or [output, scores] with `return_attention_scores`
+    (scores are the scaled pre-softmax logits, for RealFormer residuals).
+    """
+
+    def __init__(self, heads, head_size, out_dim=None, key_size=None, use_bias=True,
+                 normalization="softmax", attention_scale=True, attention_dropout=None,
+                 return_attention_scores=False, kernel_initializer="glorot_uniform",
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.heads = heads
+        self.head_size = head_size
+        self.out_dim = out_dim or heads * head_size
+        self.key_size = key_size or head_size
+        self.use_bias = use_bias
+        self.normalization = normalization
+        self.attention_scale = attention_scale
+        self.attention_dropout = attention_dropout or 0.0
+        self.return_attention_scores = return_attention_scores
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        if not isinstance(input_shape[0], (list, tuple)):
+            input_shape = [input_shape] * 3
+        q_shape, k_shape, v_shape = input_shape[:3]
+
+        def dense(units, name, shape):
+            layer = keras.layers.Dense(units, use_bias=self.use_bias, name=name,
+                                       kernel_initializer=self.kernel_initializer,
+                                       dtype=self.dtype_policy)
+            layer.build(shape)
+            return layer
+
+        self.q_dense = dense(self.key_size * self.heads, "q_dense", q_shape)
+        self.k_dense = dense(self.key_size * self.heads, "k_dense", k_shape)
+        self.v_dense = dense(self.head_size * self.heads, "v_dense", v_shape)
+        self.o_dense = dense(self.out_dim, "o_dense",
+                             tuple(q_shape[:-1]) + (self.head_size * self.heads,))
+        if self.attention_dropout:
+            self.dropout = keras.layers.Dropout(self.attention_dropout)
+
+    def _split_heads(self, x, size):
+        b, n = ops.shape(x)[0], ops.shape(x)[1]
+        return ops.reshape(x, (b, n, self.heads, size))
+
+    def call(self, inputs, attention_mask=None, attention_bias=None,
+             position_bias=None, p_bias=None, training=None):
+        if isinstance(inputs, (list, tuple)):
+            q, k, v = inputs[:3]
+        else:
+            q = k = v = inputs
+        qw = self._split_heads(self.q_dense(q), self.key_size)
+        kw = self._split_heads(self.k_dense(k), self.key_size)
+        vw = self._split_heads(self.v_dense(v), self.head_size)
+        if p_bias == "rotary":
+            qw, kw = apply_rotary_position_embeddings(position_bias, qw, kw)
+        if attention_mask is not None:
+            attention_mask = ops.cast(attention_mask, "bool")
+            if len(attention_mask.shape) == 3:
+                attention_mask = ops.expand_dims(attention_mask, 1)
+        o, scores = self.pay_attention_to(qw, kw, vw, attention_mask, attention_bias,
+                                          position_bias, p_bias, training)
+        b, n = ops.shape(o)[0], ops.shape(o)[1]
+        o = self.o_dense(ops.reshape(o, (b, n, self.heads * self.head_size)))
+        if self.return_attention_scores:
+            return [o, scores]
+        return o
+
+    def pay_attention_to(self, qw, kw, vw, mask, bias, position_bias, p_bias, training):
+        """Attention on [b, n, h, d] heads; returns (o [b, n, h, d], scores or None).
+
+        Subclasses may replace this to change the attention kernel.
+        """
+        dropout = self.attention_dropout and training
+        fused = (p_bias in (None, "rotary") and self.normalization == "softmax"
+                 and not self.return_attention_scores and not dropout
+                 and self.key_size == self.head_size)
+        if fused:
+            # Keras' fused kernel (torch SDPA / jax.nn.dot_product_attention).
+            scale = self.key_size ** -0.5 if self.attention_scale else 1.0
+            if bias is not None:
+                bias = ops.cast(bias, qw.dtype)
+            o = ops.dot_product_attention(qw, kw, vw, bias=bias, mask=mask, scale=scale)
+            return o, None
+        scores = ops.einsum("bjhd,bkhd->bhjk", qw, kw)
+        if p_bias == "typical_relative":
+            scores = scores + ops.einsum("bjhd,jkd->bhjk", qw, position_bias)
+        elif p_bias == "t5_relative":
+            scores = scores + ops.expand_dims(ops.transpose(position_bias, (2, 0, 1)), 0)
+        if self.attention_scale:
+            scores = scores / (self.key_size ** 0.5)
+        if bias is not None:
+            scores = scores + ops.cast(bias, scores.dtype)
+        probs = attention_normalize(scores, mask, -1, self.normalization)
+        if dropout:
+            probs = self.dropout(probs, training=training)
+        o = ops.einsum("bhjk,bkhd->bjhd", probs, vw)
+        if p_bias == "typical_relative":
+            o = o + ops.einsum("bhjk,jkd->bjhd", probs, ops.cast(position_bias, probs.dtype))
+        return o, scores
+
+    def compute_output_spec(self, inputs, **kwargs):
+        q = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+        o = keras.KerasTensor(tuple(q.shape[:-1]) + (self.out_dim,), dtype=self.compute_dtype)
+        if self.return_attention_scores:
+            k = inputs[1] if isinstance(inputs, (list, tuple)) else inputs
+            s = keras.KerasTensor((q.shape[0], self.heads, q.shape[1], k.shape[1]),
+                                  dtype=self.compute_dtype)
+            return [o, s]
+        return o
+
+    def compute_mask(self, inputs, mask=None):
+        if isinstance(mask, (list, tuple)):
+            mask = mask[0]
+        if self.return_attention_scores:
+            return [mask, None]
+        return mask
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            heads=self.heads, head_size=self.head_size, out_dim=self.out_dim,
+            key_size=self.key_size, use_bias=self.use_bias,
+            normalization=self.normalization, attention_scale=self.attention_scale,
+            attention_dropout=self.attention_dropout,
+            return_attention_scores=self.return_attention_scores,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+        return config

@@ -1,0 +1,99 @@
+"""Small structural layers: attention masks and token selection.
+
+>>> import numpy as np
+>>> from kerasformers.layers import AttentionMask
+>>> m = AttentionMask("unilm")([np.array([[5, 6, 7, 8]]), np.array([[0, 0, 1, 1]])])
+>>> np.asarray(m)[0, 0].astype(int).tolist()   # source sees source; target is causal
+[[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+"""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="kerasformers")
+class AttentionMask(keras.layers.Layer):
+    """Boolean attention mask [batch, 1, q, k] (True = may attend) from token ids.
+
+    mode 'padding': keys equal to `pad_token_id` are hidden ([batch, 1, 1, k]);
+             `pad_token_id=None` hides nothing (every id is a real token);
+    'lm': padding and causal (j <= i);
+    'unilm': inputs [token_ids, segment_ids]; j is visible to i iff
+             cumsum(segment)[j] <= cumsum(segment)[i] (UniLM seq2seq), plus padding.
+    """
+
+    def __init__(self, mode="padding", pad_token_id=0, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("padding", "lm", "unilm"):
+            raise ValueError(f"AttentionMask mode must be padding|lm|unilm, got {mode!r}")
+        self.mode = mode
+        self.pad_token_id = pad_token_id
+
+    def call(self, inputs):
+        if self.mode == "unilm":
+            token_ids, segment_ids = inputs
+        else:
+            token_ids = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+        if self.pad_token_id is None:
+            mask = ops.ones_like(token_ids, dtype="bool")[:, None, None, :]
+        else:
+            mask = ops.not_equal(token_ids, self.pad_token_id)[:, None, None, :]
+        if self.mode == "lm":
+            idx = ops.arange(ops.shape(token_ids)[1])
+            mask = ops.logical_and(mask, (idx[None, :] <= idx[:, None])[None, None])
+        elif self.mode == "unilm":
+            cs = ops.cumsum(ops.cast(segment_ids, "int32"), axis=1)
+            mask = ops.logical_and(mask, (cs[:, None, :] <= cs[:, :, None])[:, None])
+        return mask
+
+    def compute_output_spec(self, inputs):
+        t = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+        q = 1 if self.mode == "padding" else t.shape[1]
+        return keras.KerasTensor((t.shape[0], 1, q, t.shape[1]), dtype="bool")
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(mode=self.mode, pad_token_id=self.pad_token_id)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="kerasformers")
+class TokenSelect(keras.layers.Layer):
+    """x[:, index] — e.g. the [CLS] vector that feeds the pooler."""
+
+    def __init__(self, index=0, **kwargs):
+        super().__init__(**kwargs)
+        self.index = index
+
+    def call(self, inputs):
+        return inputs[:, self.index]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0],) + tuple(input_shape[2:])
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def get_config(self):
+        config = super().get_config()
+        config["index"] = self.index
+        return config
+
+
+@keras.saving.register_keras_serializable(package="kerasformers")
+class MaskedAdd(keras.layers.Add):
+    """`keras.layers.Add` that keeps the padding mask of its first masked input.
+
+    Keras 3's Add drops the mask as soon as one input has none (Keras 2 kept it),
+    so token (masked) + segment (unmasked) embeddings would lose the padding mask
+    and the encoder output would no longer carry it (bert4keras relies on that
+    implicit mask, e.g. for masked mean pooling or masked losses).
+    """
+
+    def compute_mask(self, inputs, mask=None):
+        if not isinstance(mask, (list, tuple)):
+            return mask
+        return next((m for m in mask if m is not None), None)

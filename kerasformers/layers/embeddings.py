@@ -1,0 +1,314 @@
+"""Token and position embeddings.
+
+>>> import numpy as np
+>>> from kerasformers.layers import Embedding
+>>> emb = Embedding(10, 4)
+>>> x = emb(np.array([[1, 2, 0]]))
+>>> tuple(x.shape), tuple(emb(x, mode="dense").shape)   # tied output head
+((1, 3, 4), (1, 3, 10))
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from kerasformers.backend import sinusoidal_embeddings, sinusoidal_table
+
+
+def _register(cls):
+    return keras.saving.register_keras_serializable(package="kerasformers")(cls)
+
+
+@_register
+class Embedding(keras.layers.Embedding):
+    """Keras Embedding with a tied "dense" mode and a configurable padding id.
+
+    `call(ids)` embeds; `call(x, mode="dense")` multiplies by the transposed
+    table, which is how MLM/LM heads share the token embedding. The mask marks
+    `ids != pad_token_id` (only when `mask_zero=True`; `pad_token_id=None` means
+    every id is a real token, e.g. GPT-2, and gives no mask).
+    `first_token_valid=True` always marks position 0 as real (T5, where the
+    decoder's start token is the padding id 0), as bert4keras' Embedding did.
+    """
+
+    def __init__(self, input_dim, output_dim, pad_token_id=0, first_token_valid=False,
+                 **kwargs):
+        super().__init__(input_dim, output_dim, **kwargs)
+        self.pad_token_id = pad_token_id
+        self.first_token_valid = first_token_valid
+
+    def call(self, inputs, mode="embedding"):
+        if mode == "dense":
+            kernel = ops.cast(self.embeddings, self.compute_dtype)
+            return ops.matmul(ops.cast(inputs, self.compute_dtype), ops.transpose(kernel))
+        return super().call(inputs)
+
+    def compute_mask(self, inputs, mask=None):
+        if not self.mask_zero or self.pad_token_id is None:
+            return None
+        if "float" in str(getattr(inputs, "dtype", "")):  # dense mode
+            return mask
+        mask = ops.not_equal(inputs, self.pad_token_id)
+        if self.first_token_valid:
+            mask = ops.concatenate([ops.ones_like(mask[:, :1]), mask[:, 1:]], axis=1)
+        return mask
+
+    def compute_output_spec(self, inputs, mode="embedding"):
+        if mode == "dense":
+            shape = tuple(inputs.shape[:-1]) + (self.input_dim,)
+        else:
+            shape = tuple(inputs.shape) + (self.output_dim,)
+        return keras.KerasTensor(shape, dtype=self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config["pad_token_id"] = self.pad_token_id
+        config["first_token_valid"] = self.first_token_valid
+        return config
+
+
+@_register
+class PositionEmbedding(keras.layers.Layer):
+    """Learned absolute position embedding added (or merged) to its input.
+
+    merge_mode: 'add' | 'mul' | 'zero' (return the embeddings) | 'concat'.
+    hierarchical: None, True (alpha 0.4) or a float alpha: position p uses
+    alpha * E'[p // n] + (1 - alpha) * E'[p % n] with E' = (E - alpha E[0]) / (1 - alpha),
+    so n learned positions cover n^2 (long-text BERT).
+    custom_position_ids: inputs are [x, position_ids].
+    """
+
+    def __init__(self, input_dim, output_dim, merge_mode="add", hierarchical=None,
+                 embeddings_initializer="zeros", custom_position_ids=False, **kwargs):
+        super().__init__(**kwargs)
+        self.input_dim = input_dim
+        self.output_dim = output_dim
+        self.merge_mode = merge_mode
+        self.hierarchical = hierarchical
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        self.custom_position_ids = custom_position_ids
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight(
+            name="embeddings", shape=(self.input_dim, self.output_dim),
+            initializer=self.embeddings_initializer)
+
+    def call(self, inputs):
+        if self.custom_position_ids:
+            inputs, position_ids = inputs
+            position_ids = ops.cast(position_ids, "int32")
+        else:
+            seq_len = ops.shape(inputs)[1]
+            position_ids = ops.expand_dims(ops.arange(seq_len, dtype="int32"), 0)
+        table = ops.cast(self.embeddings, self.compute_dtype)
+        if self.hierarchical:
+            alpha = 0.4 if self.hierarchical is True else self.hierarchical
+            table = (table - alpha * table[:1]) / (1 - alpha)
+            high = ops.take(table, position_ids // self.input_dim, axis=0)
+            low = ops.take(table, position_ids % self.input_dim, axis=0)
+            pos = alpha * high + (1 - alpha) * low
+        else:
+            pos = ops.take(table, position_ids, axis=0)
+        return _merge(inputs, pos, self.merge_mode)
+
+    def compute_mask(self, inputs, mask=None):
+        if isinstance(mask, (list, tuple)):
+            return mask[0]
+        return mask
+
+    def compute_output_shape(self, input_shape):
+        if self.custom_position_ids:
+            input_shape = input_shape[0]
+        if self.merge_mode == "concat":
+            return tuple(input_shape[:2]) + (input_shape[2] + self.output_dim,)
+        return tuple(input_shape[:2]) + (self.output_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            input_dim=self.input_dim, output_dim=self.output_dim,
+            merge_mode=self.merge_mode, hierarchical=self.hierarchical,
+            embeddings_initializer=keras.initializers.serialize(self.embeddings_initializer),
+            custom_position_ids=self.custom_position_ids)
+        return config
+
+
+def _merge(inputs, pos, merge_mode):
+    if merge_mode == "add":
+        return inputs + ops.cast(pos, inputs.dtype)
+    if merge_mode == "mul":
+        return inputs * (ops.cast(pos, inputs.dtype) + 1.0)
+    if merge_mode == "zero":
+        return ops.cast(pos, inputs.dtype) if "float" in str(inputs.dtype) else pos
+    if merge_mode == "concat":
+        pos = ops.cast(pos, inputs.dtype)
+        pos = ops.broadcast_to(pos, tuple(ops.shape(inputs)[:2]) + (pos.shape[-1],))
+        return ops.concatenate([inputs, pos], axis=-1)
+    raise ValueError(f"Unknown merge_mode {merge_mode!r}")
+
+
+@_register
+class SinusoidalPositionEmbedding(keras.layers.Layer):
+    """Fixed interleaved sin/cos position embedding; merge_mode 'zero' feeds RoPE.
+
+    Output for 'zero' is [1 or batch, seq, output_dim] in float32.
+    """
+
+    def __init__(self, output_dim, merge_mode="add", custom_position_ids=False, **kwargs):
+        super().__init__(**kwargs)
+        self.output_dim = output_dim
+        self.merge_mode = merge_mode
+        self.custom_position_ids = custom_position_ids
+        self.supports_masking = True
+
+    def call(self, inputs):
+        if self.custom_position_ids:
+            inputs, position_ids = inputs
+        else:
+            position_ids = ops.expand_dims(ops.arange(ops.shape(inputs)[1]), 0)
+        pos = sinusoidal_embeddings(position_ids, self.output_dim)
+        if self.merge_mode == "zero":
+            return pos
+        return _merge(inputs, pos, self.merge_mode)
+
+    def compute_mask(self, inputs, mask=None):
+        if self.merge_mode == "zero":
+            return None
+        if isinstance(mask, (list, tuple)):
+            return mask[0]
+        return mask
+
+    def compute_output_spec(self, inputs):
+        x = inputs[0] if self.custom_position_ids else inputs
+        if self.merge_mode == "zero":
+            batch = inputs[1].shape[0] if self.custom_position_ids else 1
+            return keras.KerasTensor((batch, x.shape[1], self.output_dim), dtype="float32")
+        last = x.shape[2] + self.output_dim if self.merge_mode == "concat" else x.shape[2]
+        return keras.KerasTensor(tuple(x.shape[:2]) + (last,), dtype=x.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(output_dim=self.output_dim, merge_mode=self.merge_mode,
+                      custom_position_ids=self.custom_position_ids)
+        return config
+
+
+@_register
+class RelativePositionEmbedding(keras.layers.Layer):
+    """Classical (Shaw et al.) relative position embedding, as NEZHA uses.
+
+    Inputs [q, k] (only their lengths matter); output [q_len, k_len, output_dim]
+    embedding distance j - i clipped to +-(input_dim - 1) // 2. With
+    `sinusoidal=True` (NEZHA) the table is the fixed interleaved sin/cos table
+    and holds no weight; otherwise it is a trainable weight.
+    """
+
+    def __init__(self, input_dim, output_dim, sinusoidal=False,
+                 embeddings_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        self.input_dim = input_dim
+        self.output_dim = output_dim
+        self.sinusoidal = sinusoidal
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+
+    def build(self, input_shape):
+        if not self.sinusoidal:
+            self.embeddings = self.add_weight(
+                name="embeddings", shape=(self.input_dim, self.output_dim),
+                initializer=self.embeddings_initializer)
+
+    def call(self, inputs):
+        q, k = inputs
+        q_idx = ops.arange(ops.shape(q)[1], dtype="int32")
+        k_idx = ops.arange(ops.shape(k)[1], dtype="int32")
+        max_dist = (self.input_dim - 1) // 2
+        rel = ops.clip(k_idx[None, :] - q_idx[:, None], -max_dist, max_dist) + max_dist
+        if self.sinusoidal:
+            table = ops.convert_to_tensor(sinusoidal_table(self.input_dim, self.output_dim))
+        else:
+            table = self.embeddings
+        return ops.cast(ops.take(table, rel, axis=0), self.compute_dtype)
+
+    def compute_output_spec(self, inputs):
+        q, k = inputs
+        return keras.KerasTensor((q.shape[1], k.shape[1], self.output_dim),
+                                 dtype=self.compute_dtype)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(input_dim=self.input_dim, output_dim=self.output_dim,
+                      sinusoidal=self.sinusoidal,
+                      embeddings_initializer=keras.initializers.serialize(self.embeddings_initializer))
+        return config
+
+
+def t5_bucket_table(num_buckets, max_distance):
+    """Bucket of every distance 0..max_distance for T5's log-bucketing (one direction).
+
+    Distances below num_buckets // 2 get their own bucket; longer ones share
+    logarithmically wider buckets up to max_distance, and everything farther
+    lands in the last bucket. Computed in float32 exactly as Mesh TF and
+    transformers do, so the boundary distances (16, 32, 64 for the defaults)
+    fall into the same buckets as in the reference.
+    """
+    n = np.arange(max_distance + 1)
+    max_exact = num_buckets // 2
+    with np.errstate(divide="ignore"):
+        ratio = np.log(n.astype("float32") / np.float32(max_exact))
+    large = ratio / np.float32(math.log(max_distance / max_exact)) * np.float32(
+        num_buckets - max_exact)
+    large = max_exact + np.where(n < max_exact, 0, large).astype("int32")
+    large = np.minimum(large, num_buckets - 1)
+    return np.where(n < max_exact, n, large).astype("int32")
+
+
+@_register
+class RelativePositionEmbeddingT5(RelativePositionEmbedding):
+    """T5's bucketed relative position bias (Raffel et al. 2020).
+
+    Inputs [q, k] (only their lengths matter); output [q_len, k_len, output_dim]
+    (output_dim = heads): the learned bias of the bucket of distance k - q.
+    `input_dim` buckets (32 in T5), `max_distance` 128; `bidirectional=True`
+    (encoder) spends half the buckets on keys after the query, False (decoder)
+    maps every key after the query to bucket 0. Weight `embeddings`
+    [buckets, heads] (transformers' layout; Mesh TF stores its transpose).
+    """
+
+    def __init__(self, input_dim, output_dim, max_distance=128, bidirectional=True,
+                 embeddings_initializer="zeros", **kwargs):
+        super().__init__(input_dim, output_dim, embeddings_initializer=embeddings_initializer,
+                         **kwargs)
+        self.max_distance = max_distance
+        self.bidirectional = bidirectional
+
+    def compute_position_ids(self, relative_position):
+        """Bucket ids of `relative_position` (= key index - query index)."""
+        num_buckets = self.input_dim
+        buckets = 0
+        if self.bidirectional:
+            num_buckets //= 2
+            buckets = ops.cast(relative_position > 0, "int32") * num_buckets
+            n = ops.abs(relative_position)
+        else:
+            n = ops.maximum(-relative_position, 0)
+        table = ops.convert_to_tensor(t5_bucket_table(num_buckets, self.max_distance))
+        return buckets + ops.take(table, ops.minimum(n, self.max_distance), axis=0)
+
+    def call(self, inputs):
+        q, k = inputs
+        q_idx = ops.arange(ops.shape(q)[1], dtype="int32")
+        k_idx = ops.arange(ops.shape(k)[1], dtype="int32")
+        buckets = self.compute_position_ids(k_idx[None, :] - q_idx[:, None])
+        return ops.cast(ops.take(self.embeddings, buckets, axis=0), self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("sinusoidal", None)
+        config.update(max_distance=self.max_distance, bidirectional=self.bidirectional)
+        return config
