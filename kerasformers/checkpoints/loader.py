@@ -1,0 +1,230 @@
+"""Name-keyed weight loading and export, driven by each model's weight table.
+
+A weight table is data: rows `(our variable path, google key, hf key)`. A key is
+a plain string, or `T("name")` when the stored tensor is the transpose of ours
+(PyTorch Linear weights, BERT's NSP `output_weights`, T5 relative biases), or
+`split("name", part, parts)` when ours is one of `parts` equal slices of a fused
+tensor along its last axis (GPT-2's `c_attn` = q|k|v); on export the rows that
+share a split key are concatenated back in part order. Weights are never
+matched by position.
+
+Loading checks every row first and assigns nothing until all pass: missing keys,
+shape mismatches and checkpoint tensors that look like ours but have no home
+(e.g. a 24-layer checkpoint for a 12-layer config) are reported together.
+"""
+
+import re
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kerasformers.checkpoints.errors import CheckpointError
+from kerasformers.checkpoints.sources import open_checkpoint
+
+
+@dataclass(frozen=True)
+class Key:
+    """A checkpoint tensor name plus the named transform that maps it to ours."""
+
+    name: str
+    transform: str = None  # None | "transpose" | "skip_rows" | "split"
+    arg: int = 0           # rows skipped by "skip_rows"; slice index for "split"
+    parts: int = 1         # number of equal slices for "split"
+
+    def to_ours(self, value):
+        if self.transform == "transpose":
+            return np.ascontiguousarray(np.transpose(value))
+        if self.transform == "skip_rows":
+            return value[self.arg:]
+        if self.transform == "split":
+            n = value.shape[-1] // self.parts
+            return np.ascontiguousarray(value[..., self.arg * n:(self.arg + 1) * n])
+        return value
+
+    def from_ours(self, value):
+        if self.transform == "skip_rows":  # unused leading rows come back as zeros
+            return np.concatenate([np.zeros((self.arg,) + value.shape[1:], value.dtype), value])
+        if self.transform == "split":  # one slice; export_weights concatenates the parts
+            return value
+        return self.to_ours(value)  # transpose is its own inverse
+
+
+def T(name):
+    """Key whose tensor is stored transposed (e.g. a torch Linear weight)."""
+    return Key(name, "transpose")
+
+
+def skip_rows(name, n):
+    """Key whose first `n` rows are not ours (RoBERTa's position offset)."""
+    return Key(name, "skip_rows", n)
+
+
+def split(name, part, parts):
+    """Key for slice `part` of `parts` equal slices (last axis) of a fused tensor."""
+    return Key(name, "split", part, parts)
+
+# Checkpoint entries that are never weights of ours (optimizer slots, buffers).
+_IGNORED = re.compile(
+    r"(adam_[mv]|global_step|_CHECKPOINTABLE_OBJECT_GRAPH|(^|\.)position_ids$|"
+    r"embed_positions\.weight$|relative_positions_encoding|bad_steps|good_steps|"
+    r"loss_scale|\.masked_bias$|\.attn\.bias$)")
+
+
+def as_key(key):
+    return key if isinstance(key, Key) or key is None else Key(key)
+
+
+@dataclass
+class LoadReport:
+    """What a load did: `loaded` paths, and every problem found, by name."""
+
+    loaded: list = field(default_factory=list)
+    missing: list = field(default_factory=list)      # (our path, checkpoint key)
+    mismatched: list = field(default_factory=list)   # (our path, key, expected, found)
+    unexpected: list = field(default_factory=list)   # checkpoint keys that look like ours
+    unused: list = field(default_factory=list)       # other checkpoint keys not loaded
+
+    @property
+    def ok(self):
+        return not (self.missing or self.mismatched or self.unexpected)
+
+    def describe(self):
+        lines = []
+        for path, key in self.missing:
+            lines.append(f"  missing: {key!r} (for {path})")
+        for path, key, want, got in self.mismatched:
+            lines.append(f"  shape mismatch: {key!r} -> {path}: expected {want}, found {got}")
+        for key in self.unexpected:
+            lines.append(f"  unexpected: {key!r} has no place in this model "
+                         "(more layers in the checkpoint than in the config?)")
+        return "\n".join(lines)
+
+
+def _normalise(name):
+    return re.sub(r"\d+", "#", name)
+
+
+def resolve(source, key, prefixes=()):
+    """The name under which `key` is stored in `source`, or None.
+
+    Tolerates HF base-model prefixes present or absent (`bert.` vs none) and the
+    old `LayerNorm.gamma/beta` spelling of `weight/bias`.
+    """
+    candidates = [key]
+    for p in prefixes:
+        if key.startswith(p + "."):
+            candidates.append(key[len(p) + 1:])
+        else:
+            candidates.append(f"{p}.{key}")
+    for c in list(candidates):
+        if c.endswith("LayerNorm.weight"):
+            candidates.append(c[: -len("weight")] + "gamma")
+        elif c.endswith("LayerNorm.bias"):
+            candidates.append(c[: -len("bias")] + "beta")
+    for c in candidates:
+        if c in source:
+            return c
+    return None
+
+
+def load_weights(variables, table, checkpoint, naming=None, prefixes=(), vocab_fn=None,
+                 vocab_paths=(), ignore_invalid_weights=False):
+    """Load `checkpoint` into `variables` ({path: keras.Variable}) by `table`.
+
+    Returns a LoadReport; raises CheckpointError listing every problem unless
+    `ignore_invalid_weights`, in which case the bad rows are skipped and listed
+    in a warning. Nothing is assigned unless the whole load is valid.
+    """
+    source = open_checkpoint(checkpoint)
+    naming = naming or source.naming
+    column = {"google": 1, "hf": 2}[naming]
+    if not any(as_key(row[column]) is not None for row in table):
+        raise CheckpointError(f"{source.path}: this model has no {naming!r} weight names "
+                              "(it cannot be loaded from a checkpoint in that format)")
+    report = LoadReport()
+    assignments = []
+    used = set()
+    known = set()
+    for row in table:
+        path, key = row[0], as_key(row[column])
+        if key is None:
+            continue
+        known.add(_normalise(key.name))
+        for p in prefixes:
+            known.add(_normalise(key.name[len(p) + 1:] if key.name.startswith(p + ".")
+                                 else f"{p}.{key.name}"))
+        if path not in variables:
+            name = resolve(source, key.name, prefixes)
+            if name:
+                used.add(name)  # an optional head this model did not build
+            continue
+        name = resolve(source, key.name, prefixes)
+        if name is None:
+            report.missing.append((path, key.name))
+            continue
+        used.add(name)
+        value = key.to_ours(source.get(name))
+        if path in vocab_paths and vocab_fn is not None:
+            try:
+                value = vocab_fn(value)
+            except IndexError as e:
+                raise CheckpointError(
+                    f"{source.path}: keep_tokens/compound_tokens do not fit {name!r}, whose "
+                    f"vocabulary has {value.shape[0]} rows ({e}). Nothing was loaded.") from None
+        variable = variables[path]
+        want = tuple(variable.shape)
+        if tuple(value.shape) != want:
+            report.mismatched.append((path, name, want, tuple(value.shape)))
+            continue
+        assignments.append((variable, value))
+        report.loaded.append(path)
+    for name in source.keys():
+        if name in used or _IGNORED.search(name):
+            continue
+        if _normalise(name) in known:
+            report.unexpected.append(name)
+        else:
+            report.unused.append(name)
+    if not report.ok:
+        message = f"{source.path}: checkpoint does not fit the model:\n{report.describe()}"
+        vocab = [(want[0], got[0]) for path, _, want, got in report.mismatched
+                 if path in vocab_paths and want[1:] == got[1:]]
+        if vocab:
+            message += (f"\n  (vocabulary size: the model has {vocab[0][0]} tokens, the "
+                        f"checkpoint {vocab[0][1]}; check vocab_size, or pass keep_tokens)")
+        if not ignore_invalid_weights:
+            raise CheckpointError(
+                message + "\nNothing was loaded. Pass ignore_invalid_weights=True to "
+                          "load the rest and skip these.")
+        warnings.warn(message + "\nThese were skipped (ignore_invalid_weights=True).",
+                      stacklevel=3)
+    if report.unused:
+        shown = ", ".join(report.unused[:8]) + (" ..." if len(report.unused) > 8 else "")
+        warnings.warn(f"{source.path}: {len(report.unused)} checkpoint tensors were not "
+                      f"used by this model: {shown}", stacklevel=3)
+    for variable, value in assignments:
+        variable.assign(value.astype(variable.dtype, copy=False))
+    return report
+
+
+def export_weights(variables, table, naming):
+    """Our weights as {checkpoint key: array} in `naming` ('google' or 'hf')."""
+    column = {"google": 1, "hf": 2}[naming]
+    out, pieces = {}, {}
+    for row in table:
+        path, key = row[0], as_key(row[column])
+        if key is None or path not in variables:
+            continue
+        value = key.from_ours(np.asarray(variables[path].numpy()))
+        if key.transform == "split":
+            pieces.setdefault(key.name, {})[key.arg] = (key.parts, value)
+        else:
+            out[key.name] = value
+    for name, slices in pieces.items():  # fused tensors: concatenate the parts back
+        parts = next(iter(slices.values()))[0]
+        if sorted(slices) != list(range(parts)):
+            raise ValueError(f"cannot export {name!r}: only parts {sorted(slices)} "
+                             f"of {parts} exist in this model")
+        out[name] = np.concatenate([slices[i][1] for i in range(parts)], axis=-1)
+    return out
