@@ -1,0 +1,153 @@
+"""Model classes and `build_transformer_model`, the single entry point.
+
+>>> from kerasformers import build_transformer_model
+>>> model = build_transformer_model(None, model="bert", application="unilm", vocab_size=50,
+...                                 hidden_size=16, num_hidden_layers=1,
+...                                 num_attention_heads=2, intermediate_size=32)
+>>> "Attention-UniLM-Mask" in [l.name for l in model.layers]
+True
+"""
+
+import os
+
+from kerasformers import config as config_lib
+from kerasformers.models.albert import ALBERT, ALBERT_Unshared
+from kerasformers.models.base import Transformer
+from kerasformers.models.bert import BERT
+from kerasformers.models.electra import ELECTRA
+from kerasformers.models.gpt import GPT, GPT2, GPT2_ML
+from kerasformers.models.nezha import NEZHA
+from kerasformers.models.roberta import RoBERTa
+from kerasformers.models.roformer import RoFormer, RoFormerV2
+from kerasformers.models.t5 import T5, T5_Decoder, T5_Encoder
+
+MODELS = {
+    "bert": BERT,
+    "roberta": RoBERTa,
+    "albert": ALBERT,
+    "albert_unshared": ALBERT_Unshared,
+    "nezha": NEZHA,
+    "roformer": RoFormer,
+    "roformer_v2": RoFormerV2,
+    "electra": ELECTRA,
+    "gpt": GPT,
+    "gpt2": GPT2,
+    "gpt2_ml": GPT2_ML,
+    **{f"{version}{part}": cls
+       for version in ("t5", "t5.1.0", "t5.1.1", "mt5.1.1")
+       for part, cls in (("", T5), ("_encoder", T5_Encoder), ("_decoder", T5_Decoder))},
+}
+
+
+def extend_with_language_model(BaseModel):
+    """Causal (lower-triangular) attention + MLM head: BERT as a language model."""
+
+    class LanguageModel(BaseModel):
+        attention_mode = "lm"
+
+        def __init__(self, *args, **kwargs):
+            if not getattr(BaseModel, "tied_lm_output", False):  # GPT family: already an LM
+                kwargs.setdefault("with_mlm", True)
+            super().__init__(*args, **kwargs)
+
+    LanguageModel.__name__ = f"{BaseModel.__name__}_LM"
+    return LanguageModel
+
+
+def extend_with_unified_language_model(BaseModel):
+    """UniLM seq2seq mask from segment ids + MLM head (source sees source,
+    target sees source and earlier target)."""
+
+    class UnifiedLanguageModel(BaseModel):
+        attention_mode = "unilm"
+
+        def __init__(self, *args, **kwargs):
+            if not getattr(BaseModel, "tied_lm_output", False):  # GPT family: already an LM
+                kwargs.setdefault("with_mlm", True)
+            super().__init__(*args, **kwargs)
+
+    UnifiedLanguageModel.__name__ = f"{BaseModel.__name__}_UniLM"
+    return UnifiedLanguageModel
+
+
+def _resolve_paths(config_path, checkpoint_path):
+    """Given an HF/Google model directory as checkpoint_path, find its config."""
+    if config_path is None and checkpoint_path is not None and not isinstance(checkpoint_path, dict):
+        folder = checkpoint_path if os.path.isdir(checkpoint_path) else os.path.dirname(checkpoint_path)
+        if folder and os.path.isdir(folder):
+            config_path = config_lib.find_config(folder)
+    return config_path, checkpoint_path
+
+
+def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
+                            application="encoder", return_keras_model=True, **kwargs):
+    """Build a Transformer from a config, optionally loading a checkpoint.
+
+    config_path: Google `bert_config.json`, HF `config.json`, a directory, a dict,
+        or None (everything from kwargs). Given an HF directory as checkpoint_path
+        and no config_path, the config (and, if `model` is None, the model key)
+        come from that directory.
+    checkpoint_path: TF checkpoint prefix, `.safetensors`, `.bin`, a directory or a
+        dict of arrays; weights are matched by name.
+    model: 'bert' (default), 'roberta', 'albert', 'albert_unshared', 'nezha',
+        'electra', 'roformer', 'roformer_v2', 'gpt', 'gpt2', 'gpt2_ml' (causal LMs;
+        `final_activation` 'softmax' or 'linear'), or a Transformer subclass.
+        T5: 't5' / 't5.1.0', 't5.1.1', 'mt5.1.1' (the joint model; `.encoder`
+        and `.decoder` on the object) and each with '_encoder' / '_decoder'.
+    application: 'encoder', 'lm' (causal + MLM) or 'unilm' (seq2seq mask + MLM).
+    kwargs override the config (heads: with_pool, with_nsp, with_mlm,
+        with_discriminator; keep_tokens, compound_tokens, dropout_rate, ...).
+    Returns the Keras model, or the Transformer object (`.model`,
+    `.load_weights_from_checkpoint`, `.save_weights_as_checkpoint`) when
+    return_keras_model=False.
+    """
+    config_path, checkpoint_path = _resolve_paths(config_path, checkpoint_path)
+    configs = {}
+    if config_path is not None:
+        raw = config_lib.load_json(config_path) if not isinstance(config_path, dict) else config_path
+        if model is None:
+            model = config_lib.detect_model(raw)
+        configs.update(config_lib.read_config(raw))
+    configs.update(kwargs)
+    if model is None:
+        model = "bert"
+    if isinstance(model, str):
+        key = model.lower()
+        if key not in MODELS:
+            raise ValueError(f"Unknown model {model!r}; available: {', '.join(sorted(MODELS))} "
+                             "(or pass a Transformer subclass)")
+        MODEL = MODELS[key]
+        if key.startswith(("t5.1.1", "mt5.1.1")):  # t5.1.1* / mt5.1.1* keys fix the version
+            configs["version"] = key.split("_")[0]
+    elif isinstance(model, type) and issubclass(model, Transformer):
+        MODEL = model
+    else:
+        raise TypeError(f"model must be a model name or a Transformer subclass, got {model!r}")
+
+    application = (application or "encoder").lower()
+    if application not in ("encoder", "lm", "unilm"):
+        raise ValueError(f"Unknown application {application!r}: use 'encoder', 'lm' or 'unilm'")
+    if application != "encoder" and application not in MODEL.allowed_applications:
+        raise ValueError(f"application={application!r} is not available for {MODEL.__name__}")
+    if application == "lm":
+        MODEL = extend_with_language_model(MODEL)
+    elif application == "unilm":
+        MODEL = extend_with_unified_language_model(MODEL)
+
+    missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers",
+                           "num_attention_heads", "intermediate_size") if k not in configs]
+    if missing:
+        raise ValueError(f"config is missing {', '.join(missing)} "
+                         f"(config_path={config_path!r})")
+    transformer = MODEL(**configs)
+    transformer.build(**configs)
+    if checkpoint_path is not None:
+        transformer.load_weights_from_checkpoint(checkpoint_path)
+    return transformer.model if return_keras_model else transformer
+
+
+__all__ = ["MODELS", "Transformer", "BERT", "RoBERTa", "ALBERT", "ALBERT_Unshared", "NEZHA",
+           "RoFormer", "RoFormerV2", "ELECTRA", "GPT", "GPT2", "GPT2_ML",
+           "T5", "T5_Encoder", "T5_Decoder",
+           "build_transformer_model",
+           "extend_with_language_model", "extend_with_unified_language_model"]

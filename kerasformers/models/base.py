@@ -1,0 +1,226 @@
+"""The `Transformer` base: template hooks, a name-keyed layer registry, weight tables.
+
+A model is a thin subclass that overrides a hook or two (`get_inputs`,
+`apply_embeddings`, `apply_main_layers`, `apply_final_layers`) and declares
+`weight_table()`: rows `(our variable path, google key, hf key)`.
+
+>>> from kerasformers.models.bert import BERT
+>>> bert = BERT(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+...             num_attention_heads=2, intermediate_size=32)
+>>> model = bert.build()
+>>> [t.name for t in model.inputs]
+['Input-Token', 'Input-Segment']
+"""
+
+import keras
+import numpy as np
+
+from kerasformers.checkpoints import loader
+from kerasformers.layers import AttentionMask, MultiHeadAttention
+
+
+class Transformer:
+    """Base class of every architecture (bert4keras' template, Keras 3 inside)."""
+
+    #: default LayerNorm epsilon (bert4keras used the Keras default unless the model says)
+    layer_norm_epsilon = 1e-7
+    #: HF base-model prefixes tolerated when reading safetensors/bin keys
+    hf_prefixes = ()
+    #: HF `model_type` written by save_weights_as_checkpoint(..., naming='hf')
+    hf_model_type = None
+    #: attention-mask mode: 'padding' (encoder), 'lm' or 'unilm'
+    attention_mode = "padding"
+    #: applications this class may be wrapped with
+    allowed_applications = ("encoder", "lm", "unilm")
+
+    def __init__(self, vocab_size, hidden_size, num_hidden_layers, num_attention_heads,
+                 intermediate_size, hidden_act="gelu", dropout_rate=None,
+                 attention_dropout_rate=None, embedding_size=None, attention_head_size=None,
+                 attention_key_size=None, sequence_length=None, keep_tokens=None,
+                 compound_tokens=None, residual_attention_scores=False,
+                 ignore_invalid_weights=False, layer_norm_eps=None, pad_token_id=0,
+                 dtype=None, layers=None, prefix=None, name=None, **kwargs):
+        if keep_tokens is not None:
+            vocab_size = len(keep_tokens)
+        if compound_tokens is not None:
+            vocab_size += len(compound_tokens)
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        if hidden_size % num_attention_heads and attention_head_size is None:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by "
+                             f"num_attention_heads {num_attention_heads}")
+        self.attention_head_size = attention_head_size or hidden_size // num_attention_heads
+        self.attention_key_size = attention_key_size or self.attention_head_size
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.dropout_rate = dropout_rate or 0
+        self.attention_dropout_rate = attention_dropout_rate or 0
+        self.embedding_size = embedding_size or hidden_size
+        self.sequence_length = sequence_length
+        self.keep_tokens = keep_tokens
+        self.compound_tokens = compound_tokens
+        self.residual_attention_scores = residual_attention_scores
+        self.ignore_invalid_weights = ignore_invalid_weights
+        self.layer_norm_eps = layer_norm_eps or self.layer_norm_epsilon
+        self.pad_token_id = pad_token_id
+        self.dtype = dtype
+        self.layers = {} if layers is None else layers
+        self.prefix = prefix or ""
+        self.name = name
+        self.attention_scores = None
+        self.attention_bias = None
+        self.position_bias = None
+        self.built = False
+        self.model = None
+
+    # ------------------------------------------------------------------ graph
+    def build(self, **kwargs):
+        """Build the functional Keras model once; returns it."""
+        if self.built:
+            return self.model
+        inputs = self.get_inputs()
+        self.inputs = inputs
+        outputs = self.call(inputs)
+        self.outputs = outputs
+        self.model = keras.Model(inputs, outputs, name=self.name)
+        self.built = True
+        return self.model
+
+    def call(self, inputs):
+        x = self.apply_embeddings(inputs)
+        for i in range(self.num_hidden_layers):
+            x = self.apply_main_layers(x, i)
+        return self.apply_final_layers(x)
+
+    def prefixed(self, name):
+        return None if name is None else self.prefix + name
+
+    def apply(self, inputs=None, layer=None, arguments=None, **kwargs):
+        """Create-or-reuse the layer named `kwargs['name']`, then call it on `inputs`.
+
+        Dropout is skipped entirely when the model's dropout rate is 0.
+        """
+        if layer is keras.layers.Dropout and self.dropout_rate == 0:
+            return inputs
+        if layer is MultiHeadAttention and self.residual_attention_scores:
+            kwargs["return_attention_scores"] = True
+        arguments = dict(arguments or {})
+        name = self.prefixed(kwargs.get("name"))
+        kwargs["name"] = name
+        if name not in self.layers:
+            if self.dtype is not None and "dtype" not in kwargs:
+                kwargs["dtype"] = self.dtype
+            self.layers[name] = layer(**kwargs)
+        layer = self.layers[name]
+        if inputs is None:
+            return layer
+        if isinstance(layer, MultiHeadAttention) and self.residual_attention_scores:
+            # RealFormer: each layer adds the previous layer's scaled scores.
+            if self.attention_scores is not None:
+                arguments["attention_bias"] = self.attention_scores
+            o, scores = layer(inputs, **arguments)
+            self.attention_scores = scores
+            return o
+        return layer(inputs, **arguments)
+
+    def get_inputs(self):
+        raise NotImplementedError
+
+    def apply_embeddings(self, inputs):
+        raise NotImplementedError
+
+    def apply_main_layers(self, inputs, index):
+        raise NotImplementedError
+
+    def apply_final_layers(self, inputs):
+        raise NotImplementedError
+
+    def compute_attention_bias(self, inputs=None):
+        """Boolean attention mask from the token (and segment) ids, built once."""
+        if self.attention_bias is None:
+            names = {"padding": "Attention-Mask", "lm": "Attention-LM-Mask",
+                     "unilm": "Attention-UniLM-Mask"}
+            ids = self.inputs[:2] if self.attention_mode == "unilm" else self.inputs[0]
+            self.attention_bias = self.apply(
+                inputs=ids, layer=AttentionMask, mode=self.attention_mode,
+                pad_token_id=self.pad_token_id, name=names[self.attention_mode])
+        return self.attention_bias
+
+    def compute_position_bias(self, inputs=None):
+        return None
+
+    @property
+    def initializer(self):
+        return keras.initializers.TruncatedNormal(stddev=0.02)
+
+    # ---------------------------------------------------------------- weights
+    def weight_table(self):
+        """Rows (our variable path, google key, hf key); see checkpoints.loader."""
+        raise NotImplementedError
+
+    def vocab_paths(self):
+        """Variable paths whose first axis is the vocabulary (keep/compound tokens)."""
+        return {self.prefixed("Embedding-Token/embeddings")}
+
+    def variables(self):
+        return {v.path: v for v in self.model.weights}
+
+    def load_embeddings(self, embeddings):
+        """Apply keep_tokens and compound_tokens to a vocabulary-first array."""
+        if self.keep_tokens is not None:
+            embeddings = embeddings[np.asarray(self.keep_tokens)]
+        if self.compound_tokens is not None:
+            rows = []
+            for item in self.compound_tokens:
+                if isinstance(item, (list, tuple)) and len(item) == 2 and \
+                        isinstance(item[0], (list, tuple)):
+                    ids, weights = item
+                else:
+                    ids, weights = item, [1.0] * len(item)
+                weights = np.asarray(weights, dtype="float64")
+                weights = weights / weights.sum()
+                rows.append(np.einsum("n,n...->...", weights, embeddings[np.asarray(ids)]))
+            embeddings = np.concatenate(
+                [embeddings, np.asarray(rows, dtype=embeddings.dtype)], axis=0)
+        return embeddings
+
+    def load_weights_from_checkpoint(self, checkpoint, naming=None):
+        """Load a checkpoint (TF prefix, safetensors, .bin, directory or dict).
+
+        Matching is by name through `weight_table()`; every problem is reported
+        at once (CheckpointError) and nothing is assigned unless all fit.
+        Returns a LoadReport.
+        """
+        if not self.built:
+            self.build()
+        return loader.load_weights(
+            self.variables(), self.weight_table(), checkpoint, naming=naming,
+            prefixes=self.hf_prefixes, vocab_fn=self.load_embeddings,
+            vocab_paths=self.vocab_paths(),
+            ignore_invalid_weights=self.ignore_invalid_weights)
+
+    def export_weights(self, naming="google"):
+        """{checkpoint key: array} in the original ('google') or HF ('hf') names."""
+        return loader.export_weights(self.variables(), self.weight_table(), naming)
+
+    def save_weights_as_checkpoint(self, path, naming="google", dtype=None):
+        """Write the weights as a Google TF checkpoint (naming='google', `path` is
+        the prefix, e.g. 'out/bert_model.ckpt') or as HF safetensors
+        (naming='hf', `path` is a directory: model.safetensors + config.json).
+        """
+        from kerasformers.checkpoints import writers
+
+        tensors = self.export_weights(naming)
+        if dtype is not None:
+            tensors = {k: v.astype(dtype) for k, v in tensors.items()}
+        if naming == "google":
+            return writers.save_google_checkpoint(path, tensors)
+        if naming == "hf":
+            return writers.save_hf_directory(path, tensors, self.hf_config())
+        raise ValueError(f"naming must be 'google' or 'hf', got {naming!r}")
+
+    def hf_config(self):
+        """An HF `config.json` dict describing this model (for save, naming='hf')."""
+        raise NotImplementedError(f"{type(self).__name__} has no HF config mapping")

@@ -1,0 +1,520 @@
+"""Google T5 (t5.1.0), T5.1.1 and mT5: encoder, decoder and the joint seq2seq model.
+
+Versions (`version=`): 't5.1.0' (ReLU FFN, LM head tied to the shared
+embedding), 't5.1.1' (gated-GELU FFN `hidden_act=['gelu', 'linear']`, separate
+`Decoder-Output-LM`) and 'mt5.1.1' (t5.1.1 whose Mesh TF checkpoint names its
+norms `rms_norm`). Everything is pre-norm with RMSNorm (scale only, eps 1e-6);
+attention has no biases and no 1/sqrt(d) scaling; positions come from T5's
+bucketed relative bias, computed once per stack (`*-Embedding-Relative-Position`).
+
+>>> from kerasformers import build_transformer_model
+>>> t5 = build_transformer_model(None, model="t5.1.1", vocab_size=50, hidden_size=16,
+...                              num_hidden_layers=1, num_attention_heads=2,
+...                              intermediate_size=32, return_keras_model=False)
+>>> [t.name for t in t5.model.inputs], t5.model.output_shape
+(['Encoder-Input-Token', 'Decoder-Input-Token'], (None, None, 50))
+>>> [t.name for t in t5.decoder.inputs]
+['Input-Context', 'Decoder-Input-Token']
+"""
+
+import dataclasses
+
+import keras
+
+from kerasformers.checkpoints import loader
+from kerasformers.checkpoints.loader import Key, T
+from kerasformers.checkpoints.sources import Source, open_checkpoint
+from kerasformers.layers import (
+    AttentionMask,
+    Embedding,
+    FeedForward,
+    LayerNormalization,
+    MultiHeadAttention,
+    RelativePositionEmbeddingT5,
+    ScaleOffset,
+)
+from kerasformers.models.base import Transformer
+
+VERSIONS = ("t5.1.0", "t5.1.1", "mt5.1.1")
+
+
+def _t5_activation(act):
+    """'gelu' in a T5 config means the tanh approximation (Mesh TF's gelu, HF's gelu_new)."""
+    if isinstance(act, (list, tuple)):
+        return [_t5_activation(a) for a in act]
+    return "gelu_tanh" if act == "gelu" else act
+
+
+@dataclasses.dataclass(frozen=True)
+class _VocabColumns(Key):
+    """Key of an LM kernel [hidden, vocab]: keep_tokens/compound_tokens act on its columns."""
+
+    vocab_fn: object = None
+
+    def to_ours(self, value):
+        value = super().to_ours(value)
+        return self.vocab_fn(value.T).T
+
+    def from_ours(self, value):  # export: the plain layout change (no vocab restore)
+        return Key(self.name, self.transform).from_ours(value)
+
+
+class _Aliased(Source):
+    """A checkpoint with extra names that read existing tensors (alias -> target)."""
+
+    def __init__(self, base, aliases):
+        super().__init__(base.path)
+        self._base = base
+        self._aliases = dict(aliases)
+        self._shapes = {k: base.shape(k) for k in base.keys()}
+        self._shapes.update({a: base.shape(t) for a, t in self._aliases.items()})
+
+    def _read(self, key):
+        return self._base.get(self._aliases.get(key, key))
+
+
+class T5_Base(Transformer):
+    """Shared parts of the T5 family (bert4keras' `T5_Base`).
+
+    version: 't5.1.0' | 't5.1.1' | 'mt5.1.1' (naming and defaults, see the module doc).
+    hidden_act: default 'relu' (t5.1.0) or ['gelu', 'linear'] (t5.1.1, mT5); a
+        plain 'gelu' is read as the tanh approximation, which is what Mesh TF and
+        transformers ('gated-gelu' = gelu_new) compute; pass 'gelu_erf' for erf.
+    tie_word_embeddings: the LM head is the transposed shared embedding and the
+        decoder output is first scaled by hidden_size**-0.5 (default: only for
+        t5.1.0). Untied (t5.1.1, mT5): a separate `Decoder-Output-LM`, no scaling.
+    relative_attention_num_buckets (32), relative_attention_max_distance (128).
+    num_decoder_layers: decoder depth (default num_hidden_layers).
+    Token id 0 (`pad_token_id`) is padding in the encoder and the start token of
+    the decoder.
+    """
+
+    layer_norm_epsilon = 1e-6
+    hf_prefixes = ()
+    hf_model_type = "t5"
+    allowed_applications = ("encoder",)
+
+    def __init__(self, version="t5.1.0", hidden_act=None, tie_word_embeddings=None,
+                 relative_attention_num_buckets=32, relative_attention_max_distance=128,
+                 num_decoder_layers=None, **kwargs):
+        version = (version or "t5.1.0").lower()
+        if version not in VERSIONS:
+            raise ValueError(f"Unknown T5 version {version!r}; use one of {', '.join(VERSIONS)}")
+        if hidden_act is None:
+            hidden_act = "relu" if version == "t5.1.0" else ["gelu", "linear"]
+        super().__init__(hidden_act=_t5_activation(hidden_act), **kwargs)
+        self.version = version
+        self.tie_word_embeddings = (version == "t5.1.0" if tie_word_embeddings is None
+                                    else bool(tie_word_embeddings))
+        self.relative_attention_num_buckets = relative_attention_num_buckets
+        self.relative_attention_max_distance = relative_attention_max_distance
+        self.num_encoder_layers = self.num_hidden_layers
+        self.num_decoder_layers = num_decoder_layers or self.num_hidden_layers
+
+    @property
+    def gated(self):
+        return isinstance(self.hidden_act, (list, tuple)) and len(self.hidden_act) > 1
+
+    # ------------------------------------------------------------- pieces
+    def apply_token_embedding(self, x, stack):
+        x = self.apply(inputs=x, layer=Embedding, input_dim=self.vocab_size,
+                       output_dim=self.embedding_size, embeddings_initializer=self.initializer,
+                       mask_zero=True, pad_token_id=self.pad_token_id, first_token_valid=True,
+                       name="Embedding-Token")
+        x = self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
+                       name=f"{stack}-Embedding-Dropout")
+        if self.embedding_size != self.hidden_size:
+            x = self.apply(inputs=x, layer=keras.layers.Dense, units=self.hidden_size,
+                           kernel_initializer=self.initializer, name=f"{stack}-Embedding-Mapping")
+        return x
+
+    def apply_norm(self, x, name):
+        return self.apply(inputs=x, layer=LayerNormalization, zero_mean=False, offset=False,
+                          epsilon=self.layer_norm_eps, name=name)
+
+    def apply_attention(self, inputs, name, arguments):
+        return self.apply(inputs=inputs, layer=MultiHeadAttention, arguments=arguments,
+                          heads=self.num_attention_heads, head_size=self.attention_head_size,
+                          out_dim=self.hidden_size, key_size=self.attention_key_size,
+                          use_bias=False, attention_scale=False,
+                          attention_dropout=self.attention_dropout_rate,
+                          kernel_initializer=self.initializer, name=name)
+
+    def residual(self, xi, x, name):
+        x = self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
+                       name=f"{name}-Dropout")
+        return self.apply(inputs=[xi, x], layer=keras.layers.Add, name=f"{name}-Add")
+
+    def apply_feed_forward(self, x, name):
+        xi = x
+        x = self.apply_norm(x, f"{name}-Norm")
+        x = self.apply(inputs=x, layer=FeedForward, units=self.intermediate_size,
+                       activation=self.hidden_act, use_bias=False,
+                       kernel_initializer=self.initializer, name=name)
+        return self.residual(xi, x, name)
+
+    def apply_relative_position(self, inputs, name, bidirectional):
+        return self.apply(inputs=inputs, layer=RelativePositionEmbeddingT5,
+                          input_dim=self.relative_attention_num_buckets,
+                          output_dim=self.num_attention_heads,
+                          max_distance=self.relative_attention_max_distance,
+                          bidirectional=bidirectional, embeddings_initializer=self.initializer,
+                          name=name)
+
+    # ------------------------------------------------------------- weights
+    @property
+    def norm_name(self):
+        return "rms_norm" if self.version == "mt5.1.1" else "layer_norm"
+
+    def _attention_rows(self, layer, google, hf):
+        return [(f"{self.prefixed(layer)}/{n}_dense/kernel", f"{google}/{n}", T(f"{hf}.{n}.weight"))
+                for n in "qkvo"]
+
+    def _norm_row(self, layer, google, hf):
+        return (f"{self.prefixed(layer)}/gamma", f"{google}/scale", f"{hf}.weight")
+
+    def _block_rows(self, stack, i, sublayers):
+        """Rows of block i; sublayers: [(our name, mesh layer name, hf layer name)]."""
+        s = stack.lower()
+        g, h = f"{s}/block_{i:03d}", f"{s}.block.{i}"
+        rows = []
+        for j, (ours, mesh, torch_name) in enumerate(sublayers):
+            gj, hj = f"{g}/layer_{j:03d}", f"{h}.layer.{j}"
+            name = f"{stack}-Transformer-{i}-{ours}"
+            rows.append(self._norm_row(f"{name}-Norm", f"{gj}/{self.norm_name}",
+                                       f"{hj}.layer_norm"))
+            if ours == "FeedForward":
+                p = self.prefixed(name)
+                wi = [("i0_dense", "wi_0"), ("i1_dense", "wi_1")] if self.gated else \
+                    [("i0_dense", "wi")]
+                for ours_w, w in wi + [("o_dense", "wo")]:
+                    rows.append((f"{p}/{ours_w}/kernel", f"{gj}/{mesh}/{w}/kernel",
+                                 T(f"{hj}.{torch_name}.{w}.weight")))
+            else:
+                rows += self._attention_rows(name, f"{gj}/{mesh}", f"{hj}.{torch_name}")
+        return rows
+
+    def _final_norm_row(self, stack):
+        s = stack.lower()
+        google = f"{s}/rms_norm" if self.version == "mt5.1.1" else f"{s}/final_layer_norm"
+        return self._norm_row(f"{stack}-Output-Norm", google, f"{s}.final_layer_norm")
+
+    def _relative_row(self, stack):
+        s = stack.lower()
+        return (f"{self.prefixed(stack + '-Embedding-Relative-Position')}/embeddings",
+                T(f"{s}/block_000/layer_000/SelfAttention/relative_attention_bias"),
+                f"{s}.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+
+    def shared_rows(self):
+        return [(self.prefixed("Embedding-Token/embeddings"), "shared/embedding", "shared.weight"),
+                # transformers' tied copies of the shared embedding: read silently, never written
+                ("(tied) encoder.embed_tokens", None, "encoder.embed_tokens.weight"),
+                ("(tied) decoder.embed_tokens", None, "decoder.embed_tokens.weight")]
+
+    def encoder_rows(self):
+        rows = [self._relative_row("Encoder")]
+        for i in range(self.num_encoder_layers):
+            rows += self._block_rows("Encoder", i, [
+                ("MultiHeadSelfAttention", "SelfAttention", "SelfAttention"),
+                ("FeedForward", "DenseReluDense", "DenseReluDense")])
+        return rows + [self._final_norm_row("Encoder")]
+
+    def decoder_rows(self):
+        rows = [self._relative_row("Decoder")]
+        for i in range(self.num_decoder_layers):
+            rows += self._block_rows("Decoder", i, [
+                ("MultiHeadSelfAttention", "SelfAttention", "SelfAttention"),
+                ("MultiHeadCrossAttention", "EncDecAttention", "EncDecAttention"),
+                ("FeedForward", "DenseReluDense", "DenseReluDense")])
+        rows.append(self._final_norm_row("Decoder"))
+        lm_google, lm_hf = Key("decoder/logits/kernel"), T("lm_head.weight")
+        if self.keep_tokens is not None or self.compound_tokens is not None:
+            lm_google = _VocabColumns(lm_google.name, vocab_fn=self.load_embeddings)
+            lm_hf = _VocabColumns(lm_hf.name, "transpose", vocab_fn=self.load_embeddings)
+        if self.tie_word_embeddings:
+            rows.append(("(tied) lm_head", None, "lm_head.weight"))
+        else:
+            rows.append((self.prefixed("Decoder-Output-LM/kernel"), lm_google, lm_hf))
+        # Old transformers checkpoints may hold a cross-attention bias nobody uses.
+        rows.append(("(unused) cross-attention bias", None,
+                     "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"))
+        return rows
+
+    def weight_table(self):
+        """Every T5 row: an encoder or decoder alone skips (silently) the other
+        half's tensors of a full checkpoint, and exports only its own."""
+        return self.shared_rows() + self.encoder_rows() + self.decoder_rows()
+
+    def load_weights_from_checkpoint(self, checkpoint, naming=None):
+        """As Transformer's; an untied model also reads a transformers checkpoint
+        that stores no `lm_head.weight` (transformers 5 ties it to `shared.weight`
+        unless the two differ), taking the shared embedding as its LM head."""
+        if not self.built:
+            self.build()
+        source = open_checkpoint(checkpoint)
+        needs_head = self.prefixed("Decoder-Output-LM/kernel") in self.variables()
+        if (needs_head and (naming or source.naming) == "hf"
+                and loader.resolve(source, "lm_head.weight") is None
+                and loader.resolve(source, "shared.weight") is not None):
+            source = _Aliased(source, {"lm_head.weight": "shared.weight"})
+        return super().load_weights_from_checkpoint(source, naming=naming)
+
+    def hf_feed_forward_proj(self):
+        """transformers' `feed_forward_proj` for our hidden_act."""
+        if not self.gated:
+            return {"gelu_tanh": "gelu_new", "gelu_erf": "gelu"}.get(self.hidden_act,
+                                                                    self.hidden_act)
+        act, *rest = self.hidden_act
+        if rest != ["linear"] or act == "gelu_erf" or not isinstance(act, str):
+            raise ValueError(f"hidden_act {self.hidden_act!r} has no transformers "
+                             "feed_forward_proj equivalent")
+        return "gated-gelu" if act == "gelu_tanh" else f"gated-{act}"
+
+    def hf_architecture(self, mt5):
+        return "MT5ForConditionalGeneration" if mt5 else "T5ForConditionalGeneration"
+
+    def hf_config(self):
+        proj = self.hf_feed_forward_proj()
+        mt5 = self.version == "mt5.1.1" and not self.tie_word_embeddings
+        config = {
+            "model_type": "mt5" if mt5 else "t5",
+            "architectures": [self.hf_architecture(mt5)],
+            "vocab_size": self.vocab_size, "d_model": self.hidden_size,
+            "d_kv": self.attention_head_size, "d_ff": self.intermediate_size,
+            "num_layers": self.num_encoder_layers, "num_decoder_layers": self.num_decoder_layers,
+            "num_heads": self.num_attention_heads,
+            "relative_attention_num_buckets": self.relative_attention_num_buckets,
+            "relative_attention_max_distance": self.relative_attention_max_distance,
+            "dropout_rate": self.dropout_rate, "layer_norm_epsilon": self.layer_norm_eps,
+            "feed_forward_proj": proj, "tie_word_embeddings": self.tie_word_embeddings,
+            "is_encoder_decoder": True, "pad_token_id": self.pad_token_id,
+            "eos_token_id": 1, "decoder_start_token_id": self.pad_token_id,
+        }
+        if not mt5:
+            config["scale_decoder_outputs"] = self.tie_word_embeddings
+        return config
+
+
+class T5_Encoder(T5_Base):
+    """T5 encoder: `Encoder-Input-Token` -> `Encoder-Output-Norm` states.
+
+    Padding (token id 0) is hidden from self-attention (`Attention-Mask`).
+    """
+
+    def build(self, **kwargs):
+        """As Transformer.build, with the single input not wrapped in a list."""
+        if not self.built:
+            self.inputs = self.get_inputs()
+            self.outputs = self.call(self.inputs)
+            self.model = keras.Model(self.inputs[0], self.outputs, name=self.name)
+            self.built = True
+        return self.model
+
+    def get_inputs(self):
+        return [keras.Input(shape=(self.sequence_length,), dtype="int32",
+                            name=self.prefixed("Encoder-Input-Token"))]
+
+    def apply_embeddings(self, inputs):
+        return self.apply_token_embedding(inputs[0], "Encoder")
+
+    def apply_main_layers(self, inputs, index):
+        """LN -> self-attention -> Add -> LN -> FFN -> Add."""
+        x = inputs
+        name = f"Encoder-Transformer-{index}-MultiHeadSelfAttention"
+        position_bias = self.compute_position_bias(x)
+        xi = x
+        x = self.apply_norm(x, f"{name}-Norm")
+        x = self.apply_attention([x, x, x], name, {
+            "attention_mask": self.compute_attention_bias(), "position_bias": position_bias,
+            "p_bias": "t5_relative"})
+        x = self.residual(xi, x, name)
+        return self.apply_feed_forward(x, f"Encoder-Transformer-{index}-FeedForward")
+
+    def apply_final_layers(self, inputs):
+        x = self.apply_norm(inputs, "Encoder-Output-Norm")
+        return self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
+                          name="Encoder-Output-Dropout")
+
+    def compute_position_bias(self, inputs=None):
+        if self.position_bias is None:
+            self.position_bias = self.apply_relative_position(
+                [inputs, inputs], "Encoder-Embedding-Relative-Position", bidirectional=True)
+        return self.position_bias
+
+
+    def hf_architecture(self, mt5):
+        return "MT5EncoderModel" if mt5 else "T5EncoderModel"
+
+
+class T5_Decoder(T5_Base):
+    """T5 decoder: inputs [`Input-Context` (encoder states), `Decoder-Input-Token`].
+
+    with_lm: True (softmax probabilities), an activation ('linear' = logits), or
+        False (the decoder states after `Decoder-Output-Norm`, unscaled).
+        `final_activation`, if given, is taken as the LM activation (GPT spelling).
+    cross_position_bias: False (default) = no position bias in cross-attention,
+        as in transformers' T5, which reproduces the released checkpoints.
+        bert4keras (<= 0.11.5) defaulted to True: cross-attention also added the
+        decoder's unidirectional relative bias (`Decoder-Embedding-Relative-Position`
+        on decoder x encoder positions). Keep True only for models trained that way.
+    context_mask: add a third input `Input-Context-Mask` ([batch, context_len],
+        1 = real, 0 = padding) hiding padded encoder positions from
+        cross-attention. Without it (the original's inputs) every context
+        position is attended, which is right for unpadded contexts only. The
+        joint `T5` model always masks by the encoder token ids.
+    Output scaling: the tied head (t5.1.0) multiplies the decoder output by
+        hidden_size**-0.5 (`Decoder-Output-Scale`) before the transposed
+        embedding; untied heads (t5.1.1, mT5) do not, as in Mesh TF and
+        transformers. bert4keras scaled every version (same argmax, different
+        probabilities for t5.1.1/mT5).
+    Self-attention is causal only: the first decoder token is the start token,
+    id 0 = pad, and trailing padding cannot reach earlier positions. The Keras
+    mask of the output marks position 0 and the non-pad tokens (loss masking).
+    """
+
+    def __init__(self, with_lm=True, final_activation=None, cross_position_bias=False,
+                 context_mask=False, **kwargs):
+        super().__init__(**kwargs)
+        if final_activation is not None and with_lm is True:
+            with_lm = final_activation
+        self.with_lm = with_lm
+        self.cross_position_bias = cross_position_bias
+        self.context_mask = context_mask
+        self.num_hidden_layers = self.num_decoder_layers
+        self.context_attention_mask = None  # set by T5 for the joint model
+
+    def get_inputs(self):
+        inputs = [
+            keras.Input(shape=(self.sequence_length, self.hidden_size),
+                        name=self.prefixed("Input-Context")),
+            keras.Input(shape=(self.sequence_length,), dtype="int32",
+                        name=self.prefixed("Decoder-Input-Token")),
+        ]
+        if self.context_mask:
+            inputs.append(keras.Input(shape=(self.sequence_length,), dtype="int32",
+                                      name=self.prefixed("Input-Context-Mask")))
+        return inputs
+
+    def apply_embeddings(self, inputs):
+        c, x = inputs[:2]
+        return [c, self.apply_token_embedding(x, "Decoder")]
+
+    def apply_main_layers(self, inputs, index):
+        """LN -> self-attention -> Add -> LN -> cross-attention -> Add -> LN -> FFN -> Add."""
+        c, x = inputs
+        self_name = f"Decoder-Transformer-{index}-MultiHeadSelfAttention"
+        cross_name = f"Decoder-Transformer-{index}-MultiHeadCrossAttention"
+        self_bias, cross_bias = self.compute_position_bias([x, c])
+
+        xi = x
+        x = self.apply_norm(x, f"{self_name}-Norm")
+        x = self.apply_attention([x, x, x], self_name, {
+            "attention_mask": self.compute_attention_bias(), "position_bias": self_bias,
+            "p_bias": "t5_relative"})
+        x = self.residual(xi, x, self_name)
+
+        xi = x
+        x = self.apply_norm(x, f"{cross_name}-Norm")
+        arguments = {"attention_mask": self.compute_context_mask()}
+        if self.cross_position_bias:
+            arguments.update(position_bias=cross_bias, p_bias="t5_relative")
+        x = self.apply_attention([x, c, c], cross_name, arguments)
+        x = self.residual(xi, x, cross_name)
+
+        x = self.apply_feed_forward(x, f"Decoder-Transformer-{index}-FeedForward")
+        return [c, x]
+
+    def apply_final_layers(self, inputs):
+        c, x = inputs
+        x = self.apply_norm(x, "Decoder-Output-Norm")
+        x = self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
+                       name="Decoder-Output-Dropout")
+        if not self.with_lm:
+            return x
+        lm_activation = "softmax" if self.with_lm is True else self.with_lm
+        if self.tie_word_embeddings:
+            x = self.apply(inputs=x, layer=ScaleOffset, scale=self.hidden_size ** -0.5,
+                           offset=False, name="Decoder-Output-Scale")
+        if self.embedding_size != self.hidden_size:
+            x = self.apply(inputs=x, layer=keras.layers.Dense, units=self.embedding_size,
+                           kernel_initializer=self.initializer, name="Decoder-Output-Mapping")
+        if self.tie_word_embeddings:
+            x = self.apply(inputs=x, layer=Embedding, arguments={"mode": "dense"},
+                           name="Embedding-Token")
+            return self.apply(inputs=x, layer=keras.layers.Activation,
+                              activation=lm_activation, name="Decoder-Output-LM-Activation")
+        return self.apply(inputs=x, layer=keras.layers.Dense, units=self.vocab_size,
+                          activation=lm_activation, use_bias=False,
+                          kernel_initializer=self.initializer, name="Decoder-Output-LM")
+
+    def compute_attention_bias(self, inputs=None):
+        """Causal mask from the decoder tokens (no padding mask: token 0 starts)."""
+        if self.attention_bias is None:
+            self.attention_bias = self.apply(
+                inputs=self.inputs[1], layer=AttentionMask, mode="lm", pad_token_id=None,
+                name="Attention-LM-Mask")
+        return self.attention_bias
+
+    def compute_context_mask(self):
+        """Cross-attention mask [batch, 1, 1, context_len], or None (attend everything)."""
+        if self.context_attention_mask is None and self.context_mask:
+            self.context_attention_mask = self.apply(
+                inputs=self.inputs[2], layer=AttentionMask, mode="padding", pad_token_id=0,
+                name="Context-Attention-Mask")
+        return self.context_attention_mask
+
+    def compute_position_bias(self, inputs=None):
+        """(self-attention bias, cross-attention bias or None), from one shared layer."""
+        if self.position_bias is None:
+            x, c = inputs
+            name = "Decoder-Embedding-Relative-Position"
+            self_bias = self.apply_relative_position([x, x], name, bidirectional=False)
+            cross_bias = None
+            if self.cross_position_bias:
+                cross_bias = self.apply_relative_position([x, c], name, bidirectional=False)
+            self.position_bias = (self_bias, cross_bias)
+        return self.position_bias
+
+
+
+class T5(T5_Base):
+    """Encoder + decoder sharing `Embedding-Token` (and every layer, by name).
+
+    `.encoder` (ids -> states) and `.decoder` ([states, decoder ids] -> LM) are
+    Keras models; `.model` maps [encoder ids, decoder ids] to the LM output,
+    with encoder padding hidden from self- and cross-attention. Decoder options
+    (with_lm, final_activation, cross_position_bias, context_mask) as T5_Decoder.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        kwargs["layers"] = self.layers
+        e_name, d_name = "Encoder", "Decoder"
+        name = kwargs.pop("name", None)
+        if name is not None:
+            e_name, d_name = f"{name}_{e_name}", f"{name}_{d_name}"
+        self._encoder = T5_Encoder(name=e_name, **kwargs)
+        self._decoder = T5_Decoder(name=d_name, **kwargs)
+        self.with_lm = self._decoder.with_lm
+        self.cross_position_bias = self._decoder.cross_position_bias
+        self.encoder = self.decoder = None
+
+    def build(self, **kwargs):
+        if self.built:
+            return self.model
+        self.encoder = self._encoder.build()
+        self.decoder = self._decoder.build()
+        decoder = self._decoder
+        token = decoder.inputs[1]
+        decoder.position_bias = decoder.attention_bias = None  # rebuilt on the joint graph
+        saved = decoder.context_attention_mask
+        decoder.context_attention_mask = self._encoder.compute_attention_bias()
+        try:
+            self.outputs = decoder.call([self.encoder.outputs[0], token])
+        finally:
+            decoder.context_attention_mask = saved
+        self.inputs = [self.encoder.inputs[0], token]
+        self.model = keras.Model(self.inputs, self.outputs, name=self.name)
+        self.built = True
+        return self.model
+
