@@ -28,6 +28,14 @@ class MultiHeadAttention(keras.layers.Layer):
                       't5_relative' ([q, k, heads]).
     Returns the output, or [output, scores] with `return_attention_scores`
     (scores are the scaled pre-softmax logits, for RealFormer residuals).
+
+    Incremental decoding (key/value cache), eager or traced, not symbolic:
+      cache=(k, v), cache_index=i: a self-attention cache of [b, max_len, h, d]
+          buffers; the new keys/values are written at positions i.. and the
+          queries attend the whole buffer (hide unwritten slots with the mask);
+      cache=(k, v), cache_index=None: a static cache (cross-attention: the
+          projected encoder states), the k/v inputs are not used.
+    With a cache the call returns (outputs, (k, v)), outputs as above.
     """
 
     def __init__(self, heads, head_size, out_dim=None, key_size=None, use_bias=True,
@@ -72,16 +80,25 @@ class MultiHeadAttention(keras.layers.Layer):
         return ops.reshape(x, (b, n, self.heads, size))
 
     def call(self, inputs, attention_mask=None, attention_bias=None,
-             position_bias=None, p_bias=None, training=None):
+             position_bias=None, p_bias=None, cache=None, cache_index=None, training=None):
         if isinstance(inputs, (list, tuple)):
             q, k, v = inputs[:3]
         else:
             q = k = v = inputs
         qw = self._split_heads(self.q_dense(q), self.key_size)
-        kw = self._split_heads(self.k_dense(k), self.key_size)
-        vw = self._split_heads(self.v_dense(v), self.head_size)
-        if p_bias == "rotary":
-            qw, kw = apply_rotary_position_embeddings(position_bias, qw, kw)
+        if cache is not None and cache_index is None:  # static (cross-attention) cache
+            kw, vw = cache
+            if p_bias == "rotary":
+                qw = apply_rotary_position_embeddings(position_bias, qw)
+        else:
+            kw = self._split_heads(self.k_dense(k), self.key_size)
+            vw = self._split_heads(self.v_dense(v), self.head_size)
+            if p_bias == "rotary":
+                qw, kw = apply_rotary_position_embeddings(position_bias, qw, kw)
+            if cache is not None:  # write the new keys/values into the buffers
+                start = (0, cache_index, 0, 0)
+                kw = ops.slice_update(cache[0], start, ops.cast(kw, cache[0].dtype))
+                vw = ops.slice_update(cache[1], start, ops.cast(vw, cache[1].dtype))
         if attention_mask is not None:
             attention_mask = ops.cast(attention_mask, "bool")
             if len(attention_mask.shape) == 3:
@@ -90,9 +107,10 @@ class MultiHeadAttention(keras.layers.Layer):
                                           position_bias, p_bias, training)
         b, n = ops.shape(o)[0], ops.shape(o)[1]
         o = self.o_dense(ops.reshape(o, (b, n, self.heads * self.head_size)))
-        if self.return_attention_scores:
-            return [o, scores]
-        return o
+        outputs = [o, scores] if self.return_attention_scores else o
+        if cache is not None:
+            return outputs, (kw, vw)
+        return outputs
 
     def pay_attention_to(self, qw, kw, vw, mask, bias, position_bias, p_bias, training):
         """Attention on [b, n, h, d] heads; returns (o [b, n, h, d], scores or None).

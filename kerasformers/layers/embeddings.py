@@ -69,6 +69,21 @@ class Embedding(keras.layers.Embedding):
         return config
 
 
+def _positions(length, offset=0):
+    """int32 positions offset, offset + 1, ..., offset + length - 1."""
+    positions = ops.arange(length, dtype="int32")
+    if isinstance(offset, int) and offset == 0:
+        return positions
+    return positions + ops.cast(offset, "int32")
+
+
+def _query_key_positions(inputs, offset, key_length):
+    q, k = inputs
+    if key_length is None:
+        key_length = ops.shape(k)[1]
+    return _positions(ops.shape(q)[1], offset), ops.arange(key_length, dtype="int32")
+
+
 @_register
 class PositionEmbedding(keras.layers.Layer):
     """Learned absolute position embedding added (or merged) to its input.
@@ -96,13 +111,14 @@ class PositionEmbedding(keras.layers.Layer):
             name="embeddings", shape=(self.input_dim, self.output_dim),
             initializer=self.embeddings_initializer)
 
-    def call(self, inputs):
+    def call(self, inputs, offset=0):
+        """`offset`: position of the first input token (incremental decoding)."""
         if self.custom_position_ids:
             inputs, position_ids = inputs
             position_ids = ops.cast(position_ids, "int32")
         else:
             seq_len = ops.shape(inputs)[1]
-            position_ids = ops.expand_dims(ops.arange(seq_len, dtype="int32"), 0)
+            position_ids = ops.expand_dims(_positions(seq_len, offset), 0)
         table = ops.cast(self.embeddings, self.compute_dtype)
         if self.hierarchical:
             alpha = 0.4 if self.hierarchical is True else self.hierarchical
@@ -164,11 +180,12 @@ class SinusoidalPositionEmbedding(keras.layers.Layer):
         self.custom_position_ids = custom_position_ids
         self.supports_masking = True
 
-    def call(self, inputs):
+    def call(self, inputs, offset=0):
+        """`offset`: position of the first input token (incremental decoding)."""
         if self.custom_position_ids:
             inputs, position_ids = inputs
         else:
-            position_ids = ops.expand_dims(ops.arange(ops.shape(inputs)[1]), 0)
+            position_ids = ops.expand_dims(_positions(ops.shape(inputs)[1], offset), 0)
         pos = sinusoidal_embeddings(position_ids, self.output_dim)
         if self.merge_mode == "zero":
             return pos
@@ -181,7 +198,7 @@ class SinusoidalPositionEmbedding(keras.layers.Layer):
             return mask[0]
         return mask
 
-    def compute_output_spec(self, inputs):
+    def compute_output_spec(self, inputs, **kwargs):
         x = inputs[0] if self.custom_position_ids else inputs
         if self.merge_mode == "zero":
             batch = inputs[1].shape[0] if self.custom_position_ids else 1
@@ -220,10 +237,11 @@ class RelativePositionEmbedding(keras.layers.Layer):
                 name="embeddings", shape=(self.input_dim, self.output_dim),
                 initializer=self.embeddings_initializer)
 
-    def call(self, inputs):
-        q, k = inputs
-        q_idx = ops.arange(ops.shape(q)[1], dtype="int32")
-        k_idx = ops.arange(ops.shape(k)[1], dtype="int32")
+    def call(self, inputs, offset=0, key_length=None):
+        """`offset`: position of the first query; `key_length`: number of keys
+        (default: the length of `k`). Both serve incremental decoding, where new
+        queries at offset.. attend a cache of `key_length` keys."""
+        q_idx, k_idx = _query_key_positions(inputs, offset, key_length)
         max_dist = (self.input_dim - 1) // 2
         rel = ops.clip(k_idx[None, :] - q_idx[:, None], -max_dist, max_dist) + max_dist
         if self.sinusoidal:
@@ -232,7 +250,7 @@ class RelativePositionEmbedding(keras.layers.Layer):
             table = self.embeddings
         return ops.cast(ops.take(table, rel, axis=0), self.compute_dtype)
 
-    def compute_output_spec(self, inputs):
+    def compute_output_spec(self, inputs, **kwargs):
         q, k = inputs
         return keras.KerasTensor((q.shape[1], k.shape[1], self.output_dim),
                                  dtype=self.compute_dtype)
@@ -300,10 +318,8 @@ class RelativePositionEmbeddingT5(RelativePositionEmbedding):
         table = ops.convert_to_tensor(t5_bucket_table(num_buckets, self.max_distance))
         return buckets + ops.take(table, ops.minimum(n, self.max_distance), axis=0)
 
-    def call(self, inputs):
-        q, k = inputs
-        q_idx = ops.arange(ops.shape(q)[1], dtype="int32")
-        k_idx = ops.arange(ops.shape(k)[1], dtype="int32")
+    def call(self, inputs, offset=0, key_length=None):
+        q_idx, k_idx = _query_key_positions(inputs, offset, key_length)
         buckets = self.compute_position_ids(k_idx[None, :] - q_idx[:, None])
         return ops.cast(ops.take(self.embeddings, buckets, axis=0), self.compute_dtype)
 

@@ -12,11 +12,14 @@ A model is a thin subclass that overrides a hook or two (`get_inputs`,
 ['Input-Token', 'Input-Segment']
 """
 
+import threading
+
 import keras
 import numpy as np
 
 from kerasformers.checkpoints import loader
 from kerasformers.layers import AttentionMask, MultiHeadAttention
+from kerasformers.models import cache as cache_lib
 
 
 class Transformer:
@@ -74,6 +77,8 @@ class Transformer:
         self.position_bias = None
         self.built = False
         self.model = None
+        self._step = None  # a cache_lib.Step while call_with_cache runs
+        self._step_lock = threading.RLock()
 
     # ------------------------------------------------------------------ graph
     def build(self, **kwargs):
@@ -116,14 +121,17 @@ class Transformer:
         layer = self.layers[name]
         if inputs is None:
             return layer
-        if isinstance(layer, MultiHeadAttention) and self.residual_attention_scores:
+        residual = isinstance(layer, MultiHeadAttention) and self.residual_attention_scores
+        if residual and self.attention_scores is not None:
             # RealFormer: each layer adds the previous layer's scaled scores.
-            if self.attention_scores is not None:
-                arguments["attention_bias"] = self.attention_scores
-            o, scores = layer(inputs, **arguments)
-            self.attention_scores = scores
-            return o
-        return layer(inputs, **arguments)
+            arguments["attention_bias"] = self.attention_scores
+        if self._step is not None:
+            outputs = self._step.call(layer, inputs, arguments)
+        else:
+            outputs = layer(inputs, **arguments)
+        if residual:
+            outputs, self.attention_scores = outputs
+        return outputs
 
     def get_inputs(self):
         raise NotImplementedError
@@ -139,6 +147,8 @@ class Transformer:
 
     def compute_attention_bias(self, inputs=None):
         """Boolean attention mask from the token (and segment) ids, built once."""
+        if self._step is not None:
+            return self._step.attention_mask
         if self.attention_bias is None:
             names = {"padding": "Attention-Mask", "lm": "Attention-LM-Mask",
                      "unilm": "Attention-UniLM-Mask"}
@@ -150,6 +160,83 @@ class Transformer:
 
     def compute_position_bias(self, inputs=None):
         return None
+
+    # ------------------------------------------------------- incremental decoding
+    #: the self-attention mask of a cached step: 'lm' or 'unilm' (None: not causal)
+    @property
+    def step_attention_mode(self):
+        return self.attention_mode if self.attention_mode in ("lm", "unilm") else None
+
+    def cached_attention_shapes(self):
+        """(heads, key_size, head_size) of each self-attention call, in call order."""
+        shape = (self.num_attention_heads, self.attention_key_size, self.attention_head_size)
+        return [shape] * self.num_hidden_layers
+
+    def init_cache(self, batch_size, max_length, dtype=None):
+        """An empty key/value cache for `max_length` positions (see `call_with_cache`)."""
+        self._check_incremental()
+        dtype = dtype or cache_lib.compute_dtype_of(self.layers)
+        return cache_lib.empty_cache(batch_size, max_length, self.cached_attention_shapes(),
+                                     dtype, unilm=self.step_attention_mode == "unilm")
+
+    def call_with_cache(self, inputs, cache):
+        """Run the model on new tokens only, attending to everything cached.
+
+        inputs: the model's inputs for the new positions (token ids, plus segment
+            ids / position ids where the model takes them), [batch, new_length];
+            any number of new positions per call (e.g. the whole UniLM source
+            once, then one target token at a time).
+        Returns (outputs for the new positions, updated cache). Outputs equal the
+        uncached model's at those positions. Thread-safe (calls are serialised).
+
+        >>> import numpy as np
+        >>> from kerasformers import build_transformer_model
+        >>> gpt = build_transformer_model(None, model="gpt2", vocab_size=50, hidden_size=16,
+        ...                               num_hidden_layers=1, num_attention_heads=2,
+        ...                               intermediate_size=32, return_keras_model=False)
+        >>> cache = gpt.init_cache(batch_size=1, max_length=8)
+        >>> probs, cache = gpt.call_with_cache(np.array([[5, 6, 7]]), cache)
+        >>> probs, cache = gpt.call_with_cache(np.array([[8]]), cache)
+        >>> tuple(probs.shape), int(cache["index"])
+        ((1, 1, 50), 4)
+        """
+        self._check_incremental()
+        inputs = self.step_inputs(cache_lib.as_int_inputs(inputs), cache)
+        with self._step_lock:
+            step = cache_lib.Step(inputs[self.step_token_input:], cache,
+                                  self.step_attention_mode, self.step_pad_token_id)
+            saved = (self.inputs, self.attention_bias, self.position_bias,
+                     self.attention_scores)
+            self._step = step
+            self.inputs = inputs
+            self.attention_bias = self.position_bias = self.attention_scores = None
+            try:
+                outputs = self.call(inputs)
+            finally:
+                self._step = None
+                (self.inputs, self.attention_bias, self.position_bias,
+                 self.attention_scores) = saved
+        return outputs, step.updated_cache(inputs[self.step_token_input].shape[1])
+
+    #: index of the token ids among the step inputs
+    step_token_input = 0
+
+    @property
+    def step_pad_token_id(self):
+        return self.pad_token_id
+
+    def step_inputs(self, inputs, cache):
+        """The inputs `call` takes in a step (a hook: T5's decoder adds its context)."""
+        return inputs
+
+    def _check_incremental(self):
+        if self.step_attention_mode is None:
+            raise ValueError(f"{type(self).__name__} is not causal: incremental decoding "
+                             "needs application='lm' or 'unilm' (or a decoder model)")
+        if not self.built:
+            self.build()
+
+    reorder_cache = staticmethod(cache_lib.reorder_cache)
 
     @property
     def initializer(self):

@@ -20,6 +20,7 @@ bucketed relative bias, computed once per stack (`*-Embedding-Relative-Position`
 import dataclasses
 
 import keras
+from keras import ops
 
 from kerasformers.checkpoints import loader
 from kerasformers.checkpoints.loader import Key, T
@@ -449,6 +450,8 @@ class T5_Decoder(T5_Base):
 
     def compute_attention_bias(self, inputs=None):
         """Causal mask from the decoder tokens (no padding mask: token 0 starts)."""
+        if self._step is not None:
+            return self._step.attention_mask
         if self.attention_bias is None:
             self.attention_bias = self.apply(
                 inputs=self.inputs[1], layer=AttentionMask, mode="lm", pad_token_id=None,
@@ -457,6 +460,8 @@ class T5_Decoder(T5_Base):
 
     def compute_context_mask(self):
         """Cross-attention mask [batch, 1, 1, context_len], or None (attend everything)."""
+        if self._step is not None:
+            return self._step.context_mask
         if self.context_attention_mask is None and self.context_mask:
             self.context_attention_mask = self.apply(
                 inputs=self.inputs[2], layer=AttentionMask, mode="padding", pad_token_id=0,
@@ -474,6 +479,44 @@ class T5_Decoder(T5_Base):
                 cross_bias = self.apply_relative_position([x, c], name, bidirectional=False)
             self.position_bias = (self_bias, cross_bias)
         return self.position_bias
+
+    # ------------------------------------------------------- incremental decoding
+    step_attention_mode = "lm"
+    step_pad_token_id = None
+    step_token_input = 1
+
+    def cached_attention_shapes(self):
+        shape = (self.num_attention_heads, self.attention_key_size, self.attention_head_size)
+        return [shape] * self.num_decoder_layers
+
+    def init_cache(self, context, max_length, context_mask=None, dtype=None):
+        """A cache for decoding against `context` (encoder states [b, n, hidden]).
+
+        The cross-attention keys/values are projected once, here. context_mask:
+        [b, n] (1 = real, 0 = padding) or None (every position is real).
+        """
+        self._check_incremental()
+        context = ops.convert_to_tensor(context)
+        batch_size, context_length = context.shape[0], context.shape[1]
+        cache = super().init_cache(batch_size, max_length, dtype=dtype)
+        cross = []
+        for i in range(self.num_decoder_layers):
+            layer = self.layers[self.prefixed(f"Decoder-Transformer-{i}-MultiHeadCrossAttention")]
+            c = ops.cast(context, layer.compute_dtype)
+            cross.append((layer._split_heads(layer.k_dense(c), layer.key_size),
+                          layer._split_heads(layer.v_dense(c), layer.head_size)))
+        cache["cross"] = tuple(cross)
+        if context_mask is None:
+            context_mask = ops.ones((batch_size, context_length), dtype="bool")
+        cache["context_mask"] = ops.cast(context_mask, "bool")[:, None, None, :]
+        return cache
+
+    def step_inputs(self, inputs, cache):
+        """[context stand-in, decoder token ids]: the context is read from the cache,
+        the stand-in only carries its length (for the cross position bias)."""
+        token_ids = inputs[0]
+        length = cache["context_mask"].shape[-1]
+        return [ops.zeros((token_ids.shape[0], length, 1)), token_ids]
 
 
 
@@ -517,4 +560,32 @@ class T5(T5_Base):
         self.model = keras.Model(self.inputs, self.outputs, name=self.name)
         self.built = True
         return self.model
+
+    def init_cache(self, encoder_token_ids, max_length, dtype=None):
+        """Encode `encoder_token_ids` once and return a decoder cache for
+        `max_length` decoder positions (padding, id 0, is hidden from cross-attention).
+
+        >>> import numpy as np
+        >>> from kerasformers import build_transformer_model
+        >>> t5 = build_transformer_model(None, model="t5.1.1", vocab_size=50, hidden_size=16,
+        ...                              num_hidden_layers=1, num_attention_heads=2,
+        ...                              intermediate_size=32, return_keras_model=False)
+        >>> cache = t5.init_cache(np.array([[7, 8, 9, 1]]), max_length=5)
+        >>> probs, cache = t5.call_with_cache(np.array([[0]]), cache)   # start token
+        >>> tuple(probs.shape)
+        (1, 1, 50)
+        """
+        if not self.built:
+            self.build()
+        ids = ops.convert_to_tensor(encoder_token_ids, dtype="int32")
+        context = self.encoder(ids, training=False)
+        return self._decoder.init_cache(context, max_length,
+                                        context_mask=ops.not_equal(ids, self.pad_token_id),
+                                        dtype=dtype)
+
+    def call_with_cache(self, decoder_token_ids, cache):
+        """(LM output for the new decoder tokens, updated cache); see Transformer."""
+        return self._decoder.call_with_cache(decoder_token_ids, cache)
+
+    reorder_cache = staticmethod(T5_Base.reorder_cache)
 
