@@ -14,7 +14,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasformers.backend import sinusoidal_embeddings, sinusoidal_table
+from kerasformers.backend import embedding_lookup, sinusoidal_embeddings, sinusoidal_table
 
 
 def _register(cls):
@@ -43,7 +43,9 @@ class Embedding(keras.layers.Embedding):
         if mode == "dense":
             kernel = ops.cast(self.embeddings, self.compute_dtype)
             return ops.matmul(ops.cast(inputs, self.compute_dtype), ops.transpose(kernel))
-        return super().call(inputs)
+        if inputs.dtype != "int32" and inputs.dtype != "int64":
+            inputs = ops.cast(inputs, "int32")
+        return ops.cast(embedding_lookup(self.embeddings, inputs), self.compute_dtype)
 
     def compute_mask(self, inputs, mask=None):
         if not self.mask_zero or self.pad_token_id is None:
@@ -123,11 +125,11 @@ class PositionEmbedding(keras.layers.Layer):
         if self.hierarchical:
             alpha = 0.4 if self.hierarchical is True else self.hierarchical
             table = (table - alpha * table[:1]) / (1 - alpha)
-            high = ops.take(table, position_ids // self.input_dim, axis=0)
-            low = ops.take(table, position_ids % self.input_dim, axis=0)
+            high = embedding_lookup(table, position_ids // self.input_dim)
+            low = embedding_lookup(table, position_ids % self.input_dim)
             pos = alpha * high + (1 - alpha) * low
         else:
-            pos = ops.take(table, position_ids, axis=0)
+            pos = embedding_lookup(table, position_ids)
         return _merge(inputs, pos, self.merge_mode)
 
     def compute_mask(self, inputs, mask=None):
@@ -248,7 +250,7 @@ class RelativePositionEmbedding(keras.layers.Layer):
             table = ops.convert_to_tensor(sinusoidal_table(self.input_dim, self.output_dim))
         else:
             table = self.embeddings
-        return ops.cast(ops.take(table, rel, axis=0), self.compute_dtype)
+        return ops.cast(embedding_lookup(table, rel), self.compute_dtype)
 
     def compute_output_spec(self, inputs, **kwargs):
         q, k = inputs
@@ -321,7 +323,7 @@ class RelativePositionEmbeddingT5(RelativePositionEmbedding):
     def call(self, inputs, offset=0, key_length=None):
         q_idx, k_idx = _query_key_positions(inputs, offset, key_length)
         buckets = self.compute_position_ids(k_idx[None, :] - q_idx[:, None])
-        return ops.cast(ops.take(self.embeddings, buckets, axis=0), self.compute_dtype)
+        return ops.cast(embedding_lookup(self.embeddings, buckets), self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()
