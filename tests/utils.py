@@ -27,6 +27,18 @@ def randomize_torch(model, seed=0):
     return model.eval()
 
 
+def randomize_keras(model, seed=0):
+    """Our model's weights far from init: norm gammas 1 + 0.1 noise, the rest std 0.2."""
+    rng = np.random.RandomState(seed)
+    for w in model.weights:
+        if w.path.endswith("gamma"):
+            value = 1.0 + 0.1 * rng.normal(size=w.shape)
+        else:
+            value = 0.2 * rng.normal(size=w.shape)
+        w.assign(value.astype("float32"))
+    return model
+
+
 def batch(vocab_size=99, lengths=(11, 7, 4), pad=0, seed=0, segments=True, low=3):
     """Token ids with trailing padding (rows of the given lengths) and segment ids."""
     rng = np.random.RandomState(seed)

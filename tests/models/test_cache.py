@@ -11,20 +11,13 @@ import numpy as np
 import pytest
 
 from kerasformers import build_transformer_model
-from tests.utils import TOL, to_numpy
+from tests.utils import TOL, single_thread_torch, to_numpy  # noqa: F401
+from tests.utils import randomize_keras as randomize
+
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 CONFIG = dict(vocab_size=61, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
               intermediate_size=48)
-
-
-def randomize(model, seed=0):
-    rng = np.random.RandomState(seed)
-    for w in model.weights:
-        if w.path.endswith("gamma"):
-            value = 1.0 + 0.1 * rng.normal(size=w.shape)
-        else:
-            value = 0.2 * rng.normal(size=w.shape)
-        w.assign(value.astype("float32"))
 
 
 def build(model, application="encoder", **kwargs):
