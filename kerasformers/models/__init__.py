@@ -39,35 +39,31 @@ MODELS = {
 }
 
 
-def extend_with_language_model(BaseModel):
-    """Causal (lower-triangular) attention + MLM head: BERT as a language model."""
+def _with_attention_mode(BaseModel, mode, suffix):
+    """A subclass of BaseModel with another attention mask, and the MLM head on
+    by default (the GPT family's output already is its LM head)."""
 
-    class LanguageModel(BaseModel):
-        attention_mode = "lm"
+    class Extended(BaseModel):
+        attention_mode = mode
 
         def __init__(self, *args, **kwargs):
-            if not getattr(BaseModel, "tied_lm_output", False):  # GPT family: already an LM
+            if not getattr(BaseModel, "tied_lm_output", False):
                 kwargs.setdefault("with_mlm", True)
             super().__init__(*args, **kwargs)
 
-    LanguageModel.__name__ = f"{BaseModel.__name__}_LM"
-    return LanguageModel
+    Extended.__name__ = Extended.__qualname__ = f"{BaseModel.__name__}_{suffix}"
+    return Extended
+
+
+def extend_with_language_model(BaseModel):
+    """Causal (lower-triangular) attention + MLM head: BERT as a language model."""
+    return _with_attention_mode(BaseModel, "lm", "LM")
 
 
 def extend_with_unified_language_model(BaseModel):
     """UniLM seq2seq mask from segment ids + MLM head (source sees source,
     target sees source and earlier target)."""
-
-    class UnifiedLanguageModel(BaseModel):
-        attention_mode = "unilm"
-
-        def __init__(self, *args, **kwargs):
-            if not getattr(BaseModel, "tied_lm_output", False):  # GPT family: already an LM
-                kwargs.setdefault("with_mlm", True)
-            super().__init__(*args, **kwargs)
-
-    UnifiedLanguageModel.__name__ = f"{BaseModel.__name__}_UniLM"
-    return UnifiedLanguageModel
+    return _with_attention_mode(BaseModel, "unilm", "UniLM")
 
 
 def _resolve_paths(config_path, checkpoint_path):

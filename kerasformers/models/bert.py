@@ -84,13 +84,18 @@ class BERT(Transformer):
 
     def apply_embeddings(self, inputs):
         x, rest = self.embed_tokens_and_segments(inputs)
-        position_inputs = [x, rest[0]] if self.custom_position_ids else x
-        x = self.apply(inputs=position_inputs, layer=PositionEmbedding,
-                       input_dim=self.max_position, output_dim=self.embedding_size,
-                       merge_mode="add", hierarchical=self.hierarchical_position,
-                       embeddings_initializer=self.initializer,
-                       custom_position_ids=self.custom_position_ids, name="Embedding-Position")
+        x = self.apply_position_embedding(x, rest[0] if self.custom_position_ids else None)
         return self.finish_embeddings(x)
+
+    def apply_position_embedding(self, x, position_ids=None):
+        """Learned absolute positions (`Embedding-Position`), added to x."""
+        return self.apply(inputs=x if position_ids is None else [x, position_ids],
+                          layer=PositionEmbedding, input_dim=self.max_position,
+                          output_dim=self.embedding_size, merge_mode="add",
+                          hierarchical=self.hierarchical_position,
+                          embeddings_initializer=self.initializer,
+                          custom_position_ids=position_ids is not None,
+                          name="Embedding-Position")
 
     def finish_embeddings(self, x):
         x = self.apply(inputs=x, layer=LayerNormalization, epsilon=self.embedding_norm_eps,
@@ -112,31 +117,40 @@ class BERT(Transformer):
 
     def apply_main_layers(self, inputs, index, names=None):
         """Post-LN block: Att -> Dropout -> Add -> LN -> FFN -> Dropout -> Add -> LN."""
-        x = inputs
         attention_name, feed_forward_name = names or (
             f"Transformer-{index}-MultiHeadSelfAttention", f"Transformer-{index}-FeedForward")
-        xi = x
-        x = self.apply(inputs=[x, x, x], layer=MultiHeadAttention,
-                       arguments=self.attention_arguments(x),
-                       heads=self.num_attention_heads, head_size=self.attention_head_size,
-                       out_dim=self.hidden_size, key_size=self.attention_key_size,
-                       attention_dropout=self.attention_dropout_rate,
-                       kernel_initializer=self.initializer, name=attention_name)
+        x = xi = inputs
+        x = self.apply_self_attention(x, attention_name)
+        x = self.apply_residual(xi, x, attention_name)
+        x = xi = self.apply_norm(x, f"{attention_name}-Norm")
+        x = self.apply_feed_forward(x, feed_forward_name)
+        x = self.apply_residual(xi, x, feed_forward_name)
+        return self.apply_norm(x, f"{feed_forward_name}-Norm")
+
+    # Sublayers of a block, shared by every BERT-family layout (pre-/post-LN, GPT2_ML).
+    def apply_self_attention(self, x, name, **kwargs):
+        """Multi-head self-attention `name`, masked and biased by `attention_arguments`."""
+        return self.apply(inputs=[x, x, x], layer=MultiHeadAttention,
+                          arguments=self.attention_arguments(x),
+                          heads=self.num_attention_heads, head_size=self.attention_head_size,
+                          out_dim=self.hidden_size, key_size=self.attention_key_size,
+                          attention_dropout=self.attention_dropout_rate,
+                          kernel_initializer=self.initializer, name=name, **kwargs)
+
+    def apply_feed_forward(self, x, name, **kwargs):
+        return self.apply(inputs=x, layer=FeedForward, units=self.intermediate_size,
+                          activation=self.hidden_act, kernel_initializer=self.initializer,
+                          name=name, **kwargs)
+
+    def apply_residual(self, xi, x, name):
+        """`name`-Dropout on the sublayer output, then `name`-Add with its input xi."""
         x = self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
-                       name=f"{attention_name}-Dropout")
-        x = self.apply(inputs=[xi, x], layer=keras.layers.Add, name=f"{attention_name}-Add")
-        x = self.apply(inputs=x, layer=LayerNormalization, epsilon=self.layer_norm_eps,
-                       name=f"{attention_name}-Norm")
-        xi = x
-        x = self.apply(inputs=x, layer=FeedForward, units=self.intermediate_size,
-                       activation=self.hidden_act, kernel_initializer=self.initializer,
-                       name=feed_forward_name)
-        x = self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
-                       name=f"{feed_forward_name}-Dropout")
-        x = self.apply(inputs=[xi, x], layer=keras.layers.Add, name=f"{feed_forward_name}-Add")
-        x = self.apply(inputs=x, layer=LayerNormalization, epsilon=self.layer_norm_eps,
-                       name=f"{feed_forward_name}-Norm")
-        return x
+                       name=f"{name}-Dropout")
+        return self.apply(inputs=[xi, x], layer=keras.layers.Add, name=f"{name}-Add")
+
+    def apply_norm(self, x, name):
+        return self.apply(inputs=x, layer=LayerNormalization, epsilon=self.layer_norm_eps,
+                          name=name)
 
     def apply_final_layers(self, inputs):
         x = inputs

@@ -41,13 +41,7 @@ as a real token. Left padding would shift the learned positions (unsupported).
 import keras
 
 from kerasformers.checkpoints.loader import Key, as_key, split
-from kerasformers.layers import (
-    Embedding,
-    FeedForward,
-    LayerNormalization,
-    MultiHeadAttention,
-    PositionEmbedding,
-)
+from kerasformers.layers import Embedding
 from kerasformers.models.bert import BERT, dense_rows, norm_rows
 
 
@@ -139,11 +133,7 @@ class GPT2(GPT):
 
     def apply_embeddings(self, inputs):
         x, _ = self.embed_tokens_and_segments(inputs)
-        x = self.apply(inputs=x, layer=PositionEmbedding, input_dim=self.max_position,
-                       output_dim=self.embedding_size, merge_mode="add",
-                       hierarchical=self.hierarchical_position,
-                       embeddings_initializer=self.initializer, name="Embedding-Position")
-        return self.finish_embeddings(x)
+        return self.finish_embeddings(self.apply_position_embedding(x))
 
     def finish_embeddings(self, x):
         return x  # no LayerNorm, no Dropout (as the original)
@@ -152,30 +142,16 @@ class GPT2(GPT):
         """Pre-LN: LN -> Att -> Dropout -> Add, LN -> FFN -> Dropout -> Add."""
         attention_name = f"Transformer-{index}-MultiHeadSelfAttention"
         feed_forward_name = f"Transformer-{index}-FeedForward"
-        x = xi = inputs
-        x = self.apply(inputs=x, layer=LayerNormalization, epsilon=self.layer_norm_eps,
-                       name=f"{attention_name}-Norm")
-        x = self.apply(inputs=[x, x, x], layer=MultiHeadAttention,
-                       arguments=self.attention_arguments(x),
-                       heads=self.num_attention_heads, head_size=self.attention_head_size,
-                       out_dim=self.hidden_size, key_size=self.attention_key_size,
-                       attention_dropout=self.attention_dropout_rate,
-                       kernel_initializer=self.initializer, name=attention_name)
-        x = self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
-                       name=f"{attention_name}-Dropout")
-        x = xi = self.apply(inputs=[xi, x], layer=keras.layers.Add, name=f"{attention_name}-Add")
-        x = self.apply(inputs=x, layer=LayerNormalization, epsilon=self.layer_norm_eps,
-                       name=f"{feed_forward_name}-Norm")
-        x = self.apply(inputs=x, layer=FeedForward, units=self.intermediate_size,
-                       activation=self.hidden_act, kernel_initializer=self.initializer,
-                       name=feed_forward_name)
-        x = self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
-                       name=f"{feed_forward_name}-Dropout")
-        return self.apply(inputs=[xi, x], layer=keras.layers.Add, name=f"{feed_forward_name}-Add")
+        xi = inputs
+        x = self.apply_self_attention(self.apply_norm(xi, f"{attention_name}-Norm"),
+                                      attention_name)
+        xi = self.apply_residual(xi, x, attention_name)
+        x = self.apply_feed_forward(self.apply_norm(xi, f"{feed_forward_name}-Norm"),
+                                    feed_forward_name)
+        return self.apply_residual(xi, x, feed_forward_name)
 
     def apply_final_layers(self, inputs):
-        x = self.apply(inputs=inputs, layer=LayerNormalization, epsilon=self.layer_norm_eps,
-                       name="Output-Norm")
+        x = self.apply_norm(inputs, "Output-Norm")
         x = self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
                        name="Output-Dropout")
         return super().apply_final_layers(x)
@@ -235,37 +211,19 @@ class GPT2_ML(GPT):
 
     def apply_embeddings(self, inputs):
         x, _ = self.embed_tokens_and_segments(inputs)
-        x = self.apply(inputs=x, layer=PositionEmbedding, input_dim=self.max_position,
-                       output_dim=self.embedding_size, merge_mode="add",
-                       hierarchical=self.hierarchical_position,
-                       embeddings_initializer=self.initializer, name="Embedding-Position")
-        return self.apply(inputs=x, layer=LayerNormalization, epsilon=self.layer_norm_eps,
-                          name="Embedding-Norm")  # no Dropout (as the original)
+        x = self.apply_position_embedding(x)
+        return self.apply_norm(x, "Embedding-Norm")  # no Dropout (as the original)
 
     def apply_main_layers(self, inputs, index):
         """Att -> Dropout -> Add (r) -> LN-0 -> FFN -> Dropout -> Add r -> LN-1."""
         attention_name = f"Transformer-{index}-MultiHeadSelfAttention"
         feed_forward_name = f"Transformer-{index}-FeedForward"
-        x = xi = inputs
-        x = self.apply(inputs=[x, x, x], layer=MultiHeadAttention,
-                       arguments=self.attention_arguments(x),
-                       heads=self.num_attention_heads, head_size=self.attention_head_size,
-                       out_dim=self.hidden_size, key_size=self.attention_key_size,
-                       attention_dropout=self.attention_dropout_rate,
-                       kernel_initializer=self.initializer, name=attention_name)
-        x = self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
-                       name=f"{attention_name}-Dropout")
-        x = xi = self.apply(inputs=[xi, x], layer=keras.layers.Add, name=f"{attention_name}-Add")
-        x = self.apply(inputs=x, layer=LayerNormalization, epsilon=self.layer_norm_eps,
-                       name=f"{feed_forward_name}-Norm-0")
-        x = self.apply(inputs=x, layer=FeedForward, units=self.intermediate_size,
-                       activation=self.hidden_act, kernel_initializer=self.initializer,
-                       name=feed_forward_name)
-        x = self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
-                       name=f"{feed_forward_name}-Dropout")
-        x = self.apply(inputs=[xi, x], layer=keras.layers.Add, name=f"{feed_forward_name}-Add")
-        return self.apply(inputs=x, layer=LayerNormalization, epsilon=self.layer_norm_eps,
-                          name=f"{feed_forward_name}-Norm-1")
+        x = self.apply_self_attention(inputs, attention_name)
+        xi = self.apply_residual(inputs, x, attention_name)
+        x = self.apply_feed_forward(self.apply_norm(xi, f"{feed_forward_name}-Norm-0"),
+                                    feed_forward_name)
+        x = self.apply_residual(xi, x, feed_forward_name)
+        return self.apply_norm(x, f"{feed_forward_name}-Norm-1")
 
     # ------------------------------------------------------------- weights
     def weight_table(self):

@@ -10,13 +10,7 @@
 import keras
 import numpy as np
 
-from kerasformers.layers import (
-    Embedding,
-    FeedForward,
-    LayerNormalization,
-    MultiHeadAttention,
-    SinusoidalPositionEmbedding,
-)
+from kerasformers.layers import Embedding, LayerNormalization, SinusoidalPositionEmbedding
 from kerasformers.models.nezha import NEZHA
 
 
@@ -74,40 +68,23 @@ class RoFormerV2(RoFormer):
         x, _ = self.embed_tokens_and_segments(inputs)
         x = self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
                        name="Embedding-Dropout")
-        x = self.apply(inputs=x, layer=LayerNormalization, zero_mean=False, scale=False,
-                       offset=False, epsilon=self.layer_norm_eps, name="Embedding-Norm")
+        x = self.apply_norm(x, "Embedding-Norm")
         if self.embedding_size != self.hidden_size:
             x = self.apply(inputs=x, layer=keras.layers.Dense, units=self.hidden_size,
                            use_bias=False, kernel_initializer=self.initializer,
                            name="Embedding-Mapping")
         return x
 
-    def apply_main_layers(self, inputs, index, names=None):
-        x = inputs
-        attention_name = f"Transformer-{index}-MultiHeadSelfAttention"
-        feed_forward_name = f"Transformer-{index}-FeedForward"
-        xi = x
-        x = self.apply(inputs=[x, x, x], layer=MultiHeadAttention,
-                       arguments=self.attention_arguments(x),
-                       heads=self.num_attention_heads, head_size=self.attention_head_size,
-                       out_dim=self.hidden_size, key_size=self.attention_key_size,
-                       use_bias=False, attention_dropout=self.attention_dropout_rate,
-                       kernel_initializer=self.initializer, name=attention_name)
-        x = self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
-                       name=f"{attention_name}-Dropout")
-        x = self.apply(inputs=[xi, x], layer=keras.layers.Add, name=f"{attention_name}-Add")
-        x = self.apply(inputs=x, layer=LayerNormalization, zero_mean=False, scale=False,
-                       offset=False, epsilon=self.layer_norm_eps, name=f"{attention_name}-Norm")
-        xi = x
-        x = self.apply(inputs=x, layer=FeedForward, units=self.intermediate_size,
-                       activation=self.hidden_act, use_bias=False,
-                       kernel_initializer=self.initializer, name=feed_forward_name)
-        x = self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
-                       name=f"{feed_forward_name}-Dropout")
-        x = self.apply(inputs=[xi, x], layer=keras.layers.Add, name=f"{feed_forward_name}-Add")
-        x = self.apply(inputs=x, layer=LayerNormalization, zero_mean=False, scale=False,
-                       offset=False, epsilon=self.layer_norm_eps, name=f"{feed_forward_name}-Norm")
-        return x
+    def apply_self_attention(self, x, name, **kwargs):
+        return super().apply_self_attention(x, name, use_bias=False, **kwargs)
+
+    def apply_feed_forward(self, x, name, **kwargs):
+        return super().apply_feed_forward(x, name, use_bias=False, **kwargs)
+
+    def apply_norm(self, x, name):
+        """Parameter-free RMS-style norm (no mean, no scale, no offset)."""
+        return self.apply(inputs=x, layer=LayerNormalization, zero_mean=False, scale=False,
+                          offset=False, epsilon=self.layer_norm_eps, name=name)
 
     def apply_final_layers(self, inputs):
         x = inputs
