@@ -79,6 +79,15 @@ def _positions(length, offset=0):
     return positions + ops.cast(offset, "int32")
 
 
+def _batch_positions(length, offset):
+    """[1, length] positions from a scalar offset, [batch, length] from a [batch, 1]
+    offset (one start per row, e.g. rows whose prompts hold padding); never < 0."""
+    positions = _positions(length, offset)
+    if len(positions.shape) == 1:
+        return ops.expand_dims(positions, 0)
+    return ops.maximum(positions, 0)
+
+
 def _query_key_positions(inputs, offset, key_length):
     q, k = inputs
     if key_length is None:
@@ -114,13 +123,13 @@ class PositionEmbedding(keras.layers.Layer):
             initializer=self.embeddings_initializer)
 
     def call(self, inputs, offset=0):
-        """`offset`: position of the first input token (incremental decoding)."""
+        """`offset`: position of the first input token (incremental decoding), a
+        scalar or one per row ([batch, 1])."""
         if self.custom_position_ids:
             inputs, position_ids = inputs
             position_ids = ops.cast(position_ids, "int32")
         else:
-            seq_len = ops.shape(inputs)[1]
-            position_ids = ops.expand_dims(_positions(seq_len, offset), 0)
+            position_ids = _batch_positions(ops.shape(inputs)[1], offset)
         table = ops.cast(self.embeddings, self.compute_dtype)
         if self.hierarchical:
             alpha = 0.4 if self.hierarchical is True else self.hierarchical
@@ -183,11 +192,12 @@ class SinusoidalPositionEmbedding(keras.layers.Layer):
         self.supports_masking = True
 
     def call(self, inputs, offset=0):
-        """`offset`: position of the first input token (incremental decoding)."""
+        """`offset`: position of the first input token (incremental decoding), a
+        scalar or one per row ([batch, 1])."""
         if self.custom_position_ids:
             inputs, position_ids = inputs
         else:
-            position_ids = ops.expand_dims(_positions(ops.shape(inputs)[1], offset), 0)
+            position_ids = _batch_positions(ops.shape(inputs)[1], offset)
         pos = sinusoidal_embeddings(position_ids, self.output_dim)
         if self.merge_mode == "zero":
             return pos

@@ -179,13 +179,20 @@ class Transformer:
         return cache_lib.empty_cache(batch_size, max_length, self.cached_attention_shapes(),
                                      dtype, unilm=self.step_attention_mode == "unilm")
 
-    def call_with_cache(self, inputs, cache):
+    #: layers whose activation `call_with_cache(logits=True)` skips (the LM heads)
+    logit_layer_names = ("MLM-Activation", "LM-Activation", "Output-MLM-Activation",
+                         "Decoder-Output-LM-Activation", "Decoder-Output-LM")
+
+    def call_with_cache(self, inputs, cache, mask=None, logits=False):
         """Run the model on new tokens only, attending to everything cached.
 
         inputs: the model's inputs for the new positions (token ids, plus segment
             ids / position ids where the model takes them), [batch, new_length];
             any number of new positions per call (e.g. the whole UniLM source
             once, then one target token at a time).
+        mask: [batch, new_length], 1 = real token, 0 = padding (default: tokens
+            equal to pad_token_id are padding); padded keys are never attended.
+        logits: return the LM head's logits instead of its probabilities.
         Returns (outputs for the new positions, updated cache). Outputs equal the
         uncached model's at those positions. Thread-safe (calls are serialised).
 
@@ -203,8 +210,10 @@ class Transformer:
         self._check_incremental()
         inputs = self.step_inputs(cache_lib.as_int_inputs(inputs), cache)
         with self._step_lock:
-            step = cache_lib.Step(inputs[self.step_token_input:], cache,
-                                  self.step_attention_mode, self.step_pad_token_id)
+            step = cache_lib.Step(
+                inputs[self.step_token_input:], cache, self.step_attention_mode,
+                self.step_pad_token_id, mask=mask,
+                logit_layers=[self.prefixed(n) for n in self.logit_layer_names] if logits else ())
             saved = (self.inputs, self.attention_bias, self.position_bias,
                      self.attention_scores)
             self._step = step

@@ -10,7 +10,10 @@ reordering treat it as plain data):
   self          one (k, v) per self-attention call, [batch, max_length, heads, size];
   cross         one (k, v) per cross-attention call, the projected encoder
                 states (T5 decoder only);
-  context_mask  bool [batch, 1, 1, context_length] (T5 decoder only).
+  context_mask  bool [batch, 1, 1, context_length] (T5 decoder only);
+  position_shift int32 [batch], optional: subtracted from the absolute
+                position of every new token (rows whose cached part ends in
+                padding continue as if the padding were not there).
 
 A step runs the model's own template (`Transformer.call`) on the new tokens
 only, with the layers it already has: attention layers read and extend their
@@ -79,7 +82,7 @@ def reorder_cache(cache, indices):
 class Step:
     """The state of one cached call: masks, position offset, cache slots."""
 
-    def __init__(self, inputs, cache, mode, pad_token_id):
+    def __init__(self, inputs, cache, mode, pad_token_id, mask=None, logit_layers=()):
         token_ids = inputs[0]
         length = token_ids.shape[1]
         max_length = cache["key_mask"].shape[1]
@@ -91,7 +94,9 @@ class Step:
         self.cache = cache
         self.index = index
         self.max_length = max_length
-        if pad_token_id is None:
+        if mask is not None:
+            real = ops.cast(mask, "bool")
+        elif pad_token_id is None:
             real = ops.ones(ops.shape(token_ids), dtype="bool")
         else:
             real = ops.not_equal(token_ids, pad_token_id)
@@ -113,6 +118,11 @@ class Step:
         else:
             raise ValueError(f"incremental decoding needs a causal mask, not {mode!r}")
         self.mode = mode
+        self.logit_layers = set(logit_layers)
+        shift = cache.get("position_shift")
+        self.shift = shift
+        self.position_offset = index if shift is None else (
+            index - ops.cast(shift, "int32")[:, None])
         self.new_self = []
         self.cross_count = 0
         self.context_mask = cache.get("context_mask")
@@ -134,12 +144,16 @@ class Step:
 
     def position_arguments(self, layer, inputs):
         if isinstance(layer, RelativePositionEmbedding):
+            if self.shift is not None:
+                raise ValueError("position_shift (rows with a gap of padding) is not supported "
+                                 f"by relative positions ({layer.name}); decode such rows "
+                                 "one at a time")
             arguments = {"offset": self.index}
             if _is_self_attention(inputs):
                 arguments["key_length"] = self.max_length
             return arguments
         if isinstance(layer, (PositionEmbedding, SinusoidalPositionEmbedding)):
-            return {} if layer.custom_position_ids else {"offset": self.index}
+            return {} if layer.custom_position_ids else {"offset": self.position_offset}
         return {}
 
     def call(self, layer, inputs, arguments):
@@ -150,6 +164,11 @@ class Step:
             if is_self:
                 self.new_self.append(kv)
             return outputs
+        if layer.name in self.logit_layers:  # the LM head without its softmax
+            if isinstance(layer, keras.layers.Dense):
+                x = ops.matmul(ops.cast(inputs, layer.compute_dtype), layer.kernel)
+                return x + layer.bias if layer.use_bias else x
+            return inputs
         arguments = {**arguments, **self.position_arguments(layer, inputs)}
         return layer(inputs, **arguments)
 

@@ -183,3 +183,31 @@ def test_model_is_unchanged_after_cached_calls():
     decode(transformer, [ids, segments], [3, 1, 1])
     assert transformer.inputs[0] is transformer.model.inputs[0]
     np.testing.assert_array_equal(full_forward(transformer, [ids, segments]), before)
+
+
+@pytest.mark.parametrize("model,application", [("gpt2", "encoder"), ("bert", "lm"),
+                                               ("roformer", "unilm")])
+def test_padding_gap_and_logits(model, application):
+    """A prompt followed by padding, then `position_shift` = the pad count: the next
+    tokens are computed as if the padding were not there. `logits=True` returns the
+    LM head before its softmax."""
+    import keras
+
+    transformer = build_transformer_model(None, model=model, application=application,
+                                          return_keras_model=False, **CONFIG)
+    randomize(transformer.model)
+    ids = token_batch(7)[:1]
+    segments = np.zeros_like(ids)
+    segments[:, 3:] = 1
+    with_segments = len(transformer.model.inputs) > 1
+    inputs = (lambda i, s: [i, s]) if with_segments else (lambda i, s: [i])
+    expected = full_forward(transformer, inputs(ids, segments))
+    padded = np.concatenate([ids[:, :3], np.zeros((1, 2), "int32")], axis=1)
+    cache = transformer.init_cache(1, 9)
+    _, cache = transformer.call_with_cache(inputs(padded, np.zeros_like(padded)), cache,
+                                           mask=np.array([[1, 1, 1, 0, 0]]))
+    cache["position_shift"] = keras.ops.convert_to_tensor(np.array([2], "int32"))
+    logits, cache = transformer.call_with_cache(inputs(ids[:, 3:], segments[:, 3:]), cache,
+                                                logits=True)
+    probs = to_numpy(keras.ops.softmax(logits, axis=-1))
+    np.testing.assert_allclose(probs, expected[:, 3:], atol=TOL, rtol=0)
