@@ -1,0 +1,147 @@
+"""Drive a model's cached incremental call for generation: prefill, step, reorder.
+
+`Runner(transformer)` wraps a built model object (`return_keras_model=False`):
+a causal LM (GPT, GPT2, GPT2_ML, BERT-family `application='lm'`), a UniLM
+seq2seq model (`application='unilm'`: the source is encoded once, the target
+gets segment 1) or T5 / mT5 (the encoder runs once). Prompts of different
+lengths are right-padded in one batch; padding is masked and every later
+position is shifted back (`position_shift`), so each row is computed as if it
+were alone. The model call is compiled once per shape: `jax.jit` over the
+variables (Keras `StatelessScope`) on JAX, XLA `tf.function` on TensorFlow;
+eager under `torch.no_grad()` on torch.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from kerasformers.layers import RelativePositionEmbedding
+
+
+def _bucket(n, size):
+    return -(-n // size) * size
+
+
+class Runner:
+    #: prompt and cache lengths are rounded up to these, to reuse compiled calls
+    prompt_bucket = 16
+    cache_bucket = 32
+
+    def __init__(self, transformer):
+        if isinstance(transformer, keras.Model):
+            raise TypeError("generation needs the model object: build it with "
+                            "build_transformer_model(..., return_keras_model=False)")
+        self.transformer = transformer
+        if hasattr(transformer, "_decoder") and hasattr(transformer, "_encoder"):
+            self.kind = "seq2seq"
+        elif getattr(transformer, "step_attention_mode", None) == "unilm":
+            self.kind = "unilm"
+        elif getattr(transformer, "step_attention_mode", None) == "lm":
+            self.kind = "causal"
+        else:
+            raise ValueError(f"{type(transformer).__name__} cannot generate: use a causal LM "
+                             "(gpt, gpt2, gpt2_ml, application='lm'), application='unilm' "
+                             "or a T5 model")
+        if not transformer.built:
+            transformer.build()
+        model = transformer.model
+        self.segments = self.kind != "seq2seq" and len(model.inputs) > 1
+        self.max_position = getattr(transformer, "max_position", None)
+        self.relative = any(isinstance(layer, RelativePositionEmbedding)
+                            for layer in transformer.layers.values())
+        self.vocab_size = transformer.vocab_size
+        self._compiled = self._compile()
+
+    # ------------------------------------------------------------------ compile
+    def _call(self, inputs, cache, mask):
+        t = self.transformer
+        if self.kind == "seq2seq":
+            return t.call_with_cache(inputs[0], cache, logits=True)
+        return t.call_with_cache(inputs, cache, mask=mask, logits=True)
+
+    def _compile(self):
+        backend = keras.backend.backend()
+        if backend == "jax":
+            import jax
+
+            variables = list(self.transformer.model.variables)
+
+            def pure(values, inputs, cache, mask):
+                with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                    return self._call(inputs, cache, mask)
+
+            jitted = jax.jit(pure)
+            return lambda inputs, cache, mask: jitted([v.value for v in variables], inputs,
+                                                      cache, mask)
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return tf.function(self._call, jit_compile=True, reduce_retracing=True)
+        if backend == "torch":
+            import torch
+
+            def call(inputs, cache, mask):
+                with torch.no_grad():
+                    return self._call(inputs, cache, mask)
+
+            return call
+        return self._call
+
+    def call(self, inputs, cache, mask):
+        inputs = [ops.convert_to_tensor(np.asarray(x, "int32")) for x in inputs]
+        mask = ops.convert_to_tensor(np.asarray(mask, "bool"))
+        logits, cache = self._compiled(inputs, cache, mask)
+        return ops.convert_to_numpy(ops.cast(logits, "float32")), cache
+
+    # ------------------------------------------------------------------ phases
+    def needs_equal_lengths(self, lengths):
+        """Relative-position models cannot shift rows: ragged prompts go one by one."""
+        return self.kind != "seq2seq" and self.relative and len(set(lengths)) > 1
+
+    def prefill(self, prompts, max_new_tokens):
+        """Encode the prompts; returns (next-token logits [rows, vocab], state)."""
+        lengths = [len(p) for p in prompts]
+        rows = len(prompts)
+        if self.kind == "seq2seq":
+            width = _bucket(max(lengths), self.prompt_bucket)
+            ids = np.zeros((rows, width), "int32")  # T5 pads with 0, hidden from attention
+            for i, p in enumerate(prompts):
+                ids[i, :len(p)] = p
+            t = self.transformer
+            cache = t.init_cache(ids, _bucket(max_new_tokens + 1, self.cache_bucket))
+            start = np.full((rows, 1), t.pad_token_id, "int32")
+            logits, cache = self.call([start], cache, np.ones((rows, 1), bool))
+            return logits[:, -1], {"cache": cache}
+        width = max(lengths) if self.relative else _bucket(max(lengths), self.prompt_bucket)
+        total = width + max_new_tokens
+        if self.max_position is not None and max(lengths) + max_new_tokens > self.max_position:
+            raise ValueError(f"prompt ({max(lengths)} tokens) + max_new_tokens "
+                             f"({max_new_tokens}) exceed the model's {self.max_position} "
+                             "positions")
+        pad = self.transformer.pad_token_id or 0
+        ids = np.full((rows, width), pad, "int32")
+        mask = np.zeros((rows, width), bool)
+        for i, p in enumerate(prompts):
+            ids[i, :len(p)] = p
+            mask[i, :len(p)] = True
+        cache = self.transformer.init_cache(rows, _bucket(total, self.cache_bucket))
+        inputs = [ids] + ([np.zeros_like(ids)] if self.segments else [])
+        logits, cache = self.call(inputs, cache, mask)
+        last = logits[np.arange(rows), np.asarray(lengths) - 1]
+        shift = width - np.asarray(lengths, "int32")
+        if shift.any():
+            cache["position_shift"] = ops.convert_to_tensor(shift)
+        return last, {"cache": cache}
+
+    def step(self, tokens, state):
+        """Feed one token per row; returns (next-token logits, state)."""
+        tokens = np.asarray(tokens, "int32")[:, None]
+        inputs = [tokens]
+        if self.segments:  # UniLM: the target is segment 1; an LM: segment 0
+            inputs.append(np.full_like(tokens, 1 if self.kind == "unilm" else 0))
+        logits, cache = self.call(inputs, state["cache"], np.ones(tokens.shape, bool))
+        return logits[:, -1], {"cache": cache}
+
+    def reorder(self, state, rows):
+        """Keep/repeat rows of the cache (beams, num_return_sequences)."""
+        return {"cache": self.transformer.reorder_cache(state["cache"], np.asarray(rows))}

@@ -1,0 +1,303 @@
+"""`generate` equals transformers' `generate` on small random models, every backend.
+
+* greedy: token-identical for GPT2 (a batch of prompts of different lengths,
+  transformers left-pads them) and for T5 / mT5 (padded encoder batch);
+* beam search (num_beams 4, length_penalty 1.0 and 0.6): identical sequences and
+  sequence scores within 1e-4;
+* repetition_penalty and no_repeat_ngram_size: identical to transformers'
+  processors inside generate, and on given logits (with top-k / top-p);
+* sampling: reproducible with a seed; min_new_tokens respected; UniLM batches
+  equal one-by-one decoding; streaming equals generate; bad input is refused.
+"""
+
+import numpy as np
+import pytest
+
+from kerasformers import build_transformer_model
+from kerasformers.generation import generate, processors, stream_generate
+from tests.utils import randomize_torch, single_thread_torch  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
+V = 97
+PROMPTS = [[5, 17, 33, 2, 8, 41], [9, 3], [60, 61, 62, 63]]
+
+
+class Reference:
+    def __init__(self, folder, hf, ours):
+        self.folder, self.hf, self.ours = folder, hf, ours
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                        resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    hf = randomize_torch(GPT2LMHeadModel(config), seed=3)
+    folder = str(tmp_path_factory.mktemp("gpt2"))
+    hf.save_pretrained(folder)
+    ours = build_transformer_model(checkpoint_path=folder, return_keras_model=False)
+    return Reference(folder, hf, ours)
+
+
+@pytest.fixture(scope="module", params=["t5", "mt5"])
+def t5(request, tmp_path_factory):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    name = "MT5" if request.param == "mt5" else "T5"
+    config = getattr(transformers, f"{name}Config")(
+        vocab_size=V, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        dropout_rate=0.0, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    hf = getattr(transformers, f"{name}ForConditionalGeneration")(config)
+    hf = randomize_torch(hf, seed=4)
+    folder = str(tmp_path_factory.mktemp(request.param))
+    hf.save_pretrained(folder)
+    ours = build_transformer_model(checkpoint_path=folder, return_keras_model=False)
+    return Reference(folder, hf, ours)
+
+
+def hf_generate_decoder_only(hf, prompts, **kwargs):
+    """transformers: left-padded batch; returns the new tokens per row (and scores)."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    with torch.no_grad():
+        out = hf.generate(input_ids=ids, attention_mask=mask, return_dict_in_generate=True,
+                          output_scores=True, **kwargs)
+    return out.sequences[:, width:].numpy(), getattr(out, "sequences_scores", None)
+
+
+def hf_generate_seq2seq(hf, prompts, **kwargs):
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, :len(p)] = torch.tensor(p)
+    with torch.no_grad():
+        out = hf.generate(input_ids=ids, attention_mask=(ids != 0).long(),
+                          return_dict_in_generate=True, output_scores=True, **kwargs)
+    return out.sequences[:, 1:].numpy(), getattr(out, "sequences_scores", None)
+
+
+def same_tokens(ours, theirs, pad, eos=None):
+    """Equal up to trailing padding (each side pads to its own longest row; with an
+    eos, whatever follows a row's first eos is padding: transformers' beam search
+    fills with the eos when pad_token_id is 0)."""
+    width = max(ours.shape[1], theirs.shape[1])
+
+    def padded(a):
+        a = np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=pad)
+        if eos is not None:
+            for row in a:
+                hits = np.flatnonzero(row == eos)
+                if hits.size:
+                    row[hits[0] + 1:] = pad
+        return a
+
+    np.testing.assert_array_equal(padded(ours), padded(theirs))
+
+
+COMMON = dict(do_sample=False, pad_token_id=0)
+
+
+# ---------------------------------------------------------------- greedy
+def test_gpt2_greedy_equals_transformers(gpt2):
+    theirs, _ = hf_generate_decoder_only(gpt2.hf, PROMPTS, max_new_tokens=10, **COMMON)
+    ours = generate(gpt2.ours, PROMPTS, max_new_tokens=10, pad_token_id=0)
+    same_tokens(ours, theirs, 0)
+    # an eos the model actually emits: rows stop there and are padded after it
+    eos = int(theirs[0, 3])
+    theirs, _ = hf_generate_decoder_only(gpt2.hf, PROMPTS, max_new_tokens=10,
+                                         eos_token_id=eos, **COMMON)
+    ours = generate(gpt2.ours, PROMPTS, max_new_tokens=10, eos_token_id=eos, pad_token_id=0)
+    same_tokens(ours, theirs, 0)
+    stop = list(ours[0]).index(eos)
+    assert stop <= 3 and (ours[0, stop + 1:] == 0).all()
+
+
+def test_gpt2_batch_equals_one_by_one(gpt2):
+    together = generate(gpt2.ours, PROMPTS, max_new_tokens=6)
+    for i, prompt in enumerate(PROMPTS):
+        np.testing.assert_array_equal(generate(gpt2.ours, [prompt], max_new_tokens=6)[0],
+                                      together[i])
+
+
+def test_t5_greedy_equals_transformers(t5):
+    prompts = [[5, 9, 14, 22, 1], [7, 7, 30, 1], [40, 41, 42, 43, 44, 45, 46, 1]]
+    theirs, _ = hf_generate_seq2seq(t5.hf, prompts, max_new_tokens=9, eos_token_id=1,
+                                    **COMMON)
+    ours = generate(t5.ours, prompts, max_new_tokens=9, eos_token_id=1, pad_token_id=0)
+    same_tokens(ours, theirs, 0)
+
+
+# ---------------------------------------------------------------- beam search
+@pytest.mark.parametrize("length_penalty", [1.0, 0.6])
+def test_gpt2_beam_search_equals_transformers(gpt2, length_penalty):
+    greedy, _ = hf_generate_decoder_only(gpt2.hf, PROMPTS, max_new_tokens=8, **COMMON)
+    eos = int(greedy[1, 2])  # an eos some beams reach
+    kwargs = dict(max_new_tokens=8, num_beams=4, length_penalty=length_penalty,
+                  eos_token_id=eos, num_return_sequences=2)
+    theirs, their_scores = hf_generate_decoder_only(gpt2.hf, PROMPTS, **COMMON, **kwargs)
+    ours, our_scores = generate(gpt2.ours, PROMPTS, pad_token_id=0, return_scores=True,
+                                **kwargs)
+    same_tokens(ours, theirs, 0, eos)
+    np.testing.assert_allclose(our_scores, their_scores.numpy(), atol=1e-4, rtol=0)
+
+
+def test_t5_beam_search_equals_transformers(t5):
+    prompts = [[5, 9, 14, 22, 1], [7, 7, 30, 1]]
+    for length_penalty in (1.0, 0.6):
+        kwargs = dict(max_new_tokens=7, num_beams=4, length_penalty=length_penalty,
+                      eos_token_id=1)
+        theirs, their_scores = hf_generate_seq2seq(t5.hf, prompts, **COMMON, **kwargs)
+        ours, our_scores = generate(t5.ours, prompts, pad_token_id=0, return_scores=True,
+                                    **kwargs)
+        same_tokens(ours, theirs, 0, 1)
+        np.testing.assert_allclose(our_scores, their_scores.numpy(), atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------- processors
+def test_penalties_inside_generate_equal_transformers(gpt2):
+    kwargs = dict(max_new_tokens=12, repetition_penalty=1.8, no_repeat_ngram_size=2)
+    theirs, _ = hf_generate_decoder_only(gpt2.hf, PROMPTS, **COMMON, **kwargs)
+    ours = generate(gpt2.ours, PROMPTS, pad_token_id=0, **kwargs)
+    same_tokens(ours, theirs, 0)
+    for row in ours:  # no bigram twice
+        bigrams = list(zip(row[:-1], row[1:]))
+        assert len(bigrams) == len(set(bigrams))
+
+
+def test_processors_on_given_logits():
+    import torch
+    from transformers.generation import logits_process as lp
+
+    rng = np.random.RandomState(0)
+    scores = (rng.normal(size=(4, 50)) * 3).astype("float32")
+    scores[0, :5] = scores[0, 5]  # ties
+    ids = rng.randint(0, 50, (4, 9))
+    t_scores, t_ids = torch.from_numpy(scores), torch.from_numpy(ids)
+    histories = list(ids)
+    cases = [
+        (lp.RepetitionPenaltyLogitsProcessor(1.5),
+         lambda s: processors.repetition_penalty(s, histories, 1.5)),
+        (lp.NoRepeatNGramLogitsProcessor(2),
+         lambda s: processors.no_repeat_ngram(s, histories, 2)),
+        (lp.NoRepeatNGramLogitsProcessor(3),
+         lambda s: processors.no_repeat_ngram(s, histories, 3)),
+        (lp.TemperatureLogitsWarper(0.7), lambda s: processors.temperature_scale(s, 0.7)),
+        (lp.TopKLogitsWarper(5), lambda s: processors.top_k_filter(s, 5)),
+        (lp.TopPLogitsWarper(0.8), lambda s: processors.top_p_filter(s, 0.8)),
+        (lp.TopPLogitsWarper(0.05), lambda s: processors.top_p_filter(s, 0.05)),
+    ]
+    for theirs, ours in cases:
+        expected = theirs(t_ids, t_scores.clone()).numpy()
+        np.testing.assert_allclose(ours(scores.copy()), expected, atol=1e-6, rtol=0,
+                                   err_msg=type(theirs).__name__)
+
+
+# ---------------------------------------------------------------- sampling, limits
+def test_sampling_is_reproducible_with_a_seed(gpt2):
+    kwargs = dict(max_new_tokens=10, do_sample=True, top_k=20, top_p=0.9, temperature=1.3)
+    a = generate(gpt2.ours, PROMPTS, seed=7, **kwargs)
+    b = generate(gpt2.ours, PROMPTS, seed=7, **kwargs)
+    c = generate(gpt2.ours, PROMPTS, seed=8, **kwargs)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    many = generate(gpt2.ours, PROMPTS[:1], seed=7, num_return_sequences=3, **kwargs)
+    assert many.shape[0] == 3 and len({tuple(r) for r in many}) > 1
+
+
+def test_min_new_tokens(gpt2):
+    first = generate(gpt2.ours, PROMPTS, max_new_tokens=1)[:, 0]
+    eos = int(first[0])  # the most likely first token of row 0
+    out = generate(gpt2.ours, PROMPTS, max_new_tokens=6, min_new_tokens=4, eos_token_id=eos,
+                   pad_token_id=0)
+    assert (out[:, :4] != eos).all()
+    theirs, _ = hf_generate_decoder_only(gpt2.hf, PROMPTS, max_new_tokens=6, min_new_tokens=4,
+                                         eos_token_id=eos, **COMMON)
+    same_tokens(out, theirs, 0)
+
+
+def test_streaming_equals_generate(gpt2):
+    out = generate(gpt2.ours, PROMPTS, max_new_tokens=7)
+    steps = list(stream_generate(gpt2.ours, PROMPTS, max_new_tokens=7))
+    np.testing.assert_array_equal(np.array(steps).T, out)
+
+
+def test_streamed_text_never_splits_a_character():
+    from kerasformers.generation.generate import stream_generate as stream
+
+    class ByteTokenizer:  # token i = byte i
+        def decode(self, ids):
+            return bytes(ids).decode("utf-8", errors="replace")
+
+    class Fixed:  # a fake runner emitting the UTF-8 bytes of "语言"
+        kind, vocab_size = "causal", 256
+        data = list("语言".encode("utf-8"))
+
+        def needs_equal_lengths(self, lengths):
+            return False
+
+        def prefill(self, prompts, n):
+            return self.logits(0), 0
+
+        def step(self, tokens, state):
+            return self.logits(state + 1), state + 1
+
+        def logits(self, i):
+            out = np.zeros((1, 256), "float32")
+            out[0, self.data[min(i, len(self.data) - 1)]] = 1
+            return out
+
+    from kerasformers.generation.runner import Runner
+
+    fake = Fixed()
+    fake.__class__ = type("FakeRunner", (Fixed, Runner), {})
+    pieces = [p[0] for p in stream(fake, [[1]], tokenizer=ByteTokenizer(), max_new_tokens=6)]
+    assert "".join(pieces) == "语言" and pieces[2] == "语" and pieces[5] == "言"
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_unilm_batch_equals_one_by_one():
+    unilm = build_transformer_model(None, model="bert", application="unilm", vocab_size=V,
+                                    hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                    intermediate_size=48, return_keras_model=False)
+    sources = [[2, 11, 12, 13, 3], [2, 20, 3], [2, 30, 31, 32, 33, 34, 3]]
+    together = generate(unilm, sources, max_new_tokens=5, num_beams=3)
+    for i, source in enumerate(sources):
+        alone = generate(unilm, [source], max_new_tokens=5, num_beams=3)
+        np.testing.assert_array_equal(alone[0], together[i][:alone.shape[1]])
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(inputs=[[]]), "prompt 0 is empty"),
+    (dict(inputs=[[1] * 60], max_new_tokens=10), "exceed the model's 64 positions"),
+    (dict(num_beams=0), "num_beams must be >= 1"),
+    (dict(top_p=1.5, do_sample=True), "top_p must be in"),
+    (dict(top_p=0.0, do_sample=True), "top_p must be in"),
+    (dict(eos_token_id=V + 5), "not in the vocabulary"),
+    (dict(max_new_tokens=0), "max_new_tokens must be"),
+])
+def test_bad_input_is_a_clear_error(gpt2, kwargs, message):
+    kwargs = {"inputs": PROMPTS, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        generate(gpt2.ours, **kwargs)
+
+
+def test_keras_model_is_refused(gpt2):
+    model = build_transformer_model(checkpoint_path=gpt2.folder)
+    with pytest.raises(TypeError, match="return_keras_model=False"):
+        generate(model, PROMPTS)
+
