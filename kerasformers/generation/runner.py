@@ -76,7 +76,7 @@ class Runner:
         if backend == "tensorflow":
             import tensorflow as tf
 
-            return tf.function(self._call, jit_compile=True, reduce_retracing=True)
+            return tf.function(self._call, jit_compile=True)  # static shapes: one trace each
         if backend == "torch":
             import torch
 

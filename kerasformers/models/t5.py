@@ -516,7 +516,7 @@ class T5_Decoder(T5_Base):
         the stand-in only carries its length (for the cross position bias)."""
         token_ids = inputs[0]
         length = cache["context_mask"].shape[-1]
-        return [ops.zeros((token_ids.shape[0], length, 1)), token_ids]
+        return [ops.zeros((ops.shape(token_ids)[0], length, 1)), token_ids]
 
 
 
