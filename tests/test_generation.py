@@ -301,3 +301,32 @@ def test_keras_model_is_refused(gpt2):
     with pytest.raises(TypeError, match="return_keras_model=False"):
         generate(model, PROMPTS)
 
+
+
+# ---------------------------------------------------------------- bert4keras-style API
+def test_autoregressive_decoder_equals_generate():
+    """A bert4keras-style UniLM decoder (whole sequence through the Keras model every
+    step) gives generate's tokens: greedy beam search (topk=1) and topk=1 sampling."""
+    from kerasformers.generation import AutoRegressiveDecoder
+
+    unilm = build_transformer_model(None, model="bert", application="unilm", vocab_size=V,
+                                    hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                    intermediate_size=48, return_keras_model=False)
+    source = [2, 11, 12, 13, 3]
+    expected = list(generate(unilm, [source], max_new_tokens=6, eos_token_id=3)[0])
+    end = expected[-1] if 3 in expected else None
+
+    class Seq2Seq(AutoRegressiveDecoder):
+        @AutoRegressiveDecoder.wraps(default_rtype="probas")
+        def predict(self, inputs, output_ids, states):
+            token_ids, segment_ids = inputs
+            token_ids = np.concatenate([token_ids, output_ids], 1)
+            segment_ids = np.concatenate([segment_ids, np.ones_like(output_ids)], 1)
+            return self.last_token(unilm.model).predict([token_ids, segment_ids], verbose=0)
+
+    decoder = Seq2Seq(start_id=None, end_id=3, maxlen=6)
+    inputs = [np.array(source), np.zeros(len(source), "int32")]
+    assert list(decoder.beam_search(inputs, topk=1)) == expected
+    samples = decoder.random_sample(inputs, n=2, topk=1, seed=0)
+    assert [list(s) for s in samples] == [expected] * 2
+    assert end is None or expected[-1] == 3
