@@ -39,8 +39,10 @@ def test_unilm_mask_by_perturbation(model):
     out = to_numpy(transformer.model([ids, segments], training=False))
     for t in range(N):
         delta = np.abs(out[t + 1] - out[0]).max(-1)  # per position
+        # (unchanged: float noise only, ~1e-6 on TensorFlow's batched kernels; changed:
+        # logits of std ~1 move by far more than 1e-3)
         if t < SOURCE:  # a source token: seen by the whole source and the whole target
-            assert delta.min() > 1e-4, (t, delta)
+            assert delta.min() > 1e-3, (t, delta)
         else:  # a target token: invisible to the source and to earlier target positions
-            assert delta[:t].max() <= 1e-6, (t, delta)
-            assert delta[t:].min() > 1e-4, (t, delta)
+            assert delta[:t].max() <= 2e-5, (t, delta)
+            assert delta[t:].min() > 1e-3, (t, delta)
