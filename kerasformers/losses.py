@@ -225,7 +225,7 @@ def sequence_masked_crossentropy(y_true, y_pred, mask=None, from_logits=False):
 
 @keras.saving.register_keras_serializable(package="kerasformers")
 def sequence_masked_accuracy(y_true, y_pred, mask=None):
-    """Token accuracy of argmax(y_pred) against ids y_true (masks as `sequence_masked_crossentropy`)."""
+    """Token accuracy of argmax(y_pred) vs ids y_true (masks as `sequence_masked_crossentropy`)."""
     labels = _sparse_labels(y_true, y_pred)
     hits = ops.cast(ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), labels), "float32")
     return _token_reduce(hits, mask)

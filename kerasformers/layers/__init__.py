@@ -18,3 +18,14 @@ __all__ = [
     "RelativePositionEmbeddingT5",
     "ScaleOffset", "SinusoidalPositionEmbedding", "TokenSelect",
 ]
+
+from kerasformers.layers.crf import (  # noqa: E402
+    ConditionalRandomField,
+    MaximumEntropyMarkovModel,
+    ViterbiDecoder,
+    viterbi_decode,
+)
+
+__all__ += [
+    "ConditionalRandomField", "MaximumEntropyMarkovModel", "ViterbiDecoder", "viterbi_decode",
+]
