@@ -25,7 +25,9 @@ from kerasformers.layers.crf import (  # noqa: E402
     ViterbiDecoder,
     viterbi_decode,
 )
+from kerasformers.layers.global_pointer import EfficientGlobalPointer, GlobalPointer  # noqa: E402
 
 __all__ += [
-    "ConditionalRandomField", "MaximumEntropyMarkovModel", "ViterbiDecoder", "viterbi_decode",
+    "ConditionalRandomField", "EfficientGlobalPointer", "GlobalPointer",
+    "MaximumEntropyMarkovModel", "ViterbiDecoder", "viterbi_decode",
 ]
