@@ -9,9 +9,10 @@ Masks. The methods take the padding mask from the emissions' Keras mask (an
 `mask=` argument ([batch, seq], True / 1 = real token), else every position is
 a real token. Padding may sit anywhere: it is removed and the chain links each
 real token to the previous real one. In `compile` Keras cannot pass `mask=`;
-when your mask is a model input rather than a Keras mask, attach it first,
-e.g. `keras.layers.Masking` or a layer whose `compute_mask` returns it, or
-call the methods in a custom `compute_loss` with `mask=`.
+when your mask is a model input rather than a Keras mask, attach it to the
+emissions first (a layer whose `compute_mask` returns it), or override
+`compute_loss` of your `keras.Model` subclass:
+`return crf.sparse_loss(y, y_pred, mask=x["padding_mask"])`.
 Both layers compute in float32 by default (even under a mixed-precision
 policy): the log-partition needs the range, and a float32 output keeps its Keras
 mask when Keras hands it to the loss (a cast would drop it).
@@ -22,6 +23,10 @@ mean token cross-entropy for the MEMM). Accuracies return per-token hits
 masked mean. On JAX, Keras does not pass output masks to *metrics* during
 `fit` (it does in `evaluate` and for losses), so the training accuracy
 counts padding there.
+
+Saving: a model compiled with these bound methods saves fine, but Keras cannot
+deserialise them: load with `keras.models.load_model(path, compile=False)` and
+compile again with the loaded layer's methods.
 
 >>> import keras, numpy as np
 >>> from kerasformers.layers import ConditionalRandomField
@@ -422,7 +427,7 @@ class MaximumEntropyMarkovModel(_TaggingHead):
         """False while Keras' JAX trainer runs metrics: it purges the weights' values
         then (`fit` and `evaluate`), so no metric can read them."""
         try:
-            ops.convert_to_tensor(self.trainable_weights[0])
+            ops.convert_to_tensor(self.weights[0])
         except TypeError:
             return False
         return True
