@@ -9,8 +9,13 @@ through the key/value cache (`init_cache` / `call_with_cache`).
 import keras
 import numpy as np
 
+import pytest
+
 from kerasformers import build_transformer_model
-from tests.utils import to_numpy
+from tests.utils import single_thread_torch, to_numpy  # noqa: F401
+
+# one torch thread per xdist worker: two workers x two threads oversubscribe the 2 cores
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 DIGITS, LENGTH, TRAIN, TEST = 10, 6, 6000, 200
 TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
