@@ -1,4 +1,5 @@
-"""Shared machinery of the model benchmarks (encoder.py, decoder.py): ours vs transformers.
+"""Shared machinery of the model benchmarks (encoder.py, decoder.py, generation.py): ours vs
+transformers.
 
 A benchmark script describes its model in a `Spec` and ends in ``harness.main(SPEC)``. The
 harness then does the rest, the same way for every model:
@@ -11,6 +12,10 @@ harness then does the rest, the same way for every model:
 * each worker builds its paths (``Spec.transformers_paths`` / ``Spec.our_paths``: a list of
   ``(name, fn, sync)``, where ``sync(fn())`` runs one complete call and returns its output),
   checks every path's output against the reference and reports back;
+* a path may carry a 4th element, a dict of options (``PATH_OPTIONS``): a ``group`` (a
+  benchmark with several workloads, e.g. generation's modes, gets one table per group, each
+  path compared with the transformers path of its group), its own ``reference`` and
+  ``tokens`` per call, a ``row`` label (reported in its own row, never the backend's number);
 * timing is interleaved: ``--runs`` rounds, and in each round every path of every worker does
   ``--reps`` calls in turn (the order rotates each round) while the other workers sit idle,
   blocked on their stdin; a path's time per call in a round is the round's total / ``--reps``
@@ -33,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,6 +46,14 @@ BACKENDS = ("jax", "torch", "tensorflow")
 THREADS = 2
 MARK = "@@bench "
 FIX_TAG = "[proposed fix] "
+#: the options a path may carry as a 4th element: (name, fn, sync, {option: value})
+PATH_OPTIONS = {
+    "group": "workload the path belongs to: one table per group, ratios vs the transformers "
+             "path of the same group",
+    "reference": "the output to check against, instead of the worker's reference",
+    "tokens": "tokens per call for tokens/s, instead of Spec.tokens",
+    "row": "label of a row of its own in the group's table; never the backend's number",
+}
 
 
 @dataclass
@@ -60,6 +73,16 @@ class Spec:
     tolerance: a path is valid if max |out - reference| < tolerance, or with ``relative=True``
         if max |out - reference| / max |reference| < tolerance.
     fix_help: help of ``--try-fixes``; None = the benchmark has no proposed fix (no flag).
+
+    Optional hooks, for benchmarks whose workload is not one batch x seq_len call:
+    add_arguments(parser): adds the benchmark's own options; the harness forwards their values
+        to the workers.
+    defaults: overrides of the harness's option defaults, e.g. ``{"runs": 3, "reps": 1}``.
+    workload(args): replaces "batch B x S tokens" in the header line.
+    run_config(args): replaces ``{"batch": B, "seq_len": S}`` in the JSON's config.
+    group_title(group, args): the title printed above a group's table (default: the group).
+    describe(out, reference): extra facts about a path's output (a dict, e.g. where it first
+        differs), saved with the path and printed after its max|d|.
     """
 
     name: str
@@ -74,6 +97,12 @@ class Spec:
     tolerance: float = 1e-3
     relative: bool = False
     fix_help: Optional[str] = None
+    add_arguments: Optional[Callable] = None
+    defaults: dict = field(default_factory=dict)
+    workload: Optional[Callable] = None
+    run_config: Optional[Callable] = None
+    group_title: Optional[Callable] = None
+    describe: Optional[Callable] = None
 
     @property
     def tokens(self):
@@ -83,6 +112,16 @@ class Spec:
         if self.relative:
             return f"max|d| / max|ref| >= {self.tolerance:g}"
         return f"max|d| >= {self.tolerance:g}"
+
+    def workload_text(self, args):
+        if self.workload:
+            return self.workload(args)
+        return f"batch {self.batch} x {self.seq_len} tokens"
+
+    def config_entries(self, args):
+        if self.run_config:
+            return self.run_config(args)
+        return {"batch": self.batch, "seq_len": self.seq_len}
 
 
 def identity(x):
@@ -236,19 +275,31 @@ def run_child(spec, args):
                  or any(o in p[0] for o in args.only)]
     scale = float(np.max(np.abs(reference))) if spec.relative else 1.0
     infos, live = [], []
-    for name, fn, sync in paths:
+    for name, fn, sync, *extra in paths:
+        options = extra[0] if extra else {}
+        unknown = set(options) - set(PATH_OPTIONS)
+        assert not unknown, f"unknown path options {unknown}"
+        tags = {k: options[k] for k in ("group", "tokens", "row") if k in options}
+        ref = options.get("reference", reference)
         try:
             t = time.perf_counter()
             out = sync(fn())
             first = time.perf_counter() - t
             for _ in range(args.warmup):
                 out = sync(fn())
-            delta = float(np.max(np.abs(to_numpy(out) - reference)))
+            out = to_numpy(out)
+            if out.shape != np.shape(ref):
+                delta = float("inf")
+                tags["shape"] = f"{list(out.shape)}, reference {list(np.shape(ref))}"
+            else:
+                delta = float(np.max(np.abs(out - ref), initial=0.0))
+            if spec.describe:
+                tags.update(spec.describe(out, ref))
         except Exception as e:  # a path that does not work here is reported, not fatal
-            infos.append({"path": name, "error": f"{type(e).__name__}: {e}"[:500]})
+            infos.append({"path": name, **tags, "error": f"{type(e).__name__}: {e}"[:500]})
             continue
         del out
-        info = {"path": name, "first_call_s": first, "max_abs_delta": delta}
+        info = {"path": name, **tags, "first_call_s": first, "max_abs_delta": delta}
         if spec.relative:
             info["max_abs_reference"] = scale
             info["rel_delta"] = delta / scale
@@ -320,6 +371,8 @@ class Worker:
             cmd += ["--only", *args.only]
         if getattr(args, "try_fixes", False):
             cmd.append("--try-fixes")
+        if args.spec_dests:
+            cmd += ["--spec-args", json.dumps({k: getattr(args, k) for k in args.spec_dests})]
         env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), TF_CPP_MIN_LOG_LEVEL="2")
         if backend != "transformers":
             env["KERAS_BACKEND"] = backend
@@ -375,12 +428,12 @@ def cpu_steal():
 
 def run_parent(spec, args):
     cfg = spec.model_config(args.quick)
-    print(f"{spec.name} benchmark: {spec.header(cfg)}, batch {spec.batch} x {spec.seq_len} "
-          f"tokens, float32, {THREADS} threads; "
+    print(f"{spec.name} benchmark: {spec.header(cfg)}, {spec.workload_text(args)}, "
+          f"float32, {THREADS} threads; "
           f"{args.runs} interleaved rounds x {args.reps} calls", flush=True)
     report = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
               "machine": machine_info(), "versions": versions(), "git_commit": git_commit(),
-              "config": dict(cfg, batch=spec.batch, seq_len=spec.seq_len, dtype="float32",
+              "config": dict(cfg, **spec.config_entries(args), dtype="float32",
                              threads=THREADS, warmup=args.warmup, runs=args.runs,
                              reps=args.reps),
               "results": {}}
@@ -414,12 +467,13 @@ def run_parent(spec, args):
                                               "paths": ready["paths"]}
                 for p in ready["paths"]:
                     p["runs_s"] = []
+                    label = f"{p['path']} [{p['group']}]" if "group" in p else p["path"]
                     if "error" in p:
-                        print(f"  [{backend}] {p['path']}: FAILED {p['error'][:200]}")
+                        print(f"  [{backend}] {label}: FAILED {p['error'][:200]}")
                     else:
                         rel = f" (rel {p['rel_delta']:.1e})" if "rel_delta" in p else ""
-                        print(f"  [{backend}] {p['path']}: first call {p['first_call_s']:.3f}s"
-                              f", max|d| {p['max_abs_delta']:.2e}{rel}", flush=True)
+                        print(f"  [{backend}] {label}: first call {p['first_call_s']:.3f}s"
+                              f", max|d| {p['max_abs_delta']:.2e}{rel}{facts(p)}", flush=True)
             jobs = [(w, i) for w in workers for i, p in enumerate(w.info["paths"])
                     if "error" not in p]
             steal0, t0 = cpu_steal() or (0, 0), time.time()
@@ -441,48 +495,98 @@ def run_parent(spec, args):
     summarise(spec, report, args)
 
 
+#: the keys of a path's report that `facts` leaves out (the rest: Spec.describe's, "shape")
+STANDARD_KEYS = {"path", "group", "tokens", "row", "first_call_s", "max_abs_delta",
+                 "max_abs_reference", "rel_delta", "valid", "runs_s", "error", "median_s",
+                 "min_s", "tokens_per_s", "ratio_vs_transformers"}
+
+
+def facts(p):
+    """The extra facts about a path's output, as text: ' key=value ...' or ''."""
+    return "".join(f" {k}={v}" for k, v in p.items() if k not in STANDARD_KEYS)
+
+
 def summarise(spec, report, args):
     results = report["results"]
+    groups = []  # in order of appearance, transformers' first; [None] when ungrouped
+    for r in results.values():
+        for p in r.get("paths", []):
+            if p.get("group") not in groups:
+                groups.append(p.get("group"))
+    grouped = groups != [None] and bool(groups)
+    groups = groups or [None]
     for r in results.values():
         for p in r.get("paths", []):
             if p.get("runs_s"):
                 p["median_s"] = statistics.median(p["runs_s"])
                 p["min_s"] = min(p["runs_s"])
-                p["tokens_per_s"] = spec.tokens / p["median_s"]
-        done = [p for p in r.get("paths", []) if p.get("valid") and "median_s" in p
-                and not p["path"].startswith(FIX_TAG)]
-        r["best"] = min(done, key=lambda p: p["median_s"]) if done else None
-    hf = results["transformers"]["best"]
-    if hf is None:
+                p["tokens_per_s"] = (p["tokens"] if "tokens" in p else spec.tokens) / p["median_s"]
+        best = {}
+        for g in groups:
+            done = [p for p in r.get("paths", []) if p.get("group") == g and p.get("valid")
+                    and "median_s" in p and not p["path"].startswith(FIX_TAG)
+                    and "row" not in p]
+            best[g] = min(done, key=lambda p: p["median_s"]) if done else None
+        r["best"] = best if grouped else best[None]
+    hf = {g: results["transformers"]["best"][g] if grouped else results["transformers"]["best"]
+          for g in groups}
+    if all(h is None for h in hf.values()):
         raise SystemExit("transformers produced no timing")
     for r in results.values():
         for p in r.get("paths", []):
-            if "tokens_per_s" in p:
-                p["ratio_vs_transformers"] = p["tokens_per_s"] / hf["tokens_per_s"]
+            h = hf.get(p.get("group"))
+            if "tokens_per_s" in p and h is not None:
+                p["ratio_vs_transformers"] = p["tokens_per_s"] / h["tokens_per_s"]
 
-    rows = [("transformers (torch)", hf, "-")]
-    for backend in args.backends:
-        best = results[backend].get("best")
-        if best:
-            rows.append((f"ours ({backend})", best, f"{best['max_abs_delta']:.1e}"))
-        else:
-            rows.append((f"ours ({backend})", None, results[backend].get("skipped", "failed")))
     header = ("backend", "first call s", "median s", "tokens/s", "ratio vs transformers",
               "max|d|", "path")
-    table = [header]
-    for name, p, d in rows:
-        if p is None:
-            table.append((name, "-", "-", "-", "-", d, "-"))
-        else:
-            table.append((name, f"{p['first_call_s']:.3f}", f"{p['median_s']:.4f}",
-                          f"{p['tokens_per_s']:.0f}", f"{p['ratio_vs_transformers']:.2f}x", d,
-                          p["path"]))
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-    print()
-    for i, row in enumerate(table):
-        print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
-        if i == 0:
-            print("-+-".join("-" * w for w in widths))
+    for g in groups:
+        def best_of(backend):
+            return results[backend]["best"][g] if grouped else results[backend].get("best")
+
+        def no_number(backend):
+            """Why a backend has no number in this group: skipped, failed or INVALID."""
+            r = results[backend]
+            mine = [p for p in r.get("paths", []) if p.get("group") == g and "row" not in p
+                    and not p["path"].startswith(FIX_TAG)]
+            invalid = [p for p in mine if p.get("valid") is False]
+            if invalid:
+                return f"INVALID ({min(p['max_abs_delta'] for p in invalid):.1e})"
+            return r.get("skipped", "failed")
+
+        rows = [("transformers (torch)", hf[g], "-" if hf[g] else no_number("transformers"))]
+        for backend in args.backends:
+            best = best_of(backend) if "best" in results[backend] else None
+            if best:
+                rows.append((f"ours ({backend})", best, f"{best['max_abs_delta']:.1e}"))
+            else:
+                rows.append((f"ours ({backend})", None, no_number(backend)))
+        for backend, r in results.items():
+            for p in r.get("paths", []):
+                if p.get("group") == g and "row" in p:
+                    if p.get("valid") and "median_s" in p:
+                        rows.append((p["row"], p, f"{p['max_abs_delta']:.1e}"))
+                    elif "error" in p or "median_s" not in p:
+                        rows.append((p["row"], None, "failed"))
+                    else:
+                        rows.append((p["row"], None, f"INVALID ({p['max_abs_delta']:.1e})"))
+        table = [header]
+        for name, p, d in rows:
+            if p is None:
+                table.append((name, "-", "-", "-", "-", d, "-"))
+            else:
+                ratio = (f"{p['ratio_vs_transformers']:.2f}x" if "ratio_vs_transformers" in p
+                         else "-")
+                table.append((name, f"{p['first_call_s']:.3f}", f"{p['median_s']:.4f}",
+                              f"{p['tokens_per_s']:.0f}", ratio, d, p["path"]))
+        widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+        print()
+        if grouped:
+            print(spec.group_title(g, args) if spec.group_title else g)
+        for i, row in enumerate(table):
+            print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+            if i == 0:
+                print("-+-".join("-" * w for w in widths))
     if spec.relative:
         scale = max((p["max_abs_reference"] for r in results.values()
                      for p in r.get("paths", []) if "max_abs_reference" in p), default=0.0)
@@ -491,13 +595,17 @@ def summarise(spec, report, args):
     print("\nall paths (median / min of rounds, s per call):")
     for backend, r in results.items():
         for p in r.get("paths", []):
+            name = f"{p['group']:<{max(len(str(g)) for g in groups)}} {p['path']}" if grouped \
+                else p["path"]
             if "error" in p:
-                print(f"  {backend:<12} {p['path']:<62} error: {p['error'][:80]}")
+                print(f"  {backend:<12} {name:<62} error: {p['error'][:80]}")
             elif "median_s" in p:
-                print(f"  {backend:<12} {p['path']:<62} first {p['first_call_s']:7.3f}  "
+                ratio = (f"{p['ratio_vs_transformers']:.2f}x" if "ratio_vs_transformers" in p
+                         else "-")
+                print(f"  {backend:<12} {name:<62} first {p['first_call_s']:7.3f}  "
                       f"median {p['median_s']:.4f}  min {p['min_s']:.4f}  "
-                      f"{p['ratio_vs_transformers']:.2f}x  max|d| {p['max_abs_delta']:.1e}"
-                      f"{'' if p['valid'] else f'  INVALID ({spec.criterion()})'}")
+                      f"{ratio}  max|d| {p['max_abs_delta']:.1e}"
+                      f"{'' if p['valid'] else f'  INVALID ({spec.criterion()}){facts(p)}'}")
     if "cpu_steal_pct" in report:
         print(f"cpu steal during timing: {report['cpu_steal_pct']:.1f}%")
     spread = max((max(p["runs_s"]) / p["min_s"], p["path"]) for r in results.values()
@@ -521,8 +629,10 @@ def parse_args(spec, argv=None):
     p = argparse.ArgumentParser(description=spec.doc.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="2 layers instead of 12 (smoke check)")
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    runs = spec.defaults.get("runs")
     p.add_argument("--runs", type=int, default=None,
-                   help="interleaved timing rounds; median reported (default 7, quick 3)")
+                   help="interleaved timing rounds; median reported "
+                        f"({f'default {runs}' if runs else 'default 7, quick 3'})")
     p.add_argument("--reps", type=int, default=3, help="calls per path per round")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls after the first")
     p.add_argument("--only", nargs="+", help="only our paths whose name contains one of these")
@@ -530,10 +640,19 @@ def parse_args(spec, argv=None):
         p.add_argument("--try-fixes", action="store_true", help=spec.fix_help)
     p.add_argument("--out", help=f"results JSON (default benchmarks/results/{spec.name}.json, "
                                  f"or {spec.name}-quick.json with --quick)")
+    known = {a.dest for a in p._actions}
+    if spec.add_arguments:
+        spec.add_arguments(p)
+    spec_dests = [a.dest for a in p._actions if a.dest not in known]
+    p.set_defaults(**spec.defaults)
+    p.add_argument("--spec-args", help=argparse.SUPPRESS)  # the parent's values, for workers
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--backend", choices=("transformers",) + BACKENDS, help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.spec_args:
+        vars(args).update(json.loads(args.spec_args))
+    args.spec_dests = spec_dests
     if not spec.fix_help:
         args.try_fixes = False
     if args.runs is None:

@@ -1,0 +1,303 @@
+"""Generation speed: kerasformers `generate` per Keras backend vs transformers' `model.generate`.
+
+Model: GPT2-small-sized random weights (12 layers, n_embd 768, 12 heads, n_inner 3072, vocab
+50257, n_positions 1024, ``gelu_new``), float32, inference, the same model and weight
+randomisation as decoder.py. Prompts: 32 tokens each, drawn uniformly from 1..vocab-1 with
+seed 0 (8 different prompts; batch-1 modes use the first). Every call generates exactly
+``--new-tokens`` (default 128) new tokens: nothing can stop it early (no eos token), and
+nothing is padded (all prompts have the same length). ``--quick`` uses 2 layers instead of
+12, as a smoke check.
+
+Modes (``--mode``, default all three; each gets its own table):
+
+* ``greedy1``: greedy search, batch 1;
+* ``greedy8``: greedy search, batch 8 (8 different prompts);
+* ``beam4``: beam search, ``num_beams=4``, batch 1, ``length_penalty=1.0``,
+  ``early_stopping=False``, one returned sequence.
+
+Contenders, per mode:
+
+* transformers: ``GPT2LMHeadModel`` exactly as in decoder.py (``.eval()``, default attention
+  implementation SDPA, LayerNorm gammas / all biases randomised), called as
+  ``model.generate(input_ids, attention_mask=ones, do_sample=False, num_beams=...,
+  max_new_tokens=N, min_new_tokens=N, eos_token_id=None, pad_token_id=0)`` (beam4 adds
+  ``length_penalty=1.0, early_stopping=False``) under ``torch.inference_mode()``; everything
+  else is its default (its default DynamicCache). ``model.generation_config`` has
+  ``eos_token_id`` / ``bos_token_id`` set to None too, so no eos is suppressed or stops a row
+  (GPT2Config's default eos is 50256); the all-ones attention mask keeps transformers from
+  inferring one from the pad id. Its output is cut to the new tokens, [rows, N].
+* ours: ``build_transformer_model(checkpoint_path=tmpdir, return_keras_model=False)`` on the
+  directory that ``save_pretrained`` wrote, one process per Keras backend (``KERAS_BACKEND``
+  set in its environment), called as ``generate(model, prompts, max_new_tokens=N,
+  num_beams=..., length_penalty=1.0, early_stopping=False, eos_token_id=None,
+  pad_token_id=0)`` (kerasformers.generation: key/value cache, one compiled prefill and one
+  compiled one-token step, ``jax.jit`` on jax, XLA ``tf.function`` on TensorFlow, eager under
+  ``torch.no_grad()`` on torch). Two paths: ``generate(model, ...)``, the documented call,
+  and on jax and TensorFlow also ``generate(Runner(model), ...)`` with one
+  ``kerasformers.generation.Runner`` made once and reused by every call: ``generate`` wraps a
+  model object in a new Runner on every call, and a Runner compiles its own prefill and step,
+  so ``generate(model, ...)`` compiles again on every call on those two backends (a model-side
+  issue, measured here as it is). On torch the two are the same (nothing is compiled), so only
+  the first is timed. The first call (compilation included) is reported separately, as always.
+* cacheless (``greedy1`` only): a bert4keras-style decoder, ``AutoRegressiveDecoder``
+  (kerasformers.generation, API-compatible with bert4keras') subclassed the way bert4keras'
+  GPT examples do: ``predict`` runs the whole sequence so far (prompt + tokens generated)
+  through the Keras model, ``self.last_token(model).predict_on_batch(ids)`` (the model's
+  default softmax output, last position only), and ``beam_search([prompt], topk=1)``
+  (= greedy) runs it ``N`` times, with ``start_id=None`` (the prompt is the start) and
+  ``end_id=None`` (nothing ends it). No cache: step t costs a forward over 32 + t tokens, so
+  its rate falls as sequences grow; it is measured at ``--cacheless-tokens`` new tokens
+  (default N and 2N: 128 and 256), each in its own row. It runs on ``--cacheless-backend``
+  (default tensorflow: the fastest ``predict_on_batch`` in decoder.py, and on CPU Keras runs
+  it as a ``tf.function`` with ``reduce_retracing``, so the growing length is traced about
+  twice in all; jax's ``predict_on_batch`` would compile once per length). Its ratio is vs
+  transformers at N new tokens, whatever its own token count.
+
+Validity: generated tokens must be identical to transformers': max |ours - transformers| over
+the token ids must be 0 (the harness's ``max|d| < 1`` on integers). Beam search compares the
+returned sequence too. The cacheless rows are checked against transformers' greedy tokens at
+their own length (the same prefix-consistent greedy run, generated once at the longest length
+needed). A path that differs anywhere is reported INVALID, with ``differing`` (how many
+tokens differ) and ``first_at`` ([row, step] of the first difference), and does not count. A
+random model's top two logits are sometimes close enough for float32 reassociation to swap
+them (decoder.py measured logit deltas of ~4e-6); such a swap shows up here as INVALID.
+
+Every contender runs in its own worker process (this script with ``--child --backend X``;
+transformers is ``--backend transformers``, first, and writes the checkpoint, prompts and
+reference tokens). Workers start one at a time, so the first call (compilation/tracing
+included) and ``--warmup`` more calls run on an otherwise idle machine. Then the timing is
+interleaved: ``--runs`` rounds, and in each round every path of every worker (all modes) does
+``--reps`` calls in turn (the order rotates each round) while the other workers sit idle,
+blocked on their stdin. A path's time per call in a round is that round's total / ``--reps``;
+the reported time is the median over rounds. Defaults are fewer rounds than encoder.py /
+decoder.py (``--runs 3 --reps 1 --warmup 1``): one call takes seconds.
+
+Threads: 2 everywhere (``torch.set_num_threads(2)``; TensorFlow intra-op 2 / inter-op 1;
+``OMP_NUM_THREADS=2``; XLA keeps its default pool, one thread per core = 2 on this machine).
+
+tokens/s = batch * new tokens / median seconds per generate call (beam search: batch * new
+tokens, not * beams; the time includes the prefill of the prompt); ratio = ours tokens/s /
+transformers tokens/s in the same mode. Results go to ``benchmarks/results/generation.json``
+(``generation-quick.json`` with ``--quick``), with the date, machine and versions. The
+worker/timing/report machinery is shared with encoder.py and decoder.py in
+``benchmarks/harness.py``.
+
+Run: ``python benchmarks/generation.py [--quick] [--mode greedy1 greedy8 beam4]
+[--new-tokens 128] [--cacheless-tokens 128 256] [--cacheless-backend tensorflow]
+[--backends jax torch tensorflow] [--runs 3] [--reps 1] [--warmup 1]``
+"""
+import os
+
+import harness
+
+THREADS = harness.THREADS
+PROMPT_LEN, PROMPTS = 32, 8
+#: mode: (batch, num_beams)
+MODES = {"greedy1": (1, 1), "greedy8": (8, 1), "beam4": (1, 4)}
+TITLES = {"greedy1": "greedy search, batch 1", "greedy8": "greedy search, batch 8",
+          "beam4": "beam search (num_beams 4), batch 1"}
+
+
+def model_config(quick):
+    return dict(vocab_size=50257, hidden_size=768, num_hidden_layers=2 if quick else 12,
+                num_attention_heads=12, intermediate_size=3072, max_position=1024)
+
+
+def header(cfg):
+    return f"{cfg['num_hidden_layers']} layers, n_embd {cfg['hidden_size']}"
+
+
+def add_arguments(p):
+    p.add_argument("--mode", nargs="+", choices=list(MODES), default=list(MODES),
+                   help="workloads: greedy batch 1, greedy batch 8, beam search (4 beams) "
+                        "batch 1 (default all)")
+    p.add_argument("--new-tokens", type=int, default=128,
+                   help="new tokens per generate call, exactly (default 128)")
+    p.add_argument("--cacheless-tokens", type=int, nargs="*", default=None,
+                   help="new tokens of the cacheless decoder's rows, greedy1 only (default: "
+                        "new-tokens and twice that; none: no cacheless rows)")
+    p.add_argument("--cacheless-backend", choices=harness.BACKENDS, default="tensorflow",
+                   help="Keras backend of the cacheless decoder (default tensorflow)")
+
+
+def cacheless_tokens(args):
+    if "greedy1" not in args.mode:
+        return []
+    if args.cacheless_tokens is None:
+        return [args.new_tokens, 2 * args.new_tokens]
+    return list(args.cacheless_tokens)
+
+
+def workload(args):
+    return (f"prompts of {PROMPT_LEN} tokens, {args.new_tokens} new tokens, "
+            f"modes {' '.join(args.mode)}")
+
+
+def run_config(args):
+    return {"prompt_len": PROMPT_LEN, "new_tokens": args.new_tokens, "modes": args.mode,
+            "cacheless_tokens": cacheless_tokens(args),
+            "cacheless_backend": args.cacheless_backend,
+            "validity": "generated token ids identical to transformers'"}
+
+
+def group_title(mode, args):
+    return f"{mode}: {TITLES[mode]}, {PROMPT_LEN}-token prompt, {args.new_tokens} new tokens"
+
+
+def describe(out, reference):
+    """How many tokens differ, and [row, step] of the first one (when the shapes agree)."""
+    import numpy as np
+
+    if out.shape != reference.shape:
+        return {}
+    diff = np.argwhere(out != reference)
+    if not len(diff):
+        return {}
+    return {"differing": int(len(diff)), "first_at": [int(i) for i in diff[0]]}
+
+
+def make_prompts(vocab_size, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.integers(1, vocab_size, size=(PROMPTS, PROMPT_LEN)).astype("int64")
+
+
+def check_args(args):
+    longest = max([args.new_tokens] + cacheless_tokens(args))
+    if args.new_tokens < 1 or min(cacheless_tokens(args), default=1) < 1:
+        raise SystemExit("--new-tokens and --cacheless-tokens must be >= 1")
+    if PROMPT_LEN + longest > model_config(args.quick)["max_position"]:
+        raise SystemExit(f"{PROMPT_LEN} + {longest} tokens exceed the model's positions")
+    return longest
+
+
+# ------------------------------------------------------------------------ transformers
+def transformers_paths(args):
+    """Build GPT2LMHeadModel, save it (checkpoint + prompts + reference tokens) to the workdir."""
+    import numpy as np
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.set_num_threads(THREADS)
+    longest = check_args(args)
+    cfg = model_config(args.quick)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=cfg["vocab_size"], n_embd=cfg["hidden_size"],
+                        n_layer=cfg["num_hidden_layers"], n_head=cfg["num_attention_heads"],
+                        n_inner=cfg["intermediate_size"], n_positions=cfg["max_position"],
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".ln_" in name and name.endswith(".weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.02 * torch.randn_like(p))
+    model.eval()
+    model.save_pretrained(os.path.join(args.workdir, "hf"))
+    gen_cfg = model.generation_config
+    gen_cfg.eos_token_id = gen_cfg.bos_token_id = None
+    gen_cfg.pad_token_id = 0
+
+    prompts = make_prompts(cfg["vocab_size"])
+
+    def caller(mode, new_tokens):
+        batch, beams = MODES[mode]
+        ids = torch.from_numpy(prompts[:batch])
+        kwargs = dict(attention_mask=torch.ones_like(ids), do_sample=False, num_beams=beams,
+                      max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                      eos_token_id=None, pad_token_id=0)
+        if beams > 1:
+            kwargs.update(length_penalty=1.0, early_stopping=False, num_return_sequences=1)
+
+        def call():
+            with torch.inference_mode():
+                return model.generate(ids, **kwargs)[:, PROMPT_LEN:]
+
+        return call
+
+    references, paths = {}, []
+    for mode in args.mode:
+        n = longest if mode == "greedy1" else args.new_tokens
+        out = caller(mode, n)().numpy()
+        assert out.shape == (MODES[mode][0], n), (mode, out.shape)  # nothing stopped early
+        references[mode] = out[:, :args.new_tokens]
+        if mode == "greedy1":  # greedy is prefix-consistent: one run gives every length
+            for k in cacheless_tokens(args):
+                references[f"greedy1_{k}"] = out[:, :k]
+        name = (f"model.generate({'greedy' if MODES[mode][1] == 1 else 'beam search'}) + "
+                f"inference_mode, attn={model.config._attn_implementation}")
+        paths.append((name, caller(mode, args.new_tokens), harness.identity,
+                      {"group": mode, "reference": references[mode],
+                       "tokens": MODES[mode][0] * args.new_tokens}))
+    np.savez(os.path.join(args.workdir, "data.npz"), prompts=prompts, **references)
+    return paths, None
+
+
+# ------------------------------------------------------------------------------- ours
+def cacheless_decoder(model, new_tokens):
+    """bert4keras-style greedy decoding: the whole sequence through the Keras model each step."""
+    import numpy as np
+
+    from kerasformers.generation import AutoRegressiveDecoder
+
+    class CachelessDecoder(AutoRegressiveDecoder):
+        @AutoRegressiveDecoder.wraps(default_rtype="probas")
+        def predict(self, inputs, output_ids, states):
+            token_ids = np.concatenate([inputs[0], output_ids], 1)
+            return self.last_token(model).predict_on_batch(token_ids)
+
+    decoder = CachelessDecoder(start_id=None, end_id=None, maxlen=new_tokens)
+    return lambda prompt: decoder.beam_search([prompt], topk=1)
+
+
+def our_paths(backend, args):
+    """[(name, fn, sync, options)]: generate (and Runner, cacheless) paths per mode."""
+    import numpy as np
+
+    from kerasformers import build_transformer_model
+    from kerasformers.generation import Runner, generate
+
+    check_args(args)
+    data = np.load(os.path.join(args.workdir, "data.npz"))
+    prompts = data["prompts"]
+    obj = build_transformer_model(checkpoint_path=os.path.join(args.workdir, "hf"),
+                                  return_keras_model=False)
+    runner = Runner(obj) if backend in ("jax", "tensorflow") else None
+    paths = []
+    for mode in args.mode:
+        batch, beams = MODES[mode]
+        rows = list(prompts[:batch])
+        options = {"group": mode, "reference": data[mode], "tokens": batch * args.new_tokens}
+        kwargs = dict(max_new_tokens=args.new_tokens, num_beams=beams, length_penalty=1.0,
+                      early_stopping=False, eos_token_id=None, pad_token_id=0)
+        what = "greedy" if beams == 1 else "beam search"
+        paths.append((f"generate(model, ...) {what}",
+                      lambda rows=rows, kwargs=kwargs: generate(obj, rows, **kwargs),
+                      harness.identity, options))
+        if runner is not None:
+            paths.append((f"generate(Runner(model), ...) {what}, Runner reused",
+                          lambda rows=rows, kwargs=kwargs: generate(runner, rows, **kwargs),
+                          harness.identity, dict(options)))
+        if mode == "greedy1" and backend == args.cacheless_backend:
+            for n in cacheless_tokens(args):
+                decode = cacheless_decoder(obj.model, n)
+                paths.append((f"AutoRegressiveDecoder.beam_search(topk=1), {n} new tokens, "
+                              "predict_on_batch on the whole sequence",
+                              lambda decode=decode: decode(prompts[0]),
+                              lambda out: np.asarray(out).reshape(1, -1),
+                              {"group": mode, "reference": data[f"greedy1_{n}"], "tokens": n,
+                               "row": f"cacheless decoder ({backend}), {n} tokens"}))
+    return paths, None
+
+
+SPEC = harness.Spec(
+    name="generation", doc=__doc__, script=os.path.abspath(__file__), batch=None, seq_len=None,
+    model_config=model_config, header=header, transformers_paths=transformers_paths,
+    our_paths=our_paths, tolerance=1, add_arguments=add_arguments,
+    defaults={"runs": 3, "reps": 1, "warmup": 1}, workload=workload, run_config=run_config,
+    group_title=group_title, describe=describe)
+
+if __name__ == "__main__":
+    harness.main(SPEC)
