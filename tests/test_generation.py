@@ -330,3 +330,12 @@ def test_autoregressive_decoder_equals_generate():
     samples = decoder.random_sample(inputs, n=2, topk=1, seed=0)
     assert [list(s) for s in samples] == [expected] * 2
     assert end is None or expected[-1] == 3
+
+
+def test_compiled_calls_are_reused(gpt2):
+    from kerasformers.generation import Runner
+
+    generate(gpt2.ours, PROMPTS[:1], max_new_tokens=2)
+    runner = Runner.of(gpt2.ours)
+    generate(gpt2.ours, PROMPTS[:1], max_new_tokens=2)
+    assert Runner.of(gpt2.ours) is runner

@@ -148,7 +148,7 @@ def _generate(model, inputs, max_new_tokens, min_new_tokens, do_sample, num_beam
               length_penalty, early_stopping, top_k, top_p, temperature, repetition_penalty,
               no_repeat_ngram_size, eos_token_id, pad_token_id, num_return_sequences, seed,
               stream):
-    runner = model if isinstance(model, Runner) else Runner(model)
+    runner = model if isinstance(model, Runner) else Runner.of(model)
     prompts = _as_prompts(inputs)
     if eos_token_id is None:
         eos = []

@@ -27,6 +27,19 @@ class Runner:
     prompt_bucket = 16
     cache_bucket = 32
 
+    @classmethod
+    def of(cls, transformer):
+        """The model's Runner, made once and kept on it, so compiled calls are reused
+        by every later `generate` on the same model."""
+        runner = getattr(transformer, "_generation_runner", None)
+        if runner is None:
+            runner = cls(transformer)
+            try:
+                transformer._generation_runner = runner
+            except AttributeError:  # an object that takes no attributes: no reuse
+                pass
+        return runner
+
     def __init__(self, transformer):
         if isinstance(transformer, keras.Model):
             raise TypeError("generation needs the model object: build it with "
