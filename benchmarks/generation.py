@@ -32,13 +32,8 @@ Contenders, per mode:
   num_beams=..., length_penalty=1.0, early_stopping=False, eos_token_id=None,
   pad_token_id=0)`` (kerasformers.generation: key/value cache, one compiled prefill and one
   compiled one-token step, ``jax.jit`` on jax, XLA ``tf.function`` on TensorFlow, eager under
-  ``torch.no_grad()`` on torch). Two paths: ``generate(model, ...)``, the documented call,
-  and on jax and TensorFlow also ``generate(Runner(model), ...)`` with one
-  ``kerasformers.generation.Runner`` made once and reused by every call: ``generate`` wraps a
-  model object in a new Runner on every call, and a Runner compiles its own prefill and step,
-  so ``generate(model, ...)`` compiles again on every call on those two backends (a model-side
-  issue, measured here as it is). On torch the two are the same (nothing is compiled), so only
-  the first is timed. The first call (compilation included) is reported separately, as always.
+  ``torch.no_grad()`` on torch). The model object keeps its Runner (compiled prefill and
+  step), so only the first call compiles; that first call is reported separately.
 * cacheless (``greedy1`` only): a bert4keras-style decoder, ``AutoRegressiveDecoder``
   (kerasformers.generation, API-compatible with bert4keras') subclassed the way bert4keras'
   GPT examples do: ``predict`` runs the whole sequence so far (prompt + tokens generated)
@@ -253,18 +248,17 @@ def cacheless_decoder(model, new_tokens):
 
 
 def our_paths(backend, args):
-    """[(name, fn, sync, options)]: generate (and Runner, cacheless) paths per mode."""
+    """[(name, fn, sync, options)]: generate (and cacheless) paths per mode."""
     import numpy as np
 
     from kerasformers import build_transformer_model
-    from kerasformers.generation import Runner, generate
+    from kerasformers.generation import generate
 
     check_args(args)
     data = np.load(os.path.join(args.workdir, "data.npz"))
     prompts = data["prompts"]
     obj = build_transformer_model(checkpoint_path=os.path.join(args.workdir, "hf"),
                                   return_keras_model=False)
-    runner = Runner(obj) if backend in ("jax", "tensorflow") else None
     paths = []
     for mode in args.mode:
         batch, beams = MODES[mode]
@@ -276,10 +270,6 @@ def our_paths(backend, args):
         paths.append((f"generate(model, ...) {what}",
                       lambda rows=rows, kwargs=kwargs: generate(obj, rows, **kwargs),
                       harness.identity, options))
-        if runner is not None:
-            paths.append((f"generate(Runner(model), ...) {what}, Runner reused",
-                          lambda rows=rows, kwargs=kwargs: generate(runner, rows, **kwargs),
-                          harness.identity, dict(options)))
         if mode == "greedy1" and backend == args.cacheless_backend:
             for n in cacheless_tokens(args):
                 decode = cacheless_decoder(obj.model, n)
