@@ -280,8 +280,10 @@ def _beam_search(runner, prompts, start, s):
             probs = P.softmax(log_probs)
             top = np.stack([s.rng.choice(beams * vocab, keep, replace=False, p=p / p.sum())
                             for p in probs])
-        else:
-            top = np.argsort(-log_probs, axis=-1, kind="stable")[:, :keep]
+        else:  # the `keep` best, best first (argpartition: no full sort of beams x vocab)
+            top = np.argpartition(-log_probs, keep - 1, axis=-1)[:, :keep]
+            order = np.lexsort((top, -np.take_along_axis(log_probs, top, axis=-1)), axis=-1)
+            top = np.take_along_axis(top, order, axis=-1)
         top_scores = np.take_along_axis(log_probs, top, axis=-1)
         source_beam, token = top // vocab, top % vocab
         top_sequences = np.take_along_axis(running, source_beam[:, :, None], axis=1)
