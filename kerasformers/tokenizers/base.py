@@ -419,3 +419,33 @@ class TokenizerBase:
     def offsets_to_mapping(offsets):
         """Turn ``(start, end)`` offsets into rematch-style index lists (``[]`` when empty)."""
         return [list(range(s, e)) for s, e in offsets]
+
+
+class DictVocabTokenizer(TokenizerBase):
+    """A tokenizer whose vocabulary is a ``{token: id}`` dict (``self._token_dict``, with
+    its inverse ``self._token_dict_inv``): WordPiece and byte-level BPE."""
+
+    @property
+    def vocab_size(self):
+        return len(self._token_dict)
+
+    @property
+    def token_dict(self):
+        """The ``{token: id}`` vocabulary (a copy)."""
+        return dict(self._token_dict)
+
+    def _special_id(self, token):
+        return self._token_dict.get(token)
+
+    def token_to_id(self, token):
+        """Id of `token`; unknown tokens map to the unknown token's id."""
+        token_id = self._token_dict.get(token)
+        if token_id is None:
+            token_id = self._token_unk_id
+            if token_id is None:
+                raise KeyError('%r is not in the vocabulary, which has no %r token'
+                               % (token, self._token_unk))
+        return token_id
+
+    def id_to_token(self, i):
+        return self._token_dict_inv[i]

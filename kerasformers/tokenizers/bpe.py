@@ -9,7 +9,7 @@ import json
 import os
 import re
 
-from kerasformers.tokenizers.base import TokenizerBase, join_words, map_offsets
+from kerasformers.tokenizers.base import DictVocabTokenizer, join_words, map_offsets
 
 _SURROGATES = re.compile('[\ud800-\udfff]+')
 
@@ -28,7 +28,7 @@ def bytes_to_unicode():
     return dict(zip(bs, map(chr, cs)))
 
 
-class BPETokenizer(TokenizerBase):
+class BPETokenizer(DictVocabTokenizer):
     """GPT-2 style byte-level BPE tokenizer (alias `GPT2Tokenizer`).
 
     Args:
@@ -121,31 +121,9 @@ class BPETokenizer(TokenizerBase):
 
     # -- vocabulary -----------------------------------------------------------------------
     @property
-    def vocab_size(self):
-        return len(self._token_dict)
-
-    @property
-    def token_dict(self):
-        return dict(self._token_dict)
-
-    @property
     def backend(self):
         """The underlying ``tokenizers.Tokenizer``."""
         return self._hf
-
-    def _special_id(self, token):
-        return self._token_dict.get(token)
-
-    def token_to_id(self, token):
-        token_id = self._token_dict.get(token)
-        if token_id is None:
-            if self._token_unk_id is None:
-                raise KeyError('%r is not in the vocabulary' % (token,))
-            token_id = self._token_unk_id
-        return token_id
-
-    def id_to_token(self, i):
-        return self._token_dict_inv[i]
 
     # -- tokenization ---------------------------------------------------------------------
     def _segments(self, text):

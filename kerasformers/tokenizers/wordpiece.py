@@ -23,7 +23,7 @@ from itertools import repeat
 
 from kerasformers.tokenizers import _unicode
 from kerasformers.tokenizers._unicode import DROP, tables
-from kerasformers.tokenizers.base import TokenizerBase
+from kerasformers.tokenizers.base import DictVocabTokenizer
 from kerasformers.tokenizers.vocab import is_redundant, load_vocab, stem
 
 # _OFFSETS[i] == (i, i + 1): offsets of a run of single-character tokens are a slice of it.
@@ -52,7 +52,7 @@ class _CharIds(dict):
         return token_id
 
 
-class Tokenizer(TokenizerBase):
+class Tokenizer(DictVocabTokenizer):
     """BERT WordPiece tokenizer (bert4keras semantics), with character offsets.
 
     Args:
@@ -111,30 +111,8 @@ class Tokenizer(TokenizerBase):
 
     # -- vocabulary -----------------------------------------------------------------------
     @property
-    def vocab_size(self):
-        return len(self._token_dict)
-
-    @property
-    def token_dict(self):
-        """The ``{token: id}`` vocabulary (a copy)."""
-        return dict(self._token_dict)
-
-    @property
     def do_lower_case(self):
         return self._do_lower_case
-
-    def _special_id(self, token):
-        return self._token_dict.get(token)
-
-    def token_to_id(self, token):
-        """Id of `token`; unknown tokens map to the unknown token's id."""
-        token_id = self._token_dict.get(token)
-        if token_id is None:
-            token_id = self._token_unk_id
-            if token_id is None:
-                raise KeyError('%r is not in the vocabulary, which has no %r token'
-                               % (token, self._token_unk))
-        return token_id
 
     def tokens_to_ids(self, tokens):
         get, unk = self._token_dict.get, self._token_unk_id
@@ -143,9 +121,6 @@ class Tokenizer(TokenizerBase):
             for t in tokens:
                 self.token_to_id(t)  # raises with the offending token
         return ids
-
-    def id_to_token(self, i):
-        return self._token_dict_inv[i]
 
     # -- WordPiece ------------------------------------------------------------------------
     def _wordpiece(self, word):
