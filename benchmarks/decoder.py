@@ -63,6 +63,30 @@ def model_config(quick):
                 num_attention_heads=12, intermediate_size=3072, max_position=1024)
 
 
+def random_gpt2(cfg, folder):
+    """transformers' GPT2LMHeadModel of `cfg` sizes, seed 0, no dropout, LayerNorm gammas
+    1 + 0.1 randn and biases 0.02 randn (HF initialises them to 1/0, which would hide a
+    swapped weight); saved to `folder` (save_pretrained) and returned in eval mode."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=cfg["vocab_size"], n_embd=cfg["hidden_size"],
+                        n_layer=cfg["num_hidden_layers"], n_head=cfg["num_attention_heads"],
+                        n_inner=cfg["intermediate_size"], n_positions=cfg["max_position"],
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".ln_" in name and name.endswith(".weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.02 * torch.randn_like(p))
+    model.eval()
+    model.save_pretrained(folder)
+    return model
+
+
 def header(cfg):
     return (f"{cfg['num_hidden_layers']} layers, n_embd {cfg['hidden_size']}, "
             f"vocab {cfg['vocab_size']} (logits out)")
@@ -80,24 +104,10 @@ def transformers_paths(args):
     """Build GPT2LMHeadModel, save it (checkpoint + inputs + reference logits) to the workdir."""
     import numpy as np
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.set_num_threads(THREADS)
     cfg = model_config(args.quick)
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=cfg["vocab_size"], n_embd=cfg["hidden_size"],
-                        n_layer=cfg["num_hidden_layers"], n_head=cfg["num_attention_heads"],
-                        n_inner=cfg["intermediate_size"], n_positions=cfg["max_position"],
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = GPT2LMHeadModel(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".ln_" in name and name.endswith(".weight"):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            elif name.endswith(".bias"):
-                p.copy_(0.02 * torch.randn_like(p))
-    model.eval()
-    model.save_pretrained(os.path.join(args.workdir, "hf"))
+    model = random_gpt2(cfg, os.path.join(args.workdir, "hf"))
 
     token_ids = make_inputs(cfg["vocab_size"])
     ids = torch.from_numpy(token_ids.astype("int64"))

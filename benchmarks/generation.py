@@ -84,6 +84,7 @@ Run: ``python benchmarks/generation.py [--quick] [--mode greedy1 greedy8 beam4]
 import os
 
 import harness
+from decoder import model_config, random_gpt2  # the same GPT2-small reference
 
 THREADS = harness.THREADS
 PROMPT_LEN, PROMPTS = 32, 8
@@ -93,9 +94,6 @@ TITLES = {"greedy1": "greedy search, batch 1", "greedy8": "greedy search, batch 
           "beam4": "beam search (num_beams 4), batch 1"}
 
 
-def model_config(quick):
-    return dict(vocab_size=50257, hidden_size=768, num_hidden_layers=2 if quick else 12,
-                num_attention_heads=12, intermediate_size=3072, max_position=1024)
 
 
 def header(cfg):
@@ -172,25 +170,11 @@ def transformers_paths(args):
     """Build GPT2LMHeadModel, save it (checkpoint + prompts + reference tokens) to the workdir."""
     import numpy as np
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.set_num_threads(THREADS)
     longest = check_args(args)
     cfg = model_config(args.quick)
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=cfg["vocab_size"], n_embd=cfg["hidden_size"],
-                        n_layer=cfg["num_hidden_layers"], n_head=cfg["num_attention_heads"],
-                        n_inner=cfg["intermediate_size"], n_positions=cfg["max_position"],
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = GPT2LMHeadModel(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".ln_" in name and name.endswith(".weight"):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-            elif name.endswith(".bias"):
-                p.copy_(0.02 * torch.randn_like(p))
-    model.eval()
-    model.save_pretrained(os.path.join(args.workdir, "hf"))
+    model = random_gpt2(cfg, os.path.join(args.workdir, "hf"))
     gen_cfg = model.generation_config
     gen_cfg.eos_token_id = gen_cfg.bos_token_id = None
     gen_cfg.pad_token_id = 0
