@@ -10,10 +10,13 @@ from kerasformers.layers.embeddings import (
     SinusoidalPositionEmbedding,
 )
 from kerasformers.layers.feedforward import FeedForward
+from kerasformers.layers.gau import GatedAttentionUnit
 from kerasformers.layers.normalization import LayerNormalization, ScaleOffset
+from kerasformers.layers.pooling import GlobalPooling
 
 __all__ = [
-    "AttentionMask", "Embedding", "FeedForward", "LayerNormalization", "MaskedAdd",
+    "AttentionMask", "Embedding", "FeedForward", "GatedAttentionUnit", "GlobalPooling",
+    "LayerNormalization", "MaskedAdd",
     "MultiHeadAttention", "PositionEmbedding", "RelativePositionEmbedding",
     "RelativePositionEmbeddingT5",
     "ScaleOffset", "SinusoidalPositionEmbedding", "TokenSelect",
