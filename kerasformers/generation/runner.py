@@ -68,9 +68,10 @@ class Runner:
     # ------------------------------------------------------------------ compile
     def _call(self, inputs, cache, mask):
         t = self.transformer
+        inplace = keras.backend.backend() == "torch"  # the runner owns its caches
         if self.kind == "seq2seq":
-            return t.call_with_cache(inputs[0], cache, logits=True)
-        return t.call_with_cache(inputs, cache, mask=mask, logits=True)
+            return t.call_with_cache(inputs[0], cache, logits=True, inplace=inplace)
+        return t.call_with_cache(inputs, cache, mask=mask, logits=True, inplace=inplace)
 
     def _compile(self):
         backend = keras.backend.backend()

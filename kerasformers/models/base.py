@@ -20,6 +20,7 @@ import numpy as np
 from kerasformers.checkpoints import loader
 from kerasformers.layers import AttentionMask, MultiHeadAttention
 from kerasformers.models import cache as cache_lib
+from kerasformers.models import eager_step
 
 
 class Transformer:
@@ -183,7 +184,7 @@ class Transformer:
     logit_layer_names = ("MLM-Activation", "LM-Activation", "Output-MLM-Activation",
                          "Decoder-Output-LM-Activation", "Decoder-Output-LM")
 
-    def call_with_cache(self, inputs, cache, mask=None, logits=False):
+    def call_with_cache(self, inputs, cache, mask=None, logits=False, inplace=False):
         """Run the model on new tokens only, attending to everything cached.
 
         inputs: the model's inputs for the new positions (token ids, plus segment
@@ -193,6 +194,9 @@ class Transformer:
         mask: [batch, new_length], 1 = real token, 0 = padding (default: tokens
             equal to pad_token_id are padding); padded keys are never attended.
         logits: return the LM head's logits instead of its probabilities.
+        inplace: torch only, write the new keys/values into the given cache's
+            buffers instead of copies (the given cache is then updated too);
+            generation uses it to avoid copying the whole cache every step.
         Returns (outputs for the new positions, updated cache). Outputs equal the
         uncached model's at those positions. Thread-safe (calls are serialised).
 
@@ -213,7 +217,8 @@ class Transformer:
             step = cache_lib.Step(
                 inputs[self.step_token_input:], cache, self.step_attention_mode,
                 self.step_pad_token_id, mask=mask,
-                logit_layers=[self.prefixed(n) for n in self.logit_layer_names] if logits else ())
+                logit_layers=[self.prefixed(n) for n in self.logit_layer_names] if logits else (),
+                fast=eager_step.available(), inplace=inplace)
             saved = (self.inputs, self.attention_bias, self.position_bias,
                      self.attention_scores)
             self._step = step

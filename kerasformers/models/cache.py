@@ -31,6 +31,7 @@ from kerasformers.layers import (
     RelativePositionEmbedding,
     SinusoidalPositionEmbedding,
 )
+from kerasformers.models import eager_step
 
 
 def _is_self_attention(inputs):
@@ -82,7 +83,8 @@ def reorder_cache(cache, indices):
 class Step:
     """The state of one cached call: masks, position offset, cache slots."""
 
-    def __init__(self, inputs, cache, mode, pad_token_id, mask=None, logit_layers=()):
+    def __init__(self, inputs, cache, mode, pad_token_id, mask=None, logit_layers=(),
+                 fast=False, inplace=False):
         token_ids = inputs[0]
         length = token_ids.shape[1]
         max_length = cache["key_mask"].shape[1]
@@ -126,6 +128,8 @@ class Step:
         self.new_self = []
         self.cross_count = 0
         self.context_mask = cache.get("context_mask")
+        self.fast = fast  # torch: run the common layers as plain torch calls (eager_step)
+        self.inplace = inplace  # torch fast path: write keys/values into the given buffers
 
     def attention_arguments(self, inputs):
         """Cache arguments of the next attention call, and whether it is self-attention."""
@@ -160,7 +164,13 @@ class Step:
         """Call `layer` as part of the step (cache and position arguments added)."""
         if isinstance(layer, MultiHeadAttention):
             extra, is_self = self.attention_arguments(inputs)
-            outputs, kv = layer(inputs, **arguments, **extra)
+            result = NotImplemented
+            if self.fast:
+                result = eager_step.attention(layer, inputs, arguments, extra["cache"],
+                                              extra.get("cache_index"), self.inplace)
+            if result is NotImplemented:
+                result = layer(inputs, **arguments, **extra)
+            outputs, kv = result
             if is_self:
                 self.new_self.append(kv)
             return outputs
@@ -170,6 +180,10 @@ class Step:
                 return x + layer.bias if layer.use_bias else x
             return inputs
         arguments = {**arguments, **self.position_arguments(layer, inputs)}
+        if self.fast:
+            outputs = eager_step.fast_call(layer, inputs, arguments)
+            if outputs is not NotImplemented:
+                return outputs
         return layer(inputs, **arguments)
 
     def updated_cache(self, length):

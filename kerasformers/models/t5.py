@@ -583,9 +583,10 @@ class T5(T5_Base):
                                         context_mask=ops.not_equal(ids, self.pad_token_id),
                                         dtype=dtype)
 
-    def call_with_cache(self, decoder_token_ids, cache, logits=False):
+    def call_with_cache(self, decoder_token_ids, cache, logits=False, inplace=False):
         """(LM output for the new decoder tokens, updated cache); see Transformer."""
-        return self._decoder.call_with_cache(decoder_token_ids, cache, logits=logits)
+        return self._decoder.call_with_cache(decoder_token_ids, cache, logits=logits,
+                                             inplace=inplace)
 
     reorder_cache = staticmethod(T5_Base.reorder_cache)
 
