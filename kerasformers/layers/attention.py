@@ -13,6 +13,7 @@ import keras
 from keras import ops
 
 from kerasformers.backend import apply_rotary_position_embeddings, attention_normalize
+from kerasformers.layers.core import remat_call, remat_scope
 
 
 @keras.saving.register_keras_serializable(package="kerasformers")
@@ -36,13 +37,20 @@ class MultiHeadAttention(keras.layers.Layer):
       cache=(k, v), cache_index=None: a static cache (cross-attention: the
           projected encoder states), the k/v inputs are not used.
     With a cache the call returns (outputs, (k, v)), outputs as above.
+
+    remat=True: gradient checkpointing, the activations inside the layer
+    (projections, attention probabilities) are recomputed in the backward
+    pass instead of stored (Keras' remat; calls with a cache are not
+    rematerialised).
     """
 
     def __init__(self, heads, head_size, out_dim=None, key_size=None, use_bias=True,
                  normalization="softmax", attention_scale=True, attention_dropout=None,
                  return_attention_scores=False, kernel_initializer="glorot_uniform",
-                 **kwargs):
-        super().__init__(**kwargs)
+                 remat=False, **kwargs):
+        with remat_scope(remat):
+            super().__init__(**kwargs)
+        self.remat = remat
         self.heads = heads
         self.head_size = head_size
         self.out_dim = out_dim or heads * head_size
@@ -120,7 +128,8 @@ class MultiHeadAttention(keras.layers.Layer):
         dropout = self.attention_dropout and training
         fused = (p_bias in (None, "rotary") and self.normalization == "softmax"
                  and not self.return_attention_scores and not dropout
-                 and self.key_size == self.head_size)
+                 and self.key_size == self.head_size
+                 and (bias is None or mask is None))  # torch's kernel takes one of them
         if fused:
             # Keras' fused kernel (torch SDPA / jax.nn.dot_product_attention).
             scale = self.key_size ** -0.5 if self.attention_scale else 1.0
@@ -144,6 +153,13 @@ class MultiHeadAttention(keras.layers.Layer):
         if p_bias == "typical_relative":
             o = o + ops.einsum("bhjk,jkd->bjhd", probs, ops.cast(position_bias, probs.dtype))
         return o, scores
+
+    def rematerialized_call(self, layer_call, *args, **kwargs):
+        if kwargs.get("cache") is not None:  # incremental decoding is inference
+            return layer_call
+        if super().rematerialized_call(layer_call, *args, **kwargs) is layer_call:
+            return layer_call
+        return remat_call(layer_call)
 
     def compute_output_spec(self, inputs, **kwargs):
         q = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
@@ -170,5 +186,6 @@ class MultiHeadAttention(keras.layers.Layer):
             normalization=self.normalization, attention_scale=self.attention_scale,
             attention_dropout=self.attention_dropout,
             return_attention_scores=self.return_attention_scores,
-            kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            remat=self.remat)
         return config

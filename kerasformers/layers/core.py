@@ -7,6 +7,8 @@
 [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
 """
 
+import contextlib
+
 import keras
 from keras import ops
 
@@ -97,3 +99,41 @@ class MaskedAdd(keras.layers.Add):
         if not isinstance(mask, (list, tuple)):
             return mask
         return next((m for m in mask if m is not None), None)
+
+
+def remat_scope(remat):
+    """`keras.RematScope(mode="full")` if `remat`, else no scope (an enclosing one holds).
+
+    Layers created inside take Keras' rematerialisation mode (see `remat_call`).
+    """
+    return keras.RematScope(mode="full") if remat else contextlib.nullcontext()
+
+
+def remat_call(call):
+    """`keras.remat(call)` for a layer call whose arguments are not all tensors.
+
+    Keras' own remat hands every call argument to `jax.checkpoint` (which
+    refuses strings such as `p_bias="rotary"`) or `tf.recompute_grad` (which
+    gives keyword tensors, e.g. T5's position bias, no gradient). Here the
+    tensors go in positionally and everything else (strings, flags, None) is
+    closed over.
+
+    >>> import keras
+    >>> from kerasformers.layers.core import remat_call
+    >>> f = remat_call(lambda x, factor, mode="double": x * factor * (2 if mode == "double" else 1))
+    >>> float(keras.ops.convert_to_numpy(f(keras.ops.ones(()), 3.0, mode="double")))
+    6.0
+    """
+    def wrapped(*args, **kwargs):
+        leaves = keras.tree.flatten((args, kwargs))
+        is_tensor = [ops.is_tensor(x) for x in leaves]
+
+        def tensors_only(*tensors):
+            it = iter(tensors)
+            full = [next(it) if t else x for x, t in zip(leaves, is_tensor)]
+            call_args, call_kwargs = keras.tree.pack_sequence_as((args, kwargs), full)
+            return call(*call_args, **call_kwargs)
+
+        return keras.remat(tensors_only)(*[x for x, t in zip(leaves, is_tensor) if t])
+
+    return wrapped

@@ -10,6 +10,7 @@
 import keras
 
 from kerasformers.backend import get_activation, serialize_activation
+from kerasformers.layers.core import remat_call, remat_scope
 
 
 @keras.saving.register_keras_serializable(package="kerasformers")
@@ -18,11 +19,15 @@ class FeedForward(keras.layers.Layer):
 
     With a list of activations the first stage is the product of one Dense branch
     per activation (`i0_dense`, `i1_dense`, ...), e.g. ['gelu', 'linear'] = GEGLU.
+    remat=True: gradient checkpointing, the [.., units] intermediate activations
+    are recomputed in the backward pass instead of stored (Keras' remat).
     """
 
     def __init__(self, units, activation="relu", use_bias=True,
-                 kernel_initializer="glorot_uniform", **kwargs):
-        super().__init__(**kwargs)
+                 kernel_initializer="glorot_uniform", remat=False, **kwargs):
+        with remat_scope(remat):
+            super().__init__(**kwargs)
+        self.remat = remat
         self.units = units
         if not isinstance(activation, (list, tuple)):
             activation = [activation]
@@ -52,6 +57,11 @@ class FeedForward(keras.layers.Layer):
             x = x * dense(inputs)
         return self.o_dense(x)
 
+    def rematerialized_call(self, layer_call, *args, **kwargs):
+        if super().rematerialized_call(layer_call, *args, **kwargs) is layer_call:
+            return layer_call
+        return remat_call(layer_call)
+
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
 
@@ -60,5 +70,6 @@ class FeedForward(keras.layers.Layer):
         act = [serialize_activation(a) for a in self.activation]
         config.update(units=self.units, activation=act if len(act) > 1 else act[0],
                       use_bias=self.use_bias,
-                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+                      remat=self.remat)
         return config
