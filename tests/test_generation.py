@@ -178,6 +178,41 @@ def test_penalties_inside_generate_equal_transformers(gpt2):
         assert len(bigrams) == len(set(bigrams))
 
 
+def test_repetition_penalty_in_device_loops_equals_transformers(gpt2):
+    """Without no_repeat_ngram the penalty runs inside the compiled loop (greedy and beam)."""
+    for kwargs in (dict(max_new_tokens=12, repetition_penalty=1.8),
+                   dict(max_new_tokens=8, repetition_penalty=1.5, num_beams=3,
+                        length_penalty=0.6)):
+        theirs, _ = hf_generate_decoder_only(gpt2.hf, PROMPTS, **COMMON, **kwargs)
+        ours = generate(gpt2.ours, PROMPTS, pad_token_id=0, **kwargs)
+        same_tokens(ours, theirs, 0)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(max_new_tokens=9, min_new_tokens=4),
+    dict(max_new_tokens=9, repetition_penalty=1.3),
+    dict(max_new_tokens=8, num_beams=3, early_stopping=True, num_return_sequences=3),
+    dict(max_new_tokens=8, num_beams=4, early_stopping="never", length_penalty=0.6),
+    dict(max_new_tokens=8, num_beams=2, early_stopping=False, length_penalty=-0.5,
+         min_new_tokens=3, repetition_penalty=1.4),
+], ids=["greedy-min", "greedy-penalty", "beam-early", "beam-never", "beam-negative-lp"])
+def test_device_loops_equal_host_loops(gpt2, monkeypatch, kwargs):
+    """The compiled loops give the host loops' sequences and scores (eos hit early)."""
+    import importlib
+
+    module = importlib.import_module("kerasformers.generation.generate")
+    greedy = generate(gpt2.ours, PROMPTS, max_new_tokens=6)
+    eos = [int(greedy[0, 2]), int(greedy[2, 1])]
+    kwargs = dict(kwargs, eos_token_id=eos, pad_token_id=0, return_scores=True)
+    device, device_scores = generate(gpt2.ours, PROMPTS, **kwargs)
+    monkeypatch.setattr(module, "DEVICE_LOOPS", False)
+    host, host_scores = generate(gpt2.ours, PROMPTS, **kwargs)
+    np.testing.assert_array_equal(device, host)
+    if host_scores is not None:
+        np.testing.assert_allclose(device_scores, host_scores, atol=1e-5, rtol=0)
+    assert (device == eos[0]).any() or (device == eos[1]).any()
+
+
 def test_processors_on_given_logits():
     import torch
     from transformers.generation import logits_process as lp

@@ -14,6 +14,7 @@
 import numpy as np
 
 from kerasformers.generation import processors as P
+from kerasformers.generation.loops import LoopConfig
 from kerasformers.generation.runner import Runner
 
 
@@ -200,13 +201,58 @@ def _generate(model, inputs, max_new_tokens, min_new_tokens, do_sample, num_beam
     yield _search(runner, prompts, start, settings)
 
 
+#: greedy and beam search as one compiled loop on the device (False: the host loops)
+DEVICE_LOOPS = True
+
+
 def _search(runner, prompts, start, s):
+    """Greedy and beam search run as one compiled loop on the device; sampling and
+    no-repeat-ngram on the host (one compiled model step per token)."""
+    if DEVICE_LOOPS and not s.do_sample and not s.no_repeat_ngram_size:
+        return _device_search(runner, prompts, start, s)
     if s.num_beams > 1:
         return _beam_search(runner, prompts, start, s)
     sequences = None
     for sequences in _sample_loop(runner, prompts, start, s, stream=False):
         pass
     return sequences, None
+
+
+def _device_search(runner, prompts, start, s):
+    beams = s.num_beams
+    cfg = LoopConfig(max_new_tokens=s.max_new_tokens, min_new_tokens=int(s.min_new_tokens),
+                     repetition_penalty=float(s.repetition_penalty),
+                     eos=tuple(s.eos_token_id), pad=int(s.pad_token_id), num_beams=beams,
+                     length_penalty=float(s.length_penalty), early_stopping=s.early_stopping,
+                     batch=len(prompts))
+    logits, state = runner.prefill(prompts, s.max_new_tokens)
+    if beams > 1:
+        flat = np.repeat(np.arange(len(prompts)), beams)
+        logits, state = logits[flat], runner.reorder(state, flat)
+        start = [start[i] for i in flat]
+    vocab = logits.shape[-1]
+    if cfg.repetition_penalty != 1.0:
+        seen = np.zeros((len(start), vocab), bool)
+        for row, history in enumerate(start):
+            seen[row, np.asarray(history, "int64")] = True
+    else:
+        seen = np.zeros((len(start), 1), bool)  # a placeholder: loops need no None
+    first, second = runner.run_loop(cfg, logits, state, seen)
+    if beams == 1:
+        return _pad_rows([_until_eos(row, s.eos_token_id) for row in first],
+                         s.pad_token_id), None
+    out, scores = [], []
+    for b in range(len(prompts)):
+        for j in range(s.num_return_sequences):
+            out.append(_until_eos(first[b, j], s.eos_token_id))
+            scores.append(second[b, j])
+    return _pad_rows(out, s.pad_token_id), np.asarray(scores, "float32")
+
+
+def _until_eos(row, eos):
+    """The tokens up to and including the first eos id (all of them without one)."""
+    hits = np.flatnonzero(np.isin(row, eos)) if eos else []
+    return list(row[:hits[0] + 1] if len(hits) else row)
 
 
 def _pad_rows(rows, pad):

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kerasformers.generation import loops
 from kerasformers.layers import RelativePositionEmbedding
 
 
@@ -63,7 +64,8 @@ class Runner:
         self.relative = any(isinstance(layer, RelativePositionEmbedding)
                             for layer in transformer.layers.values())
         self.vocab_size = transformer.vocab_size
-        self._compiled = self._compile()
+        self._compiled = self._compile(self._call)
+        self._loops = {}  # compiled decode loops, by LoopConfig
 
     # ------------------------------------------------------------------ compile
     def _call(self, inputs, cache, mask):
@@ -73,33 +75,33 @@ class Runner:
             return t.call_with_cache(inputs[0], cache, logits=True, inplace=inplace)
         return t.call_with_cache(inputs, cache, mask=mask, logits=True, inplace=inplace)
 
-    def _compile(self):
+    def _compile(self, fn):
+        """`fn(*tensors)` compiled for this backend (one trace per input shapes)."""
         backend = keras.backend.backend()
         if backend == "jax":
             import jax
 
             variables = list(self.transformer.model.variables)
 
-            def pure(values, inputs, cache, mask):
+            def pure(values, *args):
                 with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                    return self._call(inputs, cache, mask)
+                    return fn(*args)
 
             jitted = jax.jit(pure)
-            return lambda inputs, cache, mask: jitted([v.value for v in variables], inputs,
-                                                      cache, mask)
+            return lambda *args: jitted([v.value for v in variables], *args)
         if backend == "tensorflow":
             import tensorflow as tf
 
-            return tf.function(self._call, jit_compile=True)  # static shapes: one trace each
+            return tf.function(fn, jit_compile=True)  # static shapes: one trace each
         if backend == "torch":
             import torch
 
-            def call(inputs, cache, mask):
+            def call(*args):
                 with torch.no_grad():
-                    return self._call(inputs, cache, mask)
+                    return fn(*args)
 
             return call
-        return self._call
+        return fn
 
     def call(self, inputs, cache, mask):
         inputs = [ops.convert_to_tensor(np.asarray(x, "int32")) for x in inputs]
@@ -155,6 +157,34 @@ class Runner:
             inputs.append(np.full_like(tokens, 1 if self.kind == "unilm" else 0))
         logits, cache = self.call(inputs, state["cache"], np.ones(tokens.shape, bool))
         return logits[:, -1], {"cache": cache}
+
+    # ------------------------------------------------------ loops on the device
+    def _device_step(self, tokens, cache):
+        """One token per row [rows] -> (next-token logits [rows, vocab] float32, cache)."""
+        tokens = ops.expand_dims(ops.cast(tokens, "int32"), 1)
+        inputs = [tokens]
+        if self.segments:  # UniLM: the target is segment 1; an LM: segment 0
+            inputs.append(ops.full_like(tokens, 1 if self.kind == "unilm" else 0))
+        logits, cache = self._call(inputs, cache, ops.ones(ops.shape(tokens), dtype="bool"))
+        return ops.cast(logits[:, -1], "float32"), cache
+
+    def run_loop(self, cfg, logits, state, seen):
+        """Run a whole decode loop (`loops.greedy` or, with cfg.num_beams > 1,
+        `loops.beam_search`) compiled, from the prefill's logits and state.
+        Returns NumPy arrays: greedy (tokens, steps), beam search (sequences, scores)."""
+        loop = self._loops.get(cfg)
+        if loop is None:
+            if cfg.num_beams > 1:
+                def run(logits, cache, seen):
+                    return loops.beam_search(self._device_step, self.transformer.reorder_cache,
+                                             logits, cache, seen, cfg)
+            else:
+                def run(logits, cache, seen):
+                    return loops.greedy(self._device_step, logits, cache, seen, cfg)
+            loop = self._loops[cfg] = self._compile(run)
+        logits = ops.convert_to_tensor(np.asarray(logits, "float32"))
+        a, b = loop(logits, state["cache"], ops.convert_to_tensor(seen))
+        return ops.convert_to_numpy(a), ops.convert_to_numpy(b)
 
     def reorder(self, state, rows):
         """Keep/repeat rows of the cache (beams, num_return_sequences)."""
