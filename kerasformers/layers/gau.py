@@ -108,6 +108,8 @@ class GatedAttentionUnit(keras.layers.Layer):
              position_bias=None, p_bias=None, training=None):
         if p_bias not in (None, "rotary"):
             raise ValueError(f"GatedAttentionUnit only supports p_bias='rotary', got {p_bias!r}")
+        if p_bias == "rotary" and position_bias is None and not self.rope:
+            raise ValueError("p_bias='rotary' needs position_bias (or rope=True)")
         if self.self_attention:
             x = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
             key_mask = mask[0] if isinstance(mask, (list, tuple)) else mask

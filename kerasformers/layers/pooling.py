@@ -54,7 +54,7 @@ class GlobalPooling(keras.layers.Layer):
 
     def call(self, inputs, mask=None):
         if mask is None:
-            mask = ops.ones(ops.shape(inputs)[:2], dtype="bool")
+            return self._pool_all(inputs)
         mask = ops.cast(mask, "bool")
         if self.mode in ("first", "last"):
             # one-hot of the first (last) valid token: a running count that is 1 there
@@ -71,6 +71,22 @@ class GlobalPooling(keras.layers.Layer):
             count = ops.sum(ops.cast(token, "float32"), axis=1)
             count = ops.sqrt(count) if self.mode == "sqrt_mean" else count
             total = total / ops.maximum(count, 1.0)
+        return ops.cast(total, inputs.dtype)
+
+    def _pool_all(self, inputs):
+        """Every position is a token."""
+        if self.mode == "first":
+            return inputs[:, 0]
+        if self.mode == "last":
+            return inputs[:, -1]
+        if self.mode == "max":
+            return ops.max(inputs, axis=1)
+        x = ops.cast(inputs, "float32")
+        if self.mode == "mean":
+            return ops.cast(ops.mean(x, axis=1), inputs.dtype)
+        total = ops.sum(x, axis=1)
+        if self.mode == "sqrt_mean":
+            total = total / ops.sqrt(ops.cast(ops.shape(inputs)[1], "float32"))
         return ops.cast(total, inputs.dtype)
 
     def compute_output_shape(self, input_shape):

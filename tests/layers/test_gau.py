@@ -206,7 +206,7 @@ def test_keras_mask_from_embedding_hides_padding():
     model = keras.Model(tokens, out)
     assert out._keras_mask is not None  # the padding mask flows on
     weights = randomize(model)
-    ours = to_numpy(model(ids))
+    ours = model.predict(ids, verbose=0, batch_size=3)  # traced, length unknown
     vectors = weights["embedding/embeddings"][ids]
     gau_weights = {k: v for k, v in weights.items() if not k.startswith("embedding/")}
     ref = numpy_gau([vectors], gau_weights, gau.get_config(), ids != 0, use_rope=True)
@@ -276,6 +276,8 @@ def test_get_config_round_trip_in_a_model():
         "gau/q_scaleoffset/gamma"]
     with pytest.raises(ValueError, match="normalization"):
         GatedAttentionUnit(UNITS, KEY, normalization="sparsemax")
+    with pytest.raises(ValueError, match="position_bias"):
+        GatedAttentionUnit(UNITS, KEY)(data, p_bias="rotary")
 
 
 def test_attention_dropout_only_in_training():

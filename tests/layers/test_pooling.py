@@ -70,6 +70,22 @@ def test_without_mask_every_position_counts(mode):
     np.testing.assert_allclose(to_numpy(GlobalPooling(mode)(x)), want, rtol=1e-5, atol=1e-6)
 
 
+def test_compiled_model_with_unknown_length():
+    """predict() traces the layer (TF graph, jax.jit, torch) with a None sequence length."""
+    tokens, x = keras.Input((None,), dtype="int32"), keras.Input((None, D))
+    hidden = keras.layers.Embedding(N + 1, D, mask_zero=True, name="embedding")(tokens)
+    outputs = [GlobalPooling(mode)(h) for mode in MODES for h in (hidden, x)]
+    model = keras.Model([tokens, x], outputs)
+    table, data = sequence(5, (N + 1, D)), sequence(6)
+    model.get_layer("embedding").set_weights([table])
+    got = model.predict([IDS, data], verbose=0, batch_size=B)
+    for i, mode in enumerate(MODES):
+        np.testing.assert_allclose(got[2 * i], numpy_pool(table[IDS], MASK, mode),
+                                   rtol=1e-5, atol=1e-6, err_msg=mode)
+        np.testing.assert_allclose(got[2 * i + 1], numpy_pool(data, np.ones((B, N), bool), mode),
+                                   rtol=1e-5, atol=1e-6, err_msg=mode)
+
+
 def test_higher_rank_inputs_pool_the_token_axis():
     x = sequence(3, (B, N, 2, D))
     for mode in ("max", "last", "sqrt_mean"):
