@@ -111,6 +111,10 @@ def add_arguments(p):
                         "new-tokens and twice that; none: no cacheless rows)")
     p.add_argument("--cacheless-backend", choices=harness.BACKENDS, default="tensorflow",
                    help="Keras backend of the cacheless decoder (default tensorflow)")
+    p.add_argument("--low-precision", nargs="*", choices=["bfloat16", "int8"],
+                   default=["bfloat16", "int8"],
+                   help="greedy1 rows with bfloat16 weights and int8-quantized weights "
+                        "(model.quantize('int8')), per backend (default both; none: no rows)")
 
 
 def cacheless_tokens(args):
@@ -231,6 +235,20 @@ def cacheless_decoder(model, new_tokens):
     return lambda prompt: decoder.beam_search([prompt], topk=1)
 
 
+def low_precision_model(args, precision):
+    """The same checkpoint with bfloat16 weights (dtype policy 'bfloat16': weights and
+    compute) or float32 weights quantized to int8 (Keras `quantize('int8')`)."""
+    from kerasformers import build_transformer_model
+
+    path = os.path.join(args.workdir, "hf")
+    if precision == "bfloat16":
+        return build_transformer_model(checkpoint_path=path, dtype="bfloat16",
+                                       return_keras_model=False)
+    obj = build_transformer_model(checkpoint_path=path, return_keras_model=False)
+    obj.model.quantize("int8")
+    return obj
+
+
 def our_paths(backend, args):
     """[(name, fn, sync, options)]: generate (and cacheless) paths per mode."""
     import numpy as np
@@ -254,6 +272,15 @@ def our_paths(backend, args):
         paths.append((f"generate(model, ...) {what}",
                       lambda rows=rows, kwargs=kwargs: generate(obj, rows, **kwargs),
                       harness.identity, options))
+        if mode == "greedy1":
+            for precision in args.low_precision:
+                low = low_precision_model(args, precision)
+                paths.append((f"generate(model, ...) greedy, {precision} weights",
+                              lambda rows=rows, kwargs=kwargs, low=low: generate(low, rows,
+                                                                                 **kwargs),
+                              harness.identity,
+                              {**options, "approximate": True,
+                               "row": f"ours ({backend}), {precision} weights"}))
         if mode == "greedy1" and backend == args.cacheless_backend:
             for n in cacheless_tokens(args):
                 decode = cacheless_decoder(obj.model, n)
