@@ -38,6 +38,9 @@ class GatedAttentionUnit(keras.layers.Layer):
     normalised by `normalization`: 'squared_relu' (relu(a)^2 / L, the paper),
     'softmax_plus' (softmax(a log L / log 512), GAU-alpha) or 'softmax', where L
     counts the visible keys. Output `o_dense(u * (A @ v))`, as wide as x (or q).
+    `use_bias=False` drops every bias and the q/k offsets (GAU-alpha);
+    `rope=True` applies RoPE at positions 0.. of q and of k when no
+    `position_bias` is passed; `attention_dropout` drops attention weights.
 
     Call arguments:
       mask: the padding mask [b, n] (from Keras masking or passed explicitly);
@@ -49,7 +52,6 @@ class GatedAttentionUnit(keras.layers.Layer):
       position_bias: interleaved sin/cos [b|1, n, key_size], e.g.
             SinusoidalPositionEmbedding(key_size, merge_mode="zero")(x): RoPE on
             q and k (bert4keras' p_bias='rotary'; q and k need the same length).
-            With `rope=True` and no position_bias, positions 0.. are used.
     Keys hidden by the masks never reach the output; rows with no visible key
     give a finite output (o_dense of zeros), where bert4keras gave NaN.
     """

@@ -258,7 +258,7 @@ def test_cross_attention_uses_the_key_mask():
     np.testing.assert_allclose(out[:2], ref[:2], rtol=0, atol=TOL)
 
 
-def test_get_config_round_trip_in_a_model():
+def test_config_and_keras_file_round_trip(tmp_path):
     x = keras.Input((None, HIDDEN))
     layer = GatedAttentionUnit(UNITS, KEY, activation="gelu", use_bias=False,
                                normalization="softmax_plus", attention_scale=False,
@@ -267,10 +267,15 @@ def test_get_config_round_trip_in_a_model():
     config = layer.get_config()
     assert config["activation"] == "gelu" and config["attention_dropout"] == 0.1
     clone = keras.Model.from_config(model.get_config())
-    clone.set_weights(model.get_weights())
     assert clone.get_layer("gau").get_config() == config
     data, _ = padded_batch()
-    np.testing.assert_array_equal(to_numpy(clone(data)), to_numpy(model(data)))
+    randomize(model)
+    want = to_numpy(model(data))
+    model.save(tmp_path / "gau.keras")
+    loaded = keras.saving.load_model(tmp_path / "gau.keras")
+    np.testing.assert_array_equal(to_numpy(loaded(data)), want)
+    clone.set_weights(model.get_weights())
+    np.testing.assert_array_equal(to_numpy(clone(data)), want)
     assert sorted(w.path for w in layer.weights) == [
         "gau/i_dense/kernel", "gau/k_scaleoffset/gamma", "gau/o_dense/kernel",
         "gau/q_scaleoffset/gamma"]
@@ -296,6 +301,11 @@ def test_mixed_bfloat16_is_finite():
     keras.config.set_dtype_policy("mixed_bfloat16")
     x, mask = padded_batch()
     layer = GatedAttentionUnit(UNITS, KEY, normalization="softmax_plus", rope=True)
+    layer.build(x.shape)
+    weights = randomize(layer)
     out = layer(x, mask=mask)
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
-    assert np.isfinite(to_numpy(out)).all()
+    out = to_numpy(out)
+    assert np.isfinite(out).all()
+    ref = numpy_gau([x], weights, layer.get_config(), mask, use_rope=True)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=0.05 * np.abs(ref).max())
