@@ -9,11 +9,25 @@
 (1, 5, 8)
 """
 
+import functools
+
 import keras
 from keras import ops
 
 from kerasformers.backend import apply_rotary_position_embeddings, attention_normalize
 from kerasformers.layers.core import remat_call, remat_scope
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_kernel_compiles(dtype):
+    """False for float16 on jax's CPU backend: XLA:CPU has no float16 x float16 ->
+    float32 dot, so `jax.nn.dot_product_attention` fails to compile (jit, fit,
+    predict) under mixed_float16 there."""
+    if keras.backend.backend() != "jax" or keras.backend.standardize_dtype(dtype) != "float16":
+        return True
+    import jax
+
+    return jax.default_backend() != "cpu"
 
 
 @keras.saving.register_keras_serializable(package="kerasformers")
@@ -129,7 +143,8 @@ class MultiHeadAttention(keras.layers.Layer):
         fused = (p_bias in (None, "rotary") and self.normalization == "softmax"
                  and not self.return_attention_scores and not dropout
                  and self.key_size == self.head_size
-                 and (bias is None or mask is None))  # torch's kernel takes one of them
+                 and (bias is None or mask is None)  # torch's kernel takes one of them
+                 and _fused_kernel_compiles(qw.dtype))
         if fused:
             # Keras' fused kernel (torch SDPA / jax.nn.dot_product_attention).
             scale = self.key_size ** -0.5 if self.attention_scale else 1.0
