@@ -17,7 +17,7 @@ ONCE = ["tests/test_tokenizers.py", "tests/test_tokenizers_bert4keras.py",
         "tests/checkpoints/test_tf_checkpoint.py", "tests/test_no_tensorflow.py",
         "--doctest-modules", "kerasformers/tokenizers", "kerasformers/data.py"]
 PER_BACKEND = ["tests", "--doctest-modules", "kerasformers/models", "kerasformers/layers",
-               "kerasformers/generation",
+               "kerasformers/generation", "kerasformers/lora.py",
                "kerasformers/backend.py", "kerasformers/config.py", "kerasformers/checkpoints"]
 BACKENDS = ["jax", "torch", "tensorflow"]
 
