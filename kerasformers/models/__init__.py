@@ -93,6 +93,12 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
     application: 'encoder', 'lm' (causal + MLM) or 'unilm' (seq2seq mask + MLM).
     kwargs override the config (heads: with_pool, with_nsp, with_mlm,
         with_discriminator; keep_tokens, compound_tokens, dropout_rate, ...).
+        dtype: a Keras dtype policy for every layer, e.g. 'mixed_bfloat16'.
+        remat=True: gradient checkpointing (bert4keras' RECOMPUTE=1). Every
+        attention and feed-forward layer recomputes its inner activations in
+        the backward pass instead of storing them (less memory, about one more
+        forward pass of compute; same gradients). Stored in those layers'
+        configs, so `.keras` files and `get_config` keep it.
     Returns the Keras model, or the Transformer object (`.model`,
     `.load_weights_from_checkpoint`, `.save_weights_as_checkpoint`) when
     return_keras_model=False.

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from kerasformers.checkpoints import loader
-from kerasformers.layers import AttentionMask, MultiHeadAttention
+from kerasformers.layers import AttentionMask, FeedForward, MultiHeadAttention
 from kerasformers.models import cache as cache_lib
 from kerasformers.models import eager_step
 
@@ -43,7 +43,7 @@ class Transformer:
                  attention_key_size=None, sequence_length=None, keep_tokens=None,
                  compound_tokens=None, residual_attention_scores=False,
                  ignore_invalid_weights=False, layer_norm_eps=None, pad_token_id=0,
-                 dtype=None, layers=None, prefix=None, name=None, **kwargs):
+                 dtype=None, remat=False, layers=None, prefix=None, name=None, **kwargs):
         if keep_tokens is not None:
             vocab_size = len(keep_tokens)
         if compound_tokens is not None:
@@ -70,6 +70,7 @@ class Transformer:
         self.layer_norm_eps = layer_norm_eps or self.layer_norm_epsilon
         self.pad_token_id = pad_token_id
         self.dtype = dtype
+        self.remat = remat
         self.layers = {} if layers is None else layers
         self.prefix = prefix or ""
         self.name = name
@@ -118,6 +119,8 @@ class Transformer:
         if name not in self.layers:
             if self.dtype is not None and "dtype" not in kwargs:
                 kwargs["dtype"] = self.dtype
+            if self.remat and layer in (MultiHeadAttention, FeedForward):
+                kwargs.setdefault("remat", True)  # gradient checkpointing per sublayer
             self.layers[name] = layer(**kwargs)
         layer = self.layers[name]
         if inputs is None:
