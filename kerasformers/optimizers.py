@@ -44,6 +44,12 @@ def _matches(patterns, path):
     return [p for p in patterns if re.search(p, path)]
 
 
+def _decay_key(variable):
+    """What Keras' weight decay asks `_use_weight_decay` about: TensorFlow passes the
+    tf.Variable (whose name is the full path), the other backends the Keras variable."""
+    return variable.value if keras.backend.backend() == "tensorflow" else variable
+
+
 def _eager_scope():
     """TensorFlow builds optimizers while tracing the train step; leave the graph
     there to read configs and create the group optimizers eagerly."""
@@ -239,18 +245,26 @@ class ParameterWiseLR(_Wrapper):
         factors = sorted({self.multiplier(v) for v in var_list})
         for variable in var_list:
             self._group_of[id(variable)] = factors.index(self.multiplier(variable))
-        decays = self.inner_optimizer.weight_decay is not None
         with _eager_scope():
             for index, factor in enumerate(factors):
                 optimizer = self._group_optimizer(factor, index)
                 variables = self._group_variables(index, var_list)
-                if decays:
-                    # Keep what the inner optimizer excludes (its var_names / var_list).
-                    optimizer.exclude_from_weight_decay(var_list=[
-                        v for v in variables if not self.inner_optimizer._use_weight_decay(v)])
+                self._copy_exclusions(optimizer, variables)
                 optimizer.build(variables)
                 self._group_optimizers.append(optimizer)
         super().build(var_list)
+
+    def _copy_exclusions(self, optimizer, variables):
+        """A group decays what the inner optimizer would (its var_names / var_list)."""
+        if self.inner_optimizer.weight_decay is not None:
+            optimizer.exclude_from_weight_decay(var_list=[
+                v for v in variables
+                if not self.inner_optimizer._use_weight_decay(_decay_key(v))])
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None):
+        self.inner_optimizer.exclude_from_weight_decay(var_list=var_list, var_names=var_names)
+        for index, optimizer in enumerate(self._group_optimizers):
+            self._copy_exclusions(optimizer, self._group_variables(index))
 
     @property
     def variables(self):
@@ -392,12 +406,14 @@ def exclude_weight_decay(optimizer, model, patterns):
 
     bert4keras' `exclude_from_weight_decay=['Norm', 'bias']` searched the full
     variable name (`Transformer-0-FeedForward-Norm/gamma`). Keras'
-    `optimizer.exclude_from_weight_decay(var_names=[...])` searches only the
-    short `variable.name` (`gamma`, `bias`, `kernel`), so `'Norm'` would match
-    nothing; this helper resolves the patterns on `variable.path` and passes
-    the variables (`var_list=`) instead. Call it before training (it replaces
-    earlier exclusions); exclusions are not part of a saved optimizer's config,
-    so call it again after `load_model`. Returns the excluded variables.
+    `optimizer.exclude_from_weight_decay(var_names=[...])` searches
+    `variable.name`, which is the short name on JAX and PyTorch (`gamma`,
+    `bias`: `'Norm'` matches nothing) but the full `.../gamma:0` on TensorFlow.
+    This helper resolves the patterns on `variable.path` and passes the
+    variables (`var_list=`) instead, the same on every backend. Call it before
+    training (it replaces earlier exclusions); exclusions are not part of a
+    saved optimizer's config, so call it again after `load_model`. Returns the
+    excluded variables.
 
     >>> import keras
     >>> inputs = keras.Input((4,))

@@ -19,25 +19,37 @@ The logged `loss` is the one trained on (perturbed, or with the penalty).
 Both return a new model sharing the layers (and weights) of `model`; compile
 and fit that one. It saves and loads like any functional model.
 
-Gradient accumulation and EMA are Keras built-ins (see `ema_weights`):
+Gradient accumulation and EMA are Keras built-ins; the recipe:
 
-    optimizer = keras.optimizers.AdamW(2e-5, gradient_accumulation_steps=4,
-                                       use_ema=True, ema_momentum=0.999)
+    optimizer = keras.optimizers.AdamW(
+        PiecewiseLinearSchedule(2e-5, {4 * 1000: 1}),  # schedules count micro-batches
+        gradient_accumulation_steps=4,     # one update per 4 batches, their mean gradient
+        use_ema=True, ema_momentum=0.999)
     model.compile(optimizer, loss)
-    model.fit(...)                      # one update every 4 batches (their mean gradient)
-    with ema_weights(model):            # evaluate with the averaged weights ...
-        model.evaluate(...)
-    # ... and keep training with the raw ones
+
+    class Evaluator(keras.callbacks.Callback):  # bert4keras' apply_ema_weights /
+        def on_epoch_end(self, epoch, logs=None):  # reset_old_weights
+            with ema_weights(self.model):
+                score = evaluate(self.model)   # ... or save the averaged weights
+    model.fit(..., callbacks=[Evaluator()])
+
+`keras.callbacks.SwapEMAWeights()` does the same around `validation_data`.
+Note that Keras' `fit` ends with `optimizer.finalize_variable_values`: after
+`fit` the model holds the averages, not the last raw weights (on JAX, Keras
+3.15 then fails to train that model again, "donate the same buffer twice").
+
+With a model from `build_transformer_model` (whose token embedding layer is
+'Embedding-Token'): `model = adversarial_training(keras.Model(bert.inputs,
+probs), 'Embedding-Token', 0.5)`. The same on a hand-made model:
 
 >>> import keras, numpy as np
->>> from kerasformers import build_transformer_model
->>> bert = build_transformer_model(None, vocab_size=50, hidden_size=16, num_hidden_layers=1,
-...                                num_attention_heads=2, intermediate_size=32, with_pool=True)
->>> probs = keras.layers.Dense(2, activation="softmax")(bert.output)
->>> model = adversarial_training(keras.Model(bert.inputs, probs), "Embedding-Token", 0.5)
+>>> ids = keras.Input((6,), dtype="int32")
+>>> x = keras.layers.Embedding(50, 8, name="Embedding-Token")(ids)
+>>> probs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling1D()(x))
+>>> model = adversarial_training(keras.Model(ids, probs), "Embedding-Token", epsilon=0.5)
 >>> model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
->>> ids = np.random.RandomState(0).randint(1, 50, (8, 6))
->>> history = model.fit([ids, np.zeros_like(ids)], ids[:, 0] % 2, verbose=0)
+>>> tokens = np.random.RandomState(0).randint(1, 50, (8, 6))
+>>> history = model.fit(tokens, tokens[:, 0] % 2, verbose=0)
 >>> sorted(history.history)
 ['loss']
 """
@@ -298,18 +310,22 @@ def ema_weights(model, optimizer=None):
     The optimizer must have been created with `use_ema=True` (also inside
     `ParameterWiseLR` / `Lookahead`). On exit the training weights are restored
     bit for bit, so training can go on (bert4keras' `apply_ema_weights()` /
-    `reset_old_weights()`). Keras starts the average at the weights after the
-    first step, so there is no bias correction to apply. For good, use
-    `optimizer.finalize_variable_values(model.trainable_variables)`.
+    `reset_old_weights()`): use it in a callback during `fit` or between
+    `train_on_batch` calls (after `fit` returns, Keras has already copied the
+    averages into the model). Keras starts the average at the weights after the
+    first step, so there is no bias correction to apply.
 
     >>> import keras, numpy as np
     >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     >>> model.compile(keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=0.9), "mse")
-    >>> _ = model.fit(np.ones((4, 2)), np.ones((4, 1)), verbose=0, epochs=3)
-    >>> before = model.get_weights()
+    >>> for _ in range(3):
+    ...     _ = model.train_on_batch(np.ones((4, 2)), np.ones((4, 1)))
+    >>> raw = model.get_weights()
     >>> with ema_weights(model):
     ...     averaged = model.get_weights()
-    >>> all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    >>> bool(np.allclose(averaged[0], raw[0]))
+    False
+    >>> all(np.array_equal(a, b) for a, b in zip(raw, model.get_weights()))
     True
     """
     optimizer = optimizer or model.optimizer
@@ -321,6 +337,11 @@ def ema_weights(model, optimizer=None):
     variables = model.trainable_variables
     saved = [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
     optimizer.finalize_variable_values(variables)
+    if keras.backend.backend() == "jax":
+        # finalize_variable_values makes each weight share its average's buffer, and
+        # JAX's fit / evaluate donate the weights' buffers: give the weights their own.
+        for variable in variables:
+            variable.assign(np.array(keras.ops.convert_to_numpy(variable)))
     try:
         yield model
     finally:
