@@ -1,23 +1,21 @@
 """Optimizer tricks from bert4keras, the Keras 3 way.
 
-Keras 3 already has most of them, so use those directly:
+Keras 3 already has most of them; what it lacks is here. bert4keras -> Keras 3:
 
-| bert4keras                                    | Keras 3 / kerasformers                          |
-|-----------------------------------------------|-------------------------------------------------|
-| `extend_with_weight_decay`                    | `keras.optimizers.AdamW(weight_decay=...)` +    |
-|   (`exclude_from_weight_decay=['Norm','bias']`)|   `exclude_weight_decay(opt, model, patterns)` |
-| `extend_with_piecewise_linear_lr`             | `PiecewiseLinearSchedule(lr, {1000: 1, ...})`   |
-| `extend_with_gradient_accumulation`           | `Optimizer(gradient_accumulation_steps=k)`      |
-| `extend_with_exponential_moving_average`      | `Optimizer(use_ema=True, ema_momentum=...)` +   |
-|                                               |   `kerasformers.training.ema_weights`           |
-| `extend_with_lookahead`                       | `Lookahead(optimizer, k, alpha)`                |
-| `extend_with_parameter_wise_lr`               | `ParameterWiseLR(optimizer, {pattern: m})`,     |
-|                                               |   `layerwise_lr_decay(model, decay)`            |
-| `Lion`, `AdaFactor`                           | `keras.optimizers.Lion`, `Adafactor`            |
+* `extend_with_weight_decay` -> `keras.optimizers.AdamW(weight_decay=...)`, and
+  `exclude_weight_decay(optimizer, model, ['Norm', 'bias'])` for its exclusions;
+* `extend_with_piecewise_linear_lr` -> `PiecewiseLinearSchedule(lr, {1000: 1, ...})`;
+* `extend_with_gradient_accumulation` -> `gradient_accumulation_steps=k`;
+* `extend_with_exponential_moving_average` -> `use_ema=True, ema_momentum=...`,
+  and `kerasformers.training.ema_weights` to evaluate with the averages;
+* `extend_with_lookahead` -> `Lookahead(optimizer, k, alpha)`;
+* `extend_with_parameter_wise_lr` -> `ParameterWiseLR(optimizer, {pattern: m})`,
+  with `layerwise_lr_decay(model, decay)` for layer-wise decay;
+* `Lion`, `AdaFactor` -> `keras.optimizers.Lion`, `keras.optimizers.Adafactor`.
 
 Variables are matched by regular expressions searched in `variable.path`
-(`"Transformer-3-FeedForward/i0_dense/kernel"`), as bert4keras matched
-`variable.name`; a plain name is a substring match.
+(`"Transformer-3-FeedForward/i0_dense/kernel"`), as bert4keras searched
+`variable.name`: a plain name like `'Norm'` is a substring match.
 
 The two wrappers (`ParameterWiseLR`, `Lookahead`) are registered Keras
 objects: a model compiled with them saves and loads with `model.save("x.keras")`
@@ -42,6 +40,11 @@ _serializable = keras.saving.register_keras_serializable(package="kerasformers")
 
 def _matches(patterns, path):
     return [p for p in patterns if re.search(p, path)]
+
+
+def _literal(text):
+    """A regex matching `text` (like re.escape, but leaving '-' readable)."""
+    return "".join("\\" + c if c in ".^$*+?{}[]\\|()" else c for c in text)
 
 
 def _decay_key(variable):
@@ -201,8 +204,7 @@ class ParameterWiseLR(_Wrapper):
     `optimizer` run with `m * learning_rate`, decoupled weight decay included
     (as in PyTorch parameter groups); EMA, clipping and gradient accumulation
     of `optimizer` apply to every group (`global_clipnorm` over all gradients).
-    `iterations` counts `apply` calls. Weight-decay exclusions set on
-    `optimizer` (or on this wrapper, before training) are kept.
+    Weight-decay exclusions set on `optimizer` or on this wrapper are kept.
 
     >>> import keras
     >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="head")])
@@ -277,9 +279,17 @@ class ParameterWiseLR(_Wrapper):
     @learning_rate.setter
     def learning_rate(self, learning_rate):
         self.inner_optimizer.learning_rate = learning_rate
+        scheduled = isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule)
         for index, optimizer in enumerate(self._group_optimizers):
             factor = self.multiplier(self._group_variables(index)[0])
-            optimizer.learning_rate = learning_rate * factor
+            optimizer.learning_rate = (_ScaledSchedule(learning_rate, factor) if scheduled
+                                       else learning_rate * factor)
+
+    @property
+    def iterations(self):
+        """Updates made (micro-batches / k under `gradient_accumulation_steps=k`)."""
+        steps = self.inner_optimizer.gradient_accumulation_steps
+        return ops.floor_divide(self._iterations, steps) if steps else self._iterations
 
     def apply(self, grads, trainable_variables=None):
         trainable_variables = self._ensure_built(trainable_variables)
@@ -316,11 +326,11 @@ def layerwise_lr_decay(model, decay, layer_pattern=r"Transformer-(\d+)-",
     block learns at `decay` times the head's rate, each block below `decay`
     times slower than the one above.
 
-    >>> from kerasformers import build_transformer_model
-    >>> model = build_transformer_model(None, vocab_size=50, hidden_size=16, num_hidden_layers=2,
-    ...                                 num_attention_heads=2, intermediate_size=32)
+    >>> import keras
+    >>> model = keras.Sequential([keras.Input((4,))] + [keras.layers.Dense(4, name=name) for name in
+    ...     ("Embedding-Mapping", "Transformer-0-FeedForward", "Transformer-1-FeedForward", "head")])
     >>> layerwise_lr_decay(model, 0.5)
-    {'Transformer\\\\-0\\\\-': 0.25, 'Transformer\\\\-1\\\\-': 0.5, 'Embedding-': 0.125}
+    {'Transformer-0-': 0.25, 'Transformer-1-': 0.5, 'Embedding-': 0.125}
     """
     blocks = {}
     for variable in model.trainable_variables:
@@ -330,7 +340,7 @@ def layerwise_lr_decay(model, decay, layer_pattern=r"Transformer-(\d+)-",
     if not blocks:
         raise ValueError(f"no variable path matches {layer_pattern!r}")
     n = max(blocks.values()) + 1
-    multipliers = {re.escape(prefix): decay ** (n - i)
+    multipliers = {_literal(prefix): decay ** (n - i)
                    for prefix, i in sorted(blocks.items(), key=lambda item: item[1])}
     multipliers[embedding_pattern] = decay ** (n + 1)
     return multipliers

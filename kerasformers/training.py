@@ -280,7 +280,7 @@ def adversarial_training(model, embedding_name="Embedding-Token", epsilon=1.0):
     >>> adversarial_training(model, epsilon=0.5).method
     'fgm'
     """
-    return AdversarialModel(model.inputs, model.outputs, embedding_name=embedding_name,
+    return AdversarialModel(model.input, model.output, embedding_name=embedding_name,
                             epsilon=epsilon, method="fgm", name=model.name)
 
 
@@ -298,7 +298,7 @@ def gradient_penalty(model, embedding_name="Embedding-Token", epsilon=1.0):
     >>> gradient_penalty(model, epsilon=1.0).method
     'gradient_penalty'
     """
-    return AdversarialModel(model.inputs, model.outputs, embedding_name=embedding_name,
+    return AdversarialModel(model.input, model.output, embedding_name=embedding_name,
                             epsilon=epsilon, method="gradient_penalty", name=model.name)
 
 

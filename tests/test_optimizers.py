@@ -172,6 +172,23 @@ def test_scaled_schedule_and_global_clipnorm():
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_gradient_accumulation_inside_parameter_wise_lr():
+    model = two_layer_model()
+    variables = model.trainable_variables
+    initial = numpy(variables)
+    optimizer = ParameterWiseLR(keras.optimizers.SGD(0.1, gradient_accumulation_steps=2),
+                                MULTIPLIERS)
+    steps = fake_grads(variables, 2)
+    optimizer.apply(steps[0], variables)
+    for got, want in zip(numpy(variables), initial):  # accumulated, not applied
+        np.testing.assert_array_equal(got, want)
+    optimizer.apply(steps[1], variables)
+    assert int(optimizer.iterations) == 1
+    for v, got, w0, g1, g2 in zip(variables, numpy(variables), initial, *map(numpy, steps)):
+        np.testing.assert_allclose(got, w0 - 0.1 * optimizer.multiplier(v) * (g1 + g2) / 2,
+                                   rtol=1e-6, atol=1e-7)
+
+
 def test_learning_rate_setter_reaches_every_group():
     model = two_layer_model()
     optimizer = ParameterWiseLR(keras.optimizers.SGD(0.1), MULTIPLIERS)
