@@ -18,7 +18,8 @@ ONCE = ["tests/test_tokenizers.py", "tests/test_tokenizers_bert4keras.py",
         "--doctest-modules", "kerasformers/tokenizers", "kerasformers/data.py"]
 PER_BACKEND = ["tests", "--doctest-modules", "kerasformers/models", "kerasformers/layers",
                "kerasformers/generation", "kerasformers/lora.py",
-               "kerasformers/backend.py", "kerasformers/config.py", "kerasformers/checkpoints"]
+               "kerasformers/backend.py", "kerasformers/config.py", "kerasformers/checkpoints",
+               "kerasformers/optimizers.py", "kerasformers/training.py"]
 BACKENDS = ["jax", "torch", "tensorflow"]
 
 
