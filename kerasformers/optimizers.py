@@ -327,8 +327,10 @@ def layerwise_lr_decay(model, decay, layer_pattern=r"Transformer-(\d+)-",
     times slower than the one above.
 
     >>> import keras
-    >>> model = keras.Sequential([keras.Input((4,))] + [keras.layers.Dense(4, name=name) for name in
-    ...     ("Embedding-Mapping", "Transformer-0-FeedForward", "Transformer-1-FeedForward", "head")])
+    >>> names = ["Embedding-Mapping", "Transformer-0-FeedForward", "Transformer-1-FeedForward",
+    ...          "head"]
+    >>> model = keras.Sequential([keras.Input((4,))] + [keras.layers.Dense(4, name=n)
+    ...                                                 for n in names])
     >>> layerwise_lr_decay(model, 0.5)
     {'Transformer-0-': 0.25, 'Transformer-1-': 0.5, 'Embedding-': 0.125}
     """
@@ -391,7 +393,8 @@ class Lookahead(_Wrapper):
         for variable, average in zip(trainable_variables, slow):
             average.assign(ops.where(step == 0, value(variable), value(average)))
         self.inner_optimizer.apply(grads, trainable_variables)
-        period = self.steps_per_slow_update * (self.inner_optimizer.gradient_accumulation_steps or 1)
+        accumulation = self.inner_optimizer.gradient_accumulation_steps or 1
+        period = self.steps_per_slow_update * accumulation
         sync = (step + 1) % period == 0
         for variable, average in zip(trainable_variables, slow):
             fast, old = value(variable), value(average)
