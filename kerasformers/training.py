@@ -35,8 +35,10 @@ Gradient accumulation and EMA are Keras built-ins; the recipe:
 
 `keras.callbacks.SwapEMAWeights()` does the same around `validation_data`.
 Note that Keras' `fit` ends with `optimizer.finalize_variable_values`: after
-`fit` the model holds the averages, not the last raw weights (on JAX, Keras
-3.15 then fails to train that model again, "donate the same buffer twice").
+`fit` the model holds the averages, not the last raw weights. On JAX, Keras
+3.15 then fails to train that model again ("donate the same buffer twice":
+each weight shares its average's buffer) unless the weights get their own
+first: `for v in model.trainable_variables: v.assign(ops.convert_to_numpy(v))`.
 
 With a model from `build_transformer_model` (whose token embedding layer is
 'Embedding-Token'): `model = adversarial_training(keras.Model(bert.inputs,
