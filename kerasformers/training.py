@@ -81,10 +81,7 @@ def _value_and_grad(fn, create_graph=False):
 
         def torch_value_and_grad(x):
             xs = x if isinstance(x, (list, tuple)) else [x]
-            # Fused attention kernels have no second derivative; the math one has.
-            kernels = (torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH])
-                       if create_graph else contextlib.nullcontext())
-            with torch.enable_grad(), kernels:
+            with torch.enable_grad():
                 value, aux = fn(x)
                 grads = torch.autograd.grad(value, xs, create_graph=create_graph,
                                             allow_unused=True)
@@ -106,6 +103,16 @@ def _value_and_grad(fn, create_graph=False):
 
         return tf_value_and_grad
     raise NotImplementedError(f"no gradients on the {backend!r} backend")
+
+
+def _differentiable_twice():
+    """PyTorch's fused attention kernels have no second derivative; the math one
+    has. Held over the whole step, so rematerialised layers recompute alike."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH])
+    return contextlib.nullcontext()
 
 
 def _no_grad():
@@ -252,8 +259,10 @@ class AdversarialModel(keras.Model):
                                            sample_weight)
             return self.optimizer.scale_loss(loss), (loss, aux)
 
-        (_, (loss, (y_pred, non_trainable, metrics))), grads = _value_and_grad(objective)(
-            [v.value for v in variables])
+        twice = self.method == "gradient_penalty"
+        with _differentiable_twice() if twice else contextlib.nullcontext():
+            (_, (loss, (y_pred, non_trainable, metrics))), grads = _value_and_grad(objective)(
+                [v.value for v in variables])
         with _no_grad():
             for variable, value in zip(self.non_trainable_variables, non_trainable):
                 variable.assign(value)
