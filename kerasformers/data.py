@@ -434,6 +434,16 @@ def longest_common_subsequence(source, target):
 
 
 # -- DataGenerator ---------------------------------------------------------------------------
+def _lists_as_tuples(batch):
+    """Keras reads a batch's structure as tuples (TensorFlow's tf.data refuses lists), while
+    bert4keras code yields ``[token_ids, segment_ids], labels``: lists become tuples."""
+    if isinstance(batch, (list, tuple)):
+        return tuple(_lists_as_tuples(x) for x in batch)
+    if isinstance(batch, dict):
+        return {k: _lists_as_tuples(v) for k, v in batch.items()}
+    return batch
+
+
 class DataGenerator(keras.utils.PyDataset):
     """Batches for `model.fit` / `evaluate` / `predict`, written as bert4keras generators.
 
@@ -458,6 +468,12 @@ class DataGenerator(keras.utils.PyDataset):
 
     The bert4keras loops work too: ``model.fit(gen.forfit(), steps_per_epoch=len(gen))``
     and ``gen.fortest()`` for inputs only.
+
+    Batches may be nested lists (``[token_ids, segment_ids], labels``): Keras gets tuples.
+    On TensorFlow, Keras fixes each input's shape from the first two batches it reads, so
+    when those happen to have the same length a later batch of another length fails: pad
+    to a fixed length there (``sequence_padding(x, length=maxlen)``); JAX and PyTorch take
+    any length per batch.
 
     Example:
         >>> import keras, numpy as np
@@ -622,7 +638,7 @@ class DataGenerator(keras.utils.PyDataset):
             if self._stream is None:
                 self._stream = iter(self.__iter__(self.shuffle))
             try:
-                return next(self._stream)
+                return _lists_as_tuples(next(self._stream))
             except StopIteration:
                 self._stream = None
         raise ValueError('__iter__ yielded no batch')

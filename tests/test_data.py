@@ -345,6 +345,21 @@ model.fit(plain.forfit(), steps_per_epoch=7, epochs=1, verbose=0)
 out['forfit_served'] = plain.log
 first_inputs = next(Batches(samples, batch_size=8).fortest())
 out['fortest_shape'] = list(first_inputs.shape)
+
+
+class ListBatches(Batches):
+    """bert4keras' habit: inputs as a list, [token_ids, segment_ids], labels."""
+
+    def __iter__(self, random=False):
+        for x, y in super().__iter__(random):
+            yield [x, x * 0], y
+
+
+a, b = keras.Input((6,)), keras.Input((6,))
+two = keras.Model([a, b], keras.layers.Dense(1)(keras.layers.Concatenate()([a, b])))
+two.compile('adam', 'mse')
+out['list_inputs_epochs'] = len(two.fit(ListBatches(samples, batch_size=8), epochs=2,
+                                        verbose=0).history['loss'])
 print('RESULT ' + json.dumps(out))
 '''
 
@@ -394,6 +409,7 @@ def test_data_generator_with_keras(backend):
     # (Keras reads ahead from a plain generator: more than 7 batches may have been made)
     assert passes(out['forfit_served'][:7], 7) == [everything]
     assert out['fortest_shape'] == [8, 6]
+    assert out['list_inputs_epochs'] == 2  # list batches work (TensorFlow needs tuples)
 
 
 class Plain(data.DataGenerator):
