@@ -15,7 +15,7 @@ import keras
 from keras import ops
 
 from kerasformers.backend import apply_rotary_position_embeddings, attention_normalize
-from kerasformers.layers.core import remat_call, remat_scope
+from kerasformers.layers.core import remat_call, remat_scope, with_sublayer_policies
 
 
 @functools.lru_cache(maxsize=None)
@@ -203,4 +203,4 @@ class MultiHeadAttention(keras.layers.Layer):
             return_attention_scores=self.return_attention_scores,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             remat=self.remat)
-        return config
+        return with_sublayer_policies(self, config)

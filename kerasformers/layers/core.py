@@ -137,3 +137,38 @@ def remat_call(call):
         return keras.remat(tensors_only)(*[x for x, t in zip(leaves, is_tensor) if t])
 
     return wrapped
+
+
+def with_sublayer_policies(layer, config):
+    """`config` (the layer's get_config) recording its quantized sublayers.
+
+    A layer that builds Dense sublayers (`q_dense`, `i0_dense`, ...) passes them
+    its own dtype policy; after `model.quantize(...)` only the sublayers are
+    quantized, so a reloaded model would rebuild them in float and fail to load
+    their int8 weights. Keras' recipe (see `keras.dtype_policies.DTypePolicyMap`):
+    the layer's dtype becomes a map from each quantized sublayer's path to its
+    policy, which the rebuilt sublayers look up.
+
+    >>> import keras
+    >>> from kerasformers.layers import FeedForward
+    >>> ffn = FeedForward(8, name="ffn")
+    >>> _ = ffn(keras.ops.zeros((1, 2, 4)))
+    >>> ffn.o_dense.quantize("int8")
+    >>> ffn.get_config()["dtype"]["ffn/o_dense"].name
+    'int8_from_float32'
+    """
+    def own_policy(sub):
+        policy = sub.dtype_policy
+        if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+            policy = policy[sub.path]
+        return policy
+
+    quantized = {sub.path: own_policy(sub) for sub in layer._flatten_layers(include_self=False)
+                 if sub.quantization_mode is not None}
+    if quantized:
+        default = layer.dtype_policy
+        if isinstance(default, keras.dtype_policies.DTypePolicyMap):
+            default = default.default_policy
+        config["dtype"] = keras.dtype_policies.DTypePolicyMap(default_policy=default,
+                                                              policy_map=quantized)
+    return config

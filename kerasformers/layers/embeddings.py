@@ -31,6 +31,12 @@ class Embedding(keras.layers.Embedding):
     every id is a real token, e.g. GPT-2, and gives no mask).
     `first_token_valid=True` always marks position 0 as real (T5, where the
     decoder's start token is the padding id 0), as bert4keras' Embedding did.
+
+    `quantize("int8")` (e.g. through `model.quantize("int8")`) stores the table
+    as int8 rows with one scale per token, as Keras' Embedding does; the tied
+    "dense" mode then runs like Keras' int8 Dense (inputs quantized per token,
+    int8 x int8 product, de-scaled). Other modes raise NotImplementedError
+    (Model.quantize warns and keeps the table in float).
     """
 
     def __init__(self, input_dim, output_dim, pad_token_id=0, first_token_valid=False,
@@ -46,6 +52,37 @@ class Embedding(keras.layers.Embedding):
         if inputs.dtype != "int32" and inputs.dtype != "int64":
             inputs = ops.cast(inputs, "int32")
         return ops.cast(embedding_lookup(self.embeddings, inputs), self.compute_dtype)
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        if mode != "int8":
+            raise NotImplementedError(
+                f"Embedding {self.name!r}: kerasformers' Embedding (token table and tied "
+                f"LM head) supports quantize('int8') only, not {mode!r}; it stays in float")
+        super().quantize(mode, type_check=False, config=config)  # Keras refuses subclasses
+
+    def _int8_build(self, embeddings_shape, config=None):
+        super()._int8_build(embeddings_shape, config)
+        default = keras.quantizers.AbsMaxQuantizer(axis=-1)
+        self.inputs_quantizer = (default if config is None else
+                                 keras.quantizers.QuantizationConfig.activation_quantizer_or_default(
+                                     config, default))
+
+    def _int8_call(self, inputs, mode="embedding", training=None):
+        if mode != "dense":
+            return super()._int8_call(inputs)
+        # x @ (rows / scale[:, None]).T, the way Keras' int8 Dense multiplies
+        x = ops.cast(inputs, self.compute_dtype)
+        output_scale = self.embeddings_scale
+        if self.inputs_quantizer is not None:
+            x, inputs_scale = self.inputs_quantizer(x, axis=-1)
+            output_scale = ops.multiply(output_scale, inputs_scale)
+        y = ops.matmul(x, ops.transpose(self._embeddings))
+        y = ops.divide(ops.cast(y, self.compute_dtype), ops.cast(output_scale, self.compute_dtype))
+        if self.lora_enabled:
+            delta = ops.matmul(self.lora_embeddings_a, self.lora_embeddings_b)
+            delta = ops.cast(delta * (self.lora_alpha / self.lora_rank), self.compute_dtype)
+            y = y + ops.matmul(ops.cast(inputs, self.compute_dtype), ops.transpose(delta))
+        return y
 
     def compute_mask(self, inputs, mask=None):
         if not self.mask_zero or self.pad_token_id is None:

@@ -10,7 +10,7 @@
 import keras
 
 from kerasformers.backend import get_activation, serialize_activation
-from kerasformers.layers.core import remat_call, remat_scope
+from kerasformers.layers.core import remat_call, remat_scope, with_sublayer_policies
 
 
 @keras.saving.register_keras_serializable(package="kerasformers")
@@ -72,4 +72,4 @@ class FeedForward(keras.layers.Layer):
                       use_bias=self.use_bias,
                       kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
                       remat=self.remat)
-        return config
+        return with_sublayer_policies(self, config)

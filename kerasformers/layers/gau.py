@@ -23,6 +23,7 @@ from kerasformers.backend import (
     serialize_activation,
     sinusoidal_embeddings,
 )
+from kerasformers.layers.core import with_sublayer_policies
 from kerasformers.layers.normalization import ScaleOffset
 
 
@@ -158,7 +159,7 @@ class GatedAttentionUnit(keras.layers.Layer):
             attention_scale=self.attention_scale, attention_dropout=self.attention_dropout,
             rope=self.rope,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
-        return config
+        return with_sublayer_policies(self, config)
 
 
 def _positions(x, dim):

@@ -21,6 +21,7 @@ import keras
 from keras import ops
 
 from kerasformers.backend import apply_rotary_position_embeddings, sinusoidal_embeddings
+from kerasformers.layers.core import with_sublayer_policies
 
 
 def _register(cls):
@@ -107,7 +108,7 @@ class GlobalPointer(keras.layers.Layer):
             heads=self.heads, head_size=self.head_size, RoPE=self.RoPE,
             use_bias=self.use_bias, tril_mask=self.tril_mask,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
-        return config
+        return with_sublayer_policies(self, config)
 
 
 @_register

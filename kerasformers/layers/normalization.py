@@ -15,6 +15,7 @@ import keras
 from keras import ops
 
 from kerasformers.backend import get_activation, serialize_activation
+from kerasformers.layers.core import with_sublayer_policies
 
 
 @keras.saving.register_keras_serializable(package="kerasformers")
@@ -49,16 +50,19 @@ class ScaleOffset(keras.layers.Layer):
             if self.hidden_units is not None:
                 self.hidden_dense = keras.layers.Dense(
                     self.hidden_units, activation=self.hidden_activation, use_bias=False,
-                    kernel_initializer=self.hidden_initializer, name="hidden_dense")
+                    kernel_initializer=self.hidden_initializer, name="hidden_dense",
+                    dtype=self.dtype_policy)
                 self.hidden_dense.build(cond_shape)
                 cond_shape = tuple(cond_shape[:-1]) + (self.hidden_units,)
             if self.offset is not False and self.offset is not None:
                 self.beta_dense = keras.layers.Dense(
-                    dim, use_bias=False, kernel_initializer="zeros", name="beta_dense")
+                    dim, use_bias=False, kernel_initializer="zeros", name="beta_dense",
+                    dtype=self.dtype_policy)
                 self.beta_dense.build(cond_shape)
             if self.scale is not False and self.scale is not None:
                 self.gamma_dense = keras.layers.Dense(
-                    dim, use_bias=False, kernel_initializer="zeros", name="gamma_dense")
+                    dim, use_bias=False, kernel_initializer="zeros", name="gamma_dense",
+                    dtype=self.dtype_policy)
                 self.gamma_dense.build(cond_shape)
 
     def _affine(self, x, inputs):
@@ -108,7 +112,7 @@ class ScaleOffset(keras.layers.Layer):
             hidden_units=self.hidden_units,
             hidden_activation=serialize_activation(self.hidden_activation),
             hidden_initializer=keras.initializers.serialize(self.hidden_initializer))
-        return config
+        return with_sublayer_policies(self, config)
 
 
 @keras.saving.register_keras_serializable(package="kerasformers")

@@ -175,6 +175,8 @@ class Step:
                 self.new_self.append(kv)
             return outputs
         if layer.name in self.logit_layers:  # the LM head without its softmax
+            if isinstance(layer, keras.layers.Dense) and layer.quantization_mode is not None:
+                return _without_activation(layer, inputs)
             if isinstance(layer, keras.layers.Dense):
                 x = ops.matmul(ops.cast(inputs, layer.compute_dtype), layer.kernel)
                 return x + layer.bias if layer.use_bias else x
@@ -198,6 +200,18 @@ class Step:
             cache["segment"] = self.segment
             cache["segment_total"] = self.segment_total
         return cache
+
+
+def _without_activation(layer, inputs):
+    """A quantized Dense's output before its activation. Its `kernel` is the raw
+    int8/int4 tensor, not the matrix it stands for, so the layer's own quantized
+    call runs, with the activation switched off (call_with_cache holds its lock)."""
+    activation = layer.activation
+    layer.activation = None
+    try:
+        return layer(inputs)
+    finally:
+        layer.activation = activation
 
 
 def as_int_inputs(inputs):
