@@ -9,9 +9,9 @@ and on the real positions
     max |mixed - float32| <= REL_TOL[policy] * max |float32|.
 
 Measured on jax, torch and tensorflow (these configs, weights of std 0.2):
-bfloat16 0.15-1.4% of the output scale, float16 0.02-0.24%, except ALBERT
-(one block applied twice, factorised MLM head): 2.6% and 0.46%. The
-tolerances (5% and 1%) leave about 2x over ALBERT. Positions with no visible
+bfloat16 0.14-1.6% of the output scale, float16 0.02-0.38%, except ALBERT
+(one block applied twice, factorised MLM head): up to 2.6% and 0.46%. The
+tolerances (5% and 1%) leave about 2x over the worst case. Positions with no visible
 key (a fully padded row; T5 decoder rows whose encoder input is all padding)
 are only checked to be finite: their values are arbitrary (fused attention
 returns the mean of the values there, the unfused path zeros).
@@ -80,8 +80,7 @@ def check(name, policy, mixed, reference, valid):
 # ------------------------------------------------------------------ models
 # name: build_transformer_model kwargs (one layer unless the case needs two)
 MODELS = {
-    "bert-pool-mlm": dict(model="bert", with_pool=True, with_mlm="linear"),
-    "bert-nsp": dict(model="bert", with_nsp=True),
+    "bert-nsp-mlm": dict(model="bert", with_nsp=True, with_mlm="linear"),  # pool -> NSP
     "roberta": dict(model="roberta", with_mlm="linear"),
     "albert": dict(model="albert", embedding_size=8, with_mlm="linear", num_hidden_layers=2),
     "albert_unshared": dict(model="albert_unshared", embedding_size=8),
@@ -95,7 +94,6 @@ MODELS = {
     "gpt2_ml": dict(model="gpt2_ml", final_activation="linear"),
     "bert-lm": dict(model="bert", application="lm", with_mlm="linear"),
     "bert-unilm": dict(model="bert", application="unilm", with_mlm="linear"),
-    "roformer-unilm": dict(model="roformer", application="unilm", with_mlm="linear"),
     "t5": dict(model="t5", with_lm="linear"),
     "t5.1.1": dict(model="t5.1.1", with_lm="linear"),
     "mt5.1.1": dict(model="mt5.1.1", with_lm="linear"),
@@ -169,10 +167,11 @@ def test_model_under_mixed_precision(case, policy):
 
 
 @pytest.mark.parametrize("case, policy", [("bert-unilm", "mixed_float16"),
-                                          ("gpt2", "mixed_bfloat16"),
-                                          ("t5.1.1", "mixed_float16")])
+                                          ("t5.1.1", "mixed_bfloat16")])
 def test_training_step_on_padded_batch_stays_finite(case, policy):
-    """One SGD step on a batch with a fully padded row: every weight stays finite."""
+    """One compiled SGD step on a batch with a fully padded row: every weight stays
+    finite (float16 also catches kernels that do not compile, e.g. jax's fused
+    attention on CPU)."""
     weights, x, valid, expected = reference(case)
     model = build_model(case, dtype=policy)
     model.set_weights(weights)
