@@ -134,7 +134,7 @@ def model_inputs(model):
         decoder = x[names.index("Decoder-Input-Token")]
         starts = np.arange(N)[None, :] == 0
         valid = (starts | (decoder != 0)) & REAL.any(axis=1, keepdims=True)
-    return (x if len(x) > 1 else x[0]), valid
+    return (x if isinstance(model.input, (list, tuple)) else x[0]), valid
 
 
 def reference(case):
@@ -166,12 +166,11 @@ def test_model_under_mixed_precision(case, policy):
     check(case, policy, got, expected, position_masks(got, valid))
 
 
-@pytest.mark.parametrize("case, policy", [("bert-unilm", "mixed_float16"),
-                                          ("t5.1.1", "mixed_bfloat16")])
+@pytest.mark.parametrize("case, policy", [("bert-unilm", "mixed_float16")])
 def test_training_step_on_padded_batch_stays_finite(case, policy):
     """One compiled SGD step on a batch with a fully padded row: every weight stays
     finite (float16 also catches kernels that do not compile, e.g. jax's fused
-    attention on CPU)."""
+    attention on CPU). One case: each compiled step costs seconds on jax."""
     weights, x, valid, expected = reference(case)
     model = build_model(case, dtype=policy)
     model.set_weights(weights)
@@ -244,11 +243,10 @@ LAYERS = {
     "MaskedAdd": (lambda dtype: L.MaskedAdd(dtype=dtype), lambda l: l([X, X[::-1]]), [None]),
     "TokenSelect": (lambda dtype: L.TokenSelect(dtype=dtype), lambda l: l(X), [None]),
     "MultiHeadAttention": (mha(), attention_call(), [SEEN]),
-    "MultiHeadAttention-squared_relu": (mha(normalization="squared_relu"), attention_call(),
-                                        [SEEN]),
     "MultiHeadAttention-softmax_plus": (mha(normalization="softmax_plus"), attention_call(),
                                         [SEEN]),
-    # (the rotary, NEZHA, T5 and RealFormer variants run in the model cases)
+    # (rotary, NEZHA, T5 and RealFormer attention run in the model cases,
+    # squared_relu normalisation in GatedAttentionUnit)
     "MultiHeadAttention-bias": (mha(), attention_call(attention_bias=BIAS), [SEEN]),
     "ConditionalRandomField": (lambda dtype: L.ConditionalRandomField(dtype=dtype), tagging_call,
                                [REAL, None]),
@@ -263,7 +261,7 @@ LAYERS = {
                            lambda l: l(X, mask=REAL), [SEEN]),
     **{f"GlobalPooling-{mode}": (lambda dtype, mode=mode: L.GlobalPooling(mode, dtype=dtype),
                                  lambda l: l(X, mask=REAL), [None])
-       for mode in ("mean", "max", "sqrt_mean", "first", "last")},
+       for mode in ("mean", "max", "last")},
 }
 # exact by construction (boolean output)
 EXACT = {"AttentionMask"}
