@@ -115,8 +115,9 @@ def remat_call(call):
     Keras' own remat hands every call argument to `jax.checkpoint` (which
     refuses strings such as `p_bias="rotary"`) or `tf.recompute_grad` (which
     gives keyword tensors, e.g. T5's position bias, no gradient). Here the
-    tensors go in positionally and everything else (strings, flags, None) is
-    closed over.
+    float tensors go in positionally and everything else (strings, flags, None,
+    boolean masks and integer ids, which have no gradient and which
+    `tf.recompute_grad` would try to differentiate) is closed over.
 
     >>> import keras
     >>> from kerasformers.layers.core import remat_call
@@ -126,7 +127,8 @@ def remat_call(call):
     """
     def wrapped(*args, **kwargs):
         leaves = keras.tree.flatten((args, kwargs))
-        is_tensor = [ops.is_tensor(x) for x in leaves]
+        is_tensor = [ops.is_tensor(x) and "float" in keras.backend.standardize_dtype(x.dtype)
+                     for x in leaves]
 
         def tensors_only(*tensors):
             it = iter(tensors)

@@ -161,3 +161,28 @@ def test_incremental_decoding_with_remat_matches_the_full_model():
     first, cache = gpt.call_with_cache(ids[:, :3], cache)
     last, cache = gpt.call_with_cache(ids[:, 3:], cache)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(last)[0, 0], full[0, 3], atol=1e-5)
+
+
+def test_fit_with_remat_equals_fit_without():
+    """model.fit trains through the rematerialised layers (boolean masks and integer ids
+    among the call arguments) and takes the same steps as without remat."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 50, (8, 6))
+    ids[:3, 4:] = 0  # padding: a boolean attention mask reaches every layer
+    labels = rng.integers(0, 2, 8)
+    losses = []
+    for remat in (False, True):
+        keras.utils.clear_session(free_memory=False)
+        encoder = build_transformer_model(None, model="bert", vocab_size=50, hidden_size=16,
+                                          num_hidden_layers=1, num_attention_heads=2,
+                                          intermediate_size=32, with_pool=True, remat=remat)
+        randomize_keras(encoder, seed=1)
+        model = keras.Model(encoder.inputs, keras.layers.Dense(
+            2, kernel_initializer="ones", name="classifier")(encoder.output))
+        model.compile(keras.optimizers.SGD(0.1),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        history = model.fit([ids, np.zeros_like(ids)], labels, epochs=3, batch_size=8,
+                            shuffle=False, verbose=0)
+        losses.append(history.history["loss"])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    assert losses[0][-1] < losses[0][0]
