@@ -134,7 +134,8 @@ def _embedding(layer, x, mode="embedding"):
             return NotImplemented
         table, scale = _raw(layer._embeddings), _raw(layer.embeddings_scale)
         if mode == "dense":
-            return _int8_matmul(x, _transposed(layer, table), scale)
+            kernel, column_scale = _transposed(layer, table, scale)
+            return _int8_matmul(x, kernel, column_scale)[..., :table.shape[0]]
         ids = x.long()
         return table[ids].to(torch.float32) / scale[ids][..., None]
     table = _raw(layer.embeddings)
@@ -143,15 +144,18 @@ def _embedding(layer, x, mode="embedding"):
     return F.embedding(x.long(), table)
 
 
-def _transposed(layer, table):
-    """A contiguous transpose of an int8 table, kept on the layer (int8 products
-    read a transposed operand several times slower)."""
+def _transposed(layer, table, scale):
+    """The int8 table transposed, contiguous and padded to a multiple of 8 columns (what
+    `torch._int_mm` takes; a vocabulary such as GPT-2's 50,257 is not), with its scales
+    padded alike; kept on the layer until the table changes."""
     kept = getattr(layer, "_kf_transposed", None)
-    key = (table.data_ptr(), table._version, tuple(table.shape))
+    key = (table.data_ptr(), table._version, tuple(table.shape), scale.data_ptr(), scale._version)
     if kept is None or kept[0] != key:
-        kept = (key, table.t().contiguous())
+        pad = -table.shape[0] % 8
+        kernel = F.pad(table.t(), (0, pad)).contiguous()
+        kept = (key, kernel, F.pad(scale, (0, pad), value=1.0))
         object.__setattr__(layer, "_kf_transposed", kept)
-    return kept[1]
+    return kept[1], kept[2]
 
 
 def attention(layer, inputs, arguments, cache, cache_index, inplace):
