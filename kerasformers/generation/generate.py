@@ -372,8 +372,6 @@ def _beam_search(runner, prompts, start, s):
     out, scores = [], []
     for b in range(batch):
         for j in range(k):
-            seq = list(sequences[b, j])
-            length = next((i + 1 for i, t in enumerate(seq) if t in s.eos_token_id), None)
-            out.append(seq[:length] if length else seq)
+            out.append(_until_eos(sequences[b, j], s.eos_token_id))
             scores.append(beam_scores[b, j])
     return _pad_rows(out, s.pad_token_id), np.asarray(scores, "float32")

@@ -152,20 +152,22 @@ class Runner:
     def step(self, tokens, state):
         """Feed one token per row; returns (next-token logits, state)."""
         tokens = np.asarray(tokens, "int32")[:, None]
-        inputs = [tokens]
-        if self.segments:  # UniLM: the target is segment 1; an LM: segment 0
-            inputs.append(np.full_like(tokens, 1 if self.kind == "unilm" else 0))
-        logits, cache = self.call(inputs, state["cache"], np.ones(tokens.shape, bool))
+        logits, cache = self.call(self._step_inputs(tokens), state["cache"],
+                                  np.ones(tokens.shape, bool))
         return logits[:, -1], {"cache": cache}
+
+    def _step_inputs(self, tokens):
+        """The model inputs of one token per row, tokens [rows, 1]."""
+        if self.segments:  # UniLM: the target is segment 1; an LM: segment 0
+            return [tokens, ops.full_like(tokens, 1 if self.kind == "unilm" else 0)]
+        return [tokens]
 
     # ------------------------------------------------------ loops on the device
     def _device_step(self, tokens, cache):
         """One token per row [rows] -> (next-token logits [rows, vocab] float32, cache)."""
         tokens = ops.expand_dims(ops.cast(tokens, "int32"), 1)
-        inputs = [tokens]
-        if self.segments:  # UniLM: the target is segment 1; an LM: segment 0
-            inputs.append(ops.full_like(tokens, 1 if self.kind == "unilm" else 0))
-        logits, cache = self._call(inputs, cache, ops.ones(ops.shape(tokens), dtype="bool"))
+        logits, cache = self._call(self._step_inputs(tokens), cache,
+                                   ops.ones(ops.shape(tokens), dtype="bool"))
         return ops.cast(logits[:, -1], "float32"), cache
 
     def run_loop(self, cfg, logits, state, seen):
