@@ -34,6 +34,23 @@ def embedding_lookup(table, ids):
     return ops.take(table, ids, axis=0)
 
 
+def slice_update(x, start, update):
+    """`ops.slice_update(x, start, update)`; on torch with concrete starts a copy and
+    an index assignment (Keras' torch slice_update costs ~0.1 ms per call, which a
+    decoding step pays several times)."""
+    if keras.backend.backend() == "torch":
+        try:
+            starts = [int(i) for i in start]
+        except Exception:  # pragma: no cover - torch values are always concrete
+            starts = None
+        if starts is not None and hasattr(x, "clone"):
+            out = x.clone()
+            index = tuple(slice(i, i + n) for i, n in zip(starts, update.shape))
+            out[index] = update
+            return out
+    return ops.slice_update(x, start, update)
+
+
 def _dense_gradient(x):
     import tensorflow as tf
 

@@ -18,6 +18,8 @@ from collections import namedtuple
 
 from keras import ops
 
+from kerasformers import backend as K
+
 #: the static settings a compiled loop is specialised for
 LoopConfig = namedtuple("LoopConfig", [
     "max_new_tokens", "min_new_tokens", "repetition_penalty", "eos", "pad", "num_beams",
@@ -65,7 +67,7 @@ def greedy(step_fn, logits, cache, seen, cfg):
         scores = _process(ops.cast(logits, "float32"), seen, i, cfg)
         nxt = ops.cast(ops.argmax(scores, axis=-1), "int32")
         nxt = ops.where(finished, cfg.pad, nxt)
-        tokens = ops.slice_update(tokens, (0, i), nxt[:, None])
+        tokens = K.slice_update(tokens, (0, i), nxt[:, None])
         if cfg.repetition_penalty != 1.0:
             seen = _mark_seen(seen, nxt, vocab)
         if cfg.eos:
@@ -121,7 +123,7 @@ def beam_search(step_fn, reorder_fn, logits, cache, seen, cfg):
         top = ops.cast(top, "int32")
         source_beam, token = top // vocab, top % vocab
         top_sequences = ops.take_along_axis(running, source_beam[:, :, None], axis=1)
-        top_sequences = ops.slice_update(top_sequences, (0, 0, cur), token[:, :, None])
+        top_sequences = K.slice_update(top_sequences, (0, 0, cur), token[:, :, None])
         hits = ops.logical_or(_is_eos(token, cfg.eos), cur + 1 >= length)
         # the running beams for the next step: the best unfinished continuations
         run_scores = top_scores + ops.cast(hits, "float32") * _NEG

@@ -16,6 +16,7 @@ import numpy as np
 from keras import ops
 
 from kerasformers.generation import loops
+from kerasformers.models import eager_step
 from kerasformers.layers import RelativePositionEmbedding
 
 
@@ -64,6 +65,7 @@ class Runner:
         self.relative = any(isinstance(layer, RelativePositionEmbedding)
                             for layer in transformer.layers.values())
         self.vocab_size = transformer.vocab_size
+        self._plan = None  # torch: eager_step.Plan of the current generate call
         self._compiled = self._compile(self._call)
         self._loops = {}  # compiled decode loops, by LoopConfig
 
@@ -72,8 +74,10 @@ class Runner:
         t = self.transformer
         inplace = keras.backend.backend() == "torch"  # the runner owns its caches
         if self.kind == "seq2seq":
-            return t.call_with_cache(inputs[0], cache, logits=True, inplace=inplace)
-        return t.call_with_cache(inputs, cache, mask=mask, logits=True, inplace=inplace)
+            return t.call_with_cache(inputs[0], cache, logits=True, inplace=inplace,
+                                     plan=self._plan)
+        return t.call_with_cache(inputs, cache, mask=mask, logits=True, inplace=inplace,
+                                 plan=self._plan)
 
     def _compile(self, fn):
         """`fn(*tensors)` compiled for this backend (one trace per input shapes)."""
@@ -115,7 +119,11 @@ class Runner:
         return self.kind != "seq2seq" and self.relative and len(set(lengths)) > 1
 
     def prefill(self, prompts, max_new_tokens):
-        """Encode the prompts; returns (next-token logits [rows, vocab], state)."""
+        """Encode the prompts; returns (next-token logits [rows, vocab], state).
+        Starts a generation: on torch the layers' kernels are prepared afresh (the
+        weights may have changed since the last call)."""
+        if eager_step.available():
+            self._plan = eager_step.Plan()
         lengths = [len(p) for p in prompts]
         rows = len(prompts)
         if self.kind == "seq2seq":

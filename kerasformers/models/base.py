@@ -187,7 +187,8 @@ class Transformer:
     logit_layer_names = ("MLM-Activation", "LM-Activation", "Output-MLM-Activation",
                          "Decoder-Output-LM-Activation", "Decoder-Output-LM")
 
-    def call_with_cache(self, inputs, cache, mask=None, logits=False, inplace=False):
+    def call_with_cache(self, inputs, cache, mask=None, logits=False, inplace=False,
+                        plan=None):
         """Run the model on new tokens only, attending to everything cached.
 
         inputs: the model's inputs for the new positions (token ids, plus segment
@@ -200,6 +201,9 @@ class Transformer:
         inplace: torch only, write the new keys/values into the given cache's
             buffers instead of copies (the given cache is then updated too);
             generation uses it to avoid copying the whole cache every step.
+        plan: torch only, an `eager_step.Plan` to reuse over many steps (the
+            layers' torch kernels prepared once; generation makes one per call);
+            by default each call prepares its own.
         Returns (outputs for the new positions, updated cache). Outputs equal the
         uncached model's at those positions. Thread-safe (calls are serialised).
 
@@ -221,7 +225,8 @@ class Transformer:
                 inputs[self.step_token_input:], cache, self.step_attention_mode,
                 self.step_pad_token_id, mask=mask,
                 logit_layers=[self.prefixed(n) for n in self.logit_layer_names] if logits else (),
-                fast=eager_step.available(), inplace=inplace)
+                plan=plan if plan is not None or not eager_step.available()
+                else eager_step.Plan(), inplace=inplace)
             saved = (self.inputs, self.attention_bias, self.position_bias,
                      self.attention_scores)
             self._step = step

@@ -25,13 +25,13 @@ every step's outputs equal the uncached forward pass at those positions.
 import keras
 from keras import ops
 
+from kerasformers import backend as K
 from kerasformers.layers import (
     MultiHeadAttention,
     PositionEmbedding,
     RelativePositionEmbedding,
     SinusoidalPositionEmbedding,
 )
-from kerasformers.models import eager_step
 
 
 def _is_self_attention(inputs):
@@ -43,7 +43,7 @@ def _is_self_attention(inputs):
 def _concrete_int(x):
     """int(x) when x is a concrete value; None while tracing (jit, tf.function)."""
     try:
-        return int(ops.convert_to_numpy(x))
+        return int(x)
     except Exception:  # a tracer: no value to check
         return None
 
@@ -84,7 +84,7 @@ class Step:
     """The state of one cached call: masks, position offset, cache slots."""
 
     def __init__(self, inputs, cache, mode, pad_token_id, mask=None, logit_layers=(),
-                 fast=False, inplace=False):
+                 plan=None, inplace=False):
         token_ids = inputs[0]
         length = token_ids.shape[1]
         max_length = cache["key_mask"].shape[1]
@@ -102,7 +102,7 @@ class Step:
             real = ops.ones(ops.shape(token_ids), dtype="bool")
         else:
             real = ops.not_equal(token_ids, pad_token_id)
-        self.key_mask = ops.slice_update(cache["key_mask"], (0, index), real)
+        self.key_mask = K.slice_update(cache["key_mask"], (0, index), real)
         keys = self.key_mask[:, None, None, :]
         if mode == "lm":
             queries = ops.arange(length, dtype="int32") + index
@@ -113,7 +113,7 @@ class Step:
                 raise ValueError("application='unilm' needs [token_ids, segment_ids]")
             sums = cache["segment_total"][:, None] + ops.cumsum(
                 ops.cast(inputs[1], "int32"), axis=1)
-            self.segment = ops.slice_update(cache["segment"], (0, index), sums)
+            self.segment = K.slice_update(cache["segment"], (0, index), sums)
             self.segment_total = sums[:, -1]
             visible = self.segment[:, None, :] <= sums[:, :, None]
             self.attention_mask = ops.logical_and(keys, visible[:, None])
@@ -128,7 +128,7 @@ class Step:
         self.new_self = []
         self.cross_count = 0
         self.context_mask = cache.get("context_mask")
-        self.fast = fast  # torch: run the common layers as plain torch calls (eager_step)
+        self.plan = plan  # torch: an eager_step.Plan runs the common layers as torch calls
         self.inplace = inplace  # torch fast path: write keys/values into the given buffers
 
     def attention_arguments(self, inputs):
@@ -165,9 +165,9 @@ class Step:
         if isinstance(layer, MultiHeadAttention):
             extra, is_self = self.attention_arguments(inputs)
             result = NotImplemented
-            if self.fast:
-                result = eager_step.attention(layer, inputs, arguments, extra["cache"],
-                                              extra.get("cache_index"), self.inplace)
+            if self.plan is not None:
+                result = self.plan.attention(layer, inputs, arguments, extra["cache"],
+                                             extra.get("cache_index"), self.inplace)
             if result is NotImplemented:
                 result = layer(inputs, **arguments, **extra)
             outputs, kv = result
@@ -182,8 +182,8 @@ class Step:
                 return x + layer.bias if layer.use_bias else x
             return inputs
         arguments = {**arguments, **self.position_arguments(layer, inputs)}
-        if self.fast:
-            outputs = eager_step.fast_call(layer, inputs, arguments)
+        if self.plan is not None:
+            outputs = self.plan.call(layer, inputs, arguments)
             if outputs is not NotImplemented:
                 return outputs
         return layer(inputs, **arguments)

@@ -7,10 +7,14 @@ on 2 cores, about 50 ms of overhead around 25 ms of matmuls. Inside a cached
 step everything is already concrete (shapes, masks, dtypes), so the common
 layers run here instead: the same math, one torch call per operation.
 
-`fast_call(step, layer, inputs, arguments)` returns the layer's output, or
-`NotImplemented` when the layer is not one of these (or is quantized, has LoRA
-adapters, or computes in another dtype than it stores): the caller then goes
-through Keras as usual. `tests/models/test_cache.py` checks every cached step
+A `Plan` prepares each layer once (its torch tensors bound into a closure, int8
+weights packed for oneDNN) and is then called for every step of a generation:
+`plan.call(layer, inputs, arguments)` returns the layer's output, or
+`NotImplemented` when the layer is not one of these (or has LoRA adapters,
+computes in another dtype than it stores, or is quantized other than Keras'
+default int8): the caller then goes through Keras as usual. A plan reads the
+weights as they are when it prepares a layer: make a new one after changing
+them (`generate` makes one per call). `tests/models/test_cache.py` checks every cached step
 against the uncached model on torch, so these kernels are under the same test
 as the Keras layers they stand in for.
 """
@@ -20,7 +24,7 @@ import keras
 from kerasformers import backend as K
 from kerasformers.layers import FeedForward, LayerNormalization
 from kerasformers.layers.core import MaskedAdd
-from kerasformers.layers.embeddings import Embedding
+from kerasformers.layers.embeddings import Embedding, PositionEmbedding
 
 try:  # torch is optional: this module is only used on the torch backend
     import torch
@@ -31,6 +35,12 @@ except ImportError:  # pragma: no cover
 
 def available():
     return torch is not None and keras.backend.backend() == "torch"
+
+
+#: oneDNN's int8 linear (torch builds with oneDNN; without it, torch._int_mm only)
+_QLINEAR = torch is not None and hasattr(torch.ops.onednn, "qlinear_pointwise")
+_ZERO_POINT = None if torch is None else torch.tensor(128)
+_qlinear = torch.ops.onednn.qlinear_pointwise.tensor if _QLINEAR else None
 
 
 def _plain(layer):
@@ -47,43 +57,150 @@ def _raw(variable):
     return variable.value if value is None else value
 
 
-def _activation(fn, x):
+def _activation(fn):
+    """The activation `fn` as a torch function, or None for the identity."""
     if fn is None or fn is keras.activations.linear:
-        return x
+        return None
     if fn is K.gelu_erf:
-        return F.gelu(x)
+        return F.gelu
     if fn is K.gelu_tanh:
-        return F.gelu(x, approximate="tanh")
+        return lambda x: F.gelu(x, approximate="tanh")
     if fn is keras.activations.relu:
-        return torch.relu(x)
-    return fn(x)
+        return torch.relu
+    return fn
+
+
+#: activations oneDNN's int8 linear applies itself (a post-op): name, algorithm
+_POST_OPS = {K.gelu_erf: ("gelu", "none"), K.gelu_tanh: ("gelu", "tanh"),
+             keras.activations.relu: ("relu", "")}
+
+
+def _then(act, fn):
+    """x -> act(fn(x)) (fn itself without an activation)."""
+    return fn if act is None else (lambda x: act(fn(x)))
+
+
+# ------------------------------------------------------------------ kernels
+def _linear(layer):
+    """keras.layers.Dense as `fn(x)`: x @ kernel + bias, then the activation."""
+    act = _activation(layer.activation)
+    bias = None if layer.bias is None else _raw(layer.bias)
+    if layer.quantization_mode == "int8":
+        matmul = Int8Matmul.of(layer, _raw(layer._kernel), _raw(layer.kernel_scale), bias)
+        post = _POST_OPS.get(layer.activation)
+        if post is None:
+            return _then(act, matmul)
+        return lambda x: matmul(x, post=post, activation=act)
+    kernel = _raw(layer._kernel)
+    if bias is None:
+        return _then(act, lambda x: torch.matmul(x, kernel))
+
+    def linear(x):  # addmm: the bias added in the product's epilogue
+        if x.dim() == 2:
+            return torch.addmm(bias, x, kernel)
+        y = torch.addmm(bias, x.reshape(-1, x.shape[-1]), kernel)
+        return y.view(*x.shape[:-1], y.shape[-1])
+    return _then(act, linear)
 
 
 def dense(layer, x):
-    """keras.layers.Dense: x @ kernel + bias, then the activation (float or int8)."""
-    if layer.quantization_mode == "int8":
-        y = _int8_matmul(x, _raw(layer._kernel), _raw(layer.kernel_scale))
-    else:
-        y = torch.matmul(x, _raw(layer._kernel))
-    if layer.bias is not None:
-        y = y + _raw(layer.bias)
-    return _activation(layer.activation, y)
+    """keras.layers.Dense on x (float or int8), unprepared: for one-off calls."""
+    return _linear(layer)(x)
 
 
-def _int8_matmul(x, kernel, kernel_scale):
-    """Keras' int8 Dense (`quantize('int8')`): inputs quantized per token by their
-    absolute maximum, an int8 x int8 -> int32 product (`torch._int_mm`, 4x less
-    weight memory to read than float32), de-scaled by both scales."""
-    shape = x.shape
-    x2 = x.reshape(-1, shape[-1])
-    scale = 127.0 / (x2.abs().amax(-1, keepdim=True) + keras.config.epsilon())
-    xq = torch.clamp(torch.round(x2 * scale), -127, 127).to(torch.int8)
-    if xq.shape[1] % 8 == 0 and kernel.shape[1] % 8 == 0:
-        y = torch._int_mm(xq, kernel)
-    else:  # shapes the int8 kernel does not take
-        y = torch.matmul(xq.to(torch.int32), kernel.to(torch.int32))
-    y = y.to(x.dtype) / (kernel_scale * scale)
-    return y.reshape(*shape[:-1], kernel.shape[1])
+def _quantize_rows(x2, epsilon):
+    """Keras' AbsMaxQuantizer per row: (round(x * s), s) with s = 127 / (max|x| + eps).
+    |x * s| < 127 already, so Keras' clip to [-127, 127] changes nothing."""
+    scale = 127.0 / (torch.linalg.vector_norm(x2, float("inf"), -1, keepdim=True) + epsilon)
+    return torch.round(x2 * scale), scale
+
+
+class Int8Matmul:
+    """x @ int8 kernel with Keras' int8 arithmetic (inputs quantized per row by their
+    absolute maximum, int8 x int8 -> int32 products, de-scaled by both scales), plus
+    an optional float bias. One row (the batch-1 decoding step) runs oneDNN's
+    prepacked int8 linear (`onednn.qlinear_pointwise`: measured 2x faster than
+    `torch._int_mm` on GPT2-small's weights here, and exact: integer products); more
+    rows (per-row scales, which that kernel does not take) run `torch._int_mm`.
+    `kernel` is [in, out] (Keras' Dense) or, with `transposed=True`, [out, in] (an
+    embedding table used as the LM head)."""
+
+    def __init__(self, kernel, kernel_scale, bias=None, transposed=False, epsilon=1e-7):
+        self.epsilon = epsilon  # the input quantizer's
+        self.rows = kernel if transposed else kernel.t()  # [out, in]
+        self.units = self.rows.shape[0]
+        self.kernel_scale = kernel_scale.float()
+        self.w_scale = (1.0 / self.kernel_scale).contiguous()
+        self.bias = None if bias is None else bias.float().contiguous()
+        self._packed = self._padded = None
+
+    @classmethod
+    def of(cls, owner, kernel, kernel_scale, bias=None, transposed=False, name="_kf_int8"):
+        """The owner layer's Int8Matmul, rebuilt only when its tensors changed."""
+        epsilon = owner.inputs_quantizer.epsilon
+        key = tuple((t.data_ptr(), t._version) for t in (kernel, kernel_scale, bias)
+                    if t is not None) + (epsilon,)
+        kept = getattr(owner, name, None)
+        if kept is None or kept[0] != key:
+            kept = (key, cls(kernel, kernel_scale, bias, transposed, epsilon))
+            object.__setattr__(owner, name, kept)
+        return kept[1]
+
+    def __call__(self, x, post=None, activation=None):
+        """x (float32: int8 layers compute in float32) @ kernel + bias, then
+        `activation`; `post` (name, algorithm) is the same activation as a oneDNN
+        post-op, applied inside the kernel where it runs."""
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        q, scale = _quantize_rows(x2, self.epsilon)
+        if x2.shape[0] == 1 and _QLINEAR:
+            if self._packed is None:
+                self._packed = (torch.ops.onednn.qlinear_prepack(self.rows.contiguous(),
+                                                                 [1, self.rows.shape[1]]),
+                                torch.zeros(self.units, dtype=torch.int64))
+            packed, zeros = self._packed
+            name, algorithm = post or ("none", "")
+            y = _qlinear(q.add_(128).to(torch.uint8), scale.reciprocal(), _ZERO_POINT, packed,
+                         self.w_scale, zeros, self.bias, 1.0, 0, torch.float32, name, [],
+                         algorithm)
+        else:
+            y = self._int_mm(q.to(torch.int8)).float() / (self.kernel_scale * scale)
+            if self.bias is not None:
+                y = y + self.bias
+            if activation is not None:
+                y = activation(y)
+        return y if len(shape) == 2 else y.view(*shape[:-1], self.units)
+
+    def _int_mm(self, q):
+        if self._padded is None:  # [in, out], out padded to a multiple of 8 for _int_mm
+            pad = -self.units % 8
+            self._padded = F.pad(self.rows.t(), (0, pad)).contiguous()
+        if q.shape[1] % 8:  # shapes the int8 kernel does not take
+            return torch.matmul(q.to(torch.int32), self._padded.to(torch.int32))[:, :self.units]
+        return torch._int_mm(q, self._padded)[:, :self.units]
+
+
+def _concatenated(owner, denses):
+    """One Int8Matmul for several int8 Dense layers reading the same input (q, k, v):
+    one quantization of the input and one kernel call instead of three."""
+    tensors = [(_raw(d._kernel), _raw(d.kernel_scale), None if d.bias is None else
+                _raw(d.bias)) for d in denses]
+    epsilon = denses[0].inputs_quantizer.epsilon
+    if any(d.inputs_quantizer.epsilon != epsilon for d in denses):
+        return None
+    key = tuple((t.data_ptr(), t._version) for group in tensors for t in group
+                if t is not None) + (epsilon,)
+    kept = getattr(owner, "_kf_qkv", None)
+    if kept is None or kept[0] != key:
+        kernel = torch.cat([k for k, _, _ in tensors], 1)
+        scale = torch.cat([s for _, s, _ in tensors])
+        biases = [b for _, _, b in tensors]
+        bias = None if all(b is None for b in biases) else torch.cat(
+            [torch.zeros(k.shape[1]) if b is None else b for (k, _, _), b in
+             zip(tensors, biases)])
+        kept = (key, Int8Matmul(kernel, scale, bias, epsilon=epsilon))
+        object.__setattr__(owner, "_kf_qkv", kept)
+    return kept[1], [k.shape[1] for k, _, _ in tensors]
 
 
 def _dense_ok(layer):
@@ -92,130 +209,241 @@ def _dense_ok(layer):
 
 
 def _int8(layer):
-    """Keras' int8 quantization of a float32 layer, without LoRA."""
+    """Keras' int8 quantization (its default per-row input quantizer) of a float32
+    layer, without LoRA."""
     policy = layer.dtype_policy
+    quantizer = getattr(layer, "inputs_quantizer", None)
     return (policy.quantization_mode == "int8" and policy.compute_dtype == "float32"
             and not getattr(layer, "lora_enabled", False)
-            and getattr(layer, "inputs_quantizer", True) is not None)
+            and type(quantizer) is keras.quantizers.AbsMaxQuantizer
+            and tuple(quantizer.value_range) == (-127, 127) and quantizer.output_dtype == "int8"
+            and quantizer.axis in (None, -1, (-1,)))  # Keras' calls pass axis=-1
 
 
-def _layer_norm(layer, x):
-    if layer.conditional:
+def _layer_norm(layer):
+    if layer.conditional or layer.scale not in (True, False, None) or \
+            layer.offset not in (True, False, None):
         return NotImplemented
-    x = x.float()
     gamma = _raw(layer.gamma).float() if layer.scale is True else None
     beta = _raw(layer.beta).float() if layer.offset is True else None
-    if layer.scale not in (True, False, None) or layer.offset not in (True, False, None):
-        return NotImplemented
-    if layer.zero_mean and layer.unit_variance:
-        y = F.layer_norm(x, x.shape[-1:], gamma, beta, layer.epsilon)
-    else:
-        if layer.zero_mean:
-            x = x - x.mean(-1, keepdim=True)
-        if layer.unit_variance:
-            x = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + layer.epsilon)
-        y = x if gamma is None else x * gamma
-        y = y if beta is None else y + beta
-    return y.to(getattr(torch, layer.compute_dtype))
+    dtype, eps = getattr(torch, layer.compute_dtype), layer.epsilon
+    zero_mean, unit_variance = layer.zero_mean, layer.unit_variance
+
+    if zero_mean and unit_variance and dtype == torch.float32:
+        return lambda x: F.layer_norm(x.float(), x.shape[-1:], gamma, beta, eps)
+
+    def norm(x):
+        x = x.float()
+        if zero_mean and unit_variance:
+            y = F.layer_norm(x, x.shape[-1:], gamma, beta, eps)
+        else:
+            if zero_mean:
+                x = x - x.mean(-1, keepdim=True)
+            if unit_variance:
+                x = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+            y = x if gamma is None else x * gamma
+            y = y if beta is None else y + beta
+        return y.to(dtype)
+    return norm
 
 
-def _feed_forward(layer, x):
+def _feed_forward(layer):
     if not all(_dense_ok(d) for d in [*layer.input_dense, layer.o_dense]):
         return NotImplemented
-    h = dense(layer.input_dense[0], x)
-    for d in layer.input_dense[1:]:
-        h = h * dense(d, x)
-    return dense(layer.o_dense, h)
+    first, *gates = [_linear(d) for d in layer.input_dense]
+    out = _linear(layer.o_dense)
+
+    def ffn(x):
+        h = first(x)
+        for gate in gates:
+            h = h * gate(x)
+        return out(h)
+    return ffn
 
 
-def _embedding(layer, x, mode="embedding"):
+def _embedding(layer):
     if layer.quantization_mode == "int8":  # int8 rows, one scale per row
         if not hasattr(layer, "embeddings_scale"):
             return NotImplemented
         table, scale = _raw(layer._embeddings), _raw(layer.embeddings_scale)
-        if mode == "dense":
-            kernel, column_scale = _transposed(layer, table, scale)
-            return _int8_matmul(x, kernel, column_scale)[..., :table.shape[0]]
-        ids = x.long()
-        return table[ids].to(torch.float32) / scale[ids][..., None]
+        head = Int8Matmul.of(layer, table, scale, transposed=True) \
+            if _int8(layer) else None
+
+        def embed(x, mode="embedding"):
+            if mode == "dense":
+                return NotImplemented if head is None else head(x)
+            ids = x.long()
+            return table[ids].to(torch.float32) / scale[ids][..., None]
+        return embed
     table = _raw(layer.embeddings)
-    if mode == "dense":
-        return torch.matmul(x.to(table.dtype), table.t())
-    return F.embedding(x.long(), table)
+
+    def embed(x, mode="embedding"):
+        if mode == "dense":
+            return torch.matmul(x.to(table.dtype), table.t())
+        return F.embedding(x.long(), table)
+    return embed
 
 
-def _transposed(layer, table, scale):
-    """The int8 table transposed, contiguous and padded to a multiple of 8 columns (what
-    `torch._int_mm` takes; a vocabulary such as GPT-2's 50,257 is not), with its scales
-    padded alike; kept on the layer until the table changes."""
-    kept = getattr(layer, "_kf_transposed", None)
-    key = (table.data_ptr(), table._version, tuple(table.shape), scale.data_ptr(), scale._version)
-    if kept is None or kept[0] != key:
-        pad = -table.shape[0] % 8
-        kernel = F.pad(table.t(), (0, pad)).contiguous()
-        kept = (key, kernel, F.pad(scale, (0, pad), value=1.0))
-        object.__setattr__(layer, "_kf_transposed", kept)
-    return kept[1], kept[2]
-
-
-def attention(layer, inputs, arguments, cache, cache_index, inplace):
-    """MultiHeadAttention in a cached step; returns (outputs, (k, v)) or NotImplemented."""
-    if (set(arguments) - {"attention_mask"} or layer.return_attention_scores
-            or layer.normalization != "softmax" or layer.key_size != layer.head_size
-            or not all(_dense_ok(d) for d in (layer.q_dense, layer.k_dense, layer.v_dense,
-                                              layer.o_dense))):
+def _position_embedding(layer):
+    """Learned absolute positions added to the input (not hierarchical, no custom ids)."""
+    if layer.hierarchical or layer.custom_position_ids or layer.merge_mode != "add":
         return NotImplemented
-    if isinstance(inputs, (list, tuple)):
-        q_in, k_in, v_in = inputs[:3]
-    else:
-        q_in = k_in = v_in = inputs
-    b, n = q_in.shape[0], q_in.shape[1]
-    h, d = layer.heads, layer.key_size
-    q = dense(layer.q_dense, q_in).view(b, n, h, d).transpose(1, 2)
-    keys, values = cache
-    if cache_index is not None:  # self-attention: write the new keys/values
-        start = int(cache_index)
-        k_new = dense(layer.k_dense, k_in).view(b, n, h, d)
-        v_new = dense(layer.v_dense, v_in).view(b, n, h, layer.head_size)
-        if not inplace:
-            keys, values = keys.clone(), values.clone()
-        keys[:, start:start + n] = k_new.to(keys.dtype)
-        values[:, start:start + n] = v_new.to(values.dtype)
-    mask = arguments.get("attention_mask")
-    if mask is not None:
-        mask = torch.as_tensor(mask, dtype=torch.bool)
-        if mask.dim() == 3:
-            mask = mask[:, None]
-        large = -0.7 * (65500.0 if q.dtype == torch.float16 else 3.38953e38)
-        mask = torch.where(mask, 0.0, large).to(q.dtype)
-    scale = d ** -0.5 if layer.attention_scale else 1.0
-    o = F.scaled_dot_product_attention(
-        q, keys.transpose(1, 2).to(q.dtype), values.transpose(1, 2).to(q.dtype),
-        attn_mask=mask, scale=scale)
-    o = o.transpose(1, 2).reshape(b, n, h * layer.head_size)
-    return dense(layer.o_dense, o), (keys, values)
+    table = _raw(layer.embeddings)
+
+    def add_positions(x, arguments):
+        offset = arguments.get("offset", 0)
+        if set(arguments) - {"offset"}:
+            return NotImplemented
+        offset = torch.as_tensor(offset, dtype=torch.int64)
+        positions = torch.arange(x.shape[1]) + offset  # [n] or [batch, n] (one per row)
+        if positions.dim() == 2:
+            positions = positions.clamp_(min=0)
+        return x + table[positions].to(x.dtype)
+    return add_positions
 
 
-def fast_call(layer, inputs, arguments):
-    """A non-attention layer of a cached step in plain torch, or NotImplemented."""
-    if not _plain(layer) and not (_int8(layer) and isinstance(layer, (keras.layers.Dense,
-                                                                        Embedding))):
+def _prepare(layer):
+    """`fn(inputs, arguments)` for a non-attention layer, or NotImplemented."""
+    int8 = _int8(layer) and isinstance(layer, (keras.layers.Dense, Embedding))
+    if not _plain(layer) and not int8:
         return NotImplemented
     kind = type(layer)
     if kind is LayerNormalization:
-        return _layer_norm(layer, inputs)
+        fn = _layer_norm(layer)
+        return fn if fn is NotImplemented else (lambda x, arguments: fn(x))
     if kind is FeedForward:
-        return _feed_forward(layer, inputs) if not arguments else NotImplemented
+        fn = _feed_forward(layer)
+        return fn if fn is NotImplemented else (
+            lambda x, arguments: NotImplemented if arguments else fn(x))
+    if kind is PositionEmbedding:
+        return _position_embedding(layer)
     if kind is Embedding:
-        return _embedding(layer, inputs, **arguments)
-    if kind in (keras.layers.Add, MaskedAdd) and not arguments:
-        out = inputs[0]
-        for x in inputs[1:]:
-            out = out + x
-        return out
-    if isinstance(layer, keras.layers.Dense) and _dense_ok(layer) and not arguments:
-        return dense(layer, inputs)
+        fn = _embedding(layer)
+        return fn if fn is NotImplemented else (lambda x, arguments: fn(x, **arguments))
+    if kind in (keras.layers.Add, MaskedAdd):
+        def add(inputs, arguments):
+            if arguments:
+                return NotImplemented
+            out = inputs[0]
+            for x in inputs[1:]:
+                out = out + x
+            return out
+        return add
+    if isinstance(layer, keras.layers.Dense) and _dense_ok(layer):
+        fn = _linear(layer)
+        return lambda x, arguments: NotImplemented if arguments else fn(x)
     if kind is keras.layers.Dropout:
-        return inputs
+        return lambda x, arguments: x
     return NotImplemented
 
+
+def _prepare_attention(layer):
+    """`fn(inputs, arguments, cache, cache_index, inplace, masks)` for a
+    MultiHeadAttention, or NotImplemented."""
+    denses = (layer.q_dense, layer.k_dense, layer.v_dense)
+    if (layer.return_attention_scores or layer.normalization != "softmax"
+            or layer.key_size != layer.head_size
+            or not all(_dense_ok(d) for d in (*denses, layer.o_dense))):
+        return NotImplemented
+    q_dense, k_dense, v_dense = (_linear(d) for d in denses)
+    o_dense = _linear(layer.o_dense)
+    fused = None
+    if all(_int8(d) for d in denses):
+        fused = _concatenated(layer, denses)  # None: they quantize their inputs differently
+    h, d, head_size = layer.heads, layer.key_size, layer.head_size
+    scale = d ** -0.5 if layer.attention_scale else 1.0
+
+    def attention(inputs, arguments, cache, cache_index, inplace, masks):
+        if arguments and (len(arguments) > 1 or "attention_mask" not in arguments):
+            return NotImplemented
+        if isinstance(inputs, (list, tuple)):
+            q_in, k_in, v_in = inputs[:3]
+        else:
+            q_in = k_in = v_in = inputs
+        b, n = q_in.shape[0], q_in.shape[1]
+        keys, values = cache
+        length = keys.shape[1]
+        if cache_index is not None:  # self-attention: write the new keys/values
+            if fused is not None and q_in is k_in and k_in is v_in:
+                matmul, sizes = fused
+                q, k_new, v_new = torch.split(matmul(q_in), sizes, dim=-1)
+            else:
+                q, k_new, v_new = q_dense(q_in), k_dense(k_in), v_dense(v_in)
+            start = int(cache_index)
+            length = start + n  # positions after these are not written yet: masked anyway
+            if not inplace:
+                keys, values = keys.clone(), values.clone()
+            keys[:, start:length] = k_new.view(b, n, h, d)
+            values[:, start:length] = v_new.view(b, n, h, head_size)
+        else:
+            q = q_dense(q_in)
+        q = q.view(b, n, h, d).transpose(1, 2)
+        mask = masks.additive(arguments.get("attention_mask"), q.dtype)
+        k, v = keys[:, :length].transpose(1, 2), values[:, :length].transpose(1, 2)
+        if k.dtype != q.dtype:
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        o = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=None if mask is None else mask[..., :length], scale=scale)
+        o = o.transpose(1, 2).reshape(b, n, h * head_size)
+        return o_dense(o), (keys, values)
+    return attention
+
+
+class _Masks:
+    """The additive form of the last boolean attention mask seen (every layer of a
+    step gets the same mask tensor: converted once)."""
+
+    def __init__(self):
+        self.source = self.dtype = self.value = None
+
+    def additive(self, mask, dtype):
+        if mask is None:
+            return None
+        if mask is not self.source or dtype != self.dtype:
+            m = torch.as_tensor(mask, dtype=torch.bool)
+            if m.dim() == 3:
+                m = m[:, None]
+            large = -0.7 * (65500.0 if dtype == torch.float16 else 3.38953e38)
+            self.source, self.dtype = mask, dtype
+            self.value = torch.where(m, 0.0, large).to(dtype)
+        return self.value
+
+
+class Plan:
+    """Prepared torch kernels of a model's layers for cached steps.
+
+    Layers are prepared on first use and kept by identity, with the tensors they
+    had then: make a new Plan after changing weights or quantizing."""
+
+    def __init__(self):
+        self._layers = {}  # id(layer) -> (layer, fn)
+        self._masks = _Masks()
+
+    def _fn(self, layer, prepare):
+        kept = self._layers.get(id(layer))
+        if kept is None or kept[0] is not layer:
+            kept = self._layers[id(layer)] = (layer, prepare(layer))
+        return kept[1]
+
+    def call(self, layer, inputs, arguments):
+        """A non-attention layer of a cached step in plain torch, or NotImplemented."""
+        fn = self._fn(layer, _prepare)
+        return NotImplemented if fn is NotImplemented else fn(inputs, arguments)
+
+    def attention(self, layer, inputs, arguments, cache, cache_index, inplace):
+        """A MultiHeadAttention in a cached step: (outputs, (k, v)) or NotImplemented."""
+        fn = self._fn(layer, _prepare_attention)
+        if fn is NotImplemented:
+            return NotImplemented
+        return fn(inputs, arguments, cache, cache_index, inplace, self._masks)
+
+
+def fast_call(layer, inputs, arguments):
+    """A non-attention layer in plain torch, or NotImplemented (one-off: `Plan.call`
+    prepares each layer once for many steps)."""
+    return Plan().call(layer, inputs, arguments)
+
+
+def attention(layer, inputs, arguments, cache, cache_index, inplace):
+    """MultiHeadAttention in a cached step (one-off, see `Plan.attention`)."""
+    return Plan().attention(layer, inputs, arguments, cache, cache_index, inplace)

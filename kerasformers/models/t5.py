@@ -583,10 +583,11 @@ class T5(T5_Base):
                                         context_mask=ops.not_equal(ids, self.pad_token_id),
                                         dtype=dtype)
 
-    def call_with_cache(self, decoder_token_ids, cache, logits=False, inplace=False):
+    def call_with_cache(self, decoder_token_ids, cache, logits=False, inplace=False,
+                        plan=None):
         """(LM output for the new decoder tokens, updated cache); see Transformer."""
         return self._decoder.call_with_cache(decoder_token_ids, cache, logits=logits,
-                                             inplace=inplace)
+                                             inplace=inplace, plan=plan)
 
     reorder_cache = staticmethod(T5_Base.reorder_cache)
 

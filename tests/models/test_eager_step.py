@@ -74,3 +74,45 @@ def test_inplace_flag(inplace):
         np.testing.assert_array_equal(after, written)
     else:
         np.testing.assert_array_equal(after, before)
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_new", "relu", "swish"])
+@pytest.mark.parametrize("rows", [1, 2])
+def test_int8_one_token_steps(act, rows):
+    """Decoding steps of one token: on torch one row runs oneDNN's int8 linear (with the
+    activation as its post-op where it has one: gelu, gelu_new, relu), more rows
+    `torch._int_mm`; both are Keras' int8 arithmetic."""
+    obj = build_transformer_model(None, hidden_act=act, dtype="float32", **CONFIG)
+    rng = np.random.default_rng(0)
+    for v in obj.model.weights:
+        v.assign(rng.normal(0, 0.2, v.shape).astype("float32"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        obj.model.quantize("int8")
+    ids = IDS[:rows]
+    full = np.asarray(obj.model.predict(ids, verbose=0))
+    cache = obj.init_cache(rows, 16)
+    outs = []
+    for t in range(ids.shape[1]):  # one token at a time, as generation does
+        out, cache = obj.call_with_cache(ids[:, t:t + 1], cache, logits=True)
+        outs.append(keras.ops.convert_to_numpy(out))
+    np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=1e-5, rtol=0)
+
+
+def test_a_plan_is_reused_across_steps_and_sees_new_weights_when_rebuilt():
+    """A Plan prepares each layer once (on torch); after the weights change a new
+    Plan (generate makes one per call) uses the new ones."""
+    from kerasformers.models import eager_step
+
+    obj = randomized()
+    plan = eager_step.Plan() if eager_step.available() else None
+    first, _ = stepwise(obj, IDS, plan=plan)
+    again, _ = stepwise(obj, IDS, plan=plan)
+    np.testing.assert_array_equal(first, again)
+    for v in obj.model.weights:
+        v.assign(v * 0.5)
+    fresh = eager_step.Plan() if plan is not None else None
+    changed, _ = stepwise(obj, IDS, plan=fresh)
+    full = np.asarray(obj.model.predict(IDS, verbose=0))
+    np.testing.assert_allclose(changed, full, atol=1e-5, rtol=0)
+    assert np.abs(changed - first).max() > 1e-3
