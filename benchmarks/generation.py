@@ -39,7 +39,8 @@ Contenders, per mode:
 * ours in reduced precision (``greedy1`` only, ``--low-precision``): the same checkpoint built
   with ``dtype="bfloat16"`` (weights and compute in bfloat16) and built in float32 then
   ``model.quantize("int8")`` (Keras' int8 Dense and our int8 Embedding / tied LM head:
-  per-token int8 inputs, int8 x int8 products). Their tokens are not expected to equal
+  per-token int8 inputs, int8 x int8 products; on torch a batch-1 step runs them as oneDNN's
+  prepacked int8 linear, ``models/eager_step.py``). Their tokens are not expected to equal
   float32's: the table reports the share of tokens equal to transformers' float32 greedy
   tokens ("agreement") instead of max|d|, and their ratio is vs transformers' float32.
 * cacheless (``greedy1`` only): a bert4keras-style decoder, ``AutoRegressiveDecoder``

@@ -11,12 +11,21 @@ A `Plan` prepares each layer once (its torch tensors bound into a closure, int8
 weights packed for oneDNN) and is then called for every step of a generation:
 `plan.call(layer, inputs, arguments)` returns the layer's output, or
 `NotImplemented` when the layer is not one of these (or has LoRA adapters,
-computes in another dtype than it stores, or is quantized other than Keras'
-default int8): the caller then goes through Keras as usual. A plan reads the
-weights as they are when it prepares a layer: make a new one after changing
-them (`generate` makes one per call). `tests/models/test_cache.py` checks every cached step
-against the uncached model on torch, so these kernels are under the same test
-as the Keras layers they stand in for.
+computes in another dtype than it stores, or is quantized other than with
+Keras' default int8 input quantizer): the caller then goes through Keras as
+usual. Packed int8 weights are kept on their layer (one more int8 copy) and
+repacked when the layer's tensors change; still, make a new Plan after
+changing weights (`generate` makes one per call, `call_with_cache` one per
+call unless given one). `tests/models/test_cache.py` checks every cached step
+against the uncached model on torch and `test_eager_step.py` the int8 and
+bfloat16 steps, so these kernels are under the same tests as the Keras layers
+they stand in for.
+
+Measured on GPT2-small (2 cores): Keras' dispatch cost ~50 ms per one-token step
+around ~18 ms of float32 matmuls; with a Plan the rest is ~5 ms. Batch-1 int8
+steps take oneDNN's prepacked int8 linear, 6.7 ms for all of GPT2-small's
+products against 12 ms with `torch._int_mm` (which stays for several rows:
+oneDNN takes one input scale per call, Keras quantizes per row).
 """
 
 import keras
