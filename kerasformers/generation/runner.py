@@ -96,7 +96,9 @@ class Runner:
         if backend == "tensorflow":
             import tensorflow as tf
 
-            return tf.function(fn, jit_compile=True)  # static shapes: one trace each
+            # static shapes: one trace each; no autograph (the code branches on Python
+            # values only, and converting it cost ~3 s of a GPT2-small first call)
+            return tf.function(fn, jit_compile=True, autograph=False)
         if backend == "torch":
             import torch
 
