@@ -95,6 +95,7 @@ class Step:
                              f"and {length} more do not fit (init_cache(max_length=...))")
         self.cache = cache
         self.index = index
+        self.start = start  # the index as a Python int (None while tracing)
         self.max_length = max_length
         if mask is not None:
             real = ops.cast(mask, "bool")
@@ -167,7 +168,7 @@ class Step:
             result = NotImplemented
             if self.plan is not None:
                 result = self.plan.attention(layer, inputs, arguments, extra["cache"],
-                                             extra.get("cache_index"), self.inplace)
+                                             self.start if is_self else None, self.inplace)
             if result is NotImplemented:
                 result = layer(inputs, **arguments, **extra)
             outputs, kv = result
@@ -181,7 +182,9 @@ class Step:
                 x = ops.matmul(ops.cast(inputs, layer.compute_dtype), layer.kernel)
                 return x + layer.bias if layer.use_bias else x
             return inputs
-        arguments = {**arguments, **self.position_arguments(layer, inputs)}
+        positions = self.position_arguments(layer, inputs)
+        if positions:
+            arguments = {**arguments, **positions}
         if self.plan is not None:
             outputs = self.plan.call(layer, inputs, arguments)
             if outputs is not NotImplemented:

@@ -387,34 +387,32 @@ def _prepare_attention(layer):
         else:
             q = q_dense(q_in)
         q = q.view(b, n, h, d).transpose(1, 2)
-        mask = masks.additive(arguments.get("attention_mask"), q.dtype)
+        mask = masks.additive(arguments.get("attention_mask"), q.dtype, length)
         k, v = keys[:, :length].transpose(1, 2), values[:, :length].transpose(1, 2)
         if k.dtype != q.dtype:
             k, v = k.to(q.dtype), v.to(q.dtype)
-        o = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=None if mask is None else mask[..., :length], scale=scale)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         o = o.transpose(1, 2).reshape(b, n, h * head_size)
         return o_dense(o), (keys, values)
     return attention
 
 
 class _Masks:
-    """The additive form of the last boolean attention mask seen (every layer of a
-    step gets the same mask tensor: converted once)."""
+    """The additive form of the last boolean attention mask seen, cut to the first
+    `length` keys (every layer of a step gets the same mask tensor: converted once)."""
 
     def __init__(self):
-        self.source = self.dtype = self.value = None
+        self.key = self.value = None
 
-    def additive(self, mask, dtype):
+    def additive(self, mask, dtype, length):
         if mask is None:
             return None
-        if mask is not self.source or dtype != self.dtype:
-            m = torch.as_tensor(mask, dtype=torch.bool)
+        if self.key is None or self.key[0] is not mask or self.key[1:] != (dtype, length):
+            m = torch.as_tensor(mask, dtype=torch.bool)[..., :length]
             if m.dim() == 3:
                 m = m[:, None]
             large = -0.7 * (65500.0 if dtype == torch.float16 else 3.38953e38)
-            self.source, self.dtype = mask, dtype
-            self.value = torch.where(m, 0.0, large).to(dtype)
+            self.key, self.value = (mask, dtype, length), torch.where(m, 0.0, large).to(dtype)
         return self.value
 
 
