@@ -10,6 +10,7 @@
   equal one-by-one decoding; streaming equals generate; bad input is refused.
 """
 
+import keras
 import numpy as np
 import pytest
 
@@ -195,7 +196,11 @@ def test_repetition_penalty_in_device_loops_equals_transformers(gpt2):
     dict(max_new_tokens=8, num_beams=4, early_stopping="never", length_penalty=0.6),
     dict(max_new_tokens=8, num_beams=2, early_stopping=False, length_penalty=-0.5,
          min_new_tokens=3, repetition_penalty=1.4),
-], ids=["greedy-min", "greedy-penalty", "beam-early", "beam-never", "beam-negative-lp"])
+    dict(max_new_tokens=8, do_sample=True, top_k=20, top_p=0.9, temperature=1.3, seed=3,
+         min_new_tokens=2, repetition_penalty=1.2, num_return_sequences=2),
+    dict(max_new_tokens=8, do_sample=True, seed=11),
+], ids=["greedy-min", "greedy-penalty", "beam-early", "beam-never", "beam-negative-lp",
+        "sample-warped", "sample"])
 def test_device_loops_equal_host_loops(gpt2, monkeypatch, kwargs):
     """The compiled loops give the host loops' sequences and scores (eos hit early)."""
     import importlib
@@ -210,7 +215,8 @@ def test_device_loops_equal_host_loops(gpt2, monkeypatch, kwargs):
     np.testing.assert_array_equal(device, host)
     if host_scores is not None:
         np.testing.assert_allclose(device_scores, host_scores, atol=1e-5, rtol=0)
-    assert (device == eos[0]).any() or (device == eos[1]).any()
+    if not kwargs.get("do_sample"):
+        assert (device == eos[0]).any() or (device == eos[1]).any()
 
 
 def test_processors_on_given_logits():
@@ -242,6 +248,59 @@ def test_processors_on_given_logits():
 
 
 # ---------------------------------------------------------------- sampling, limits
+def _lowbias32(x):
+    x = np.asarray(x, np.uint32)
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(0x7FEB352D)
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(0x846CA68B)
+    x ^= x >> np.uint32(16)
+    return x
+
+
+def test_uniform_draws_equal_a_numpy_reference():
+    """The counter-based draws are integer arithmetic: bit-identical on every backend."""
+    from kerasformers.generation import loops
+
+    seed, step, shape = 123456789, 17, (3, 1000)
+    with np.errstate(over="ignore"):
+        key = _lowbias32(_lowbias32(np.uint32(step + 0x632BE5AB)) ^ np.uint32(seed))
+        counter = np.arange(shape[0] * shape[1], dtype=np.uint32).reshape(shape)
+        bits = _lowbias32(_lowbias32(counter ^ key) + key)
+    expected = ((bits >> np.uint32(8)).astype("float32") + 0.5) / 16777216.0
+    got = keras.ops.convert_to_numpy(loops.uniform(seed, step, shape))
+    np.testing.assert_array_equal(got, expected)
+    assert 0 < got.min() and got.max() < 1 and abs(got.mean() - 0.5) < 0.01
+
+
+def test_gumbel_max_draws_follow_the_softmax():
+    from kerasformers.generation import loops
+
+    logits = np.log(np.array([0.5, 0.25, 0.15, 0.1], "float32"))
+    draws = keras.ops.convert_to_numpy(loops.uniform(7, 0, (20000, 4)))
+    picks = (logits - np.log(-np.log(draws))).argmax(-1)
+    np.testing.assert_allclose(np.bincount(picks, minlength=4) / 20000,
+                               [0.5, 0.25, 0.15, 0.1], atol=0.012)
+
+
+@pytest.mark.parametrize("warpers", [dict(temperature=0.7), dict(top_k=7), dict(top_p=0.8),
+                                     dict(temperature=1.3, top_k=20, top_p=0.9)])
+def test_device_warpers_equal_the_host_processors(warpers):
+    from kerasformers.generation import loops
+    from kerasformers.generation import processors as P
+
+    scores = (np.random.RandomState(1).normal(size=(4, 50)) * 3).astype("float32")
+    cfg = loops.LoopConfig(4, 0, 1.0, (), 0, 1, 1.0, False, 4, do_sample=True,
+                           temperature=warpers.get("temperature", 1.0),
+                           top_k=warpers.get("top_k"), top_p=warpers.get("top_p"))
+    host = P.top_p_filter(P.top_k_filter(P.temperature_scale(scores, cfg.temperature),
+                                         cfg.top_k), cfg.top_p)
+    device = keras.ops.convert_to_numpy(loops.warp(keras.ops.convert_to_tensor(scores), cfg))
+    np.testing.assert_array_equal(np.isfinite(device), np.isfinite(host))
+    kept = np.isfinite(host)
+    np.testing.assert_allclose(device[kept], host[kept], atol=1e-6, rtol=0)
+
+
 def test_sampling_is_reproducible_with_a_seed(gpt2):
     kwargs = dict(max_new_tokens=10, do_sample=True, top_k=20, top_p=0.9, temperature=1.3)
     a = generate(gpt2.ours, PROMPTS, seed=7, **kwargs)

@@ -12,7 +12,9 @@
 """
 
 import numpy as np
+from keras import ops
 
+from kerasformers.generation import loops
 from kerasformers.generation import processors as P
 from kerasformers.generation.loops import LoopConfig
 from kerasformers.generation.runner import Runner
@@ -169,6 +171,8 @@ def _generate(model, inputs, max_new_tokens, min_new_tokens, do_sample, num_beam
                          no_repeat_ngram_size=no_repeat_ngram_size, eos_token_id=eos,
                          pad_token_id=pad_token_id, num_return_sequences=num_return_sequences,
                          rng=np.random.default_rng(seed))
+    # sampling draws uniform(seed32, step, row, token): the same on the host and the device
+    settings.seed32 = int(settings.rng.integers(0, 2**31 - 1))
     # the tokens the processors see: decoder-only and UniLM models see the prompt, T5's
     # decoder its own tokens (from the start token)
     if runner.kind == "seq2seq":
@@ -206,9 +210,9 @@ DEVICE_LOOPS = True
 
 
 def _search(runner, prompts, start, s):
-    """Greedy and beam search run as one compiled loop on the device; sampling and
-    no-repeat-ngram on the host (one compiled model step per token)."""
-    if DEVICE_LOOPS and not s.do_sample and not s.no_repeat_ngram_size:
+    """Greedy, sampling and beam search run as one compiled loop on the device;
+    no-repeat-ngram and beam sampling on the host (one compiled model step per token)."""
+    if DEVICE_LOOPS and not s.no_repeat_ngram_size and not (s.do_sample and s.num_beams > 1):
         return _device_search(runner, prompts, start, s)
     if s.num_beams > 1:
         return _beam_search(runner, prompts, start, s)
@@ -224,10 +228,14 @@ def _device_search(runner, prompts, start, s):
                      repetition_penalty=float(s.repetition_penalty),
                      eos=tuple(s.eos_token_id), pad=int(s.pad_token_id), num_beams=beams,
                      length_penalty=float(s.length_penalty), early_stopping=s.early_stopping,
-                     batch=len(prompts))
+                     batch=len(prompts), do_sample=bool(s.do_sample) and beams == 1,
+                     temperature=float(s.temperature or 1.0),
+                     top_k=int(s.top_k) if s.top_k else None,
+                     top_p=None if s.top_p is None else float(s.top_p))
     logits, state = runner.prefill(prompts, s.max_new_tokens)
-    if beams > 1:
-        flat = np.repeat(np.arange(len(prompts)), beams)
+    copies = beams if beams > 1 else s.num_return_sequences
+    if copies > 1:
+        flat = np.repeat(np.arange(len(prompts)), copies)
         logits, state = logits[flat], runner.reorder(state, flat)
         start = [start[i] for i in flat]
     vocab = logits.shape[-1]
@@ -237,7 +245,7 @@ def _device_search(runner, prompts, start, s):
             seen[row, np.asarray(history, "int64")] = True
     else:
         seen = np.zeros((len(start), 1), bool)  # a placeholder: loops need no None
-    first, second = runner.run_loop(cfg, logits, state, seen)
+    first, second = runner.run_loop(cfg, logits, state, seen, seed=s.seed32)
     if beams == 1:
         return _pad_rows([_until_eos(row, s.eos_token_id) for row in first],
                          s.pad_token_id), None
@@ -277,9 +285,9 @@ def _sample_loop(runner, prompts, start, s, stream):
     finished = np.zeros(rows, bool)
     for step in range(s.max_new_tokens):
         scores = s.process(logits, histories, step)
-        if s.do_sample:
-            probs = P.softmax(s.warp(scores))
-            tokens = np.array([s.rng.choice(probs.shape[-1], p=p / p.sum()) for p in probs])
+        if s.do_sample:  # Gumbel-max: a categorical draw from softmax(warped scores)
+            draws = ops.convert_to_numpy(loops.uniform(s.seed32, step, scores.shape))
+            tokens = (s.warp(scores) - np.log(-np.log(draws))).argmax(-1)
         else:
             tokens = scores.argmax(-1)
         tokens = np.where(finished, s.pad_token_id, tokens)

@@ -1,4 +1,4 @@
-"""Decode loops on the device: greedy search and beam search as one while loop.
+"""Decode loops on the device: greedy search, sampling and beam search as one while loop.
 
 Written once in `keras.ops` (`ops.while_loop`), so the Runner compiles the
 whole loop with the model step inside it: `jax.jit` + `lax.while_loop` on JAX,
@@ -10,8 +10,11 @@ every row (greedy) or every batch entry (beam search) is done.
 Semantics are those of the NumPy host loops in `generate.py` (transformers'
 `generate`): repetition penalty and min_new_tokens on the scores, eos ids end a
 row, finished rows are filled with pad_token_id; beam search is transformers'
-v5 vectorised beam search. Sampling, no_repeat_ngram_size and streaming run on
-the host loop.
+v5 vectorised beam search. Sampling applies transformers' temperature, top-k
+and top-p and draws by Gumbel-max from `uniform(seed, step, shape)`, a
+counter-based hash (integer arithmetic, so the same draws on every backend, in
+compiled loops and in the host loop: streaming gives generate's samples).
+no_repeat_ngram_size, beam sampling and streaming run on the host loop.
 """
 
 from collections import namedtuple
@@ -23,7 +26,8 @@ from kerasformers import backend as K
 #: the static settings a compiled loop is specialised for
 LoopConfig = namedtuple("LoopConfig", [
     "max_new_tokens", "min_new_tokens", "repetition_penalty", "eos", "pad", "num_beams",
-    "length_penalty", "early_stopping", "batch"])
+    "length_penalty", "early_stopping", "batch", "do_sample", "temperature", "top_k",
+    "top_p"], defaults=(False, 1.0, None, None))
 
 _NEG = -1e9
 
@@ -57,15 +61,21 @@ def greedy(step_fn, logits, cache, seen, cfg):
     """Greedy search. logits [rows, vocab] (the prompt's next-token logits), seen
     [rows, vocab] bool (tokens for the repetition penalty; any [rows, 1]
     placeholder without one), step_fn(tokens [rows], cache) -> (logits, cache).
-    Returns (tokens
-    [rows, max_new_tokens] with pad after each row's end, steps taken)."""
+    Returns (tokens [rows, max_new_tokens] with pad after each row's end, steps
+    taken)."""
+    return _token_loop(step_fn, logits, cache, seen, cfg,
+                       lambda scores, i: ops.argmax(scores, axis=-1))
+
+
+def _token_loop(step_fn, logits, cache, seen, cfg, pick):
+    """One token per row and step: `pick(processed scores, step)` -> token ids."""
     rows, vocab = ops.shape(logits)[0], ops.shape(logits)[-1]
     tokens = ops.full((rows, cfg.max_new_tokens), cfg.pad, dtype="int32")
     finished = ops.zeros((rows,), dtype="bool")
 
     def choose(i, tokens, finished, logits, seen):
         scores = _process(ops.cast(logits, "float32"), seen, i, cfg)
-        nxt = ops.cast(ops.argmax(scores, axis=-1), "int32")
+        nxt = ops.cast(pick(scores, i), "int32")
         nxt = ops.where(finished, cfg.pad, nxt)
         tokens = K.slice_update(tokens, (0, i), nxt[:, None])
         if cfg.repetition_penalty != 1.0:
@@ -174,3 +184,63 @@ def beam_search(step_fn, reorder_fn, logits, cache, seen, cfg):
                                         finished, improvable,
                                         ops.convert_to_tensor(False), logits, cache, seen))
     return state[3], state[4]
+
+
+# ------------------------------------------------------------------ sampling
+def _shr(x, k):
+    """Logical right shift of int32 x by k bits (ops.right_shift is arithmetic)."""
+    return ops.bitwise_and(ops.right_shift(x, k), (1 << (32 - k)) - 1)
+
+
+def _hash(x):
+    """lowbias32 (C. Wellons) on int32 with wrapping multiplies: a counter-based
+    integer hash, identical on every backend (integer arithmetic only)."""
+    x = ops.bitwise_xor(x, _shr(x, 16))
+    x = ops.multiply(x, ops.convert_to_tensor(0x7FEB352D, dtype="int32"))
+    x = ops.bitwise_xor(x, _shr(x, 15))
+    x = ops.multiply(x, ops.convert_to_tensor(0x846CA68B - (1 << 32), dtype="int32"))
+    return ops.bitwise_xor(x, _shr(x, 16))
+
+
+def uniform(seed, step, shape):
+    """Uniform floats in (0, 1), [rows, columns] = shape, a pure function of (seed,
+    step, row, column): the same draws on every backend and inside compiled loops
+    (Keras' random ops take no tensor seed there)."""
+    rows, columns = shape
+    key = _hash(ops.bitwise_xor(_hash(ops.cast(step, "int32") + 0x632BE5AB),
+                                ops.cast(seed, "int32")))
+    counter = ops.reshape(ops.arange(rows * columns, dtype="int32"), (rows, columns))
+    bits = _hash(_hash(ops.bitwise_xor(counter, key)) + key)
+    return (ops.cast(_shr(bits, 8), "float32") + 0.5) / 16777216.0
+
+
+def warp(scores, cfg):
+    """transformers' sampling warpers in its order: temperature, top-k, top-p."""
+    if cfg.temperature != 1.0:
+        scores = scores / cfg.temperature
+    vocab = ops.shape(scores)[-1]
+    top = None
+    if cfg.top_k:
+        k = min(int(cfg.top_k), vocab)
+        top = ops.top_k(scores, k)[0]  # descending
+        scores = ops.where(scores < top[:, k - 1:k], float("-inf"), scores)
+    if cfg.top_p is not None and cfg.top_p < 1.0:
+        # keep the tokens at or above the cut of transformers' ascending cumulative sum;
+        # after top-k only its k values are candidates (no sort of the whole vocabulary;
+        # the same cut unless the k-th value is tied)
+        ascending = ops.sort(scores, axis=-1) if top is None else ops.flip(top, axis=-1)
+        cumulative = ops.cumsum(ops.softmax(ascending, axis=-1), axis=-1)
+        removed = ops.sum(ops.cast(cumulative <= 1.0 - cfg.top_p, "int32"), axis=-1)
+        removed = ops.minimum(removed, ops.shape(ascending)[-1] - 1)[:, None]
+        cut = ops.take_along_axis(ascending, removed, axis=-1)
+        scores = ops.where(scores < cut, float("-inf"), scores)
+    return scores
+
+
+def sample(step_fn, logits, cache, seen, cfg, seed):
+    """Sampling: Gumbel-max over the warped scores (a categorical draw from their
+    softmax). Same arguments and returns as `greedy`, plus an int32 `seed`."""
+    def pick(scores, i):
+        draws = uniform(seed, i, tuple(ops.shape(scores)))
+        return ops.argmax(warp(scores, cfg) - ops.log(-ops.log(draws)), axis=-1)
+    return _token_loop(step_fn, logits, cache, seen, cfg, pick)

@@ -180,22 +180,28 @@ class Runner:
                                    ops.ones(ops.shape(tokens), dtype="bool"))
         return ops.cast(logits[:, -1], "float32"), cache
 
-    def run_loop(self, cfg, logits, state, seen):
-        """Run a whole decode loop (`loops.greedy` or, with cfg.num_beams > 1,
-        `loops.beam_search`) compiled, from the prefill's logits and state.
-        Returns NumPy arrays: greedy (tokens, steps), beam search (sequences, scores)."""
+    def run_loop(self, cfg, logits, state, seen, seed=0):
+        """Run a whole decode loop (`loops.greedy`, `loops.sample` with cfg.do_sample,
+        or `loops.beam_search` with cfg.num_beams > 1) compiled, from the prefill's
+        logits and state (`seed`: sampling's int32 seed, an input, not compiled in).
+        Returns NumPy arrays: greedy and sampling (tokens, steps), beam search
+        (sequences, scores)."""
         loop = self._loops.get(cfg)
         if loop is None:
             if cfg.num_beams > 1:
-                def run(logits, cache, seen):
+                def run(logits, cache, seen, seed):
                     return loops.beam_search(self._device_step, self.transformer.reorder_cache,
                                              logits, cache, seen, cfg)
+            elif cfg.do_sample:
+                def run(logits, cache, seen, seed):
+                    return loops.sample(self._device_step, logits, cache, seen, cfg, seed)
             else:
-                def run(logits, cache, seen):
+                def run(logits, cache, seen, seed):
                     return loops.greedy(self._device_step, logits, cache, seen, cfg)
             loop = self._loops[cfg] = self._compile(run)
         logits = ops.convert_to_tensor(np.asarray(logits, "float32"))
-        a, b = loop(logits, state["cache"], ops.convert_to_tensor(seen))
+        a, b = loop(logits, state["cache"], ops.convert_to_tensor(seen),
+                    ops.convert_to_tensor(seed, dtype="int32"))
         return ops.convert_to_numpy(a), ops.convert_to_numpy(b)
 
     def reorder(self, state, rows):
