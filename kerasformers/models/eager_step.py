@@ -112,9 +112,14 @@ def _linear(layer):
     return _then(act, linear)
 
 
-def dense(layer, x):
-    """keras.layers.Dense on x (float or int8), unprepared: for one-off calls."""
-    return _linear(layer)(x)
+def _kept(owner, name, tensors, extra, build):
+    """`build()`, kept on `owner` as `name` until one of `tensors` (or `extra`) changes."""
+    key = tuple((t.data_ptr(), t._version) for t in tensors if t is not None) + (extra,)
+    kept = getattr(owner, name, None)
+    if kept is None or kept[0] != key:
+        kept = (key, build())
+        object.__setattr__(owner, name, kept)
+    return kept[1]
 
 
 def _quantize_rows(x2, epsilon):
@@ -147,13 +152,8 @@ class Int8Matmul:
     def of(cls, owner, kernel, kernel_scale, bias=None, transposed=False, name="_kf_int8"):
         """The owner layer's Int8Matmul, rebuilt only when its tensors changed."""
         epsilon = owner.inputs_quantizer.epsilon
-        key = tuple((t.data_ptr(), t._version) for t in (kernel, kernel_scale, bias)
-                    if t is not None) + (epsilon,)
-        kept = getattr(owner, name, None)
-        if kept is None or kept[0] != key:
-            kept = (key, cls(kernel, kernel_scale, bias, transposed, epsilon))
-            object.__setattr__(owner, name, kept)
-        return kept[1]
+        return _kept(owner, name, (kernel, kernel_scale, bias), epsilon,
+                     lambda: cls(kernel, kernel_scale, bias, transposed, epsilon))
 
     def __call__(self, x, post=None, activation=None):
         """x (float32: int8 layers compute in float32) @ kernel + bias, then
@@ -197,19 +197,15 @@ def _concatenated(owner, denses):
     epsilon = denses[0].inputs_quantizer.epsilon
     if any(d.inputs_quantizer.epsilon != epsilon for d in denses):
         return None
-    key = tuple((t.data_ptr(), t._version) for group in tensors for t in group
-                if t is not None) + (epsilon,)
-    kept = getattr(owner, "_kf_qkv", None)
-    if kept is None or kept[0] != key:
+
+    def build():
         kernel = torch.cat([k for k, _, _ in tensors], 1)
         scale = torch.cat([s for _, s, _ in tensors])
-        biases = [b for _, _, b in tensors]
-        bias = None if all(b is None for b in biases) else torch.cat(
-            [torch.zeros(k.shape[1]) if b is None else b for (k, _, _), b in
-             zip(tensors, biases)])
-        kept = (key, Int8Matmul(kernel, scale, bias, epsilon=epsilon))
-        object.__setattr__(owner, "_kf_qkv", kept)
-    return kept[1], [k.shape[1] for k, _, _ in tensors]
+        bias = None if all(b is None for _, _, b in tensors) else torch.cat(
+            [torch.zeros(k.shape[1]) if b is None else b for k, _, b in tensors])
+        return Int8Matmul(kernel, scale, bias, epsilon=epsilon)
+    matmul = _kept(owner, "_kf_qkv", [t for group in tensors for t in group], epsilon, build)
+    return matmul, [k.shape[1] for k, _, _ in tensors]
 
 
 def _dense_ok(layer):
@@ -443,14 +439,3 @@ class Plan:
         if fn is NotImplemented:
             return NotImplemented
         return fn(inputs, arguments, cache, cache_index, inplace, self._masks)
-
-
-def fast_call(layer, inputs, arguments):
-    """A non-attention layer in plain torch, or NotImplemented (one-off: `Plan.call`
-    prepares each layer once for many steps)."""
-    return Plan().call(layer, inputs, arguments)
-
-
-def attention(layer, inputs, arguments, cache, cache_index, inplace):
-    """MultiHeadAttention in a cached step (one-off, see `Plan.attention`)."""
-    return Plan().attention(layer, inputs, arguments, cache, cache_index, inplace)
