@@ -116,3 +116,48 @@ def test_a_plan_is_reused_across_steps_and_sees_new_weights_when_rebuilt():
     full = np.asarray(obj.model.predict(IDS, verbose=0))
     np.testing.assert_allclose(changed, full, atol=1e-5, rtol=0)
     assert np.abs(changed - first).max() > 1e-3
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("shape", [(1, 48), (3, 48), (2, 5, 48)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_packed_linear_equals_addmm(dtype, shape, bias, transposed):
+    """oneDNN's prepacked float linear (the torch path's Dense and tied LM head on
+    CPU) computes x @ kernel + b: float32 to summation order, bfloat16 to one
+    rounding of the float32 sum. torch is a test dependency on every backend."""
+    import torch
+    from kerasformers.models import eager_step
+
+    if not eager_step._PACKED:
+        pytest.fail("this torch build has no oneDNN prepacked linear")
+    gen = torch.Generator().manual_seed(0)
+    dt = getattr(torch, dtype)
+    kernel = torch.randn(48, 40, generator=gen).to(dt)  # [in, out]
+    b = torch.randn(40, generator=gen).to(dt) if bias else None
+    x = torch.randn(*shape, generator=gen).to(dt)
+    packed = eager_step.PackedLinear(kernel.t().contiguous() if transposed else kernel, b,
+                                     transposed=transposed)
+    got = packed(x).float()
+    want = (x.float() @ kernel.float() + (0 if b is None else b.float()))
+    assert got.shape == (*shape[:-1], 40)
+    rtol = 1e-6 if dtype == "float32" else 2 ** -8  # bfloat16: half an ulp of rounding
+    assert ((got - want).abs() <= rtol * want.abs() + 1e-5).all()
+
+
+def test_packed_kernels_follow_weight_changes():
+    """A layer's packed copy is kept across Plans and remade when its tensors change
+    (an optimizer step writes the variables in place)."""
+    import torch
+    from kerasformers.models import eager_step
+
+    kernel, bias = torch.randn(8, 4), torch.randn(4)
+    layer = keras.layers.Dense(4)  # only an owner of the kept copy here
+    first = eager_step.PackedLinear.of(layer, kernel, bias)
+    assert eager_step.PackedLinear.of(layer, kernel, bias) is first
+    with torch.no_grad():
+        kernel.mul_(2)
+    second = eager_step.PackedLinear.of(layer, kernel, bias)
+    assert second is not first
+    x = torch.randn(1, 8)
+    torch.testing.assert_close(second(x), x @ kernel + bias, rtol=1e-5, atol=1e-5)
