@@ -20,6 +20,8 @@ harness then does the rest, the same way for every model:
   ``--reps`` calls in turn (the order rotates each round) while the other workers sit idle,
   blocked on their stdin; a path's time per call in a round is the round's total / ``--reps``
   and the reported time is the median over rounds;
+* the table reports each path's first call and, as "compile s", what it cost beyond the
+  median call (compilation / tracing: first call - median, at least 0);
 * the parent prints the table, writes ``benchmarks/results/<name>.json``
   (``<name>-quick.json`` with ``--quick``) with the date, machine, versions and git commit.
 
@@ -528,6 +530,8 @@ def summarise(spec, report, args):
                 p["median_s"] = statistics.median(p["runs_s"])
                 p["min_s"] = min(p["runs_s"])
                 p["tokens_per_s"] = (p["tokens"] if "tokens" in p else spec.tokens) / p["median_s"]
+                # what the first call costs beyond a warm one: compilation / tracing
+                p["compile_s"] = max(0.0, p["first_call_s"] - p["median_s"])
         best = {}
         for g in groups:
             done = [p for p in r.get("paths", []) if p.get("group") == g and p.get("valid")
@@ -545,7 +549,7 @@ def summarise(spec, report, args):
             if "tokens_per_s" in p and h is not None:
                 p["ratio_vs_transformers"] = p["tokens_per_s"] / h["tokens_per_s"]
 
-    header = ("backend", "first call s", "median s", "tokens/s", "ratio vs transformers",
+    header = ("backend", "first call s", "compile s", "median s", "tokens/s", "ratio vs transformers",
               "max|d|", "path")
     for g in groups:
         def best_of(backend):
@@ -582,11 +586,12 @@ def summarise(spec, report, args):
         table = [header]
         for name, p, d in rows:
             if p is None:
-                table.append((name, "-", "-", "-", "-", d, "-"))
+                table.append((name, "-", "-", "-", "-", "-", d, "-"))
             else:
                 ratio = (f"{p['ratio_vs_transformers']:.2f}x" if "ratio_vs_transformers" in p
                          else "-")
-                table.append((name, f"{p['first_call_s']:.3f}", f"{p['median_s']:.4f}",
+                table.append((name, f"{p['first_call_s']:.3f}", f"{p['compile_s']:.3f}",
+                              f"{p['median_s']:.4f}",
                               f"{p['tokens_per_s']:.0f}", ratio, d, p["path"]))
         widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
         print()

@@ -7,25 +7,29 @@ on 2 cores, about 50 ms of overhead around 25 ms of matmuls. Inside a cached
 step everything is already concrete (shapes, masks, dtypes), so the common
 layers run here instead: the same math, one torch call per operation.
 
-A `Plan` prepares each layer once (its torch tensors bound into a closure, int8
-weights packed for oneDNN) and is then called for every step of a generation:
+A `Plan` prepares each layer once (its torch tensors bound into a closure,
+kernels packed for oneDNN) and is then called for every step of a generation:
 `plan.call(layer, inputs, arguments)` returns the layer's output, or
 `NotImplemented` when the layer is not one of these (or has LoRA adapters,
 computes in another dtype than it stores, or is quantized other than with
 Keras' default int8 input quantizer): the caller then goes through Keras as
-usual. Packed int8 weights are kept on their layer (one more int8 copy) and
-repacked when the layer's tensors change; still, make a new Plan after
-changing weights (`generate` makes one per call, `call_with_cache` one per
-call unless given one). `tests/models/test_cache.py` checks every cached step
-against the uncached model on torch and `test_eager_step.py` the int8 and
-bfloat16 steps, so these kernels are under the same tests as the Keras layers
-they stand in for.
+usual. Float32/bfloat16 kernels on CPU run oneDNN's prepacked linear
+(`PackedLinear`), int8 ones its int8 linear (`Int8Matmul`). Packed kernels are
+one more copy of each kernel, kept on its layer (so later generations reuse
+them) and remade when the layer's tensors change; `release(model)` drops them.
+Still, make a new Plan after changing weights (`generate` makes one per call,
+`call_with_cache` one per call unless given one). `tests/models/test_cache.py`
+checks every cached step against the uncached model on torch and
+`test_eager_step.py` the int8, bfloat16 and packed kernels, so these kernels
+are under the same tests as the Keras layers they stand in for.
 
-Measured on GPT2-small (2 cores): Keras' dispatch cost ~50 ms per one-token step
-around ~18 ms of float32 matmuls; with a Plan the rest is ~5 ms. Batch-1 int8
-steps take oneDNN's prepacked int8 linear, 6.7 ms for all of GPT2-small's
-products against 12 ms with `torch._int_mm` (which stays for several rows:
-oneDNN takes one input scale per call, Keras quantizes per row).
+Measured on GPT2-small, one-token steps (2 cores, AMD EPYC with AVX-512 BF16):
+Keras' dispatch alone cost ~50 ms per step; with a Plan the rest is ~5 ms.
+The products take 24 ms with `addmm` in float32 and 16.7 ms prepacked (+ the
+LM head 13.4 / 7.2 ms), 17.8 / 9.7 ms in bfloat16. Batch-1 int8 steps take
+oneDNN's prepacked int8 linear (6.7 ms for all products on an Intel Xeon against
+12 ms with `torch._int_mm`, which stays for several rows: oneDNN takes one input
+scale per call, Keras quantizes per row).
 """
 
 import keras
@@ -53,6 +57,8 @@ _qlinear = torch.ops.onednn.qlinear_pointwise.tensor if _QLINEAR else None
 #: oneDNN's prepacked float linear (torch builds with oneDNN on CPU)
 _PACKED = (torch is not None and torch.backends.mkldnn.is_available()
            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+#: attributes under which layers keep their prepared kernels (see `release`)
+_KEPT = ("_kf_packed", "_kf_int8", "_kf_qkv")
 
 
 def _plain(layer):
@@ -155,7 +161,7 @@ class PackedLinear:
             torch.float32, torch.bfloat16)
 
     @classmethod
-    def of(cls, owner, kernel, bias=None, transposed=False, name="_kf_packed"):
+    def of(cls, owner, kernel, bias=None, transposed=False, name=_KEPT[0]):
         """The owner layer's PackedLinear, rebuilt only when its tensors changed."""
         return _kept(owner, name, (kernel, bias), None,
                      lambda: cls(kernel, bias, transposed))
@@ -163,6 +169,28 @@ class PackedLinear:
     def __call__(self, x):
         return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.weight, self.bias,
                                                   "none", [], "")
+
+
+def release(model):
+    """Drop the packed kernel copies kept on `model`'s layers (a Keras model, layer
+    or kerasformers Transformer): frees their memory (one more copy of each float
+    kernel, one of each int8 kernel); the next `generate` on torch remakes them.
+
+    >>> from kerasformers import build_transformer_model
+    >>> obj = build_transformer_model(None, model="gpt2", vocab_size=32, hidden_size=8,
+    ...                               num_hidden_layers=1, num_attention_heads=2,
+    ...                               intermediate_size=16, return_keras_model=False)
+    >>> release(obj)
+    0
+    """
+    model = getattr(model, "model", model)
+    layers = model._flatten_layers() if hasattr(model, "_flatten_layers") else [model]
+    dropped = 0
+    for layer in layers:
+        for name in _KEPT:
+            if layer.__dict__.pop(name, None) is not None:
+                dropped += 1
+    return dropped
 
 
 def _kept(owner, name, tensors, extra, build):
@@ -202,7 +230,7 @@ class Int8Matmul:
         self._packed = self._padded = None
 
     @classmethod
-    def of(cls, owner, kernel, kernel_scale, bias=None, transposed=False, name="_kf_int8"):
+    def of(cls, owner, kernel, kernel_scale, bias=None, transposed=False, name=_KEPT[1]):
         """The owner layer's Int8Matmul, rebuilt only when its tensors changed."""
         epsilon = owner.inputs_quantizer.epsilon
         return _kept(owner, name, (kernel, kernel_scale, bias), epsilon,
@@ -274,7 +302,7 @@ def _concatenated(owner, denses):
             return PackedLinear(kernel, bias)
         return Int8Matmul(kernel, torch.cat(scales), bias, epsilon=epsilon)
     tensors = [t for t in kernels + biases + (scales or []) if t is not None]
-    matmul = _kept(owner, "_kf_qkv", tensors, epsilon, build)
+    matmul = _kept(owner, _KEPT[2], tensors, epsilon, build)
     return matmul, [k.shape[1] for k in kernels]
 
 

@@ -161,3 +161,17 @@ def test_packed_kernels_follow_weight_changes():
     assert second is not first
     x = torch.randn(1, 8)
     torch.testing.assert_close(second(x), x @ kernel + bias, rtol=1e-5, atol=1e-5)
+
+
+def test_release_drops_the_kept_kernel_copies():
+    """`release` frees the packed copies (torch) and the next steps remake them."""
+    from kerasformers.models import eager_step
+
+    obj = randomized()
+    first, _ = stepwise(obj, IDS)
+    dropped = eager_step.release(obj)
+    # torch: q/k/v and o per layer, two FFN Dense per layer, the tied LM head
+    assert dropped == (2 * 4 + 1 if eager_step.available() else 0)
+    assert eager_step.release(obj) == 0
+    again, _ = stepwise(obj, IDS)
+    np.testing.assert_array_equal(first, again)
