@@ -93,6 +93,11 @@ def generate(model, inputs, max_new_tokens=20, min_new_tokens=0, do_sample=False
     the new tokens only (eos included, then padding); with return_scores=True
     also the sequence scores (beam search: transformers' length-penalised sum of
     log-probabilities; otherwise None).
+
+    Speed: the first call compiles (jax, tensorflow) or prepares (torch) the
+    model's steps, later calls reuse them. On torch (CPU) the layers keep a
+    oneDNN-packed copy of their kernels for fast steps, one more copy of the
+    weights in memory: `kerasformers.models.eager_step.release(model)` frees it.
     """
     it = _generate(model, inputs, max_new_tokens, min_new_tokens, do_sample, num_beams,
                    length_penalty, early_stopping, top_k, top_p, temperature, repetition_penalty,
