@@ -549,8 +549,8 @@ def summarise(spec, report, args):
             if "tokens_per_s" in p and h is not None:
                 p["ratio_vs_transformers"] = p["tokens_per_s"] / h["tokens_per_s"]
 
-    header = ("backend", "first call s", "compile s", "median s", "tokens/s", "ratio vs transformers",
-              "max|d|", "path")
+    header = ("backend", "first call s", "compile s", "median s", "tokens/s",
+              "ratio vs transformers", "max|d|", "path")
     for g in groups:
         def best_of(backend):
             return results[backend]["best"][g] if grouped else results[backend].get("best")

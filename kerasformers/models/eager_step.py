@@ -161,9 +161,9 @@ class PackedLinear:
             torch.float32, torch.bfloat16)
 
     @classmethod
-    def of(cls, owner, kernel, bias=None, transposed=False, name=_KEPT[0]):
+    def of(cls, owner, kernel, bias=None, transposed=False):
         """The owner layer's PackedLinear, rebuilt only when its tensors changed."""
-        return _kept(owner, name, (kernel, bias), None,
+        return _kept(owner, _KEPT[0], (kernel, bias), None,
                      lambda: cls(kernel, bias, transposed))
 
     def __call__(self, x):
@@ -230,10 +230,10 @@ class Int8Matmul:
         self._packed = self._padded = None
 
     @classmethod
-    def of(cls, owner, kernel, kernel_scale, bias=None, transposed=False, name=_KEPT[1]):
+    def of(cls, owner, kernel, kernel_scale, bias=None, transposed=False):
         """The owner layer's Int8Matmul, rebuilt only when its tensors changed."""
         epsilon = owner.inputs_quantizer.epsilon
-        return _kept(owner, name, (kernel, kernel_scale, bias), epsilon,
+        return _kept(owner, _KEPT[1], (kernel, kernel_scale, bias), epsilon,
                      lambda: cls(kernel, kernel_scale, bias, transposed, epsilon))
 
     def __call__(self, x, post=None, activation=None):
@@ -276,6 +276,8 @@ def _concatenated(owner, denses):
     (fn, output sizes), or None when they cannot be joined: int8 layers quantizing
     their inputs differently, float layers other than CPU float32/bfloat16 or with
     different dtypes or activations."""
+    kernels = [_raw(d._kernel) for d in denses]
+    biases = [None if d.bias is None else _raw(d.bias) for d in denses]
     if all(_int8(d) for d in denses):
         epsilon = denses[0].inputs_quantizer.epsilon
         if any(d.inputs_quantizer.epsilon != epsilon for d in denses):
@@ -283,14 +285,11 @@ def _concatenated(owner, denses):
         scales = [_raw(d.kernel_scale) for d in denses]
     elif all(_plain(d) for d in denses):
         epsilon, scales = None, None
-        dtypes = {_raw(d._kernel).dtype for d in denses}
-        if (len(dtypes) > 1 or not PackedLinear.takes(_raw(denses[0]._kernel))
+        if (len({k.dtype for k in kernels}) > 1 or not PackedLinear.takes(kernels[0])
                 or any(_activation(d.activation) is not None for d in denses)):
             return None
     else:
         return None
-    kernels = [_raw(d._kernel) for d in denses]
-    biases = [None if d.bias is None else _raw(d.bias) for d in denses]
 
     def build():
         kernel = torch.cat(kernels, 1)
