@@ -158,15 +158,18 @@ def model_parallel(model_shards, devices=None, fully_sharded=False):
                                             auto_shard_dataset=False)
 
 
-def initialize_multiprocess(coordinator, num_processes, process_id):
+def initialize_multiprocess(coordinator=None, num_processes=None, process_id=None):
     """Join a multi-process JAX job; call it first, before any model or array is made.
 
     `coordinator` is "host:port" of process 0 (every process passes the same),
-    `process_id` runs from 0 to `num_processes - 1`. Afterwards
-    `keras.distribution.list_devices()` lists the devices of all processes.
-    For CPU processes, the collectives between them go through gloo (the
-    setting concerns JAX's CPU client only; an explicit choice such as "mpi"
-    is kept).
+    `process_id` runs from 0 to `num_processes - 1`. Left as None, each comes
+    from Keras' environment variables (`KERAS_DISTRIBUTION_JOB_ADDRESSES`,
+    `KERAS_DISTRIBUTION_NUM_PROCESSES`, `KERAS_DISTRIBUTION_PROCESS_ID`) or,
+    failing those, from JAX's detection of the cluster (Cloud TPU, SLURM, ...).
+    Afterwards `keras.distribution.list_devices()` lists the devices of all
+    processes. For CPU processes, the collectives between them go through
+    gloo (the setting concerns JAX's CPU client only; an explicit choice such
+    as "mpi" is kept).
 
         initialize_multiprocess("10.0.0.1:1234", num_processes=2, process_id=0)  # on host 0
         initialize_multiprocess("10.0.0.1:1234", num_processes=2, process_id=1)  # on host 1
@@ -179,7 +182,8 @@ def initialize_multiprocess(coordinator, num_processes, process_id):
             f"multi-process training runs on the JAX backend (keras.distribution); on "
             f"KERAS_BACKEND={backend} kerasformers trains on a single device. Set "
             f"KERAS_BACKEND=jax to train on several devices or machines.")
-    if not 0 <= process_id < num_processes:
+    if num_processes is not None and process_id is not None and not (
+            0 <= process_id < num_processes):
         raise ValueError(f"process_id must lie in [0, {num_processes}), got {process_id}")
     import jax
 

@@ -1,4 +1,4 @@
-"""Training under keras.distribution equals training on one device; the layout map covers all.
+"""Training under keras.distribution equals training on one device; layouts cover our models.
 
 The JAX training runs happen in fresh processes (`distributed_worker.py`) with
 KERAS_BACKEND=jax and XLA_FLAGS forcing host devices (4 for the single-host
@@ -234,9 +234,12 @@ def test_clear_errors():
         get_layout_map((2, 2))
 
 
-def test_initialize_multiprocess_refuses_torch_and_tensorflow(monkeypatch):
+def test_initialize_multiprocess_refuses_other_backends_and_bad_process_ids(monkeypatch):
     for backend in ("torch", "tensorflow"):
         monkeypatch.setattr(keras.backend, "backend", lambda backend=backend: backend)
         with pytest.raises(RuntimeError, match=f"KERAS_BACKEND={backend} kerasformers trains "
                                                "on a single device"):
             initialize_multiprocess("127.0.0.1:1234", 2, 0)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(ValueError, match=r"process_id must lie in \[0, 2\), got 2"):
+        initialize_multiprocess("127.0.0.1:1234", 2, 2)
