@@ -7,7 +7,8 @@ every `save_every` steps and at the end of `fit`, one directory
 * ``variables.npz``: every model variable (dropout seed-generator states
   included) and every optimizer variable (step counter, moments, gradient
   accumulators, EMA), keyed by position and checked by path on restore; read
-  back with ``allow_pickle=False``;
+  back with ``allow_pickle=False``; on torch also torch's global generator
+  state, which Keras' unseeded dropout draws from there;
 * ``meta.json``: the step, the data pipeline's `state(step)` (seed, batch size,
   shards, process layout) and a signature of the model (every variable's path,
   shape and dtype).
@@ -79,6 +80,31 @@ def _optimizer_paths(optimizer):
     return [v.path.split("/", 1)[-1] for v in optimizer.variables]
 
 
+def _global_rng_state():
+    # Keras' torch backend runs unseeded dropout (the default) on torch's global
+    # generator, not on the layer's seed generator: its state is part of the run.
+    if keras.backend.backend() != "torch":
+        return None
+    import torch
+
+    return torch.get_rng_state().numpy()
+
+
+def _set_global_rng_state(state):
+    if keras.backend.backend() == "torch":
+        import torch
+
+        torch.set_rng_state(torch.from_numpy(np.asarray(state, dtype=np.uint8)))
+
+
+def _saved_rng_state(directory, step):
+    path = directory / f"step-{step:08d}" / "variables.npz"
+    if not step or keras.backend.backend() != "torch" or not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as stored:
+        return stored["rng/torch"] if "rng/torch" in stored.files else None
+
+
 def list_checkpoints(directory):
     """The complete checkpoints under `directory`, oldest first."""
     directory = Path(directory)
@@ -105,6 +131,9 @@ def save_checkpoint(model, directory, step, data_state=None, keep=2):
         arrays[f"model/{i}"] = keras.ops.convert_to_numpy(v.value)
     for i, v in enumerate(optimizer.variables):
         arrays[f"optimizer/{i}"] = keras.ops.convert_to_numpy(v.value)
+    rng = _global_rng_state()
+    if rng is not None:
+        arrays["rng/torch"] = rng
     rows, digest = model_signature(model)
     meta = {
         "format_version": FORMAT_VERSION,
@@ -194,6 +223,8 @@ def restore_checkpoint(model, directory_or_checkpoint, data=None):
                              "or has the wrong shape (a damaged checkpoint)")
     for key, variable in targets:
         variable.assign(values[key])
+    if "rng/torch" in values:
+        _set_global_rng_state(values["rng/torch"])
     return int(meta["step"])
 
 
@@ -216,6 +247,15 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         self.data = data
         self.keep = keep
         self._last_saved = None
+        self._pending_rng = _saved_rng_state(self.directory, self.step)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # torch: `fit` draws from the global generator when it starts its data
+        # loader, after `restore_checkpoint`; put the saved state back just
+        # before the first step, where the uninterrupted run had it.
+        if self._pending_rng is not None:
+            _set_global_rng_state(self._pending_rng)
+            self._pending_rng = None
 
     def _save(self):
         state = self.data.state(self.step) if self.data is not None else None
