@@ -83,7 +83,7 @@ def fit_pretraining(model, data, total_steps, directory, save_every=1000, steps_
     return model.fit(data.batches(start), epochs=total_steps // steps_per_epoch,
                      initial_epoch=start // steps_per_epoch, steps_per_epoch=steps_per_epoch,
                      callbacks=[checkpoint, *callbacks], verbose=verbose,
-                     validation_data=validation_data)
+                     validation_data=validation_data, shuffle=False)
 
 
 def _vocab_size(model):
