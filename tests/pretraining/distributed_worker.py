@@ -2,8 +2,11 @@
 
 It runs in a fresh process because XLA_FLAGS (the host device count) and
 KERAS_BACKEND=jax must be set before JAX starts. Every run trains the same
-model (initial weights from one seed) on the same global batches, so the
-final weights of the different distributions can be compared.
+model (initial weights from one seed) with `MaskedLMLoss` on the same global
+batches (`PretrainingData` with a `MaskedLM` objective over the shard the
+test writes with `write_shard` to OUT_DIR/shards; each process of a
+multi-process run reads its rows of every global batch), so the final
+weights of the different distributions can be compared.
 
     python distributed_worker.py single OUT_DIR
         5 steps each, written to OUT_DIR/{name}.npz, for single (1 device, no
@@ -24,65 +27,43 @@ STEPS = 5
 GLOBAL_BATCH = 8
 SEQ_LEN = 32
 VOCAB = 128
-MASK_ID = 3
+SPECIAL = [0, 1, 2, 3, 4]       # [PAD] [UNK] [CLS] [SEP] [MASK]
+CLS, SEP, MASK = 2, 3, 4
+RECORDS = GLOBAL_BATCH * STEPS
 SEED = 1234
 CONFIG = dict(model="bert", vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2,
               num_attention_heads=4, intermediate_size=128, with_mlm="linear", dropout_rate=0.0)
 
 
-def global_batch(step):
-    """((ids, segs), labels) of one global batch, a function of SEED and `step` only."""
+def write_shard(directory):
+    """RECORDS random instances ([CLS] words [SEP], word-start flags) as one ArrayRecord shard."""
     import numpy as np
+    from array_record.python.array_record_module import ArrayRecordWriter
 
-    rng = np.random.default_rng([SEED, step])
-    ids = rng.integers(5, VOCAB, size=(GLOBAL_BATCH, SEQ_LEN), dtype=np.int32)
-    split = rng.integers(4, SEQ_LEN - 4, size=(GLOBAL_BATCH, 1))
-    segs = (np.arange(SEQ_LEN)[None, :] >= split).astype(np.int32)
-    masked = rng.random((GLOBAL_BATCH, SEQ_LEN)) < 0.15
-    masked[:, 0] = True                   # at least one counted token per row
-    labels = np.where(masked, ids, -100).astype(np.int32)
-    ids = np.where(masked, MASK_ID, ids).astype(np.int32)
-    return (ids, segs), labels
+    from kerasformers.pretraining.records import encode_record
 
-
-def batches(process_index=0, process_count=1):
-    """A grain dataset of this process's rows [p*B/n, (p+1)*B/n) of every global batch."""
-    import grain
-
-    rows = GLOBAL_BATCH // process_count
-    part = slice(process_index * rows, (process_index + 1) * rows)
-
-    def local(step):
-        (ids, segs), labels = global_batch(step)
-        return (ids[part], segs[part]), labels[part]
-
-    return grain.MapDataset.range(STEPS).map(local)
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(SEED)
+    writer = ArrayRecordWriter(os.path.join(directory, "shard-00000.array_record"),
+                               "group_size:1")
+    for _ in range(RECORDS):
+        words = rng.integers(len(SPECIAL), VOCAB, size=rng.integers(16, SEQ_LEN - 1))
+        starts = rng.random(words.size) < 0.7
+        writer.write(encode_record([CLS, *words, SEP], [True, *starts, True]))
+    writer.close()
 
 
-def masked_lm_loss():
-    """The pipeline's MaskedLMLoss if it has landed, else the same maths here."""
-    try:
-        from kerasformers.pretraining.losses import MaskedLMLoss
-        return MaskedLMLoss()
-    except ImportError:
-        pass
-    import keras
-    from keras import ops
+def batches(shards, process_index=0, process_count=1):
+    """This process's rows [p*B/n, (p+1)*B/n) of every global MLM batch (a grain dataset)."""
+    from kerasformers.pretraining.objectives import MaskedLM
+    from kerasformers.pretraining.pipeline import PretrainingData
 
-    class MaskedLMLoss(keras.losses.Loss):
-        """Mean sparse cross-entropy from logits over the tokens whose label is not -100."""
-
-        def call(self, y_true, y_pred):
-            y_true = ops.cast(y_true, "int32")
-            counted = ops.cast(ops.not_equal(y_true, -100), "float32")
-            ce = keras.losses.sparse_categorical_crossentropy(
-                ops.maximum(y_true, 0), ops.cast(y_pred, "float32"), from_logits=True)
-            return ops.sum(ce * counted) / ops.maximum(ops.sum(counted), 1.0)
-
-    return MaskedLMLoss()
+    objective = MaskedLM(VOCAB, MASK, SPECIAL, sequence_length=SEQ_LEN)
+    return PretrainingData(shards, objective, batch_size=GLOBAL_BATCH, seed=SEED,
+                           process_index=process_index, process_count=process_count).batches()
 
 
-def train(distribution, process_index=0, process_count=1):
+def train(distribution, shards, process_index=0, process_count=1):
     """Build under `distribution` (None: default device), fit STEPS steps.
 
     The initial weights come from SEED alone (JAX draws the same numbers
@@ -94,6 +75,7 @@ def train(distribution, process_index=0, process_count=1):
     import numpy as np
 
     from kerasformers import build_transformer_model
+    from kerasformers.pretraining.losses import MaskedLMLoss
 
     keras.utils.set_random_seed(SEED)
     scope = distribution.scope() if distribution is not None else contextlib.nullcontext()
@@ -101,11 +83,11 @@ def train(distribution, process_index=0, process_count=1):
         model = build_transformer_model(None, **CONFIG)
         init = [np.asarray(w) for w in model.get_weights()]
         model.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-3),
-                      loss=masked_lm_loss())
+                      loss=MaskedLMLoss())
         losses = []
         record = keras.callbacks.LambdaCallback(
             on_train_batch_end=lambda batch, logs: losses.append(float(logs["loss"])))
-        model.fit(batches(process_index, process_count), epochs=1, steps_per_epoch=STEPS,
+        model.fit(batches(shards, process_index, process_count), epochs=1, steps_per_epoch=STEPS,
                   verbose=0, shuffle=False, callbacks=[record])
     return model, init, losses
 
@@ -140,7 +122,7 @@ def run_single(out):
     devices = keras.distribution.list_devices()
     for name, distribution in [("single", None), ("data_parallel", data_parallel()),
                                ("model_parallel", model_parallel(2))]:
-        model, init, losses = train(distribution)
+        model, init, losses = train(distribution, os.path.join(out, "shards"))
         save(os.path.join(out, f"{name}.npz"), model, init, losses)
     with open(os.path.join(out, "sharding.json"), "w") as f:
         json.dump({"devices": len(devices), "weights": sharding_report(model)}, f)
@@ -150,7 +132,8 @@ def run_multi(out, coordinator, num_processes, process_id):
     from kerasformers.pretraining.distribution import data_parallel, initialize_multiprocess
 
     initialize_multiprocess(coordinator, num_processes, process_id)
-    model, init, losses = train(data_parallel(), process_id, num_processes)
+    model, init, losses = train(data_parallel(), os.path.join(out, "shards"), process_id,
+                                num_processes)
     if process_id == 0:
         save(os.path.join(out, "multi.npz"), model, init, losses)
 
