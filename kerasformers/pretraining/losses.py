@@ -60,8 +60,9 @@ class MaskedLMLoss(keras.losses.Loss):
     0.0
     """
 
-    def __init__(self, name="masked_lm_loss", reduction="sum_over_batch_size", dtype=None):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+    def __init__(self, name="masked_lm_loss"):
+        # no `reduction`: the mean over labelled tokens is this loss's own reduction
+        super().__init__(name=name)
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Keras' Loss.__call__ would cast the labels to float and average per
@@ -76,6 +77,9 @@ class MaskedLMLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         return self(y_true, y_pred)
+
+    def get_config(self):
+        return {"name": self.name}
 
 
 @keras.saving.register_keras_serializable(package="kerasformers")
