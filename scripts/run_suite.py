@@ -15,11 +15,18 @@ ONCE = ["tests/test_tokenizers.py", "tests/test_tokenizers_bert4keras.py",
         "tests/test_tokenizers_bpe.py", "tests/test_tokenizers_properties.py",
         "tests/test_tokenizers_sentencepiece.py", "tests/test_data.py",
         "tests/checkpoints/test_tf_checkpoint.py", "tests/test_no_tensorflow.py",
-        "--doctest-modules", "kerasformers/tokenizers", "kerasformers/data.py"]
+        "tests/pretraining/test_corpus.py", "tests/pretraining/test_shards.py",
+        "tests/pretraining/test_vocab.py", "tests/pretraining/test_distribution.py",
+        "--doctest-modules", "kerasformers/tokenizers", "kerasformers/data.py",
+        "kerasformers/pretraining/corpus.py", "kerasformers/pretraining/shards.py",
+        "kerasformers/pretraining/vocab.py", "kerasformers/pretraining/records.py"]
 PER_BACKEND = ["tests", "--doctest-modules", "kerasformers/models", "kerasformers/layers",
                "kerasformers/generation", "kerasformers/lora.py",
                "kerasformers/backend.py", "kerasformers/config.py", "kerasformers/checkpoints",
-               "kerasformers/optimizers.py", "kerasformers/training.py"]
+               "kerasformers/optimizers.py", "kerasformers/training.py",
+               "kerasformers/pretraining/objectives.py", "kerasformers/pretraining/pipeline.py",
+               "kerasformers/pretraining/losses.py", "kerasformers/pretraining/checkpoint.py",
+               "kerasformers/pretraining/distribution.py"]
 BACKENDS = ["jax", "torch", "tensorflow"]
 
 
