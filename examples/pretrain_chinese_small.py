@@ -52,7 +52,7 @@ DEFAULT_OUTPUT = Path.home() / ".cache" / "kerasformers" / "chinese-roberta-wwm-
 SIZES = {
     # full: ~1 hour on a 2-core CPU with JAX (steps measured on this project's machine)
     "full": dict(layers=4, hidden=256, heads=4, intermediate=1024, seq_len=128, batch_size=32,
-                 steps=1600, eval_every=200, save_every=200, lr=5e-4, limit=None,
+                 steps=1200, eval_every=200, save_every=200, lr=5e-4, limit=None,
                  eval_batches=20),
     "smoke": dict(layers=1, hidden=32, heads=2, intermediate=64, seq_len=64, batch_size=8,
                   steps=6, eval_every=3, save_every=3, lr=1e-3, limit=150, eval_batches=2),
