@@ -95,7 +95,8 @@ class MultiHeadAttention(keras.layers.Layer):
         self.o_dense = dense(self.out_dim, "o_dense",
                              tuple(q_shape[:-1]) + (self.head_size * self.heads,))
         if self.attention_dropout:
-            self.dropout = keras.layers.Dropout(self.attention_dropout)
+            # the layer's policy: a float32 Dropout would cast bfloat16 probabilities back
+            self.dropout = keras.layers.Dropout(self.attention_dropout, dtype=self.dtype_policy)
 
     def _split_heads(self, x, size):
         b, n = ops.shape(x)[0], ops.shape(x)[1]
