@@ -368,23 +368,14 @@ def git_commit():
         return None
 
 
-class Worker:
-    def __init__(self, spec, backend, args, workdir):
-        self.backend = backend
-        self.log_path = os.path.join(workdir, f"{backend}.log")
-        cmd = [sys.executable, spec.script, "--child", "--backend", backend,
-               "--workdir", workdir, "--warmup", str(args.warmup)]
-        if args.quick:
-            cmd.append("--quick")
-        if args.only:
-            cmd += ["--only", *args.only]
-        if getattr(args, "try_fixes", False):
-            cmd.append("--try-fixes")
-        if args.spec_dests:
-            cmd += ["--spec-args", json.dumps({k: getattr(args, k) for k in args.spec_dests})]
-        env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), TF_CPP_MIN_LOG_LEVEL="2")
-        if backend != "transformers":
-            env["KERAS_BACKEND"] = backend
+class ChildProcess:
+    """A benchmark worker process: JSON requests on its stdin, `MARK`-prefixed replies on stdout,
+    stderr to `log_path`; `error` holds the log's tail once it has died."""
+
+    quit_timeout = 60
+
+    def __init__(self, cmd, env, log_path):
+        self.log_path = log_path
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log, text=True, bufsize=1)
@@ -419,10 +410,29 @@ class Worker:
             except (BrokenPipeError, OSError):
                 pass
             try:
-                self.proc.wait(timeout=60)
+                self.proc.wait(timeout=self.quit_timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.log.close()
+
+
+class Worker(ChildProcess):
+    def __init__(self, spec, backend, args, workdir):
+        self.backend = backend
+        cmd = [sys.executable, spec.script, "--child", "--backend", backend,
+               "--workdir", workdir, "--warmup", str(args.warmup)]
+        if args.quick:
+            cmd.append("--quick")
+        if args.only:
+            cmd += ["--only", *args.only]
+        if getattr(args, "try_fixes", False):
+            cmd.append("--try-fixes")
+        if args.spec_dests:
+            cmd += ["--spec-args", json.dumps({k: getattr(args, k) for k in args.spec_dests})]
+        env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), TF_CPP_MIN_LOG_LEVEL="2")
+        if backend != "transformers":
+            env["KERAS_BACKEND"] = backend
+        super().__init__(cmd, env, os.path.join(workdir, f"{backend}.log"))
 
 
 def cpu_steal():

@@ -73,7 +73,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -440,54 +439,18 @@ def versions():
     return out
 
 
-class Worker:
+class Worker(harness.ChildProcess):
+    quit_timeout = 120
+
     def __init__(self, kind, workdir):
         self.kind = kind
-        self.log_path = os.path.join(workdir, f"{kind}.log")
         cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--workdir", workdir]
         env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), TF_CPP_MIN_LOG_LEVEL="2")
         if kind in BACKENDS:
             env["KERAS_BACKEND"] = kind
         elif kind == "pipeline":
             env.setdefault("KERAS_BACKEND", "jax")
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.log, text=True, bufsize=1)
-        self.error = None
-
-    def receive(self):
-        for line in self.proc.stdout:
-            if line.startswith(MARK):
-                return json.loads(line[len(MARK):])
-        self.proc.wait()
-        self.log.flush()
-        with open(self.log_path) as f:
-            tail = "\n".join(f.read().strip().splitlines()[-12:])
-        self.error = f"worker exited ({self.proc.returncode}):\n{tail}"
-        return None
-
-    def request(self, msg):
-        if self.error:
-            return None
-        try:
-            self.proc.stdin.write(json.dumps(msg) + "\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            pass
-        return self.receive()
-
-    def close(self):
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
-                self.proc.stdin.close()
-            except (BrokenPipeError, OSError):
-                pass
-            try:
-                self.proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
+        super().__init__(cmd, env, os.path.join(workdir, f"{kind}.log"))
 
 
 def run_parent(args):
