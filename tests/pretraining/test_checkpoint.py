@@ -32,6 +32,11 @@ def _state(model):
             for v in [*model.variables, *model.optimizer.variables]]
 
 
+def _assert_state(model, expected):
+    for a, b in zip(expected, _state(model)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_save_restore_round_trip_and_keep(tmp_path):
     model = _model()
     x, y = _batches()
@@ -44,8 +49,7 @@ def test_save_restore_round_trip_and_keep(tmp_path):
     fresh = _model(seed=1)
     fresh.optimizer.build(fresh.trainable_variables)
     assert restore_checkpoint(fresh, tmp_path) == 6
-    for a, b in zip(saved, _state(fresh)):
-        np.testing.assert_array_equal(a, b)
+    _assert_state(fresh, saved)
     # seed-generator (dropout) states and the optimizer's step counter are part of it
     paths = [v.path for v in fresh.variables]
     assert any("seed_generator" in p for p in paths)
@@ -63,8 +67,7 @@ def test_checkpoint_of_another_model_is_refused_and_changes_nothing(tmp_path):
     before = _state(other)
     with pytest.raises(ValueError, match="another model.*shape"):
         restore_checkpoint(other, tmp_path)
-    for a, b in zip(before, _state(other)):
-        np.testing.assert_array_equal(a, b)
+    _assert_state(other, before)
 
 
 def test_other_optimizer_and_uncompiled_model_are_refused(tmp_path):
@@ -93,8 +96,7 @@ def test_damaged_checkpoint_is_refused_and_changes_nothing(tmp_path):
     before = _state(target)
     with pytest.raises(ValueError, match="damaged"):
         restore_checkpoint(target, tmp_path)
-    for a, b in zip(before, _state(target)):
-        np.testing.assert_array_equal(a, b)
+    _assert_state(target, before)
 
 
 def test_incomplete_checkpoint_directory_is_ignored(tmp_path):
