@@ -23,6 +23,10 @@ checks every cached step against the uncached model on torch and
 `test_eager_step.py` the int8, bfloat16 and packed kernels, so these kernels
 are under the same tests as the Keras layers they stand in for.
 
+Both kernels depend on the CPU: the bfloat16 packed linear needs AVX-512 (or
+AVX-NE-CONVERT), the int8 one exact VNNI products; without them `addmm` and
+`torch._int_mm` run instead (same results).
+
 Measured on GPT2-small, one-token steps (2 cores, AMD EPYC with AVX-512 BF16):
 Keras' dispatch alone cost ~50 ms per step; with a Plan the rest is ~5 ms.
 The products take 24 ms with `addmm` in float32 and 16.7 ms prepacked (+ the
@@ -50,13 +54,18 @@ def available():
     return torch is not None and keras.backend.backend() == "torch"
 
 
-#: oneDNN's int8 linear (torch builds with oneDNN; without it, torch._int_mm only)
-_QLINEAR = torch is not None and hasattr(torch.ops.onednn, "qlinear_pointwise")
+#: oneDNN's int8 linear (torch builds with oneDNN; without it, torch._int_mm only).
+#: Exact only on CPUs with VNNI: without it oneDNN sums pairs of u8 x s8 products in
+#: saturating int16 (measured: 0.26 off on an AVX2-only EPYC), so there _int_mm stays.
+_QLINEAR = (torch is not None and hasattr(torch.ops.onednn, "qlinear_pointwise")
+            and getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
 _ZERO_POINT = None if torch is None else torch.tensor(128)
 _qlinear = torch.ops.onednn.qlinear_pointwise.tensor if _QLINEAR else None
 #: oneDNN's prepacked float linear (torch builds with oneDNN on CPU)
 _PACKED = (torch is not None and torch.backends.mkldnn.is_available()
            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+#: ... in bfloat16 too: needs AVX512-BW/VL/DQ or AVX-NE-CONVERT (else addmm)
+_PACKED_BF16 = _PACKED and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 #: attributes under which layers keep their prepared kernels (see `release`)
 _KEPT = ("_kf_packed", "_kf_int8", "_kf_qkv")
 
@@ -157,8 +166,9 @@ class PackedLinear:
 
     @staticmethod
     def takes(kernel):
-        return _PACKED and kernel.device.type == "cpu" and kernel.dtype in (
-            torch.float32, torch.bfloat16)
+        return _PACKED and kernel.device.type == "cpu" and (
+            kernel.dtype == torch.float32
+            or (kernel.dtype == torch.bfloat16 and _PACKED_BF16))
 
     @classmethod
     def of(cls, owner, kernel, bias=None, transposed=False):
