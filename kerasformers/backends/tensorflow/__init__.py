@@ -1,0 +1,1 @@
+"""The TensorFlow backend's room (imports tensorflow)."""

@@ -1,0 +1,1 @@
+"""The torch backend's room: kernels and the eager fast path (imports torch)."""
