@@ -23,6 +23,7 @@ True
 
 import keras
 from keras import ops
+from kerasformers.saving import register
 
 _NEG = -1e30  # "minus infinity" that never turns into inf - inf = nan
 
@@ -67,7 +68,7 @@ def _logsumexp_with_zero(x):
     return ops.logsumexp(ops.concatenate([x, zeros], axis=-1), axis=-1)
 
 
-@keras.saving.register_keras_serializable(package="kerasformers")
+@register
 def multilabel_categorical_crossentropy(y_true, y_pred):
     """Softmax cross-entropy generalised to several positive classes (Su, 2020).
 
@@ -90,7 +91,7 @@ def multilabel_categorical_crossentropy(y_true, y_pred):
     return _logsumexp_with_zero(y_neg) + _logsumexp_with_zero(y_pos)
 
 
-@keras.saving.register_keras_serializable(package="kerasformers")
+@register
 def sparse_multilabel_categorical_crossentropy(y_true, y_pred, mask_zero=False):
     """`multilabel_categorical_crossentropy` with positives given as class indices.
 
@@ -130,7 +131,7 @@ def sparse_multilabel_categorical_crossentropy(y_true, y_pred, mask_zero=False):
     return ops.reshape(neg_loss + pos_loss, batch_shape)
 
 
-@keras.saving.register_keras_serializable(package="kerasformers")
+@register
 def global_pointer_crossentropy(y_true, y_pred):
     """Span loss for GlobalPointer scores: multi-label CE over the n*n spans of each head.
 
@@ -145,7 +146,7 @@ def global_pointer_crossentropy(y_true, y_pred):
     return ops.mean(loss, axis=1)
 
 
-@keras.saving.register_keras_serializable(package="kerasformers")
+@register
 def sparse_global_pointer_crossentropy(y_true, y_pred, mask_zero=True):
     """GPLinker's sparse span loss: y_true [batch, heads, k, 2] holds (start, end) pairs.
 
@@ -160,7 +161,7 @@ def sparse_global_pointer_crossentropy(y_true, y_pred, mask_zero=True):
     return ops.mean(loss, axis=1)
 
 
-@keras.saving.register_keras_serializable(package="kerasformers")
+@register
 def global_pointer_f1(y_true, y_pred):
     """Batch F1 of the spans predicted with score > 0: 2|T∩P| / (|T| + |P|) (0 if both empty)."""
     y_true = ops.cast(y_true, "float32")
@@ -168,7 +169,7 @@ def global_pointer_f1(y_true, y_pred):
     return ops.divide_no_nan(2.0 * ops.sum(y_true * y_pred), ops.sum(y_true + y_pred))
 
 
-@keras.saving.register_keras_serializable(package="kerasformers")
+@register
 def am_softmax_loss(y_true, y_pred, margin=0.35, scale=30.0):
     """Additive-margin softmax loss (AM-Softmax, Wang et al. 2018) on cosine logits.
 
@@ -196,7 +197,7 @@ def am_softmax_loss(y_true, y_pred, margin=0.35, scale=30.0):
     return ops.logsumexp(logits, axis=-1) * ops.sum(y_true, axis=-1) - target
 
 
-@keras.saving.register_keras_serializable(package="kerasformers")
+@register
 def sequence_masked_crossentropy(y_true, y_pred, mask=None, from_logits=False):
     """Token cross-entropy for seq2seq / LM heads: y_true ids [b, n], y_pred [b, n, vocab].
 
@@ -223,7 +224,7 @@ def sequence_masked_crossentropy(y_true, y_pred, mask=None, from_logits=False):
     return _token_reduce(-logp, mask)
 
 
-@keras.saving.register_keras_serializable(package="kerasformers")
+@register
 def sequence_masked_accuracy(y_true, y_pred, mask=None):
     """Token accuracy of argmax(y_pred) vs ids y_true (masks as `sequence_masked_crossentropy`)."""
     labels = _sparse_labels(y_true, y_pred)

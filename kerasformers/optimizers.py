@@ -34,8 +34,7 @@ import re
 
 import keras
 from keras import ops
-
-_serializable = keras.saving.register_keras_serializable(package="kerasformers")
+from kerasformers.saving import register
 
 
 def _matches(patterns, path):
@@ -92,7 +91,7 @@ def piecewise_linear(step, schedule, from_zero=True):
     return ops.where(t >= points[-1][0], points[-1][1], value)
 
 
-@_serializable
+@register
 class PiecewiseLinearSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """`learning_rate * piecewise_linear(step, schedule)`: bert4keras' `lr_schedule`.
 
@@ -192,7 +191,7 @@ class _Wrapper(keras.optimizers.Optimizer):
         return cls(**config)
 
 
-@_serializable
+@register
 class ParameterWiseLR(_Wrapper):
     """Per-variable learning-rate multipliers (bert4keras' `extend_with_parameter_wise_lr`).
 
@@ -348,7 +347,7 @@ def layerwise_lr_decay(model, decay, layer_pattern=r"Transformer-(\d+)-",
     return multipliers
 
 
-@_serializable
+@register
 class Lookahead(_Wrapper):
     """Lookahead (Zhang et al. 2019) around any Keras optimizer.
 

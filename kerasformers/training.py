@@ -61,6 +61,7 @@ import contextlib
 import keras
 import numpy as np
 from keras import ops
+from kerasformers.saving import register
 
 _METHODS = ("fgm", "gradient_penalty")
 
@@ -134,7 +135,7 @@ def _find_layer(model, name):
     return None
 
 
-@keras.saving.register_keras_serializable(package="kerasformers")
+@register
 class AdversarialModel(keras.Model):
     """A functional model trained with FGM or a gradient penalty on an embedding.
 

@@ -19,7 +19,8 @@ ONCE = ["tests/test_tokenizers.py", "tests/test_tokenizers_bert4keras.py",
         "tests/pretraining/test_vocab.py", "tests/pretraining/test_distribution.py",
         "--doctest-modules", "kerasformers/tokenizers", "kerasformers/data.py",
         "kerasformers/pretraining/corpus.py", "kerasformers/pretraining/shards.py",
-        "kerasformers/pretraining/vocab.py", "kerasformers/pretraining/records.py"]
+        "kerasformers/pretraining/vocab.py", "kerasformers/pretraining/records.py",
+        "kerasformers/saving.py"]
 PER_BACKEND = ["tests", "--doctest-modules", "kerasformers/models", "kerasformers/layers",
                "kerasformers/generation", "kerasformers/lora.py",
                "kerasformers/backend.py", "kerasformers/config.py", "kerasformers/checkpoints",

@@ -16,6 +16,7 @@ from keras import ops
 
 from kerasformers.backend import apply_rotary_position_embeddings, attention_normalize
 from kerasformers.layers.core import remat_call, remat_scope, with_sublayer_policies
+from kerasformers.saving import register
 
 
 @functools.lru_cache(maxsize=None)
@@ -30,7 +31,7 @@ def _fused_kernel_compiles(dtype):
     return jax.default_backend() != "cpu"
 
 
-@keras.saving.register_keras_serializable(package="kerasformers")
+@register
 class MultiHeadAttention(keras.layers.Layer):
     """bert4keras' MultiHeadAttention: q/k/v/o Dense sublayers (`q_dense`, ...).
 

@@ -11,9 +11,10 @@ import contextlib
 
 import keras
 from keras import ops
+from kerasformers.saving import register
 
 
-@keras.saving.register_keras_serializable(package="kerasformers")
+@register
 class AttentionMask(keras.layers.Layer):
     """Boolean attention mask [batch, 1, q, k] (True = may attend) from token ids.
 
@@ -62,7 +63,7 @@ class AttentionMask(keras.layers.Layer):
         return config
 
 
-@keras.saving.register_keras_serializable(package="kerasformers")
+@register
 class TokenSelect(keras.layers.Layer):
     """x[:, index] — e.g. the [CLS] vector that feeds the pooler."""
 
@@ -85,7 +86,7 @@ class TokenSelect(keras.layers.Layer):
         return config
 
 
-@keras.saving.register_keras_serializable(package="kerasformers")
+@register
 class MaskedAdd(keras.layers.Add):
     """`keras.layers.Add` that keeps the padding mask of its first masked input.
 

@@ -50,12 +50,10 @@ import numpy as np
 from keras import ops
 
 from kerasformers.losses import _sparse_labels, _token_reduce, get_keras_mask
+from kerasformers.saving import register
 
 _NEG = -1e30
 
-
-def _register(cls):
-    return keras.saving.register_keras_serializable(package="kerasformers")(cls)
 
 
 def _scaled_glorot(multiplier):
@@ -296,7 +294,7 @@ class _TaggingHead(keras.layers.Layer):
         return config
 
 
-@_register
+@register
 class ConditionalRandomField(_TaggingHead):
     """Linear-chain CRF over the emission scores [batch, seq, num_labels] it is called on.
 
@@ -343,7 +341,7 @@ class ConditionalRandomField(_TaggingHead):
         return viterbi_decode(emissions, self.trans, mask, starts, ends)
 
 
-@_register
+@register
 class MaximumEntropyMarkovModel(_TaggingHead):
     """Bidirectional maximum-entropy Markov model: a cheaper CRF alternative.
 

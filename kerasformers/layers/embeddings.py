@@ -15,13 +15,10 @@ import numpy as np
 from keras import ops
 
 from kerasformers.backend import embedding_lookup, sinusoidal_embeddings, sinusoidal_table
+from kerasformers.saving import register
 
 
-def _register(cls):
-    return keras.saving.register_keras_serializable(package="kerasformers")(cls)
-
-
-@_register
+@register
 class Embedding(keras.layers.Embedding):
     """Keras Embedding with a tied "dense" mode and a configurable padding id.
 
@@ -132,7 +129,7 @@ def _query_key_positions(inputs, offset, key_length):
     return _positions(ops.shape(q)[1], offset), ops.arange(key_length, dtype="int32")
 
 
-@_register
+@register
 class PositionEmbedding(keras.layers.Layer):
     """Learned absolute position embedding added (or merged) to its input.
 
@@ -214,7 +211,7 @@ def _merge(inputs, pos, merge_mode):
     raise ValueError(f"Unknown merge_mode {merge_mode!r}")
 
 
-@_register
+@register
 class SinusoidalPositionEmbedding(keras.layers.Layer):
     """Fixed interleaved sin/cos position embedding; merge_mode 'zero' feeds RoPE.
 
@@ -262,7 +259,7 @@ class SinusoidalPositionEmbedding(keras.layers.Layer):
         return config
 
 
-@_register
+@register
 class RelativePositionEmbedding(keras.layers.Layer):
     """Classical (Shaw et al.) relative position embedding, as NEZHA uses.
 
@@ -335,7 +332,7 @@ def t5_bucket_table(num_buckets, max_distance):
     return np.where(n < max_exact, n, large).astype("int32")
 
 
-@_register
+@register
 class RelativePositionEmbeddingT5(RelativePositionEmbedding):
     """T5's bucketed relative position bias (Raffel et al. 2020).
 

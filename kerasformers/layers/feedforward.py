@@ -11,9 +11,10 @@ import keras
 
 from kerasformers.backend import get_activation, serialize_activation
 from kerasformers.layers.core import remat_call, remat_scope, with_sublayer_policies
+from kerasformers.saving import register
 
 
-@keras.saving.register_keras_serializable(package="kerasformers")
+@register
 class FeedForward(keras.layers.Layer):
     """Dense(units, activation) -> Dense(input_dim).
 

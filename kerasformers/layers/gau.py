@@ -25,9 +25,10 @@ from kerasformers.backend import (
 )
 from kerasformers.layers.core import with_sublayer_policies
 from kerasformers.layers.normalization import ScaleOffset
+from kerasformers.saving import register
 
 
-@keras.saving.register_keras_serializable(package="kerasformers")
+@register
 class GatedAttentionUnit(keras.layers.Layer):
     """bert4keras' GatedAttentionUnit: one attention head gating `units` channels.
 

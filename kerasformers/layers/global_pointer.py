@@ -22,17 +22,14 @@ from keras import ops
 
 from kerasformers.backend import apply_rotary_position_embeddings, sinusoidal_embeddings
 from kerasformers.layers.core import with_sublayer_policies
-
-
-def _register(cls):
-    return keras.saving.register_keras_serializable(package="kerasformers")(cls)
+from kerasformers.saving import register
 
 
 def _mask_value(dtype):
     return -6e4 if keras.backend.standardize_dtype(dtype) == "float16" else -1e12
 
 
-@_register
+@register
 class GlobalPointer(keras.layers.Layer):
     """Span logits [batch, heads, n, n] from token vectors [batch, n, hidden].
 
@@ -111,7 +108,7 @@ class GlobalPointer(keras.layers.Layer):
         return with_sublayer_policies(self, config)
 
 
-@_register
+@register
 class EfficientGlobalPointer(GlobalPointer):
     """Parameter-efficient GlobalPointer (Su, 2022; used by GPLinker).
 

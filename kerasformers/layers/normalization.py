@@ -16,9 +16,10 @@ from keras import ops
 
 from kerasformers.backend import get_activation, serialize_activation
 from kerasformers.layers.core import with_sublayer_policies
+from kerasformers.saving import register
 
 
-@keras.saving.register_keras_serializable(package="kerasformers")
+@register
 class ScaleOffset(keras.layers.Layer):
     """Per-channel affine `x * gamma + beta` (weights named `gamma`, `beta`).
 
@@ -115,7 +116,7 @@ class ScaleOffset(keras.layers.Layer):
         return with_sublayer_policies(self, config)
 
 
-@keras.saving.register_keras_serializable(package="kerasformers")
+@register
 class LayerNormalization(ScaleOffset):
     """(Conditional) Layer Normalization, computed in float32.
 

@@ -18,12 +18,13 @@ mean and sqrt-length mean, decoder last-token).
 
 import keras
 from keras import ops
+from kerasformers.saving import register
 
 MODES = ("mean", "max", "sum", "sqrt_mean", "first", "last")
 ALIASES = {"average": "mean", "avg": "mean", "cls": "first"}
 
 
-@keras.saving.register_keras_serializable(package="kerasformers")
+@register
 class GlobalPooling(keras.layers.Layer):
     """Pool [batch, n, ...] over the tokens (axis 1) to [batch, ...], skipping padding.
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from kerasformers.layers import Embedding, LayerNormalization, SinusoidalPositionEmbedding
 from kerasformers.models.nezha import NEZHA
+from kerasformers.saving import register
 
 
 class RoFormer(NEZHA):
@@ -129,7 +130,7 @@ def hf_sinusoidal_table(n_pos, dim):
     return table
 
 
-@keras.saving.register_keras_serializable(package="kerasformers")
+@register
 class RoFormerV2Initializer(keras.initializers.Initializer):
     """Truncated normal, std 1.13684723 / sqrt(fan) * num_layers^(-1/order)."""
 

@@ -23,6 +23,7 @@ losses on ``Lambda`` layers: pass them to ``model.compile``.
 
 import keras
 from keras import ops
+from kerasformers.saving import register
 
 IGNORE = -100
 
@@ -46,7 +47,7 @@ def _token_weights(valid, sample_weight):
     return weights
 
 
-@keras.saving.register_keras_serializable(package="kerasformers")
+@register
 class MaskedLMLoss(keras.losses.Loss):
     """Cross-entropy from logits, mean over the tokens whose label is not -100.
 
@@ -82,7 +83,7 @@ class MaskedLMLoss(keras.losses.Loss):
         return {"name": self.name}
 
 
-@keras.saving.register_keras_serializable(package="kerasformers")
+@register
 class MaskedAccuracy(keras.metrics.Metric):
     """Share of labelled tokens (label != -100) whose argmax logit is the label.
 
