@@ -309,3 +309,35 @@ def optimizer(args, steps):
     warmup = steps // 10
     return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=steps - warmup, warmup_target=args.lr, warmup_steps=warmup))
+
+
+def fit_and_report(model, train, test_data, recognize, epochs, start):
+    """Fit `model` on `train`; after every epoch score `recognize(texts)` (-> entities
+    per text) on `test_data` [(text, entities)]; then print one test text with its
+    entities and the last epoch's precision, recall, F1 and the time since `start`."""
+    import time
+
+    import keras
+
+    texts, gold = zip(*test_data)
+    state = {}
+
+    class Evaluator(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            state["predicted"] = recognize(list(texts))
+            state["scores"] = entity_scores(gold, state["predicted"])
+            print(f"epoch {epoch + 1}: loss {logs['loss']:.4f}, "
+                  f"test {format_scores(state['scores'])}")
+
+    model.fit(train, epochs=epochs, callbacks=[Evaluator()], verbose=2)
+    for text, truth, found in zip(texts, gold, state["predicted"]):
+        if truth:  # show one test text with entities
+            print(f"example: {text}\n  gold: {[(text[s:e], t) for s, e, t in truth]}\n"
+                  f"  predicted: {[(text[s:e], t) for s, e, t in found]}")
+            break
+    scores = state["scores"]
+    print(f"test precision: {scores['precision']:.4f}")
+    print(f"test recall: {scores['recall']:.4f}")
+    print(f"test f1: {scores['f1']:.4f}")
+    print(f"time: {time.perf_counter() - start:.1f}s")
+    return scores

