@@ -25,18 +25,15 @@ import os
 
 import numpy as np
 
+from kerasformers.checkpoints.bfloat16 import bfloat16_from_bits
 from kerasformers.checkpoints.errors import CheckpointError
 
-# safetensors dtype codes -> numpy ('BF16' is widened to float32 on read).
+# safetensors dtype codes -> numpy ('BF16' bits become bfloat16 on read, see bfloat16.py).
 _ST_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
     "U8": np.uint8, "BOOL": np.bool_,
 }
-
-
-def _bf16_to_f32(bits):
-    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 class Source:
@@ -139,7 +136,7 @@ class SafetensorsSource(Source):
         count = int(np.prod(shape))
         arr = np.frombuffer(mm, dtype=dtype, count=count, offset=offset) if count else np.zeros(0, dtype)
         arr = arr.reshape(shape)
-        return _bf16_to_f32(arr) if code == "BF16" else arr
+        return bfloat16_from_bits(arr) if code == "BF16" else arr
 
 
 class TorchBinSource(Source):
@@ -167,9 +164,10 @@ class TorchBinSource(Source):
             for k, v in state.items():
                 if hasattr(v, "detach"):
                     v = v.detach()
-                    if v.dtype == torch.bfloat16:
-                        v = v.float()
-                    self._tensors[k] = v.numpy()
+                    if v.dtype == torch.bfloat16:  # NumPy has no bfloat16: go through the bits
+                        self._tensors[k] = bfloat16_from_bits(v.view(torch.int16).numpy().view(np.uint16))
+                    else:
+                        self._tensors[k] = v.numpy()
         self._shapes = {k: v.shape for k, v in self._tensors.items()}
 
     def _read(self, key):

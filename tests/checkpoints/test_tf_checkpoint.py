@@ -15,7 +15,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from kerasformers.checkpoints import bfloat16 as bfloat16_module
 from kerasformers.checkpoints import tf_checkpoint as tfc
+from kerasformers.checkpoints.tf_checkpoint import bundle, crc, sstable, wire
 from kerasformers.checkpoints.tf_checkpoint import (
     CheckpointError,
     TFCheckpointReader,
@@ -124,14 +126,14 @@ CRC_VECTORS = [  # RFC 3720 appendix B.4 plus the classic check value
 def test_crc32c_known_vectors(data, expected):
     assert _crc_bitwise(data) == expected
     assert crc32c(data) == expected
-    assert tfc._crc32c_numpy(data) == expected
-    assert tfc._crc32c_numpy(np.frombuffer(data, np.uint8)) == expected
+    assert crc._crc32c_numpy(data) == expected
+    assert crc._crc32c_numpy(np.frombuffer(data, np.uint8)) == expected
 
 
 @pytest.mark.parametrize("n", [1, 3, 17, 255, 1001, 4097])
 def test_crc32c_short_inputs_match_bitwise_reference(n):
     data = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8).tobytes()
-    assert tfc._crc32c_numpy(data) == _crc_bitwise(data)
+    assert crc._crc32c_numpy(data) == _crc_bitwise(data)
 
 
 @pytest.mark.parametrize("n", [16383, 16384, 16385, 65537, 262147, 1048583])
@@ -139,16 +141,16 @@ def test_crc32c_vectorised_path_matches_bytewise_reference(n):
     # Sizes straddle the vectorised threshold and leave odd tails, so lanes,
     # lane merging and the tail loop are all exercised.
     data = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8)
-    expected = tfc._crc_update_py(0xFFFFFFFF, data) ^ 0xFFFFFFFF
-    assert tfc._crc32c_numpy(data) == expected
+    expected = crc._crc_update_py(0xFFFFFFFF, data) ^ 0xFFFFFFFF
+    assert crc._crc32c_numpy(data) == expected
     assert crc32c(data.tobytes()) == expected
 
 
 def test_crc32c_extend_and_input_types():
     data = np.random.default_rng(0).integers(0, 256, 300_001, dtype=np.uint8)
-    whole = tfc._crc32c_numpy(data)
+    whole = crc._crc32c_numpy(data)
     for cut in (0, 1, 7, 16384, 150_000, 299_999, 300_001):
-        assert tfc._crc32c_numpy(data[cut:], tfc._crc32c_numpy(data[:cut])) == whole
+        assert crc._crc32c_numpy(data[cut:], crc._crc32c_numpy(data[:cut])) == whole
     assert crc32c(memoryview(data.tobytes())) == whole
     assert crc32c(bytearray(data.tobytes())) == whole
     floats = np.random.default_rng(1).standard_normal((64, 33)).astype(np.float32)
@@ -181,7 +183,7 @@ def test_crc32c_matches_tensorflow(tmp_path):
         assert raw[pos : pos + length] == p
         (stored,) = struct.unpack_from("<I", raw, pos + length)
         pos += length + 4
-        assert stored == mask_crc32c(tfc._crc32c_numpy(p)) == mask_crc32c(crc32c(p))
+        assert stored == mask_crc32c(crc._crc32c_numpy(p)) == mask_crc32c(crc32c(p))
 
 
 # --------------------------------------------------------------------------
@@ -192,13 +194,16 @@ def test_crc32c_matches_tensorflow(tmp_path):
 def test_module_has_no_tensorflow_or_protobuf_imports():
     import ast
 
-    tree = ast.parse(open(tfc.__file__, encoding="utf-8").read())
+    package = os.path.dirname(tfc.__file__)
+    files = [os.path.join(package, f) for f in os.listdir(package) if f.endswith(".py")]
     imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
+    for file in files + [bfloat16_module.__file__]:
+        tree = ast.parse(open(file, encoding="utf-8").read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[0])
     assert not imported & {"tensorflow", "google", "tf_keras", "tensorboard"}, imported
 
 
@@ -269,7 +274,7 @@ def test_writer_accepts_non_contiguous_and_big_endian_inputs(tmp_path):
 def test_multi_block_index_round_trip(tmp_path):
     tensors = {f"layer_{i:04d}/kernel": np.full((2,), i, np.int32) for i in range(700)}
     save_tf_checkpoint(tmp_path / "m", tensors, index_block_size=2048)
-    records, num_blocks = tfc._parse_sstable(open(tmp_path / "m.index", "rb").read())
+    records, num_blocks = sstable._parse_sstable(open(tmp_path / "m.index", "rb").read())
     assert num_blocks > 10
     assert len(records) == 701  # header + tensors
     reader = TFCheckpointReader(tmp_path / "m")
@@ -286,7 +291,7 @@ def test_empty_checkpoint(tmp_path):
 def test_bfloat16_without_ml_dtypes_widens_to_float32(tmp_path, monkeypatch):
     values = np.array([1.5, -2.25, 3.0e38, 1e-39], dtype=ml_dtypes.bfloat16)
     save_tf_checkpoint(tmp_path / "b", {"w": values})
-    monkeypatch.setattr(tfc, "_ml_dtypes", None)
+    monkeypatch.setattr(bfloat16_module, "_ml_dtypes", None)
     reader = TFCheckpointReader(tmp_path / "b")
     assert reader.dtype("w") == np.float32
     _assert_same(reader.get_tensor("w"), values.astype(np.float32), "w")
@@ -438,9 +443,9 @@ def test_flipped_index_byte_fails_block_crc(saved):
 
 def test_compressed_index_block_is_rejected(tmp_path):
     # Re-stamp the data block as Snappy (with a valid CRC) to reach the compression check.
-    records = [(b"", tfc._encode_header()), (b"x", b"")]
-    raw = bytearray(tfc._build_sstable(records))
-    block_size = len(tfc._build_block(records, 16))  # the only data block starts at offset 0
+    records = [(b"", bundle._encode_header()), (b"x", b"")]
+    raw = bytearray(sstable._build_sstable(records))
+    block_size = len(sstable._build_block(records, 16))  # the only data block starts at offset 0
     raw[block_size] = 1
     raw[block_size + 1 : block_size + 5] = struct.pack(
         "<I", mask_crc32c(crc32c(bytes(raw[: block_size + 1])))
@@ -451,9 +456,9 @@ def test_compressed_index_block_is_rejected(tmp_path):
 
 
 def _write_raw_index(prefix, entries, data=b""):
-    records = [(b"", tfc._encode_header())] + sorted(entries)
+    records = [(b"", bundle._encode_header())] + sorted(entries)
     with open(prefix + ".index", "wb") as fh:
-        fh.write(tfc._build_sstable(records))
+        fh.write(sstable._build_sstable(records))
     with open(prefix + ".data-00000-of-00001", "wb") as fh:
         fh.write(data)
 
@@ -463,10 +468,10 @@ def test_unsupported_dtype_and_partitioned_variables(tmp_path):
     _write_raw_index(
         prefix,
         [
-            (b"handle", tfc._encode_entry(20, (), 0, 0, mask_crc32c(0))),  # DT_RESOURCE
+            (b"handle", bundle._encode_entry(20, (), 0, 0, mask_crc32c(0))),  # DT_RESOURCE
             (
                 b"sliced",
-                tfc._encode_entry(1, (4,), 0, 0, mask_crc32c(0)) + tfc._field_bytes(7, b""),
+                bundle._encode_entry(1, (4,), 0, 0, mask_crc32c(0)) + wire._field_bytes(7, b""),
             ),
             (b"\x00slice-key", b""),  # slice entries are hidden
         ],
@@ -482,7 +487,7 @@ def test_unsupported_dtype_and_partitioned_variables(tmp_path):
 def test_size_mismatch_in_entry(tmp_path):
     prefix = str(tmp_path / "bad")
     _write_raw_index(
-        prefix, [(b"w", tfc._encode_entry(1, (3,), 0, 8, mask_crc32c(crc32c(bytes(8)))))], bytes(8)
+        prefix, [(b"w", bundle._encode_entry(1, (3,), 0, 8, mask_crc32c(crc32c(bytes(8)))))], bytes(8)
     )
     with pytest.raises(
         CheckpointError, match=r"'w' has 8 bytes but shape \(3,\) of float32 needs 12"
@@ -540,7 +545,7 @@ def test_reads_tensorflow_checkpoint_with_multiple_index_blocks(tmp_path):
         shape_and_slices=[""] * len(names),
         tensors=[np.int32(i) for i in range(len(names))],
     )
-    _, num_blocks = tfc._parse_sstable(open(prefix + ".index", "rb").read())
+    _, num_blocks = sstable._parse_sstable(open(prefix + ".index", "rb").read())
     assert num_blocks > 1
     reader = TFCheckpointReader(prefix)
     assert reader.keys() == names
@@ -623,7 +628,7 @@ def test_tensorflow_reads_our_multi_block_checkpoint(tmp_path):
     }
     prefix = str(tmp_path / "blocks")
     save_tf_checkpoint(prefix, tensors, index_block_size=1024)
-    _, num_blocks = tfc._parse_sstable(open(prefix + ".index", "rb").read())
+    _, num_blocks = sstable._parse_sstable(open(prefix + ".index", "rb").read())
     assert num_blocks > 10
     tf_reader = tf.train.load_checkpoint(prefix)
     assert sorted(tf_reader.get_variable_to_shape_map()) == sorted(tensors)
