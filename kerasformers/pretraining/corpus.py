@@ -199,7 +199,7 @@ def split_sentences(text, seps=SENTENCE_SEPARATORS, maxlen=None):
     ['今天天气很好。', '我们去公园吧！好的']
     """
     if maxlen is not None:
-        from kerasformers.data import text_segmentate  # kerasformers.data imports Keras
+        from kerasformers.data import text_segmentate  # here: this module needs no NumPy
 
         return [s for s in text_segmentate(text, maxlen, seps) if s]
     if not seps:

@@ -229,7 +229,8 @@ def _parallel_map(function, tasks, workers, start_method):
 
     `function` reaches each process once, when it starts (inherited under fork, pickled
     otherwise).  A task's exception is raised here with the worker's traceback attached.
-    (Not `kerasformers.data.parallel_apply`: importing that module imports Keras.)
+    (Not `kerasformers.data.parallel_apply`: its multiprocessing queues run a feeder thread
+    here, and it keeps `max_queue_size` tasks in flight.)
     """
     import multiprocessing
     from multiprocessing.connection import wait
