@@ -164,6 +164,10 @@ class _Wrapper(keras.optimizers.Optimizer):
     @learning_rate.setter
     def learning_rate(self, learning_rate):
         self.inner_optimizer.learning_rate = learning_rate
+        self._learning_rate_changed(learning_rate)
+
+    def _learning_rate_changed(self, learning_rate):
+        """Hook for wrappers that derive rates from the inner optimizer's."""
 
     def scale_loss(self, loss):
         return self.inner_optimizer.scale_loss(loss)
@@ -271,13 +275,7 @@ class ParameterWiseLR(_Wrapper):
     def variables(self):
         return self._variables + [v for opt in self._group_optimizers for v in opt.variables]
 
-    @property
-    def learning_rate(self):
-        return self.inner_optimizer.learning_rate
-
-    @learning_rate.setter
-    def learning_rate(self, learning_rate):
-        self.inner_optimizer.learning_rate = learning_rate
+    def _learning_rate_changed(self, learning_rate):
         scheduled = isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule)
         for index, optimizer in enumerate(self._group_optimizers):
             factor = self.multiplier(self._group_variables(index)[0])
