@@ -1,19 +1,23 @@
-"""bfloat16 tensors from checkpoint bytes: one rule for every format we read.
+"""bfloat16 tensors from checkpoint bytes: one widening rule for every format.
 
-A bfloat16 is the upper 16 bits of a float32, so a checkpoint's bfloat16
-tensor is a uint16 array of bit patterns.  We return it as an
-``ml_dtypes.bfloat16`` array (a view: no copy, bit-exact, and the dtype says
-what was stored); the loader casts it once to the variable's dtype.  Only when
-ml_dtypes is missing (it ships with Keras 3, JAX and TF) do we widen to
-float32, which is exact: the bits become the float32's top half.
+A bfloat16 is the upper 16 bits of a float32, so widening is exact: the
+stored bits become the float32's top half (:func:`widen_bfloat16`).
+
+* :class:`~kerasformers.checkpoints.tf_checkpoint.TFCheckpointReader`, a
+  format library, returns what is stored: an ``ml_dtypes.bfloat16`` array
+  (as ``tf.train.load_checkpoint`` does; bit-exact, and it round-trips through
+  ``save_tf_checkpoint``), or the widened float32 if ml_dtypes is missing.
+* Every checkpoint ``Source`` (TF, safetensors, pytorch_model.bin) returns it
+  widened to float32, so the loader's NumPy work on it (keep_tokens,
+  compound_tokens averages) runs in float32 whatever the format.
 
 >>> import numpy as np
 >>> bits = np.array([0x3FC0, 0xC010, 0x7F7F], np.uint16)  # 1.5, -2.25, bf16 max
+>>> widen_bfloat16(bits).tolist()
+[1.5, -2.25, 3.3895313892515355e+38]
 >>> x = bfloat16_from_bits(bits)
->>> str(x.dtype), x.astype(np.float32).tolist()
-('bfloat16', [1.5, -2.25, 3.3895313892515355e+38])
->>> widen_bfloat16_bits(bits).tolist() == x.astype(np.float32).tolist()
-True
+>>> str(x.dtype), widen_bfloat16(x).tolist() == widen_bfloat16(bits).tolist()
+('bfloat16', True)
 """
 
 import numpy as np
@@ -25,7 +29,7 @@ except ImportError:  # pragma: no cover - ml_dtypes is a Keras 3 dependency
 
 
 def numpy_bfloat16():
-    """The NumPy dtype bfloat16 tensors are read as: ml_dtypes.bfloat16, else float32."""
+    """The NumPy dtype the TF reader returns bfloat16 as: ml_dtypes.bfloat16, else float32."""
     return np.dtype(_ml_dtypes.bfloat16) if _ml_dtypes is not None else np.dtype(np.float32)
 
 
@@ -34,14 +38,17 @@ def is_bfloat16(dtype):
     return _ml_dtypes is not None and np.dtype(dtype) == np.dtype(_ml_dtypes.bfloat16)
 
 
-def widen_bfloat16_bits(bits):
-    """float32 array with the same values as the bfloat16 bit patterns ``bits`` (exact)."""
-    return (np.asarray(bits).astype(np.uint32) << 16).view(np.float32)
+def widen_bfloat16(x):
+    """float32 array with exactly the values of ``x``: bfloat16 bit patterns
+    (uint16, any byte order) or an ``ml_dtypes.bfloat16`` array."""
+    x = np.asarray(x)
+    bits = x.view(np.uint16) if is_bfloat16(x.dtype) else x.astype(np.uint16, copy=False)
+    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def bfloat16_from_bits(bits):
-    """bfloat16 bit patterns (uint16, any byte order) -> array of dtype :func:`numpy_bfloat16`."""
+    """bfloat16 bit patterns (uint16, any byte order) as an array of :func:`numpy_bfloat16`."""
     bits = np.asarray(bits).astype(np.uint16, copy=False)  # native byte order
     if _ml_dtypes is not None:
         return bits.view(_ml_dtypes.bfloat16)
-    return widen_bfloat16_bits(bits)
+    return widen_bfloat16(bits)

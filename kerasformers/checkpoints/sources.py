@@ -25,10 +25,10 @@ import os
 
 import numpy as np
 
-from kerasformers.checkpoints.bfloat16 import bfloat16_from_bits
+from kerasformers.checkpoints.bfloat16 import is_bfloat16, widen_bfloat16
 from kerasformers.checkpoints.errors import CheckpointError
 
-# safetensors dtype codes -> numpy ('BF16' bits become bfloat16 on read, see bfloat16.py).
+# safetensors dtype codes -> numpy ('BF16' is widened to float32 on read, see bfloat16.py).
 _ST_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
@@ -136,7 +136,7 @@ class SafetensorsSource(Source):
         count = int(np.prod(shape))
         arr = np.frombuffer(mm, dtype=dtype, count=count, offset=offset) if count else np.zeros(0, dtype)
         arr = arr.reshape(shape)
-        return bfloat16_from_bits(arr) if code == "BF16" else arr
+        return widen_bfloat16(arr) if code == "BF16" else arr
 
 
 class TorchBinSource(Source):
@@ -164,8 +164,8 @@ class TorchBinSource(Source):
             for k, v in state.items():
                 if hasattr(v, "detach"):
                     v = v.detach()
-                    if v.dtype == torch.bfloat16:  # NumPy has no bfloat16: go through the bits
-                        self._tensors[k] = bfloat16_from_bits(v.view(torch.int16).numpy().view(np.uint16))
+                    if v.dtype == torch.bfloat16:  # NumPy has no bfloat16: widen its bits
+                        self._tensors[k] = widen_bfloat16(v.view(torch.int16).numpy().view(np.uint16))
                     else:
                         self._tensors[k] = v.numpy()
         self._shapes = {k: v.shape for k, v in self._tensors.items()}
@@ -183,7 +183,8 @@ class TFSource(Source):
         self._shapes = dict(self._reader.variable_shapes())
 
     def _read(self, key):
-        return self._reader.get_tensor(key)
+        value = self._reader.get_tensor(key)
+        return widen_bfloat16(value) if is_bfloat16(value.dtype) else value
 
 
 def _sharded(index_file):
