@@ -1,5 +1,9 @@
 """Reading model configs: Google-style (`bert_config.json`) or HF-style (`config.json`).
 
+T5's HF config is read and written here, side by side (`_read_t5`, `write_t5`),
+because the two directions share non-trivial rules (`feed_forward_proj`, the
+tied-head scaling); the other models write theirs in their `hf_config()`.
+
 Both become bert4keras' constructor arguments. bert4keras' aliases are filled
 only where absent: max_position <- max_position_embeddings (512),
 dropout_rate <- hidden_dropout_prob, attention_dropout_rate <-
@@ -185,3 +189,48 @@ def _read_t5(raw, out):
     if out.get("pad_token_id") is None:
         out["pad_token_id"] = 0
     return out
+
+
+def _t5_feed_forward_proj(hidden_act, gated):
+    """transformers' `feed_forward_proj` for our hidden_act (inverse of `_t5_feed_forward`)."""
+    if not gated:
+        return {"gelu_tanh": "gelu_new", "gelu_erf": "gelu"}.get(hidden_act, hidden_act)
+    act, *rest = hidden_act
+    if rest != ["linear"] or act == "gelu_erf" or not isinstance(act, str):
+        raise ValueError(f"hidden_act {hidden_act!r} has no transformers "
+                         "feed_forward_proj equivalent")
+    return "gated-gelu" if act == "gelu_tanh" else f"gated-{act}"
+
+
+def write_t5(model):
+    """HF T5Config / MT5Config dict for a T5, T5_Encoder or T5_Decoder object
+    (the inverse of `read_config` on it).
+
+    >>> from kerasformers.models.t5 import T5
+    >>> t5 = T5(version="t5.1.1", vocab_size=50, hidden_size=16, num_hidden_layers=1,
+    ...         num_attention_heads=2, intermediate_size=32)
+    >>> config = write_t5(t5)
+    >>> config["model_type"], config["feed_forward_proj"], config["architectures"]
+    ('t5', 'gated-gelu', ['T5ForConditionalGeneration'])
+    >>> read_config(config)["hidden_act"]
+    ['gelu_new', 'linear']
+    """
+    proj = _t5_feed_forward_proj(model.hidden_act, model.gated)
+    mt5 = model.version == "mt5.1.1" and not model.tie_word_embeddings
+    config = {
+        "model_type": "mt5" if mt5 else "t5",
+        "architectures": [model.hf_architecture(mt5)],
+        "vocab_size": model.vocab_size, "d_model": model.hidden_size,
+        "d_kv": model.attention_head_size, "d_ff": model.intermediate_size,
+        "num_layers": model.num_encoder_layers, "num_decoder_layers": model.num_decoder_layers,
+        "num_heads": model.num_attention_heads,
+        "relative_attention_num_buckets": model.relative_attention_num_buckets,
+        "relative_attention_max_distance": model.relative_attention_max_distance,
+        "dropout_rate": model.dropout_rate, "layer_norm_epsilon": model.layer_norm_eps,
+        "feed_forward_proj": proj, "tie_word_embeddings": model.tie_word_embeddings,
+        "is_encoder_decoder": True, "pad_token_id": model.pad_token_id,
+        "eos_token_id": 1, "decoder_start_token_id": model.pad_token_id,
+    }
+    if not mt5:
+        config["scale_decoder_outputs"] = model.tie_word_embeddings
+    return config

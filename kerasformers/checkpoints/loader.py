@@ -64,6 +64,29 @@ def split(name, part, parts):
     """Key for slice `part` of `parts` equal slices (last axis) of a fused tensor."""
     return Key(name, "split", part, parts)
 
+
+@dataclass(frozen=True)
+class VocabColumns(Key):
+    """Key of an LM kernel [hidden, vocab] whose columns are the vocabulary:
+    on load, `vocab_fn` (keep_tokens / compound_tokens, which act on rows) is
+    applied to its columns. On export the kernel is written as it is (the
+    dropped vocabulary is not restored). T5's untied `Decoder-Output-LM`.
+
+    >>> import numpy as np
+    >>> key = VocabColumns("lm_head.weight", "transpose", vocab_fn=lambda rows: rows[[2, 0]])
+    >>> key.to_ours(np.arange(6).reshape(3, 2)).tolist()   # stored [vocab, hidden]
+    [[4, 0], [5, 1]]
+    """
+
+    vocab_fn: object = None
+
+    def to_ours(self, value):
+        value = super().to_ours(value)
+        return self.vocab_fn(value.T).T
+
+    def from_ours(self, value):  # export: the plain layout change (no vocab restore)
+        return Key(self.name, self.transform).from_ours(value)
+
 # Checkpoint entries that are never weights of ours (optimizer slots, buffers).
 _IGNORED = re.compile(
     r"(adam_[mv]|global_step|_CHECKPOINTABLE_OBJECT_GRAPH|(^|\.)position_ids$|"

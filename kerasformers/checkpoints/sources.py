@@ -67,6 +67,30 @@ class Source:
         return f"<{type(self).__name__} {self.path} ({len(self._shapes)} tensors)>"
 
 
+class AliasedSource(Source):
+    """`base` with extra names that read existing tensors (alias -> target).
+
+    T5 reads a transformers checkpoint without `lm_head.weight` (tied to the
+    shared embedding) into an untied head by aliasing it to `shared.weight`.
+
+    >>> import numpy as np
+    >>> src = AliasedSource(DictSource({"shared.weight": np.ones((3, 2))}),
+    ...                     {"lm_head.weight": "shared.weight"})
+    >>> sorted(src.keys()), src.shape("lm_head.weight")
+    (['lm_head.weight', 'shared.weight'], (3, 2))
+    """
+
+    def __init__(self, base, aliases):
+        super().__init__(base.path)
+        self._base = base
+        self._aliases = dict(aliases)
+        self._shapes = {k: base.shape(k) for k in base.keys()}
+        self._shapes.update({a: base.shape(t) for a, t in self._aliases.items()})
+
+    def _read(self, key):
+        return self._base.get(self._aliases.get(key, key))
+
+
 class DictSource(Source):
     def __init__(self, tensors, path="<dict>"):
         super().__init__(path)

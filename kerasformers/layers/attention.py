@@ -103,6 +103,22 @@ class MultiHeadAttention(keras.layers.Layer):
         b, n = ops.shape(x)[0], ops.shape(x)[1]
         return ops.reshape(x, (b, n, self.heads, size))
 
+    def project_key_value(self, context):
+        """Keys and values of `context` [b, n, dim] split into heads, ([b, n, heads,
+        key_size], [b, n, heads, head_size]): the static cache `call(..., cache=(k, v))`
+        takes for cross-attention over fixed states (T5's encoder output).
+
+        >>> import numpy as np
+        >>> att = MultiHeadAttention(heads=2, head_size=4, key_size=3)
+        >>> x = np.ones((1, 5, 8), "float32")
+        >>> _ = att([x, x, x])  # build
+        >>> k, v = att.project_key_value(x)
+        >>> tuple(k.shape), tuple(v.shape)
+        ((1, 5, 2, 3), (1, 5, 2, 4))
+        """
+        return (self._split_heads(self.k_dense(context), self.key_size),
+                self._split_heads(self.v_dense(context), self.head_size))
+
     def call(self, inputs, attention_mask=None, attention_bias=None,
              position_bias=None, p_bias=None, cache=None, cache_index=None, training=None):
         if isinstance(inputs, (list, tuple)):

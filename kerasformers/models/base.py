@@ -36,6 +36,8 @@ class Transformer:
     attention_mode = "padding"
     #: applications this class may be wrapped with
     allowed_applications = ("encoder", "lm", "unilm")
+    #: encoder-decoder (T5): `init_cache` takes the encoder input, not a batch size
+    is_seq2seq = False
 
     def __init__(self, vocab_size, hidden_size, num_hidden_layers, num_attention_heads,
                  intermediate_size, hidden_act="gelu", dropout_rate=None,
@@ -177,7 +179,14 @@ class Transformer:
         return [shape] * self.num_hidden_layers
 
     def init_cache(self, batch_size, max_length, dtype=None):
-        """An empty key/value cache for `max_length` positions (see `call_with_cache`)."""
+        """An empty key/value cache for `max_length` positions (see `call_with_cache`).
+
+        Every model decodes as `cache = init_cache(first, max_length)`, then
+        `call_with_cache(new_tokens, cache)` repeatedly. `first` is the batch size
+        for decoder-only models, and the encoder token ids [b, n] (encoded once,
+        here) when `is_seq2seq` is True (`T5.init_cache`). `T5_Decoder` alone,
+        having no encoder, takes the encoder states instead.
+        """
         self._check_incremental()
         dtype = dtype or cache_lib.compute_dtype_of(self.layers)
         return cache_lib.empty_cache(batch_size, max_length, self.cached_attention_shapes(),

@@ -17,14 +17,13 @@ bucketed relative bias, computed once per stack (`*-Embedding-Relative-Position`
 ['Input-Context', 'Decoder-Input-Token']
 """
 
-import dataclasses
-
 import keras
 from keras import ops
 
+from kerasformers import config as config_lib
 from kerasformers.checkpoints import loader
-from kerasformers.checkpoints.loader import Key, T
-from kerasformers.checkpoints.sources import Source, open_checkpoint
+from kerasformers.checkpoints.loader import Key, T, VocabColumns
+from kerasformers.checkpoints.sources import AliasedSource, open_checkpoint
 from kerasformers.layers import (
     AttentionMask,
     Embedding,
@@ -44,34 +43,6 @@ def _t5_activation(act):
     if isinstance(act, (list, tuple)):
         return [_t5_activation(a) for a in act]
     return "gelu_tanh" if act == "gelu" else act
-
-
-@dataclasses.dataclass(frozen=True)
-class _VocabColumns(Key):
-    """Key of an LM kernel [hidden, vocab]: keep_tokens/compound_tokens act on its columns."""
-
-    vocab_fn: object = None
-
-    def to_ours(self, value):
-        value = super().to_ours(value)
-        return self.vocab_fn(value.T).T
-
-    def from_ours(self, value):  # export: the plain layout change (no vocab restore)
-        return Key(self.name, self.transform).from_ours(value)
-
-
-class _Aliased(Source):
-    """A checkpoint with extra names that read existing tensors (alias -> target)."""
-
-    def __init__(self, base, aliases):
-        super().__init__(base.path)
-        self._base = base
-        self._aliases = dict(aliases)
-        self._shapes = {k: base.shape(k) for k in base.keys()}
-        self._shapes.update({a: base.shape(t) for a, t in self._aliases.items()})
-
-    def _read(self, key):
-        return self._base.get(self._aliases.get(key, key))
 
 
 class T5_Base(Transformer):
@@ -230,8 +201,8 @@ class T5_Base(Transformer):
         rows.append(self._final_norm_row("Decoder"))
         lm_google, lm_hf = Key("decoder/logits/kernel"), T("lm_head.weight")
         if self.keep_tokens is not None or self.compound_tokens is not None:
-            lm_google = _VocabColumns(lm_google.name, vocab_fn=self.load_embeddings)
-            lm_hf = _VocabColumns(lm_hf.name, "transpose", vocab_fn=self.load_embeddings)
+            lm_google = VocabColumns(lm_google.name, vocab_fn=self.load_embeddings)
+            lm_hf = VocabColumns(lm_hf.name, "transpose", vocab_fn=self.load_embeddings)
         if self.tie_word_embeddings:
             rows.append(("(tied) lm_head", None, "lm_head.weight"))
         else:
@@ -257,43 +228,15 @@ class T5_Base(Transformer):
         if (needs_head and (naming or source.naming) == "hf"
                 and loader.resolve(source, "lm_head.weight") is None
                 and loader.resolve(source, "shared.weight") is not None):
-            source = _Aliased(source, {"lm_head.weight": "shared.weight"})
+            source = AliasedSource(source, {"lm_head.weight": "shared.weight"})
         return super().load_weights_from_checkpoint(source, naming=naming)
-
-    def hf_feed_forward_proj(self):
-        """transformers' `feed_forward_proj` for our hidden_act."""
-        if not self.gated:
-            return {"gelu_tanh": "gelu_new", "gelu_erf": "gelu"}.get(self.hidden_act,
-                                                                    self.hidden_act)
-        act, *rest = self.hidden_act
-        if rest != ["linear"] or act == "gelu_erf" or not isinstance(act, str):
-            raise ValueError(f"hidden_act {self.hidden_act!r} has no transformers "
-                             "feed_forward_proj equivalent")
-        return "gated-gelu" if act == "gelu_tanh" else f"gated-{act}"
 
     def hf_architecture(self, mt5):
         return "MT5ForConditionalGeneration" if mt5 else "T5ForConditionalGeneration"
 
     def hf_config(self):
-        proj = self.hf_feed_forward_proj()
-        mt5 = self.version == "mt5.1.1" and not self.tie_word_embeddings
-        config = {
-            "model_type": "mt5" if mt5 else "t5",
-            "architectures": [self.hf_architecture(mt5)],
-            "vocab_size": self.vocab_size, "d_model": self.hidden_size,
-            "d_kv": self.attention_head_size, "d_ff": self.intermediate_size,
-            "num_layers": self.num_encoder_layers, "num_decoder_layers": self.num_decoder_layers,
-            "num_heads": self.num_attention_heads,
-            "relative_attention_num_buckets": self.relative_attention_num_buckets,
-            "relative_attention_max_distance": self.relative_attention_max_distance,
-            "dropout_rate": self.dropout_rate, "layer_norm_epsilon": self.layer_norm_eps,
-            "feed_forward_proj": proj, "tie_word_embeddings": self.tie_word_embeddings,
-            "is_encoder_decoder": True, "pad_token_id": self.pad_token_id,
-            "eos_token_id": 1, "decoder_start_token_id": self.pad_token_id,
-        }
-        if not mt5:
-            config["scale_decoder_outputs"] = self.tie_word_embeddings
-        return config
+        """transformers' config.json for this model (read and written in kerasformers.config)."""
+        return config_lib.write_t5(self)
 
 
 class T5_Encoder(T5_Base):
@@ -489,23 +432,43 @@ class T5_Decoder(T5_Base):
         shape = (self.num_attention_heads, self.attention_key_size, self.attention_head_size)
         return [shape] * self.num_decoder_layers
 
+    def cross_attention_key_values(self, context):
+        """The cross-attention keys and values of every decoder layer for the encoder
+        states `context` [b, n, hidden]: a tuple, one `(k [b, n, heads, key_size],
+        v [b, n, heads, head_size])` per layer, in the layer's compute dtype. They
+        depend on the context only, so a cache projects them once (`cache["cross"]`).
+
+        >>> import numpy as np
+        >>> from kerasformers import build_transformer_model
+        >>> decoder = build_transformer_model(None, model="t5.1.1_decoder", vocab_size=50,
+        ...                                   hidden_size=16, num_hidden_layers=2,
+        ...                                   num_attention_heads=2, intermediate_size=32,
+        ...                                   return_keras_model=False)
+        >>> _ = decoder.build()
+        >>> kv = decoder.cross_attention_key_values(np.ones((1, 4, 16), "float32"))
+        >>> len(kv), tuple(kv[0][0].shape), tuple(kv[0][1].shape)
+        (2, (1, 4, 2, 8), (1, 4, 2, 8))
+        """
+        context = ops.convert_to_tensor(context)
+        cross = []
+        for i in range(self.num_decoder_layers):
+            layer = self.layers[self.prefixed(f"Decoder-Transformer-{i}-MultiHeadCrossAttention")]
+            cross.append(layer.project_key_value(ops.cast(context, layer.compute_dtype)))
+        return tuple(cross)
+
     def init_cache(self, context, max_length, context_mask=None, dtype=None):
         """A cache for decoding against `context` (encoder states [b, n, hidden]).
 
-        The cross-attention keys/values are projected once, here. context_mask:
-        [b, n] (1 = real, 0 = padding) or None (every position is real).
+        The decoder alone starts from encoder states; the joint `T5` starts from
+        encoder token ids (`T5.init_cache`). The cross-attention keys/values are
+        projected once, here (`cross_attention_key_values`). context_mask: [b, n]
+        (1 = real, 0 = padding) or None (every position is real).
         """
         self._check_incremental()
         context = ops.convert_to_tensor(context)
         batch_size, context_length = context.shape[0], context.shape[1]
         cache = super().init_cache(batch_size, max_length, dtype=dtype)
-        cross = []
-        for i in range(self.num_decoder_layers):
-            layer = self.layers[self.prefixed(f"Decoder-Transformer-{i}-MultiHeadCrossAttention")]
-            c = ops.cast(context, layer.compute_dtype)
-            cross.append((layer._split_heads(layer.k_dense(c), layer.key_size),
-                          layer._split_heads(layer.v_dense(c), layer.head_size)))
-        cache["cross"] = tuple(cross)
+        cache["cross"] = self.cross_attention_key_values(context)
         if context_mask is None:
             context_mask = ops.ones((batch_size, context_length), dtype="bool")
         cache["context_mask"] = ops.cast(context_mask, "bool")[:, None, None, :]
@@ -524,10 +487,17 @@ class T5(T5_Base):
     """Encoder + decoder sharing `Embedding-Token` (and every layer, by name).
 
     `.encoder` (ids -> states) and `.decoder` ([states, decoder ids] -> LM) are
-    Keras models; `.model` maps [encoder ids, decoder ids] to the LM output,
-    with encoder padding hidden from self- and cross-attention. Decoder options
-    (with_lm, final_activation, cross_position_bias, context_mask) as T5_Decoder.
+    Keras models, built from the `.encoder_transformer` (a T5_Encoder) and
+    `.decoder_transformer` (a T5_Decoder) objects; `.model` maps [encoder ids,
+    decoder ids] to the LM output, with encoder padding hidden from self- and
+    cross-attention. Decoder options (with_lm, final_activation,
+    cross_position_bias, context_mask) as T5_Decoder.
+
+    Seq2seq (`is_seq2seq = True`): `init_cache(encoder_token_ids, max_length)`
+    encodes once, then `call_with_cache(decoder_token_ids, cache)` decodes.
     """
+
+    is_seq2seq = True
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -536,22 +506,32 @@ class T5(T5_Base):
         name = kwargs.pop("name", None)
         if name is not None:
             e_name, d_name = f"{name}_{e_name}", f"{name}_{d_name}"
-        self._encoder = T5_Encoder(name=e_name, **kwargs)
-        self._decoder = T5_Decoder(name=d_name, **kwargs)
-        self.with_lm = self._decoder.with_lm
-        self.cross_position_bias = self._decoder.cross_position_bias
+        self.encoder_transformer = T5_Encoder(name=e_name, **kwargs)
+        self.decoder_transformer = T5_Decoder(name=d_name, **kwargs)
+        self.with_lm = self.decoder_transformer.with_lm
+        self.cross_position_bias = self.decoder_transformer.cross_position_bias
         self.encoder = self.decoder = None
+
+    # generation/runner.py detects seq2seq models by these two names; they go
+    # once it reads `is_seq2seq`.
+    @property
+    def _encoder(self):
+        return self.encoder_transformer
+
+    @property
+    def _decoder(self):
+        return self.decoder_transformer
 
     def build(self, **kwargs):
         if self.built:
             return self.model
-        self.encoder = self._encoder.build()
-        self.decoder = self._decoder.build()
-        decoder = self._decoder
+        self.encoder = self.encoder_transformer.build()
+        self.decoder = self.decoder_transformer.build()
+        decoder = self.decoder_transformer
         token = decoder.inputs[1]
         decoder.position_bias = decoder.attention_bias = None  # rebuilt on the joint graph
         saved = decoder.context_attention_mask
-        decoder.context_attention_mask = self._encoder.compute_attention_bias()
+        decoder.context_attention_mask = self.encoder_transformer.compute_attention_bias()
         try:
             self.outputs = decoder.call([self.encoder.outputs[0], token])
         finally:
@@ -579,15 +559,14 @@ class T5(T5_Base):
             self.build()
         ids = ops.convert_to_tensor(encoder_token_ids, dtype="int32")
         context = self.encoder(ids, training=False)
-        return self._decoder.init_cache(context, max_length,
-                                        context_mask=ops.not_equal(ids, self.pad_token_id),
-                                        dtype=dtype)
+        return self.decoder_transformer.init_cache(
+            context, max_length, context_mask=ops.not_equal(ids, self.pad_token_id), dtype=dtype)
 
     def call_with_cache(self, decoder_token_ids, cache, logits=False, inplace=False,
                         plan=None):
         """(LM output for the new decoder tokens, updated cache); see Transformer."""
-        return self._decoder.call_with_cache(decoder_token_ids, cache, logits=logits,
-                                             inplace=inplace, plan=plan)
+        return self.decoder_transformer.call_with_cache(decoder_token_ids, cache, logits=logits,
+                                                        inplace=inplace, plan=plan)
 
     reorder_cache = staticmethod(T5_Base.reorder_cache)
 

@@ -371,3 +371,29 @@ def test_model_keys_and_versions():
         np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
     t5 = build_transformer_model(None, model="t5.1.1", hidden_act=["gelu", "linear"], **small)
     assert t5.hidden_act == ["gelu_tanh", "linear"]  # Mesh TF / gelu_new
+
+
+def test_public_seq2seq_surface():
+    """is_seq2seq, the encoder/decoder objects and the cross-attention projection."""
+    from kerasformers.models import BERT, T5, T5_Decoder, T5_Encoder
+
+    assert T5.is_seq2seq and not T5_Encoder.is_seq2seq and not T5_Decoder.is_seq2seq
+    assert not BERT.is_seq2seq
+    t5 = build_transformer_model(None, model="t5.1.1", vocab_size=V, hidden_size=H,
+                                 num_hidden_layers=L, num_attention_heads=HEADS,
+                                 intermediate_size=FF, return_keras_model=False)
+    assert isinstance(t5.encoder_transformer, T5_Encoder)
+    assert isinstance(t5.decoder_transformer, T5_Decoder)
+    assert t5.encoder is t5.encoder_transformer.model
+    assert t5.decoder is t5.decoder_transformer.model
+    ids = encoder_batch()
+    cache = t5.init_cache(ids, max_length=4)
+    context = t5.encoder(ids)
+    kv = t5.decoder_transformer.cross_attention_key_values(context)
+    assert len(kv) == len(cache["cross"]) == L
+    for (k, v), (ck, cv) in zip(kv, cache["cross"]):
+        assert_close(to_numpy(k), to_numpy(ck), tol=0, what="cross keys")
+        assert_close(to_numpy(v), to_numpy(cv), tol=0, what="cross values")
+    layer = t5.layers["Decoder-Transformer-0-MultiHeadCrossAttention"]
+    expected_k = to_numpy(layer.k_dense(context)).reshape(3, 9, HEADS, DKV)
+    assert_close(to_numpy(kv[0][0]), expected_k, tol=0, what="k projection")
