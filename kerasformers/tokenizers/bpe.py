@@ -10,6 +10,7 @@ import os
 import re
 
 from kerasformers.tokenizers.base import DictVocabTokenizer, join_words, map_offsets
+from kerasformers.tokenizers.hf_files import bpe_kwargs
 
 _SURROGATES = re.compile('[\ud800-\udfff]+')
 
@@ -114,7 +115,6 @@ class BPETokenizer(DictVocabTokenizer):
     def from_pretrained(cls, path, **kwargs):
         """Build from an HF model directory (``tokenizer.json``, ``vocab.json`` +
         ``merges.txt``, or ``encoder.json`` + ``vocab.bpe``)."""
-        from kerasformers.tokenizers.pretrained import bpe_kwargs
         options = bpe_kwargs(path)
         options.update(kwargs)
         return cls(**options)

@@ -3,6 +3,7 @@ import os
 import re
 
 from kerasformers.tokenizers.base import TokenizerBase, join_words, map_offsets
+from kerasformers.tokenizers.hf_files import sentencepiece_kwargs
 
 _SURROGATES = re.compile('[\ud800-\udfff]')
 _EXTRA_ID = re.compile(r'<extra_id_(\d+)>')
@@ -76,7 +77,6 @@ class SpTokenizer(TokenizerBase):
     @classmethod
     def from_pretrained(cls, path, **kwargs):
         """Build from an HF model directory holding ``spiece.model`` (or another ``.model``)."""
-        from kerasformers.tokenizers.pretrained import sentencepiece_kwargs
         options = sentencepiece_kwargs(path)
         options.update(kwargs)
         return cls(**options)

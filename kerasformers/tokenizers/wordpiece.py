@@ -24,6 +24,7 @@ from itertools import repeat
 from kerasformers.tokenizers import _unicode
 from kerasformers.tokenizers._unicode import DROP, tables
 from kerasformers.tokenizers.base import DictVocabTokenizer
+from kerasformers.tokenizers.hf_files import wordpiece_kwargs
 from kerasformers.tokenizers.vocab import is_redundant, load_vocab, stem
 
 # _OFFSETS[i] == (i, i + 1): offsets of a run of single-character tokens are a slice of it.
@@ -104,7 +105,6 @@ class Tokenizer(DictVocabTokenizer):
     def from_pretrained(cls, path, **kwargs):
         """Build from an HF model directory (``vocab.txt`` or a WordPiece ``tokenizer.json``,
         with ``tokenizer_config.json`` for lower-casing and special tokens)."""
-        from kerasformers.tokenizers.pretrained import wordpiece_kwargs
         options = wordpiece_kwargs(path)
         options.update(kwargs)
         return cls(**options)
