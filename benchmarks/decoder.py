@@ -44,7 +44,7 @@ Threads: 2 everywhere (``torch.set_num_threads(2)``; TensorFlow intra-op 2 / int
 tokens/s = 8 * 128 / median seconds; ratio = ours tokens/s / transformers tokens/s.
 Results go to ``benchmarks/results/decoder.json`` (``decoder-quick.json`` with ``--quick``),
 with the date, machine and versions. The worker/timing/report machinery is shared with
-encoder.py in ``benchmarks/harness.py``.
+encoder.py in ``benchmarks/harness/``.
 
 Run: ``python benchmarks/decoder.py [--quick] [--backends jax torch tensorflow]
 [--runs 7] [--reps 3] [--warmup 2]``

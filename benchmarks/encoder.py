@@ -37,7 +37,7 @@ with the date, machine and versions.
 proposed package fix monkeypatched in (``LayerNormalization`` through
 ``keras.ops.layer_normalization``); those rows are marked and never count as the backend's number.
 
-The worker/timing/report machinery is shared with decoder.py in ``benchmarks/harness.py``.
+The worker/timing/report machinery is shared with decoder.py in ``benchmarks/harness/``.
 
 Run: ``python benchmarks/encoder.py [--quick] [--backends jax torch tensorflow]
 [--runs 7] [--reps 3] [--warmup 2] [--try-fixes]``

@@ -84,7 +84,7 @@ tokens, not * beams; the time includes the prefill of the prompt); ratio = ours 
 transformers tokens/s in the same mode. Results go to ``benchmarks/results/generation.json``
 (``generation-quick.json`` with ``--quick``), with the date, machine and versions. The
 worker/timing/report machinery is shared with encoder.py and decoder.py in
-``benchmarks/harness.py``.
+``benchmarks/harness/``.
 
 Run: ``python benchmarks/generation.py [--quick] [--mode greedy1 greedy8 beam4]
 [--new-tokens 128] [--cacheless-tokens 128 256] [--cacheless-backend tensorflow]

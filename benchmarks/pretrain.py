@@ -33,7 +33,7 @@ each review ``[CLS] ... [SEP]``, concatenated and cut into rows of 128 tokens (n
 15% of the non-special tokens (not [CLS]/[SEP]/[PAD]/[MASK]) get a label (80% [MASK], 10% a
 random token, 10% unchanged), labels -100 elsewhere. Segment ids 0.
 
-Timing, as in ``harness.py``: every contender is a worker process of its own (this script
+Timing, as in ``harness/``: every contender is a worker process of its own (this script
 with ``--child BACKEND``), started one at a time; each builds its models, runs the first step
 (compilation/tracing included, reported as "first step"; "compile s" = first step - median
 step) and ``--warmup`` more steps per path on an otherwise idle machine. Then ``--rounds``
