@@ -36,17 +36,12 @@ def embedding_lookup(table, ids):
 
 def slice_update(x, start, update):
     """`ops.slice_update(x, start, update)`; on torch with concrete starts a copy and
-    an index assignment (Keras' torch slice_update costs ~0.1 ms per call, which a
-    decoding step pays several times)."""
+    an index assignment (`kerasformers.backends.torch.ops.slice_update`)."""
     if keras.backend.backend() == "torch":
-        try:
-            starts = [int(i) for i in start]
-        except Exception:  # pragma: no cover - torch values are always concrete
-            starts = None
-        if starts is not None and hasattr(x, "clone"):
-            out = x.clone()
-            index = tuple(slice(i, i + n) for i, n in zip(starts, update.shape))
-            out[index] = update
+        from kerasformers.backends.torch.ops import slice_update as torch_slice_update
+
+        out = torch_slice_update(x, start, update)
+        if out is not NotImplemented:
             return out
     return ops.slice_update(x, start, update)
 
