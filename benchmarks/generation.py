@@ -33,14 +33,14 @@ Contenders, per mode:
   pad_token_id=0)`` (kerasformers.generation: static key/value cache, one compiled prefill,
   then the whole greedy or beam-search loop as one compiled ``while_loop``: ``jax.jit`` on
   jax, XLA ``tf.function`` on TensorFlow; on torch a Python loop of eager steps whose common
-  layers run as plain torch calls, ``models/eager_step.py``). The model object keeps its
+  layers run as plain torch calls, ``backends/torch/plan.py``). The model object keeps its
   Runner (compiled prefill and loops), so only the first call compiles; that first call is
   reported separately.
 * ours in reduced precision (``greedy1`` only, ``--low-precision``): the same checkpoint built
   with ``dtype="bfloat16"`` (weights and compute in bfloat16) and built in float32 then
   ``model.quantize("int8")`` (Keras' int8 Dense and our int8 Embedding / tied LM head:
   per-token int8 inputs, int8 x int8 products; on torch a batch-1 step runs them as oneDNN's
-  prepacked int8 linear, ``models/eager_step.py``). Their tokens are not expected to equal
+  prepacked int8 linear, ``backends/torch/kernels.py``). Their tokens are not expected to equal
   float32's: the table reports the share of tokens equal to transformers' float32 greedy
   tokens ("agreement") instead of max|d|, and their ratio is vs transformers' float32.
 * cacheless (``greedy1`` only): a bert4keras-style decoder, ``AutoRegressiveDecoder``

@@ -17,10 +17,10 @@ import threading
 import keras
 import numpy as np
 
+from kerasformers.backends import torch as torch_backend
 from kerasformers.checkpoints import loader
 from kerasformers.layers import AttentionMask, FeedForward, MultiHeadAttention
 from kerasformers.models import cache as cache_lib
-from kerasformers.models import eager_step
 
 
 class Transformer:
@@ -210,7 +210,7 @@ class Transformer:
         inplace: torch only, write the new keys/values into the given cache's
             buffers instead of copies (the given cache is then updated too);
             generation uses it to avoid copying the whole cache every step.
-        plan: torch only, an `eager_step.Plan` to reuse over many steps (the
+        plan: torch only, a `kerasformers.backends.torch.Plan` to reuse over many steps (the
             layers' torch kernels prepared once; generation makes one per call);
             by default each call prepares its own.
         Returns (outputs for the new positions, updated cache). Outputs equal the
@@ -234,8 +234,8 @@ class Transformer:
                 inputs[self.step_token_input:], cache, self.step_attention_mode,
                 self.step_pad_token_id, mask=mask,
                 logit_layers=[self.prefixed(n) for n in self.logit_layer_names] if logits else (),
-                plan=plan if plan is not None or not eager_step.available()
-                else eager_step.Plan(), inplace=inplace)
+                plan=plan if plan is not None or not torch_backend.available()
+                else torch_backend.Plan(), inplace=inplace)
             saved = (self.inputs, self.attention_bias, self.position_bias,
                      self.attention_scores)
             self._step = step

@@ -129,7 +129,7 @@ class Step:
         self.new_self = []
         self.cross_count = 0
         self.context_mask = cache.get("context_mask")
-        self.plan = plan  # torch: an eager_step.Plan runs the common layers as torch calls
+        self.plan = plan  # torch: a backends.torch Plan runs the common layers as torch calls
         self.inplace = inplace  # torch fast path: write keys/values into the given buffers
 
     def attention_arguments(self, inputs):

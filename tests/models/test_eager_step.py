@@ -1,7 +1,7 @@
 """Cached steps of reduced-precision models equal their Keras forward pass.
 
 On torch a cached step runs the common layers as plain torch calls
-(`kerasformers.models.eager_step`, float32, bfloat16 and Keras' int8 Dense);
+(`kerasformers.backends.torch`, float32, bfloat16 and Keras' int8 Dense);
 on jax and tensorflow the same checks run through Keras. Float32 steps are
 checked against the uncached model in test_cache.py.
 """
@@ -102,16 +102,16 @@ def test_int8_one_token_steps(act, rows):
 def test_a_plan_is_reused_across_steps_and_sees_new_weights_when_rebuilt():
     """A Plan prepares each layer once (on torch); after the weights change a new
     Plan (generate makes one per call) uses the new ones."""
-    from kerasformers.models import eager_step
+    from kerasformers.backends import torch as torch_backend
 
     obj = randomized()
-    plan = eager_step.Plan() if eager_step.available() else None
+    plan = torch_backend.Plan() if torch_backend.available() else None
     first, _ = stepwise(obj, IDS, plan=plan)
     again, _ = stepwise(obj, IDS, plan=plan)
     np.testing.assert_array_equal(first, again)
     for v in obj.model.weights:
         v.assign(v * 0.5)
-    fresh = eager_step.Plan() if plan is not None else None
+    fresh = torch_backend.Plan() if plan is not None else None
     changed, _ = stepwise(obj, IDS, plan=fresh)
     full = np.asarray(obj.model.predict(IDS, verbose=0))
     np.testing.assert_allclose(changed, full, atol=1e-5, rtol=0)
@@ -127,21 +127,21 @@ def test_packed_linear_equals_addmm(dtype, shape, bias, transposed):
     CPU) computes x @ kernel + b: float32 to summation order, bfloat16 to one
     rounding of the float32 sum. torch is a test dependency on every backend."""
     import torch
-    from kerasformers.models import eager_step
+    from kerasformers.backends.torch import kernels
 
-    if not eager_step._PACKED:
+    if not kernels._PACKED:
         pytest.fail("this torch build has no oneDNN prepacked linear")
     gen = torch.Generator().manual_seed(0)
     dt = getattr(torch, dtype)
     kernel = torch.randn(48, 40, generator=gen).to(dt)  # [in, out]
     b = torch.randn(40, generator=gen).to(dt) if bias else None
     x = torch.randn(*shape, generator=gen).to(dt)
-    if dtype == "bfloat16" and not eager_step._PACKED_BF16:
+    if dtype == "bfloat16" and not kernels._PACKED_BF16:
         # this CPU has no oneDNN bfloat16 linear: Dense layers must not take it (addmm)
-        assert not eager_step.PackedLinear.takes(kernel)
+        assert not kernels.PackedLinear.takes(kernel)
         return
-    packed = eager_step.PackedLinear(kernel.t().contiguous() if transposed else kernel, b,
-                                     transposed=transposed)
+    packed = kernels.PackedLinear(kernel.t().contiguous() if transposed else kernel, b,
+                                  transposed=transposed)
     got = packed(x).float()
     want = (x.float() @ kernel.float() + (0 if b is None else b.float()))
     assert got.shape == (*shape[:-1], 40)
@@ -153,15 +153,15 @@ def test_packed_kernels_follow_weight_changes():
     """A layer's packed copy is kept across Plans and remade when its tensors change
     (an optimizer step writes the variables in place)."""
     import torch
-    from kerasformers.models import eager_step
+    from kerasformers.backends.torch import kernels
 
     kernel, bias = torch.randn(8, 4), torch.randn(4)
     layer = keras.layers.Dense(4)  # only an owner of the kept copy here
-    first = eager_step.PackedLinear.of(layer, kernel, bias)
-    assert eager_step.PackedLinear.of(layer, kernel, bias) is first
+    first = kernels.PackedLinear.of(layer, kernel, bias)
+    assert kernels.PackedLinear.of(layer, kernel, bias) is first
     with torch.no_grad():
         kernel.mul_(2)
-    second = eager_step.PackedLinear.of(layer, kernel, bias)
+    second = kernels.PackedLinear.of(layer, kernel, bias)
     assert second is not first
     x = torch.randn(1, 8)
     torch.testing.assert_close(second(x), x @ kernel + bias, rtol=1e-5, atol=1e-5)
@@ -169,13 +169,13 @@ def test_packed_kernels_follow_weight_changes():
 
 def test_release_drops_the_kept_kernel_copies():
     """`release` frees the packed copies (torch) and the next steps remake them."""
-    from kerasformers.models import eager_step
+    from kerasformers.backends import torch as torch_backend
 
     obj = randomized()
     first, _ = stepwise(obj, IDS)
-    dropped = eager_step.release(obj)
+    dropped = torch_backend.release(obj)
     # torch: q/k/v and o per layer, two FFN Dense per layer, the tied LM head
-    assert dropped == (2 * 4 + 1 if eager_step.available() else 0)
-    assert eager_step.release(obj) == 0
+    assert dropped == (2 * 4 + 1 if torch_backend.available() else 0)
+    assert torch_backend.release(obj) == 0
     again, _ = stepwise(obj, IDS)
     np.testing.assert_array_equal(first, again)
