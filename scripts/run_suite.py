@@ -23,7 +23,7 @@ ONCE = ["tests/test_tokenizers.py", "tests/test_tokenizers_bert4keras.py",
         "kerasformers/saving.py"]
 PER_BACKEND = ["tests", "--doctest-modules", "kerasformers/models", "kerasformers/layers",
                "kerasformers/generation", "kerasformers/lora.py",
-               "kerasformers/backend.py", "kerasformers/backends/torch", "kerasformers/config.py",
+               "kerasformers/ops.py", "kerasformers/backend.py", "kerasformers/backends/torch", "kerasformers/config.py",
                "kerasformers/checkpoints",
                "kerasformers/optimizers.py", "kerasformers/training.py",
                "kerasformers/pretraining/objectives.py", "kerasformers/pretraining/pipeline.py",

@@ -21,7 +21,7 @@ from collections import namedtuple
 
 from keras import ops
 
-from kerasformers import backend as K
+from kerasformers import ops as K
 
 #: the static settings a compiled loop is specialised for
 LoopConfig = namedtuple("LoopConfig", [

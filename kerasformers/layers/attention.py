@@ -14,7 +14,7 @@ import functools
 import keras
 from keras import ops
 
-from kerasformers.backend import apply_rotary_position_embeddings, attention_normalize
+from kerasformers.ops import apply_rotary_position_embeddings, attention_normalize
 from kerasformers.layers.core import remat_call, remat_scope, with_sublayer_policies
 from kerasformers.saving import register
 

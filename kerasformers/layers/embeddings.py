@@ -14,7 +14,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasformers.backend import embedding_lookup, sinusoidal_embeddings, sinusoidal_table
+from kerasformers.ops import embedding_lookup, sinusoidal_embeddings, sinusoidal_table
 from kerasformers.saving import register
 
 

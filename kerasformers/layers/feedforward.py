@@ -9,7 +9,7 @@
 
 import keras
 
-from kerasformers.backend import get_activation, serialize_activation
+from kerasformers.ops import get_activation, serialize_activation
 from kerasformers.layers.core import remat_call, remat_scope, with_sublayer_policies
 from kerasformers.saving import register
 

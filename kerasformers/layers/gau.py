@@ -16,7 +16,7 @@ with the same weights and numerics.
 import keras
 from keras import ops
 
-from kerasformers.backend import (
+from kerasformers.ops import (
     apply_rotary_position_embeddings,
     attention_normalize,
     get_activation,

@@ -20,7 +20,7 @@ True
 import keras
 from keras import ops
 
-from kerasformers.backend import apply_rotary_position_embeddings, sinusoidal_embeddings
+from kerasformers.ops import apply_rotary_position_embeddings, sinusoidal_embeddings
 from kerasformers.layers.core import with_sublayer_policies
 from kerasformers.saving import register
 

@@ -14,7 +14,7 @@ Conditional LayerNorm (`conditional=True`, inputs `[x, cond]`).
 import keras
 from keras import ops
 
-from kerasformers.backend import get_activation, serialize_activation
+from kerasformers.ops import get_activation, serialize_activation
 from kerasformers.layers.core import with_sublayer_policies
 from kerasformers.saving import register
 

@@ -190,7 +190,7 @@ class BERT(Transformer):
 
     @property
     def hidden_act_fn(self):
-        from kerasformers.backend import get_activation
+        from kerasformers.ops import get_activation
 
         act = self.hidden_act[0] if isinstance(self.hidden_act, (list, tuple)) else self.hidden_act
         return get_activation(act)

@@ -25,7 +25,7 @@ every step's outputs equal the uncached forward pass at those positions.
 import keras
 from keras import ops
 
-from kerasformers import backend as K
+from kerasformers import ops as K
 from kerasformers.layers import (
     MultiHeadAttention,
     PositionEmbedding,

@@ -11,7 +11,7 @@ import keras
 import torch
 import torch.nn.functional as F
 
-from kerasformers import backend as K
+from kerasformers import ops as K
 from kerasformers.backends.torch.kernels import Int8Matmul, PackedLinear
 from kerasformers.layers import FeedForward, LayerNormalization
 from kerasformers.layers.core import MaskedAdd
