@@ -29,8 +29,9 @@ from kerasformers.layers.crf import (  # noqa: E402
     viterbi_decode,
 )
 from kerasformers.layers.global_pointer import EfficientGlobalPointer, GlobalPointer  # noqa: E402
+from kerasformers.layers.loss import Loss  # noqa: E402
 
 __all__ += [
-    "ConditionalRandomField", "EfficientGlobalPointer", "GlobalPointer",
+    "ConditionalRandomField", "EfficientGlobalPointer", "GlobalPointer", "Loss",
     "MaximumEntropyMarkovModel", "ViterbiDecoder", "viterbi_decode",
 ]
