@@ -72,6 +72,27 @@ def assert_close(ours, ref, mask=None, tol=TOL, what=""):
     return float(diff.max())
 
 
+def assert_varied(out, mask=None, tol=TOL, what="", factor=1000):
+    """Fail loudly if outputs barely vary from position to position. A comparison
+    at `tol` then proves little: ELECTRA's untrained discriminator sat in
+    0.499-0.502, so a padding leak stayed below the tolerance (issue #20).
+
+    The spread is each feature's std over the positions (`mask`: the real ones),
+    averaged over features; it must reach `factor * tol`.
+
+    >>> assert_varied(np.array([[[0.0], [2.0]]]), tol=1e-5)   # [batch, positions, features]
+    1.0
+    """
+    out = np.asarray(out, "float32")
+    values = out[mask] if mask is not None else out
+    values = values.reshape(-1, out.shape[-1])
+    spread = float(values.std(axis=0).mean())
+    assert spread >= factor * tol, (
+        f"{what}: degenerate outputs, spread over positions {spread:.3g} < {factor} x tol "
+        f"{tol:g}; a leak would hide below the tolerance (randomise the weights?)")
+    return spread
+
+
 def installed(module):
     try:
         __import__(module)
