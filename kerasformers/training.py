@@ -16,8 +16,11 @@ subclass with its own train step, for the functional models that
   TensorFlow's per-occurrence rows, the same when no token repeats in a batch.
 
 The logged `loss` is the one trained on (perturbed, or with the penalty).
-Both return a new model sharing the layers (and weights) of `model`; compile
-and fit that one. It saves and loads like any functional model.
+Both work in place, as bert4keras' did: the functional `model` becomes an
+`AdversarialModel` (the same object, returned too), before or after
+`compile`, so the original's `model.compile(...)` then
+`adversarial_training(model, 'Embedding-Token', 0.5)` then `model.fit(...)`
+trains with FGM. It saves and loads like any functional model.
 
 Gradient accumulation and EMA are Keras built-ins; the recipe:
 
@@ -41,15 +44,16 @@ each weight shares its average's buffer) unless the weights get their own
 first: `for v in model.trainable_variables: v.assign(ops.convert_to_numpy(v))`.
 
 With a model from `build_transformer_model` (whose token embedding layer is
-'Embedding-Token'): `model = adversarial_training(keras.Model(bert.inputs,
-probs), 'Embedding-Token', 0.5)`. The same on a hand-made model:
+'Embedding-Token'): `model = keras.Model(bert.inputs, probs)`,
+`adversarial_training(model, 'Embedding-Token', 0.5)`. The same on a hand-made model:
 
 >>> import keras, numpy as np
 >>> ids = keras.Input((6,), dtype="int32")
 >>> x = keras.layers.Embedding(50, 8, name="Embedding-Token")(ids)
 >>> probs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling1D()(x))
->>> model = adversarial_training(keras.Model(ids, probs), "Embedding-Token", epsilon=0.5)
+>>> model = keras.Model(ids, probs)
 >>> model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+>>> _ = adversarial_training(model, "Embedding-Token", epsilon=0.5)  # in place, as bert4keras
 >>> tokens = np.random.RandomState(0).randint(1, 50, (8, 6))
 >>> history = model.fit(tokens, tokens[:, 0] % 2, verbose=0)
 >>> sorted(history.history)
@@ -278,30 +282,64 @@ class AdversarialModel(keras.Model):
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
 
+def _in_place(model, embedding_name, epsilon, method):
+    """Turn the functional `model` itself into an `AdversarialModel` (bert4keras
+    patched the compiled model in place, and its scripts ignore the return value).
+
+    Compiled state (optimizer, loss, metrics) is kept; the train function Keras
+    built for the plain step is dropped, so the next `fit` builds the new one.
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    from keras.src.models.functional import Functional
+    from keras.src.models.model import inject_functional_model_class
+
+    if not isinstance(model, AdversarialModel):
+        if type(model) is not Functional:
+            raise TypeError(
+                f"{method} works in place on functional models (keras.Model(inputs, outputs), "
+                f"as build_transformer_model returns), not on a {type(model).__name__}: "
+                f"write `model = keras.Model(model.inputs, model.outputs)` first, then call "
+                f"it and compile that model")
+        if not issubclass(AdversarialModel, Functional):  # Keras does this on first use
+            inject_functional_model_class(AdversarialModel)
+        model.__class__ = AdversarialModel
+    model.embedding_name = embedding_name
+    model.epsilon = float(epsilon)
+    model.method = method
+    model._embedding_index()  # fail now on a wrong name or a frozen embedding
+    model.train_function = None
+    return model
+
+
 def adversarial_training(model, embedding_name="Embedding-Token", epsilon=1.0):
     """bert4keras' `adversarial_training`: FGM on the `embedding_name` matrix.
 
-    Returns an `AdversarialModel` sharing `model`'s layers; compile and fit it
-    (bert4keras patched the compiled model in place). Su's examples use
-    epsilon 0.5 - 1 with BERT.
+    Works in place, like the original: `model` becomes an `AdversarialModel`
+    (same object, layers and weights) and is returned. Call it before or after
+    `compile`; the next `fit` trains with FGM either way (a model that has
+    already been fitted builds its train step again). Su's examples use
+    epsilon 0.5 - 1 with BERT. Functional models only (a TypeError otherwise).
 
     >>> import keras
     >>> ids = keras.Input((4,), dtype="int32")
     >>> x = keras.layers.Embedding(10, 8, name="Embedding-Token")(ids)
     >>> model = keras.Model(ids, keras.layers.Dense(2)(x))
-    >>> adversarial_training(model, epsilon=0.5).method
-    'fgm'
+    >>> model.compile("adam", "mse")
+    >>> adversarial_training(model, "Embedding-Token", 0.5) is model   # the original's call
+    True
+    >>> isinstance(model, AdversarialModel), model.method, model.epsilon
+    (True, 'fgm', 0.5)
     """
-    return AdversarialModel(model.input, model.output, embedding_name=embedding_name,
-                            epsilon=epsilon, method="fgm", name=model.name)
+    return _in_place(model, embedding_name, epsilon, "fgm")
 
 
 def gradient_penalty(model, embedding_name="Embedding-Token", epsilon=1.0):
     """Train `model` on `loss + epsilon / 2 * ||d loss / d embeddings||^2`.
 
-    Returns an `AdversarialModel` (method 'gradient_penalty') sharing `model`'s
-    layers; compile and fit it. Costs a double backward pass instead of FGM's
-    second forward one.
+    In place like `adversarial_training` (method 'gradient_penalty'); before
+    or after `compile`. Costs a double backward pass instead of FGM's second
+    forward one.
 
     >>> import keras
     >>> ids = keras.Input((4,), dtype="int32")
@@ -310,8 +348,7 @@ def gradient_penalty(model, embedding_name="Embedding-Token", epsilon=1.0):
     >>> gradient_penalty(model, epsilon=1.0).method
     'gradient_penalty'
     """
-    return AdversarialModel(model.input, model.output, embedding_name=embedding_name,
-                            epsilon=epsilon, method="gradient_penalty", name=model.name)
+    return _in_place(model, embedding_name, epsilon, "gradient_penalty")
 
 
 # ------------------------------------------------------------------------ EMA

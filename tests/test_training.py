@@ -135,6 +135,76 @@ def test_wrong_names_are_reported():
         AdversarialModel(model.inputs, model.outputs, method="pgd")
 
 
+# --------------------------------------- the original's call: in place, any order
+def fitted_weights(order, wrap=adversarial_training, epochs=3):
+    """Weights of the closed-form model after `fit` (Adam, fixed data and initial weights).
+
+    order: None (plain), 'before' (wrap, then compile), 'after' (bert4keras:
+    compile, then wrap, the return value ignored) or 'after_fit' (a plain
+    `fit` first, then wrap and fit again).
+    """
+    rng = np.random.RandomState(0)
+    ids = keras.Input((IDS.shape[1],), dtype="int32")
+    x = keras.layers.Embedding(V, D, name="Embedding-Token")(ids)
+    logits = keras.layers.Dense(C, name="head")(keras.layers.GlobalAveragePooling1D()(x))
+    model = keras.Model(ids, logits)
+    model.set_weights([rng.normal(size=(V, D)).astype("float32"),
+                       rng.normal(size=(D, C)).astype("float32"), np.zeros(C, "float32")])
+
+    def compile_():
+        model.compile(keras.optimizers.Adam(0.05),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+    if order == "before":
+        wrap(model, "Embedding-Token", 0.5)
+    compile_()
+    if order == "after_fit":
+        model.fit(IDS, LABELS, epochs=1, shuffle=False, verbose=0)
+    if order in ("after", "after_fit"):
+        wrap(model, "Embedding-Token", 0.5)  # the original's line, result unused
+    history = model.fit(IDS, LABELS, batch_size=3, epochs=epochs, shuffle=False, verbose=0)
+    return model, [w.copy() for w in model.get_weights()], history.history["loss"]
+
+
+@pytest.mark.parametrize("wrap", [adversarial_training, gradient_penalty])
+def test_in_place_before_or_after_compile_changes_fit(wrap):
+    """Called before or after compile, the very same model trains with FGM / the penalty:
+    its weights differ from plain training's, and both call orders agree."""
+    _, plain, plain_loss = fitted_weights(None)
+    model, before, before_loss = fitted_weights("before", wrap)
+    assert isinstance(model, AdversarialModel)
+    model, after, after_loss = fitted_weights("after", wrap)
+    assert isinstance(model, AdversarialModel) and model.epsilon == 0.5
+    for p, b, a in zip(plain, before, after):
+        assert np.abs(p - b).max() > 1e-3
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert before_loss[0] > plain_loss[0]  # the logged loss is the perturbed / penalised one
+    np.testing.assert_allclose(after_loss, before_loss, rtol=1e-5)
+
+
+def test_in_place_after_an_earlier_fit_rebuilds_the_train_step():
+    """A model fitted once, then made adversarial, trains adversarially from then on."""
+    _, plain, _ = fitted_weights(None, epochs=4)  # 1 + 3 epochs, all plain
+    _, mixed, losses = fitted_weights("after_fit")
+    assert any(np.abs(p - m).max() > 1e-3 for p, m in zip(plain, mixed))
+
+
+def test_in_place_keeps_the_compiled_state_and_returns_the_model():
+    model, _, _ = fitted_weights(None, epochs=1)
+    optimizer, loss = model.optimizer, model.loss
+    assert adversarial_training(model, "Embedding-Token", 0.3) is model
+    assert model.optimizer is optimizer and model.loss is loss and model.compiled
+    assert gradient_penalty(model, "Embedding-Token", 0.2) is model  # switch the method
+    assert (model.method, model.epsilon) == ("gradient_penalty", 0.2)
+
+
+def test_non_functional_models_are_refused_with_the_fix():
+    model = keras.Sequential([keras.Input((4,), dtype="int32"),
+                              keras.layers.Embedding(5, 2, name="Embedding-Token")])
+    with pytest.raises(TypeError, match=r"keras.Model\(model.inputs, model.outputs\)"):
+        adversarial_training(model, "Embedding-Token", 0.5)
+
+
 # ------------------------------------------------------------ tiny BERT task
 def toy_task(n=96, length=6, seed=0):
     """Class 1 sentences use tokens 3..25, class 0 tokens 26..49 ([CLS] = 2 first)."""
