@@ -14,7 +14,10 @@ attention_probs_dropout_prob, segment_vocab_size <- type_vocab_size (2).
 512
 """
 
+import difflib
 import json
+import math
+import numbers
 import os
 
 # HF `model_type` -> our model key
@@ -65,11 +68,28 @@ def load_json(path):
 
 
 def detect_model(config):
-    """Our model key for an HF config (from `model_type`), else None."""
-    model_type = str(config.get("model_type", "")).lower()
+    """Our model key for an HF config (from `model_type`); None without a
+    `model_type` (Google's `bert_config.json`: BERT is meant).
+
+    An unknown `model_type` is an error naming it: a config of another
+    architecture would otherwise load as BERT. Pass `model=` to the builder to
+    say which class to use instead.
+
+    >>> detect_model({"model_type": "deberta-v2"})
+    Traceback (most recent call last):
+    ...
+    ValueError: config model_type 'deberta-v2' is not known; known: albert, bert, electra, gpt2, mt5, nezha, roberta, roformer, t5, xlm-roberta (or pass model= to say which class to build)
+    """
+    if config.get("model_type") is None:
+        return None
+    model_type = str(config["model_type"]).lower()
     if model_type in ("t5", "mt5"):
         return _t5_model_key(config)
-    return HF_MODEL_TYPES.get(model_type)
+    if model_type not in HF_MODEL_TYPES:
+        known = ", ".join(sorted([*HF_MODEL_TYPES, "t5", "mt5"]))
+        raise ValueError(f"config model_type {config['model_type']!r} is not known; known: "
+                         f"{known} (or pass model= to say which class to build)")
+    return HF_MODEL_TYPES[model_type]
 
 
 def read_config(config):
@@ -83,8 +103,10 @@ def read_config(config):
         return _read_t5(raw, out)
     if "max_position" not in out:
         out["max_position"] = raw.get("max_position_embeddings", 512)
-        if model_type in ("roberta", "xlm-roberta") and raw.get("pad_token_id"):
-            out["max_position"] -= raw["pad_token_id"] + 1  # HF offsets positions by pad+1
+        pad = raw.get("pad_token_id")
+        if model_type in ("roberta", "xlm-roberta") and _is_int(pad) and pad > 0 \
+                and _is_int(out["max_position"]):
+            out["max_position"] -= pad + 1  # HF offsets positions by pad+1
     if "dropout_rate" not in out and "hidden_dropout_prob" in raw:
         out["dropout_rate"] = raw["hidden_dropout_prob"]
     if "attention_dropout_rate" not in out and "attention_probs_dropout_prob" in raw:
@@ -110,8 +132,8 @@ def _read_gpt2(raw, out):
     """
     for hf_key, (ours, default) in _GPT2_KEYS.items():
         out.pop(hf_key, None)
-        if ours not in out:
-            out[ours] = raw[hf_key] if raw.get(hf_key) is not None else default
+        if ours not in out:  # a null in the file is passed on (and refused if required)
+            out[ours] = raw[hf_key] if hf_key in raw else default
     out.pop("n_inner", None)
     if "intermediate_size" not in out:
         out["intermediate_size"] = raw.get("n_inner") or 4 * out["hidden_size"]
@@ -139,7 +161,11 @@ _T5_KEYS = {
 def _t5_feed_forward(raw):
     """(hidden_act, gated) from transformers' `feed_forward_proj`."""
     default = "gated-gelu" if str(raw.get("model_type")).lower() == "mt5" else "relu"
-    proj = raw.get("feed_forward_proj") or default
+    proj = raw.get("feed_forward_proj")
+    proj = default if proj is None else proj
+    if not isinstance(proj, str):
+        raise TypeError(f"config feed_forward_proj must be a string such as 'relu' or "
+                        f"'gated-gelu', got {proj!r}")
     parts = proj.split("-")
     gated = parts[0] == "gated"
     act = parts[-1]
@@ -172,9 +198,8 @@ def _read_t5(raw, out):
     mt5 = str(raw.get("model_type")).lower() == "mt5"
     for hf_key, (ours, t5_default, mt5_default) in _T5_KEYS.items():
         out.pop(hf_key, None)
-        if ours not in out:
-            value = raw.get(hf_key)
-            out[ours] = value if value is not None else (mt5_default if mt5 else t5_default)
+        if ours not in out:  # a null in the file is passed on (and refused if required)
+            out[ours] = raw[hf_key] if hf_key in raw else (mt5_default if mt5 else t5_default)
     if "hidden_act" not in out:
         out["hidden_act"] = _t5_feed_forward(raw)[0]
     out.setdefault("attention_dropout_rate", out["dropout_rate"])  # T5 uses one rate
@@ -234,3 +259,149 @@ def write_t5(model):
     if not mt5:
         config["scale_decoder_outputs"] = model.tie_word_embeddings
     return config
+
+
+# ------------------------------------------------------------ constructor arguments
+# The model classes' constructors are checked here once, before any layer is
+# built (`Transformer.__new__`): unknown names are refused with the closest
+# valid one, values are checked by kind, and each error names key and value.
+
+#: bert4keras arguments not implemented yet: refused by name, never swallowed
+NOT_SUPPORTED = {
+    "layer_norm_cond": "conditional LayerNorm (issue #13)",
+    "layer_norm_cond_hidden_size": "conditional LayerNorm (issue #13)",
+    "layer_norm_cond_hidden_act": "conditional LayerNorm (issue #13)",
+    "additional_input_layers": "extra model inputs (issue #13)",
+    "attention_caches": "use init_cache / call_with_cache for cached decoding",
+    "autoresize_weights": "checkpoint shapes must fit; keep_tokens / compound_tokens "
+                          "resize the vocabulary",
+}
+
+#: how config files spell our arguments, quoted in error messages
+FILE_NAMES = {
+    "hidden_size": "n_embd, d_model", "num_hidden_layers": "n_layer, num_layers",
+    "num_attention_heads": "n_head, num_heads", "intermediate_size": "n_inner, d_ff",
+    "max_position": "max_position_embeddings, n_positions",
+    "segment_vocab_size": "type_vocab_size", "attention_head_size": "d_kv",
+    "dropout_rate": "hidden_dropout_prob, resid_pdrop",
+    "attention_dropout_rate": "attention_probs_dropout_prob, attn_pdrop",
+    "layer_norm_eps": "layer_norm_epsilon",
+    "hidden_act": "activation_function, feed_forward_proj",
+}
+
+#: kinds of argument values: name -> kind (see `check_arguments`)
+KINDS = {
+    **dict.fromkeys(("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "embedding_size", "attention_head_size",
+                     "attention_key_size", "sequence_length", "max_position",
+                     "max_relative_position", "num_decoder_layers",
+                     "relative_attention_num_buckets", "relative_attention_max_distance"),
+                    "size"),
+    "segment_vocab_size": "count", "pad_token_id": "id",
+    "dropout_rate": "rate", "attention_dropout_rate": "rate", "layer_norm_eps": "epsilon",
+    "hidden_act": "activation",
+    **dict.fromkeys(("with_pool", "with_mlm", "with_discriminator", "with_lm",
+                     "final_activation"), "head"),
+    **dict.fromkeys(("with_nsp", "custom_position_ids", "shared_segment_embeddings",
+                     "residual_attention_scores", "ignore_invalid_weights", "remat",
+                     "tie_word_embeddings", "cross_position_bias", "context_mask"), "flag"),
+    "keep_tokens": "tokens",
+}
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_activation(value):
+    from kerasformers.ops import get_activation
+
+    if isinstance(value, (list, tuple)):
+        return len(value) > 0 and all(_is_activation(v) for v in value)
+    if not (isinstance(value, str) or callable(value)):
+        return False
+    try:
+        get_activation(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _problem(name, value):
+    """(exception type, what is wrong) for one argument value, or None."""
+    kind = KINDS.get(name)
+    if kind in ("size", "count", "id"):
+        least = 1 if kind == "size" else 0
+        what = "a positive integer" if kind == "size" else "an integer >= 0"
+        if not _is_int(value):
+            return TypeError, f"must be {what}, got {value!r} ({type(value).__name__})"
+        if value < least:
+            return ValueError, f"must be {what}, got {value!r}"
+    elif kind in ("rate", "epsilon"):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            return TypeError, f"must be a number, got {value!r} ({type(value).__name__})"
+        if kind == "rate" and not 0 <= value < 1:
+            return ValueError, f"must be in [0, 1), got {value!r}"
+        if kind == "epsilon" and not (value > 0 and math.isfinite(value)):
+            return ValueError, f"must be a finite number > 0, got {value!r}"
+    elif kind == "activation":
+        if not _is_activation(value):
+            return ValueError, f"is not a known activation (or list of them): {value!r}"
+    elif kind == "head":
+        if not isinstance(value, bool) and not _is_activation(value):
+            return ValueError, f"must be True, False or an activation name, got {value!r}"
+    elif kind == "flag":
+        if not isinstance(value, bool) and type(value).__name__ != "bool_":
+            return TypeError, f"must be True or False, got {value!r} ({type(value).__name__})"
+    elif kind == "tokens":
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) == 0 \
+                or not all(_is_int(i) and i >= 0 for i in value):
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            return ValueError, f"must be a non-empty list of token ids >= 0, got {shown}"
+    return None
+
+
+def check_arguments(arguments, owner, optional=()):
+    """Check a model constructor's arguments by kind (`KINDS`); names in
+    `optional` may be None (their default). Raises one error listing every bad
+    key with its value: TypeError if all are of the wrong type, else ValueError.
+
+    >>> check_arguments({"hidden_size": 0, "dropout_rate": 1.5}, "BERT")
+    Traceback (most recent call last):
+    ...
+    ValueError: BERT: hidden_size (n_embd, d_model in config files) must be a positive integer, got 0; dropout_rate (hidden_dropout_prob, resid_pdrop in config files) must be in [0, 1), got 1.5
+    """
+    problems = []
+    for name, value in arguments.items():
+        if value is None and name in optional:
+            continue
+        found = _problem(name, value)
+        if found is not None:
+            alias = f" ({FILE_NAMES[name]} in config files)" if name in FILE_NAMES else ""
+            problems.append((found[0], f"{name}{alias} {found[1]}"))
+    if problems:
+        error = TypeError if all(t is TypeError for t, _ in problems) else ValueError
+        raise error(f"{owner}: " + "; ".join(message for _, message in problems))
+
+
+def refuse_unknown(names, accepted, where):
+    """TypeError naming every name not in `accepted`, with the closest valid
+    name (difflib); bert4keras names we do not implement yet say so.
+
+    >>> refuse_unknown(["with_mlmm"], {"with_mlm", "with_pool"}, "build_transformer_model()")
+    Traceback (most recent call last):
+    ...
+    TypeError: build_transformer_model() got an unexpected keyword argument 'with_mlmm' (did you mean 'with_mlm'?)
+    """
+    unknown = [name for name in names if name not in accepted]
+    if not unknown:
+        return
+    parts = []
+    for name in unknown:
+        if name in NOT_SUPPORTED:
+            parts.append(f"{name!r} (bert4keras) is not supported yet: {NOT_SUPPORTED[name]}")
+            continue
+        close = difflib.get_close_matches(name, sorted(accepted), n=1, cutoff=0.6)
+        parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    plural = "s" if len(unknown) > 1 else ""
+    raise TypeError(f"{where} got an unexpected keyword argument{plural} " + ", ".join(parts))

@@ -75,6 +75,12 @@ def _resolve_paths(config_path, checkpoint_path):
     return config_path, checkpoint_path
 
 
+#: bert4keras spellings of arguments, accepted as keywords (our name wins if both given)
+KEYWORD_ALIASES = {"max_position_embeddings": "max_position", "hidden_dropout_prob": "dropout_rate",
+                   "attention_probs_dropout_prob": "attention_dropout_rate",
+                   "type_vocab_size": "segment_vocab_size"}
+
+
 def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
                             application="encoder", return_keras_model=True, **kwargs):
     """Build a Transformer from a config, optionally loading a checkpoint.
@@ -82,7 +88,18 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
     config_path: Google `bert_config.json`, HF `config.json`, a directory, a dict,
         or None (everything from kwargs). Given an HF directory as checkpoint_path
         and no config_path, the config (and, if `model` is None, the model key)
-        come from that directory.
+        come from that directory. A config file's `model_type` picks the model
+        (an unknown one is an error unless `model` is given; without one, BERT).
+        Keys of a config file are used where they name a constructor argument
+        of the model (`hidden_size`, `num_attention_heads`, `layer_norm_eps`,
+        `pad_token_id`, ...) or have a known translation (HF/Google:
+        max_position_embeddings, hidden_dropout_prob,
+        attention_probs_dropout_prob, type_vocab_size; GPT-2's n_embd, n_layer,
+        n_head, n_inner, n_positions, activation_function, layer_norm_epsilon,
+        resid_pdrop, attn_pdrop; T5's d_model, d_ff, d_kv, num_layers,
+        num_heads, feed_forward_proj, dropout_rate, layer_norm_epsilon); every
+        other key (initializer_range, architectures, transformers_version, ...)
+        is ignored. Used values are checked before anything is built.
     checkpoint_path: TF checkpoint prefix, `.safetensors`, `.bin`, a directory or a
         dict of arrays; weights are matched by name.
     model: 'bert' (default), 'roberta', 'albert', 'albert_unshared', 'nezha',
@@ -93,6 +110,12 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
     application: 'encoder', 'lm' (causal + MLM) or 'unilm' (seq2seq mask + MLM).
     kwargs override the config (heads: with_pool, with_nsp, with_mlm,
         with_discriminator; keep_tokens, compound_tokens, dropout_rate, ...).
+        Unlike config-file keys, every keyword must be an argument of the
+        model's constructor: anything else is a TypeError naming it and the
+        closest valid name (bert4keras' layer_norm_cond, additional_input_layers,
+        attention_caches and autoresize_weights say "not supported yet").
+        bert4keras' spellings max_position_embeddings, hidden_dropout_prob,
+        attention_probs_dropout_prob and type_vocab_size are accepted.
         dtype: a Keras dtype policy for every layer, e.g. 'mixed_bfloat16'.
         remat=True: gradient checkpointing (bert4keras' RECOMPUTE=1). Every
         attention and feed-forward layer recomputes its inner activations in
@@ -102,15 +125,20 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
     Returns the Keras model, or the Transformer object (`.model`,
     `.load_weights_from_checkpoint`, `.save_weights_as_checkpoint`) when
     return_keras_model=False.
+
+    >>> build_transformer_model(None, vocab_size=50, hidden_size=16, num_hidden_layers=1,
+    ...                         num_attention_heads=2, intermediate_size=32, with_mlmm=True)
+    Traceback (most recent call last):
+    ...
+    TypeError: build_transformer_model() got an unexpected keyword argument 'with_mlmm' (did you mean 'with_mlm'?)
     """
     config_path, checkpoint_path = _resolve_paths(config_path, checkpoint_path)
-    configs = {}
+    file_configs = {}
     if config_path is not None:
         raw = config_lib.load_json(config_path) if not isinstance(config_path, dict) else config_path
         if model is None:
             model = config_lib.detect_model(raw)
-        configs.update(config_lib.read_config(raw))
-    configs.update(kwargs)
+        file_configs = config_lib.read_config(raw)
     if model is None:
         model = "bert"
     if isinstance(model, str):
@@ -119,12 +147,22 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
             raise ValueError(f"Unknown model {model!r}; available: {', '.join(sorted(MODELS))} "
                              "(or pass a Transformer subclass)")
         MODEL = MODELS[key]
-        if key.startswith(("t5.1.1", "mt5.1.1")):  # t5.1.1* / mt5.1.1* keys fix the version
-            configs["version"] = key.split("_")[0]
     elif isinstance(model, type) and issubclass(model, Transformer):
-        MODEL = model
+        MODEL, key = model, None
     else:
         raise TypeError(f"model must be a model name or a Transformer subclass, got {model!r}")
+
+    accepted = MODEL.accepted_arguments()
+    config_lib.refuse_unknown(kwargs, accepted | set(KEYWORD_ALIASES), "build_transformer_model()")
+    for alias, ours in KEYWORD_ALIASES.items():
+        if alias in kwargs:
+            value = kwargs.pop(alias)
+            kwargs.setdefault(ours, value)
+    # config-file keys that are no argument of MODEL are tolerated (see above)
+    configs = {k: v for k, v in file_configs.items() if k in accepted}
+    configs.update(kwargs)
+    if key is not None and key.startswith(("t5.1.1", "mt5.1.1")):  # these keys fix the version
+        configs["version"] = key.split("_")[0]
 
     application = (application or "encoder").lower()
     if application not in ("encoder", "lm", "unilm"):
@@ -142,7 +180,7 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
         raise ValueError(f"config is missing {', '.join(missing)} "
                          f"(config_path={config_path!r})")
     transformer = MODEL(**configs)
-    transformer.build(**configs)
+    transformer.build()
     if checkpoint_path is not None:
         transformer.load_weights_from_checkpoint(checkpoint_path)
     return transformer.model if return_keras_model else transformer

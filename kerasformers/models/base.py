@@ -12,11 +12,14 @@ A model is a thin subclass that overrides a hook or two (`get_inputs`,
 ['Input-Token', 'Input-Segment']
 """
 
+import inspect
 import threading
+import warnings
 
 import keras
 import numpy as np
 
+from kerasformers import config as config_lib
 from kerasformers.backends import torch as torch_backend
 from kerasformers.checkpoints import loader
 from kerasformers.layers import AttentionMask, FeedForward, MultiHeadAttention
@@ -39,13 +42,57 @@ class Transformer:
     #: encoder-decoder (T5): `init_cache` takes the encoder input, not a batch size
     is_seq2seq = False
 
+    def __new__(cls, *args, **kwargs):
+        """Check every constructor argument before any `__init__` runs: unknown
+        names are a TypeError with the closest valid name, bad values an error
+        naming key and value (`config.check_arguments`)."""
+        init = next(k.__dict__["__init__"] for k in cls.__mro__ if "__init__" in k.__dict__)
+        params = [p.name for p in inspect.signature(init).parameters.values()
+                  if p.kind is p.POSITIONAL_OR_KEYWORD][1:]
+        arguments = {**dict(zip(params, args)), **kwargs}
+        config_lib.refuse_unknown(kwargs, cls.accepted_arguments(), f"{cls.__name__}()")
+        cls.check_arguments(arguments)
+        return super().__new__(cls)
+
+    @classmethod
+    def accepted_arguments(cls):
+        """Every keyword argument this class's constructor accepts."""
+        return set(cls._defaults())
+
+    @classmethod
+    def _defaults(cls):
+        """{argument: default} over the constructors of the class and its bases."""
+        defaults = {}
+        for klass in cls.__mro__:
+            for p in inspect.signature(klass.__dict__.get("__init__", object.__init__)) \
+                    .parameters.values():
+                if klass is not object and p.name != "self" and p.kind in (
+                        p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                    defaults.setdefault(p.name, p.default)
+        return defaults
+
+    @classmethod
+    def check_arguments(cls, arguments):
+        """Check argument values (a hook: subclasses add their own rules).
+        None is accepted where the constructor's default is None."""
+        optional = {k for k, v in cls._defaults().items() if v is None} | {"pad_token_id"}
+        config_lib.check_arguments(arguments, cls.__name__, optional)
+        hidden, heads = arguments.get("hidden_size"), arguments.get("num_attention_heads")
+        if arguments.get("attention_head_size") is None and hidden and heads and hidden % heads:
+            names = config_lib.FILE_NAMES
+            raise ValueError(
+                f"{cls.__name__}: hidden_size {hidden} is not divisible by num_attention_heads "
+                f"{heads} (in config files: {names['hidden_size']}; "
+                f"{names['num_attention_heads']}); pass attention_head_size to choose the "
+                "size of each head")
+
     def __init__(self, vocab_size, hidden_size, num_hidden_layers, num_attention_heads,
                  intermediate_size, hidden_act="gelu", dropout_rate=None,
                  attention_dropout_rate=None, embedding_size=None, attention_head_size=None,
                  attention_key_size=None, sequence_length=None, keep_tokens=None,
                  compound_tokens=None, residual_attention_scores=False,
                  ignore_invalid_weights=False, layer_norm_eps=None, pad_token_id=0,
-                 dtype=None, remat=False, layers=None, prefix=None, name=None, **kwargs):
+                 dtype=None, remat=False, layers=None, prefix=None, name=None):
         if keep_tokens is not None:
             vocab_size = len(keep_tokens)
         if compound_tokens is not None:
@@ -54,9 +101,6 @@ class Transformer:
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads
-        if hidden_size % num_attention_heads and attention_head_size is None:
-            raise ValueError(f"hidden_size {hidden_size} is not divisible by "
-                             f"num_attention_heads {num_attention_heads}")
         self.attention_head_size = attention_head_size or hidden_size // num_attention_heads
         self.attention_key_size = attention_key_size or self.attention_head_size
         self.intermediate_size = intermediate_size

@@ -7,9 +7,13 @@
 (None, None, 100)
 """
 
+import warnings
+
 import keras
 
+from kerasformers.checkpoints import loader
 from kerasformers.checkpoints.loader import T
+from kerasformers.checkpoints.sources import open_checkpoint
 from kerasformers.layers import (
     Embedding,
     FeedForward,
@@ -198,6 +202,28 @@ class BERT(Transformer):
     # ------------------------------------------------------------- weights
     def vocab_paths(self):
         return super().vocab_paths() | {self.prefixed("MLM-Bias/beta")}
+
+    def load_weights_from_checkpoint(self, checkpoint, naming=None):
+        """As Transformer's. With segment_vocab_size=0, segment embeddings in the
+        checkpoint are not loaded, and a warning says so: the model then equals
+        the original fed segment 0 everywhere only if that row is zero."""
+        source = open_checkpoint(checkpoint)
+        if self.segment_vocab_size == 0:
+            column = {"google": 1, "hf": 2}.get(naming or source.naming)
+            for row in self.weight_table():
+                key = loader.as_key(row[column]) if column else None
+                if row[0] != self.prefixed("Embedding-Segment/embeddings") or key is None:
+                    continue
+                name = loader.resolve(source, key.name, self.hf_prefixes)
+                if name is not None:
+                    shape = tuple(source.shape(name))
+                    warnings.warn(
+                        f"{source.path}: the checkpoint has segment embeddings {name!r} "
+                        f"{shape}, but segment_vocab_size=0 (type_vocab_size in config "
+                        "files): they are not loaded, so outputs differ from the original "
+                        "model's unless its segment-0 row is zero. Pass segment_vocab_size="
+                        f"{shape[0]} to use them.", UserWarning, stacklevel=2)
+        return super().load_weights_from_checkpoint(source, naming=naming)
 
     def embedding_rows(self, g, h):
         """Embedding rows of the table; g/h are the google/hf prefixes."""

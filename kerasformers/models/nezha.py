@@ -19,6 +19,19 @@ class NEZHA(BERT):
     hf_prefixes = ("nezha",)
     hf_model_type = "nezha"
 
+    @classmethod
+    def check_arguments(cls, arguments):
+        """As Transformer's; the sinusoidal position code (relative here, rotary
+        in RoFormer) pairs dimensions, so the key size per head must be even."""
+        super().check_arguments(arguments)
+        hidden, heads = arguments.get("hidden_size"), arguments.get("num_attention_heads")
+        size = (arguments.get("attention_key_size") or arguments.get("attention_head_size")
+                or (hidden // heads if hidden and heads else None))
+        if size is not None and size % 2:
+            raise ValueError(f"{cls.__name__}: the key size per head ({size}: "
+                             "attention_key_size, attention_head_size or hidden_size / "
+                             "num_attention_heads) must be even for sinusoidal positions")
+
     def __init__(self, max_relative_position=64, **kwargs):
         super().__init__(**kwargs)
         self.max_relative_position = max_relative_position

@@ -57,6 +57,8 @@ class T5_Base(Transformer):
         t5.1.0). Untied (t5.1.1, mT5): a separate `Decoder-Output-LM`, no scaling.
     relative_attention_num_buckets (32), relative_attention_max_distance (128).
     num_decoder_layers: decoder depth (default num_hidden_layers).
+    max_position: accepted, so that one dict of arguments builds every model,
+        and not used: T5's relative positions have no length limit.
     Token id 0 (`pad_token_id`) is padding in the encoder and the start token of
     the decoder.
     """
@@ -66,9 +68,23 @@ class T5_Base(Transformer):
     hf_model_type = "t5"
     allowed_applications = ("encoder",)
 
+    @classmethod
+    def check_arguments(cls, arguments):
+        """As Transformer's, and the relative-position buckets must make sense:
+        each direction needs an exact bucket (num_buckets >= 4), and the
+        log-spaced buckets need max_distance beyond the exact ones."""
+        super().check_arguments(arguments)
+        buckets = arguments.get("relative_attention_num_buckets", 32)
+        distance = arguments.get("relative_attention_max_distance", 128)
+        if buckets < 4 or distance <= buckets // 2:
+            raise ValueError(
+                f"{cls.__name__}: relative_attention_num_buckets {buckets} must be >= 4 and "
+                f"relative_attention_max_distance {distance} greater than half of it "
+                "(T5 uses 32 and 128)")
+
     def __init__(self, version="t5.1.0", hidden_act=None, tie_word_embeddings=None,
                  relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                 num_decoder_layers=None, **kwargs):
+                 num_decoder_layers=None, max_position=None, **kwargs):
         version = (version or "t5.1.0").lower()
         if version not in VERSIONS:
             raise ValueError(f"Unknown T5 version {version!r}; use one of {', '.join(VERSIONS)}")
@@ -483,6 +499,10 @@ class T5_Decoder(T5_Base):
 
 
 
+#: T5_Decoder's own arguments, which the joint T5 passes to its decoder only
+_DECODER_OPTIONS = ("with_lm", "final_activation", "cross_position_bias", "context_mask")
+
+
 class T5(T5_Base):
     """Encoder + decoder sharing `Embedding-Token` (and every layer, by name).
 
@@ -499,7 +519,13 @@ class T5(T5_Base):
 
     is_seq2seq = True
 
+    @classmethod
+    def _defaults(cls):
+        """The shared arguments plus the decoder's own (with_lm, ...)."""
+        return {**T5_Decoder._defaults(), **super()._defaults()}
+
     def __init__(self, **kwargs):
+        decoder_options = {k: kwargs.pop(k) for k in _DECODER_OPTIONS if k in kwargs}
         super().__init__(**kwargs)
         kwargs["layers"] = self.layers
         e_name, d_name = "Encoder", "Decoder"
@@ -507,7 +533,7 @@ class T5(T5_Base):
         if name is not None:
             e_name, d_name = f"{name}_{e_name}", f"{name}_{d_name}"
         self.encoder_transformer = T5_Encoder(name=e_name, **kwargs)
-        self.decoder_transformer = T5_Decoder(name=d_name, **kwargs)
+        self.decoder_transformer = T5_Decoder(name=d_name, **kwargs, **decoder_options)
         self.with_lm = self.decoder_transformer.with_lm
         self.cross_position_bias = self.decoder_transformer.cross_position_bias
         self.encoder = self.decoder = None
