@@ -147,18 +147,36 @@ def global_pointer_crossentropy(y_true, y_pred):
 
 
 @register
-def sparse_global_pointer_crossentropy(y_true, y_pred, mask_zero=True):
+def sparse_global_pointer_crossentropy(y_true, y_pred, mask_zero=True, head_reduction="sum"):
     """GPLinker's sparse span loss: y_true [batch, heads, k, 2] holds (start, end) pairs.
 
     Spans are flattened to start * n + end; with `mask_zero` the pair (0, 0)
-    pads y_true. Returns [batch] (mean over heads; GPLinker summed the batch).
+    pads y_true. Returns [batch]: the loss of each head summed over heads
+    (`head_reduction="sum"`, the default), as GPLinker did
+    (`task_relation_extraction_gplinker.py`: `K.mean(K.sum(loss, axis=1))`,
+    with Keras' mean over the batch), so the entity output (2 heads) and the
+    head / tail outputs (one head per relation) weigh what they weighed there.
+    `head_reduction="mean"` averages over heads instead (this function's
+    earlier default; it divides the loss, and its gradient, by the head count).
+    Pass it to `compile` with `functools.partial` for the non-default.
+
+    >>> import numpy as np
+    >>> y_pred = np.full((1, 2, 3, 3), -5.0)
+    >>> y_pred[0, :, 1, 2] = 5.0                   # each head scores span (1, 2)
+    >>> spans = np.array([[[[1, 2]], [[1, 2]]]])   # and it is each head's label
+    >>> summed = sparse_global_pointer_crossentropy(spans, y_pred)
+    >>> mean = sparse_global_pointer_crossentropy(spans, y_pred, head_reduction="mean")
+    >>> bool(abs(float(summed[0]) - 2 * float(mean[0])) < 1e-6)
+    True
     """
+    if head_reduction not in ("sum", "mean"):
+        raise ValueError(f"head_reduction must be 'sum' or 'mean', got {head_reduction!r}")
     shape = ops.shape(y_pred)
     y_true = ops.cast(y_true, "int32")
     y_true = y_true[..., 0] * shape[2] + y_true[..., 1]
     y_pred = ops.reshape(y_pred, (shape[0], shape[1], -1))
     loss = sparse_multilabel_categorical_crossentropy(y_true, y_pred, mask_zero=mask_zero)
-    return ops.mean(loss, axis=1)
+    return ops.sum(loss, axis=1) if head_reduction == "sum" else ops.mean(loss, axis=1)
 
 
 @register

@@ -112,10 +112,42 @@ def test_global_pointer_crossentropy_and_sparse_variant():
     np.testing.assert_allclose(to_numpy(global_pointer_crossentropy(y_true, y_pred)), ref,
                                rtol=1e-5)
     # sparse: span (0, 0) is padding and never a label, so the two agree
-    sparse = to_numpy(sparse_global_pointer_crossentropy(spans, y_pred))
+    # (GPLinker sums over heads; "mean" is the opt-in)
     flat = y_pred.reshape(b, h, -1)[..., 1:]
-    np.testing.assert_allclose(sparse, np_mcce(y_true.reshape(b, h, -1)[..., 1:], flat).mean(1),
-                               rtol=1e-4)
+    per_head = np_mcce(y_true.reshape(b, h, -1)[..., 1:], flat)
+    sparse = to_numpy(sparse_global_pointer_crossentropy(spans, y_pred))
+    np.testing.assert_allclose(sparse, per_head.sum(1), rtol=1e-4)
+    mean = to_numpy(sparse_global_pointer_crossentropy(spans, y_pred, head_reduction="mean"))
+    np.testing.assert_allclose(mean, per_head.mean(1), rtol=1e-4)
+
+
+def np_gplinker_loss(spans, y_pred):
+    """GPLinker's `globalpointer_crossentropy`, written from bert4keras 0.11.5 in NumPy:
+    flatten (start, end) to start * n + end, bert4keras' sparse multi-label CE with
+    mask_zero=True, then `K.mean(K.sum(loss, axis=1))` (sum over heads, mean over batch)."""
+    b, h, n, _ = y_pred.shape
+    labels = spans[..., 0] * n + spans[..., 1]
+    scores = y_pred.reshape(b, h, -1).astype("float64")
+    out = np.zeros((b, h))
+    for i, j in np.ndindex(b, h):
+        s, idx = scores[i, j], labels[i, j]
+        s = np.concatenate([[np.inf], s[1:], [0.0]])  # mask_zero: class 0 -> +inf, extra 0
+        pos = np.concatenate([s[idx], [0.0]])
+        pos_loss = lse(-pos)
+        s_neg = np.concatenate([[-np.inf], s[1:]])    # then class 0 -> -inf
+        all_loss = lse(s_neg)
+        aux = np.clip(1 - np.exp(lse(s_neg[idx]) - all_loss), 1e-7, 1)
+        out[i, j] = pos_loss + all_loss + np.log(aux)
+    return out.sum(axis=1).mean()
+
+
+def test_sparse_global_pointer_crossentropy_is_gplinkers_loss():
+    """The batch mean Keras takes of our [batch] output equals GPLinker's scalar loss."""
+    _, y_pred, spans = gp_batch()
+    ours = to_numpy(sparse_global_pointer_crossentropy(spans, y_pred)).mean()
+    np.testing.assert_allclose(ours, np_gplinker_loss(spans, y_pred), rtol=1e-4)
+    with pytest.raises(ValueError, match="head_reduction"):
+        sparse_global_pointer_crossentropy(spans, y_pred, head_reduction="max")
 
 
 def test_global_pointer_f1():
