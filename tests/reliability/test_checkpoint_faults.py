@@ -210,3 +210,105 @@ def test_unknown_naming_lists_the_valid_ones(naming, model, tmp_path):
     if naming:  # a falsy naming on load means "detect it"
         fails(model, {Q0: np.zeros((32, 32), "float32")}, "valid namings", error=ValueError,
               naming=naming)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int32", "int64", "uint8", "bool", "complex64"])
+@pytest.mark.parametrize("naming", ["google", "hf"])
+def test_non_float_save_dtype_is_refused_before_writing(naming, dtype, model, tmp_path):
+    path = tmp_path / "out" / ("model.ckpt" if naming == "google" else "")
+    with pytest.raises(ValueError, match=rf"cannot write '.+' as {dtype}: .*floating point only"):
+        model.save_weights_as_checkpoint(str(path), naming=naming, dtype=dtype)
+    assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+@pytest.mark.parametrize("naming", ["google", "hf"])
+def test_float_save_dtypes_reload_equal(naming, dtype, model, tmp_path):
+    path = str(tmp_path / "model.ckpt") if naming == "google" else str(tmp_path)
+    model.save_weights_as_checkpoint(path, naming=naming, dtype=dtype)
+    copy = make()
+    copy.load_weights_from_checkpoint(path)
+    for k, v in model.export_weights(naming).items():
+        np.testing.assert_array_equal(copy.export_weights(naming)[k],
+                                      v.astype(dtype).astype("float32"), err_msg=k)
+
+
+def _listing(folder):
+    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
+
+
+class _Fault(Exception):
+    pass
+
+
+def _fail_on_call(monkeypatch, owner, attribute, n):
+    """Make the n-th call of owner.attribute (1-based) raise _Fault."""
+    real = getattr(owner, attribute)
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise _Fault(f"injected fault in {attribute} call {n}")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, attribute, wrapper)
+
+
+def _google_faults():
+    from kerasformers.checkpoints.tf_checkpoint import writer
+
+    faults = {f"replace-{n}": (os, "replace", n) for n in (1, 2, 3)}  # data, index, state
+    faults.update({f"payload-{n}": (writer, "_tensor_payload", n) for n in (1, 7, 30)})
+    faults["sstable"] = (writer, "_build_sstable", 1)
+    faults["encode-entry"] = (writer, "_encode_entry", 5)
+    faults["link"] = (os, "link", 2)
+    return faults
+
+
+GOOGLE_FAULTS = sorted(_google_faults())
+
+
+@pytest.mark.parametrize("old", [True, False], ids=["over-old", "fresh"])
+@pytest.mark.parametrize("fault", GOOGLE_FAULTS)
+def test_interrupted_google_save_keeps_the_old_checkpoint_and_no_temp_files(
+        fault, old, model, google, tmp_path, monkeypatch):
+    """A save that fails at any step: the directory is byte-for-byte as before."""
+    if fault == "link" and not old:
+        pytest.skip("nothing to keep: no hard link is made")
+    prefix = str(tmp_path / "model.ckpt")
+    if old:
+        loader_model = make()
+        loader_model.load_weights_from_checkpoint(google)
+        loader_model.save_weights_as_checkpoint(prefix)
+    before = _listing(tmp_path)
+    owner, attribute, n = _google_faults()[fault]
+    _fail_on_call(monkeypatch, owner, attribute, n)
+    with pytest.raises(_Fault, match="injected fault"):
+        model.save_weights_as_checkpoint(prefix)
+    monkeypatch.undo()
+    assert _listing(tmp_path) == before  # no temp files, old files unchanged
+    if old:
+        copy = make()
+        copy.load_weights_from_checkpoint(prefix)
+        np.testing.assert_array_equal(copy.export_weights("google")[Q0], google[Q0])
+    model.save_weights_as_checkpoint(prefix)  # and the next save works
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint", "model.ckpt.data-00000-of-00001",
+                                            "model.ckpt.index"]
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_interrupted_hf_save_keeps_the_old_files(n, model, google, tmp_path, monkeypatch):
+    old = make()
+    old.load_weights_from_checkpoint(google)
+    old.save_weights_as_checkpoint(str(tmp_path), naming="hf")
+    before = _listing(tmp_path)
+    _fail_on_call(monkeypatch, os, "replace", n)  # weights, then config.json
+    with pytest.raises(_Fault):
+        model.save_weights_as_checkpoint(str(tmp_path), naming="hf")
+    monkeypatch.undo()
+    if n == 1:
+        assert _listing(tmp_path) == before
+    else:  # the weights are new, config.json (identical here) the old one
+        assert sorted(os.listdir(tmp_path)) == sorted(before)
+    make().load_weights_from_checkpoint(str(tmp_path))

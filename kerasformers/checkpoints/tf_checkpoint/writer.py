@@ -1,6 +1,7 @@
 """``save_tf_checkpoint``: write a single-shard tensor-bundle checkpoint with NumPy only."""
 
 import os
+import shutil
 import struct
 import uuid
 
@@ -63,7 +64,9 @@ def save_tf_checkpoint(prefix, tensors, *, index_block_size=_DEFAULT_BLOCK_SIZE)
     Produces ``prefix.index``, ``prefix.data-00000-of-00001`` and a
     ``checkpoint`` state file next to them (overwriting any existing one, as
     TF's Saver does), readable by ``tf.train.load_checkpoint``.  Files are
-    written under temporary names and renamed into place, data before index.
+    written under temporary names and renamed into place together: if any
+    step fails, the old checkpoint (if any) is left as it was and no temporary
+    file remains (see ``_swap_in``).
     ``index_block_size`` is the SSTable data block size (TF's default).
     Returns the prefix.
 
@@ -90,7 +93,9 @@ def save_tf_checkpoint(prefix, tensors, *, index_block_size=_DEFAULT_BLOCK_SIZE)
     os.makedirs(directory, exist_ok=True)
     index_path = prefix + ".index"
     data_path = _data_path(prefix, 0, 1)
+    state_path = os.path.join(directory, "checkpoint")
     tag = f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    finals = (data_path, index_path, state_path)
     records = [(b"", _encode_header(1))]
     try:
         offset = 0
@@ -103,16 +108,50 @@ def save_tf_checkpoint(prefix, tensors, *, index_block_size=_DEFAULT_BLOCK_SIZE)
                 offset += size
         with open(index_path + tag, "wb") as fh:
             fh.write(_build_sstable(records, index_block_size))
-        os.replace(data_path + tag, data_path)
-        os.replace(index_path + tag, index_path)
+        base = _escape_text_proto(os.path.basename(prefix))
+        with open(state_path + tag, "w", encoding="utf-8") as fh:
+            fh.write(f'model_checkpoint_path: "{base}"\nall_model_checkpoint_paths: "{base}"\n')
+        _swap_in(finals, tag)
     finally:
-        for leftover in (data_path + tag, index_path + tag):
-            if os.path.exists(leftover):
-                os.remove(leftover)
-    base = _escape_text_proto(os.path.basename(prefix))
-    state = f'model_checkpoint_path: "{base}"\nall_model_checkpoint_paths: "{base}"\n'
-    state_path = os.path.join(directory, "checkpoint")
-    with open(state_path + tag, "w", encoding="utf-8") as fh:
-        fh.write(state)
-    os.replace(state_path + tag, state_path)
+        for final in finals:
+            if os.path.exists(final + tag):
+                os.remove(final + tag)
     return prefix
+
+
+def _swap_in(finals, tag):
+    """Rename each ``final + tag`` onto ``final``: all of them, or none.
+
+    The files of one checkpoint are renamed one by one, so a failure between two
+    renames would leave a new data file beside an old index: both versions lost.
+    Each old file is first kept under ``final + tag + ".old"`` (a hard link: no
+    copy), restored if any rename fails, and removed once all succeeded. A
+    process killed between two renames (no exception to catch) leaves the
+    ``.old`` files behind: the old version is still on disk, and the mixed
+    pair is refused by the reader (sizes and CRC32C per tensor).
+    """
+    kept = []
+    try:
+        for final in finals:
+            if os.path.exists(final):
+                try:
+                    os.link(final, final + tag + ".old")
+                except OSError:  # no hard links here (some network file systems)
+                    shutil.copy2(final, final + tag + ".old")
+                kept.append(final)
+        moved = []
+        try:
+            for final in finals:
+                os.replace(final + tag, final)
+                moved.append(final)
+        except BaseException:
+            for final in moved:  # the old version back, or no file where there was none
+                if final in kept:
+                    os.replace(final + tag + ".old", final)
+                else:
+                    os.remove(final)
+            raise
+    finally:
+        for final in kept:
+            if os.path.exists(final + tag + ".old"):
+                os.remove(final + tag + ".old")
