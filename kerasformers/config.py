@@ -75,10 +75,10 @@ def detect_model(config):
     architecture would otherwise load as BERT. Pass `model=` to the builder to
     say which class to use instead.
 
-    >>> detect_model({"model_type": "deberta-v2"})
+    >>> detect_model({"model_type": "deberta-v2"})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: config model_type 'deberta-v2' is not known; known: albert, bert, electra, gpt2, mt5, nezha, roberta, roformer, t5, xlm-roberta (or pass model= to say which class to build)
+    ValueError: config model_type 'deberta-v2' is not known; known: albert, bert, electra, ...
     """
     if config.get("model_type") is None:
         return None
@@ -366,10 +366,10 @@ def check_arguments(arguments, owner, optional=()):
     `optional` may be None (their default). Raises one error listing every bad
     key with its value: TypeError if all are of the wrong type, else ValueError.
 
-    >>> check_arguments({"hidden_size": 0, "dropout_rate": 1.5}, "BERT")
+    >>> check_arguments({"hidden_size": 0, "dropout_rate": 1.5}, "BERT")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: BERT: hidden_size (n_embd, d_model in config files) must be a positive integer, got 0; dropout_rate (hidden_dropout_prob, resid_pdrop in config files) must be in [0, 1), got 1.5
+    ValueError: BERT: hidden_size (n_embd, d_model in config files) must be a positive ...
     """
     problems = []
     for name, value in arguments.items():
@@ -388,10 +388,10 @@ def refuse_unknown(names, accepted, where):
     """TypeError naming every name not in `accepted`, with the closest valid
     name (difflib); bert4keras names we do not implement yet say so.
 
-    >>> refuse_unknown(["with_mlmm"], {"with_mlm", "with_pool"}, "build_transformer_model()")
+    >>> refuse_unknown(["with_mlmm"], {"with_mlm", "with_pool"}, "build()")
     Traceback (most recent call last):
     ...
-    TypeError: build_transformer_model() got an unexpected keyword argument 'with_mlmm' (did you mean 'with_mlm'?)
+    TypeError: build() got an unexpected keyword argument 'with_mlmm' (did you mean 'with_mlm'?)
     """
     unknown = [name for name in names if name not in accepted]
     if not unknown:

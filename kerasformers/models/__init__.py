@@ -127,15 +127,16 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
     return_keras_model=False.
 
     >>> build_transformer_model(None, vocab_size=50, hidden_size=16, num_hidden_layers=1,
-    ...                         num_attention_heads=2, intermediate_size=32, with_mlmm=True)
+    ...                         num_attention_heads=2, intermediate_size=32,
+    ...                         with_mlmm=True)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    TypeError: build_transformer_model() got an unexpected keyword argument 'with_mlmm' (did you mean 'with_mlm'?)
+    TypeError: build_transformer_model() got an unexpected keyword argument 'with_mlmm' (did ...
     """
     config_path, checkpoint_path = _resolve_paths(config_path, checkpoint_path)
     file_configs = {}
     if config_path is not None:
-        raw = config_lib.load_json(config_path) if not isinstance(config_path, dict) else config_path
+        raw = config_path if isinstance(config_path, dict) else config_lib.load_json(config_path)
         if model is None:
             model = config_lib.detect_model(raw)
         file_configs = config_lib.read_config(raw)

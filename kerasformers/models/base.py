@@ -14,7 +14,6 @@ A model is a thin subclass that overrides a hook or two (`get_inputs`,
 
 import inspect
 import threading
-import warnings
 
 import keras
 import numpy as np

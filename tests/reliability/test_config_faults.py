@@ -18,11 +18,11 @@ import math
 import random
 import warnings
 
-import keras
 import pytest
 
-from kerasformers import build_transformer_model, config as config_lib
-from kerasformers.models import BERT, GPT2, MODELS, T5, T5_Decoder
+from kerasformers import build_transformer_model
+from kerasformers import config as config_lib
+from kerasformers.models import BERT, MODELS, T5, T5_Decoder
 from kerasformers.models.t5 import _DECODER_OPTIONS
 
 TINY = dict(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
