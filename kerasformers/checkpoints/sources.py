@@ -6,6 +6,8 @@
 * Google/TF checkpoints (`model.ckpt` prefix, `.index` + `.data-*`), read by our
   own tensor-bundle reader: TensorFlow is not needed;
 * HF `model.safetensors`, sharded `model.safetensors.index.json`, or a directory;
+  each tensor is read from the shard the index's `weight_map` names, and a shard
+  path must stay inside the index's directory;
 * `pytorch_model.bin` (and sharded), via `torch.load(weights_only=True)` (no
   pickle code execution), only when torch is installed;
 * a plain dict name -> array.
@@ -20,7 +22,7 @@ slash-separated TF names, 'hf' for dotted PyTorch-style names.
 """
 
 import json
-import mmap
+import math
 import os
 
 import numpy as np
@@ -28,12 +30,14 @@ import numpy as np
 from kerasformers.checkpoints.bfloat16 import is_bfloat16, widen_bfloat16
 from kerasformers.checkpoints.errors import CheckpointError
 
-# safetensors dtype codes -> numpy ('BF16' is widened to float32 on read, see bfloat16.py).
-_ST_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
-    "U8": np.uint8, "BOOL": np.bool_,
-}
+# safetensors dtype codes -> numpy, little-endian as the format stores them
+# ('BF16' is widened to float32 on read, see bfloat16.py).
+_ST_DTYPES = {code: np.dtype(dt) for code, dt in {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
+    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
+}.items()}
+_MAX_HEADER = 100_000_000  # bytes; the safetensors library's own limit
 
 
 class Source:
@@ -102,71 +106,170 @@ class DictSource(Source):
 
 
 class SafetensorsSource(Source):
-    """One or more .safetensors files, memory-mapped.
+    """One or more .safetensors files, read tensor by tensor.
 
     Parsed by hand (the format is an 8-byte header length, a JSON header, raw
-    bytes) so that bf16 tensors read into NumPy and a truncated file is caught
-    from the header offsets before any tensor is used.
+    bytes) so that bf16 tensors read into NumPy and a bad header is refused,
+    naming the file and tensor, before any tensor is used (`parse_header`).
+
+    Tensors are read with plain file reads, not a memory map: a file truncated
+    or rewritten while mapped would kill the process (SIGBUS) on the first
+    touch of a lost page; a read instead returns short, and a file whose size
+    changed since it was opened is refused. `weight_map` (from a shard index)
+    decides which file each listed tensor is read from.
     """
 
-    def __init__(self, files, path=None):
+    def __init__(self, files, path=None, weight_map=None):
         super().__init__(path or files[0])
         self._where = {}
-        self._maps = []
+        found = {}  # tensor -> every file holding it
         for file in files:
-            self._open(file)
+            for key, where in self._open(file).items():
+                found.setdefault(key, []).append(file)
+                home = (weight_map or {}).get(key)
+                if home is None or _same_file(home, file):
+                    self._where[key] = where
+                    self._shapes[key] = where[3]
+        _check_homes(found, weight_map, self.path)
 
-    def _open(self, file):
+    @staticmethod
+    def _open(file):
         if not os.path.isfile(file):
             raise CheckpointError(f"safetensors file not found: {file}")
-        size = os.path.getsize(file)
         with open(file, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
                 raise CheckpointError(f"{file}: not a safetensors file (too short)")
             n = int.from_bytes(head, "little")
-            if n <= 0 or 8 + n > size:
-                raise CheckpointError(f"{file}: corrupt safetensors header (length {n}, file {size} bytes)")
-            try:
-                header = json.loads(f.read(n))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise CheckpointError(f"{file}: corrupt safetensors header ({e})") from None
-            if not isinstance(header, dict):
-                raise CheckpointError(f"{file}: corrupt safetensors header (a JSON "
-                                      f"{type(header).__name__}, not an object)")
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-        self._maps.append(mm)
-        for key, info in header.items():
-            if key == "__metadata__":
-                continue
-            try:
-                dtype = _ST_DTYPES[info["dtype"]]
-                start, end = info["data_offsets"]
-                shape = tuple(info["shape"])
-            except (KeyError, TypeError, ValueError) as e:
-                raise CheckpointError(f"{file}: bad header entry for {key!r} ({e!r})") from None
-            if 8 + n + end > size:
-                raise CheckpointError(
-                    f"{file}: truncated: tensor {key!r} ends at byte {8 + n + end} "
-                    f"but the file has {size} bytes")
-            if start < 0 or (end - start) != int(np.prod(shape)) * np.dtype(dtype).itemsize:
-                raise CheckpointError(f"{file}: tensor {key!r} has {end - start} bytes, "
-                                      f"shape {shape} {info['dtype']} needs more/less")
-            self._shapes[key] = shape
-            self._where[key] = (mm, 8 + n + start, dtype, shape, info["dtype"])
+            if n <= 0 or n > _MAX_HEADER or 8 + n > size:
+                raise CheckpointError(f"{file}: corrupt safetensors header (length {n}, "
+                                      f"file {size} bytes)")
+            entries = parse_header(f.read(n), size - 8 - n, file)
+        return {key: (file, size, 8 + n + start, shape, code)
+                for key, (code, shape, start, end) in entries.items()}
 
     def _read(self, key):
-        mm, offset, dtype, shape, code = self._where[key]
-        count = int(np.prod(shape))
-        arr = np.frombuffer(mm, dtype=dtype, count=count, offset=offset) if count else np.zeros(0, dtype)
-        arr = arr.reshape(shape)
+        file, size, offset, shape, code = self._where[key]
+        dtype = _ST_DTYPES[code]
+        nbytes = math.prod(shape) * dtype.itemsize
+        buf = np.empty(nbytes, np.uint8)
+        try:
+            with open(file, "rb") as f:
+                now = os.fstat(f.fileno()).st_size
+                if now != size:
+                    raise CheckpointError(f"{file}: the file changed while it was being read "
+                                          f"({size} bytes when opened, {now} now)")
+                f.seek(offset)
+                got = f.readinto(buf) if nbytes else 0
+        except OSError as e:
+            raise CheckpointError(f"{file}: cannot read tensor {key!r} ({e})") from None
+        if got != nbytes:
+            raise CheckpointError(f"{file}: tensor {key!r}: read {got} of {nbytes} bytes "
+                                  "(the file changed while it was being read)")
+        arr = buf.view(dtype).reshape(shape)
         return widen_bfloat16(arr) if code == "BF16" else arr
+
+
+def _unique_object(pairs):
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        raise CheckpointError(f"duplicate key {twice[0]!r}")
+    return dict(pairs)
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def parse_header(raw, data_size, file="<header>"):
+    """Check a safetensors JSON header against a data section of `data_size` bytes.
+
+    Returns {tensor: (dtype code, shape, start, end)}. Raises CheckpointError,
+    naming `file` and the tensor, for: JSON that is not an object, a duplicate
+    tensor name, an unknown dtype, a shape that is not a list of integers >= 0,
+    offsets that are not two integers 0 <= start <= end, a byte count other than
+    shape x itemsize, a range past the end of the file, or two ranges that overlap.
+
+    >>> parse_header(b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}', 8)
+    {'w': ('F32', (2,), 0, 8)}
+    >>> parse_header(b'{"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}', 8)
+    Traceback (most recent call last):
+    ...
+    kerasformers.checkpoints.errors.CheckpointError: <header>: tensor 'w': data_offsets [0, 8] hold 8 bytes, but shape (3,) of F32 needs 12
+    """
+    try:
+        header = json.loads(raw, object_pairs_hook=_unique_object)
+    except CheckpointError as e:
+        raise CheckpointError(f"{file}: corrupt safetensors header ({e})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{file}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{file}: corrupt safetensors header (a JSON "
+                              f"{type(header).__name__}, not an object)")
+    entries = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            if not isinstance(info, dict):
+                raise CheckpointError(f"{file}: corrupt safetensors header (__metadata__ is "
+                                      f"a {type(info).__name__}, not an object)")
+            continue
+        bad = f"{file}: tensor {key!r}:"
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+            raise CheckpointError(f"{bad} header entry needs dtype, shape and data_offsets, "
+                                  f"found {info!r:.200}")
+        code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(code, str) or code not in _ST_DTYPES:
+            raise CheckpointError(f"{bad} unknown dtype {code!r:.50} (known: "
+                                  f"{', '.join(sorted(_ST_DTYPES))})")
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+            raise CheckpointError(f"{bad} shape must be a list of integers >= 0, "
+                                  f"found {shape!r:.200}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_int, offsets))
+                and 0 <= offsets[0] <= offsets[1]):
+            raise CheckpointError(f"{bad} data_offsets must be two integers 0 <= start <= "
+                                  f"end, found {offsets!r:.200}")
+        start, end = offsets
+        need = math.prod(shape) * _ST_DTYPES[code].itemsize
+        if end - start != need:
+            raise CheckpointError(f"{bad} data_offsets {offsets} hold {end - start} bytes, "
+                                  f"but shape {tuple(shape)} of {code} needs {need}")
+        if end > data_size:
+            raise CheckpointError(f"{file}: truncated: tensor {key!r} ends at byte {end} of "
+                                  f"the data, which has {data_size} bytes")
+        entries[key] = (code, tuple(shape), start, end)
+    previous = None
+    for key, (_, _, start, end) in sorted(entries.items(), key=lambda e: e[1][2:]):
+        if start == end:
+            continue
+        if previous is not None and start < previous[1]:
+            raise CheckpointError(f"{file}: tensors {previous[0]!r} and {key!r} overlap "
+                                  f"(bytes {previous[2]}-{previous[1]} and {start}-{end})")
+        previous = (key, end, start)
+    return entries
+
+
+def _same_file(a, b):
+    return os.path.normcase(os.path.normpath(a)) == os.path.normcase(os.path.normpath(b))
+
+
+def _check_homes(found, weight_map, path):
+    """Every tensor the index lists is in its shard; an unlisted one is in one shard only."""
+    for key, files in found.items():
+        if len(files) > 1 and key not in (weight_map or {}):
+            raise CheckpointError(f"{path}: tensor {key!r} is in {len(files)} shards "
+                                  f"({', '.join(files)}) and the index does not say which")
+    for key, home in (weight_map or {}).items():
+        if not any(_same_file(home, f) for f in found.get(key, ())):
+            raise CheckpointError(f"{path}: the index puts tensor {key!r} in {home}, "
+                                  "which does not hold it")
 
 
 class TorchBinSource(Source):
     """pytorch_model.bin files, loaded with `weights_only=True` (no code execution)."""
 
-    def __init__(self, files, path=None):
+    def __init__(self, files, path=None, weight_map=None):
         super().__init__(path or files[0])
         for file in files:
             if not os.path.isfile(file):
@@ -178,6 +281,7 @@ class TorchBinSource(Source):
                 f"{files[0]}: reading a PyTorch .bin checkpoint needs torch installed "
                 "(pip install torch==2.13.0), or convert it to safetensors") from None
         self._tensors = {}
+        found = {}  # tensor -> every file holding it
         for file in files:
             try:
                 state = torch.load(file, map_location="cpu", weights_only=True)
@@ -186,12 +290,19 @@ class TorchBinSource(Source):
             if not isinstance(state, dict):
                 raise CheckpointError(f"{file}: expected a state dict, found {type(state).__name__}")
             for k, v in state.items():
+                if not isinstance(k, str):
+                    continue
+                found.setdefault(k, []).append(file)
+                home = (weight_map or {}).get(k)
+                if home is not None and not _same_file(home, file):
+                    continue  # the index says this name is read from another shard
                 if hasattr(v, "detach"):
                     v = v.detach()
                     if v.dtype == torch.bfloat16:  # NumPy has no bfloat16: widen its bits
                         self._tensors[k] = widen_bfloat16(v.view(torch.int16).numpy().view(np.uint16))
                     else:
                         self._tensors[k] = v.numpy()
+        _check_homes(found, weight_map, self.path)
         self._shapes = {k: v.shape for k, v in self._tensors.items()}
 
     def _read(self, key):
@@ -212,13 +323,46 @@ class TFSource(Source):
 
 
 def _sharded(index_file):
+    """(shard files, {tensor: its shard file}) from a `*.index.json`, checked.
+
+    The index must be a JSON object whose `weight_map` maps tensor names to
+    shard file names; a shard must lie inside the index's directory (no
+    absolute path, no `..`, no symlink leading out).
+    """
     try:
-        with open(index_file) as f:
-            weight_map = json.load(f)["weight_map"]
-    except (OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{index_file}: bad shard index ({e!r})") from None
-    folder = os.path.dirname(index_file)
-    return [os.path.join(folder, name) for name in sorted(set(weight_map.values()))]
+        with open(index_file, encoding="utf-8") as f:
+            index = json.load(f, object_pairs_hook=_unique_object)
+    except OSError as e:
+        raise CheckpointError(f"{index_file}: cannot read shard index ({e})") from None
+    except (ValueError, RecursionError) as e:  # JSON, UTF-8 and duplicate-key errors
+        raise CheckpointError(f"{index_file}: bad shard index ({e})") from None
+    if not isinstance(index, dict):
+        raise CheckpointError(f"{index_file}: bad shard index (a JSON {type(index).__name__}, "
+                              "not an object with a 'weight_map')")
+    if "weight_map" not in index:
+        raise CheckpointError(f"{index_file}: bad shard index (no 'weight_map')")
+    weight_map = index["weight_map"]
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_file}: bad shard index ('weight_map' must be a non-empty "
+                              f"object of tensor name -> shard file, found {weight_map!r:.100})")
+    folder = os.path.dirname(os.path.abspath(index_file))
+    inside = os.path.realpath(folder)
+    homes = {}
+    for key, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard:
+            raise CheckpointError(f"{index_file}: bad shard index (tensor {key!r} -> "
+                                  f"{shard!r:.100}: a shard must be a file name)")
+        parts = shard.replace("\\", "/").split("/")
+        if os.path.isabs(shard) or os.path.splitdrive(shard)[0] or ".." in parts or "\0" in shard:
+            raise CheckpointError(f"{index_file}: shard {shard!r} of tensor {key!r} is outside "
+                                  "the model directory (absolute or '..' path); refused")
+        full = os.path.join(folder, shard)
+        real = os.path.realpath(full)
+        if os.path.commonpath([inside, real]) != inside:
+            raise CheckpointError(f"{index_file}: shard {shard!r} of tensor {key!r} leads "
+                                  f"outside the model directory (to {real}); refused")
+        homes[key] = full
+    return sorted(set(homes.values())), homes
 
 
 def find_checkpoint_in_dir(folder):
@@ -256,11 +400,13 @@ def open_checkpoint(path):
             return TFSource(resolve_checkpoint_prefix(path))
         path = found
     if path.endswith(".safetensors.index.json"):
-        return SafetensorsSource(_sharded(path), path)
+        files, homes = _sharded(path)
+        return SafetensorsSource(files, path, weight_map=homes)
     if path.endswith(".safetensors"):
         return SafetensorsSource([path])
     if path.endswith(".bin.index.json"):
-        return TorchBinSource(_sharded(path), path)
+        files, homes = _sharded(path)
+        return TorchBinSource(files, path, weight_map=homes)
     if path.endswith((".bin", ".pt", ".pth")):
         return TorchBinSource([path])
     if os.path.exists(path + ".index") or path.endswith(".index") or ".data-" in path:
