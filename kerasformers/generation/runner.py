@@ -11,6 +11,8 @@ variables (Keras `StatelessScope`) on JAX, XLA `tf.function` on TensorFlow;
 eager under `torch.no_grad()` on torch.
 """
 
+import importlib
+
 import keras
 import numpy as np
 from keras import ops
@@ -18,6 +20,13 @@ from keras import ops
 from kerasformers.generation import loops
 from kerasformers.models import eager_step
 from kerasformers.layers import RelativePositionEmbedding
+
+
+#: backend -> the module whose `compile_fn(fn, variables)` compiles generation's calls
+#: (imported on first use: no backend imports another's framework)
+_COMPILERS = {"jax": "kerasformers.backends.jax.compile",
+              "tensorflow": "kerasformers.backends.tensorflow.compile",
+              "torch": "kerasformers.backends.torch.compile"}
 
 
 def _bucket(n, size):
@@ -80,34 +89,12 @@ class Runner:
                                  plan=self._plan)
 
     def _compile(self, fn):
-        """`fn(*tensors)` compiled for this backend (one trace per input shapes)."""
-        backend = keras.backend.backend()
-        if backend == "jax":
-            import jax
-
-            variables = list(self.transformer.model.variables)
-
-            def pure(values, *args):
-                with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                    return fn(*args)
-
-            jitted = jax.jit(pure)
-            return lambda *args: jitted([v.value for v in variables], *args)
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            # static shapes: one trace each; no autograph (the code branches on Python
-            # values only, and converting it cost ~3 s of a GPT2-small first call)
-            return tf.function(fn, jit_compile=True, autograph=False)
-        if backend == "torch":
-            import torch
-
-            def call(*args):
-                with torch.no_grad():
-                    return fn(*args)
-
-            return call
-        return fn
+        """`fn(*tensors)` compiled for this backend (one trace per input shapes) by the
+        backend's room (`kerasformers.backends.<name>.compile`); as is on others."""
+        module = _COMPILERS.get(keras.backend.backend())
+        if module is None:
+            return fn
+        return importlib.import_module(module).compile_fn(fn, self.transformer.model.variables)
 
     def call(self, inputs, cache, mask):
         inputs = [ops.convert_to_tensor(np.asarray(x, "int32")) for x in inputs]
