@@ -201,17 +201,13 @@ def test_repetition_penalty_in_device_loops_equals_transformers(gpt2):
     dict(max_new_tokens=8, do_sample=True, seed=11),
 ], ids=["greedy-min", "greedy-penalty", "beam-early", "beam-never", "beam-negative-lp",
         "sample-warped", "sample"])
-def test_device_loops_equal_host_loops(gpt2, monkeypatch, kwargs):
+def test_device_loops_equal_host_loops(gpt2, kwargs):
     """The compiled loops give the host loops' sequences and scores (eos hit early)."""
-    import importlib
-
-    module = importlib.import_module("kerasformers.generation.generate")
     greedy = generate(gpt2.ours, PROMPTS, max_new_tokens=6)
     eos = [int(greedy[0, 2]), int(greedy[2, 1])]
     kwargs = dict(kwargs, eos_token_id=eos, pad_token_id=0, return_scores=True)
-    device, device_scores = generate(gpt2.ours, PROMPTS, **kwargs)
-    monkeypatch.setattr(module, "DEVICE_LOOPS", False)
-    host, host_scores = generate(gpt2.ours, PROMPTS, **kwargs)
+    device, device_scores = generate(gpt2.ours, PROMPTS, loop="device", **kwargs)
+    host, host_scores = generate(gpt2.ours, PROMPTS, loop="host", **kwargs)
     np.testing.assert_array_equal(device, host)
     if host_scores is not None:
         np.testing.assert_allclose(device_scores, host_scores, atol=1e-5, rtol=0)
@@ -229,9 +225,10 @@ def test_processors_on_given_logits():
     ids = rng.randint(0, 50, (4, 9))
     t_scores, t_ids = torch.from_numpy(scores), torch.from_numpy(ids)
     histories = list(ids)
+    seen = processors.seen_mask(histories, 50)
     cases = [
         (lp.RepetitionPenaltyLogitsProcessor(1.5),
-         lambda s: processors.repetition_penalty(s, histories, 1.5)),
+         lambda s: processors.repetition_penalty(s, seen, 1.5)),
         (lp.NoRepeatNGramLogitsProcessor(2),
          lambda s: processors.no_repeat_ngram(s, histories, 2)),
         (lp.NoRepeatNGramLogitsProcessor(3),
@@ -243,7 +240,8 @@ def test_processors_on_given_logits():
     ]
     for theirs, ours in cases:
         expected = theirs(t_ids, t_scores.clone()).numpy()
-        np.testing.assert_allclose(ours(scores.copy()), expected, atol=1e-6, rtol=0,
+        got = keras.ops.convert_to_numpy(ours(scores.copy()))
+        np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0,
                                    err_msg=type(theirs).__name__)
 
 
@@ -260,7 +258,7 @@ def _lowbias32(x):
 
 def test_uniform_draws_equal_a_numpy_reference():
     """The counter-based draws are integer arithmetic: bit-identical on every backend."""
-    from kerasformers.generation import loops
+    from kerasformers.generation import draws
 
     seed, step, shape = 123456789, 17, (3, 1000)
     with np.errstate(over="ignore"):
@@ -268,37 +266,46 @@ def test_uniform_draws_equal_a_numpy_reference():
         counter = np.arange(shape[0] * shape[1], dtype=np.uint32).reshape(shape)
         bits = _lowbias32(_lowbias32(counter ^ key) + key)
     expected = ((bits >> np.uint32(8)).astype("float32") + 0.5) / 16777216.0
-    got = keras.ops.convert_to_numpy(loops.uniform(seed, step, shape))
+    got = keras.ops.convert_to_numpy(draws.uniform(seed, step, shape))
     np.testing.assert_array_equal(got, expected)
     assert 0 < got.min() and got.max() < 1 and abs(got.mean() - 0.5) < 0.01
 
 
 def test_gumbel_max_draws_follow_the_softmax():
-    from kerasformers.generation import loops
+    from kerasformers.generation import draws
 
     logits = np.log(np.array([0.5, 0.25, 0.15, 0.1], "float32"))
-    draws = keras.ops.convert_to_numpy(loops.uniform(7, 0, (20000, 4)))
-    picks = (logits - np.log(-np.log(draws))).argmax(-1)
+    noise = keras.ops.convert_to_numpy(draws.uniform(7, 0, (20000, 4)))
+    picks = (logits - np.log(-np.log(noise))).argmax(-1)
     np.testing.assert_allclose(np.bincount(picks, minlength=4) / 20000,
                                [0.5, 0.25, 0.15, 0.1], atol=0.012)
 
 
 @pytest.mark.parametrize("warpers", [dict(temperature=0.7), dict(top_k=7), dict(top_p=0.8),
                                      dict(temperature=1.3, top_k=20, top_p=0.9)])
-def test_device_warpers_equal_the_host_processors(warpers):
-    from kerasformers.generation import loops
+def test_warp_equals_transformers_warpers(warpers):
+    """`warp` (top-p over top-k's values only, as in the loops) equals the processors
+    one by one and transformers' warpers in its order."""
+    import torch
+    from transformers.generation import logits_process as lp
+
     from kerasformers.generation import processors as P
 
     scores = (np.random.RandomState(1).normal(size=(4, 50)) * 3).astype("float32")
-    cfg = loops.LoopConfig(4, 0, 1.0, (), 0, 1, 1.0, False, 4, do_sample=True,
-                           temperature=warpers.get("temperature", 1.0),
-                           top_k=warpers.get("top_k"), top_p=warpers.get("top_p"))
-    host = P.top_p_filter(P.top_k_filter(P.temperature_scale(scores, cfg.temperature),
-                                         cfg.top_k), cfg.top_p)
-    device = keras.ops.convert_to_numpy(loops.warp(keras.ops.convert_to_tensor(scores), cfg))
-    np.testing.assert_array_equal(np.isfinite(device), np.isfinite(host))
-    kept = np.isfinite(host)
-    np.testing.assert_allclose(device[kept], host[kept], atol=1e-6, rtol=0)
+    temperature, top_k, top_p = (warpers.get(k) for k in ("temperature", "top_k", "top_p"))
+    theirs = torch.from_numpy(scores.copy())
+    for warper in ([lp.TemperatureLogitsWarper(temperature)] if temperature else []) + (
+            [lp.TopKLogitsWarper(top_k)] if top_k else []) + (
+            [lp.TopPLogitsWarper(top_p)] if top_p else []):
+        theirs = warper(None, theirs)
+    theirs = theirs.numpy()
+    one_by_one = P.top_p_filter(P.top_k_filter(P.temperature_scale(scores, temperature),
+                                               top_k), top_p)
+    for ours in (P.warp(scores, temperature or 1.0, top_k, top_p), one_by_one):
+        ours = keras.ops.convert_to_numpy(ours)
+        np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(theirs))
+        kept = np.isfinite(theirs)
+        np.testing.assert_allclose(ours[kept], theirs[kept], atol=1e-6, rtol=0)
 
 
 def test_sampling_is_reproducible_with_a_seed(gpt2):
@@ -388,6 +395,26 @@ def test_bad_input_is_a_clear_error(gpt2, kwargs, message):
     kwargs = {"inputs": PROMPTS, **kwargs}
     with pytest.raises(ValueError, match=message):
         generate(gpt2.ours, **kwargs)
+
+
+def test_generation_config_and_overrides(gpt2):
+    from kerasformers.generation import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=5, num_beams=3, eos_token_id=[4, 7])
+    assert config.eos_ids == [4, 7] and config.pad == 4
+    np.testing.assert_array_equal(
+        generate(gpt2.ours, PROMPTS, config, num_beams=2),
+        generate(gpt2.ours, PROMPTS, max_new_tokens=5, num_beams=2, eos_token_id=[4, 7]))
+    with pytest.raises(TypeError, match="unknown generation arguments: beams, topk"):
+        generate(gpt2.ours, PROMPTS, beams=2, topk=3)
+    with pytest.raises(TypeError, match="unknown generation arguments: beams"):
+        next(stream_generate(gpt2.ours, PROMPTS, beams=2))
+    with pytest.raises(TypeError, match="GenerationConfig"):
+        generate(gpt2.ours, PROMPTS, 10)
+    with pytest.raises(ValueError, match="num_beams must be >= 1"):
+        GenerationConfig(num_beams=0)
+    with pytest.raises(ValueError, match="loop must be one of"):
+        generate(gpt2.ours, PROMPTS, loop="gpu")
 
 
 def test_keras_model_is_refused(gpt2):

@@ -1,13 +1,20 @@
 """Text generation: `generate` (greedy, sampling, beam search), `stream_generate`,
 and bert4keras' `AutoRegressiveDecoder`.
 
-See `generate.generate` for the arguments (transformers' names) and
-`runner.Runner` for how a model is driven (KV cache, compiled steps).
+- `config.py`: `GenerationConfig`, every setting and its default (transformers' names);
+- `processors.py`: the logits processors, once, in `keras.ops`;
+- `loops.py`: each search's loop body, run compiled on the device or step by step
+  on the host; `draws.py`: sampling's counter-based random draws;
+- `runner.py`: `Runner`, how a model is driven (KV cache, compiled steps; the
+  compilers live in `kerasformers.backends.<name>.compile`);
+- `generate.py`: `generate` and `stream_generate`.
 """
 
 from kerasformers.generation import processors
 from kerasformers.generation.autoregressive import AutoRegressiveDecoder
+from kerasformers.generation.config import GenerationConfig
 from kerasformers.generation.generate import generate, stream_generate
 from kerasformers.generation.runner import Runner
 
-__all__ = ["generate", "stream_generate", "AutoRegressiveDecoder", "Runner", "processors"]
+__all__ = ["generate", "stream_generate", "GenerationConfig", "AutoRegressiveDecoder",
+           "Runner", "processors"]

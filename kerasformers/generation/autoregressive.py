@@ -20,11 +20,16 @@ cache and compiled steps. With topk=1 both give the same tokens.
 
 import numpy as np
 
-from kerasformers.generation.processors import log_softmax
+
+def _log_softmax(x):
+    x = x.astype("float32")
+    m = np.max(x, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    return x - m - np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
 
 
 def _softmax(x, axis=-1):
-    return np.exp(log_softmax(np.moveaxis(np.asarray(x, "float32"), axis, -1)))
+    return np.exp(_log_softmax(np.moveaxis(np.asarray(x, "float32"), axis, -1)))
 
 
 class AutoRegressiveDecoder:

@@ -1,29 +1,38 @@
-"""Decode loops on the device: greedy search, sampling and beam search as one while loop.
+"""The decode loops, each written once in `keras.ops`: greedy search / sampling
+(`token_loop`) and beam search (`beam_loop`).
 
-Written once in `keras.ops` (`ops.while_loop`), so the Runner compiles the
-whole loop with the model step inside it: `jax.jit` + `lax.while_loop` on JAX,
-XLA `tf.while_loop` on TensorFlow; on torch it is a Python loop of eager steps
-(the torch fast path of `models.eager_step`). The host only sees the result:
-no per-step copy of the logits, no per-step dispatch. The loop stops as soon as
-every row (greedy) or every batch entry (beam search) is done.
+A loop is a body (`choose` / `select`: processors and the pick of the next
+tokens; then one model step) and a driver that runs it in one of two places:
 
-Semantics are those of the NumPy host loops in `generate.py` (transformers'
-`generate`): repetition penalty and min_new_tokens on the scores, eos ids end a
-row, finished rows are filled with pad_token_id; beam search is transformers'
-v5 vectorised beam search. Sampling applies transformers' temperature, top-k
-and top-p and draws by Gumbel-max from `uniform(seed, step, shape)`, a
-counter-based hash (integer arithmetic, so the same draws on every backend, in
-compiled loops and in the host loop: streaming gives generate's samples).
-no_repeat_ngram_size, beam sampling and streaming run on the host loop.
+- on the device (`greedy`, `sample`, `beam_search`): one `ops.while_loop` that the
+  Runner compiles with the model step inside it (`jax.jit` + `lax.while_loop` on
+  JAX, XLA `tf.while_loop` on TensorFlow; on torch a Python loop of eager steps,
+  the torch fast path). The host only sees the result: no per-step copy of the
+  logits, no per-step dispatch;
+- on the host (`token_steps`, `beam_steps`): the same body, one Python iteration
+  (and one compiled model step) per token. It streams, and it takes the two
+  host-only hooks: `ban` (no_repeat_ngram, over each row's ragged history) and
+  `top` (beam sampling's draw without replacement).
+
+Both stop as soon as every row (greedy) or every batch entry (beam search) is
+done. Semantics are transformers' `generate`: repetition penalty and
+min_new_tokens on the scores, eos ids end a row, finished rows are filled with
+pad_token_id; beam search is transformers' v5 vectorised beam search; sampling
+applies temperature, top-k and top-p and draws by Gumbel-max from
+`draws.uniform(seed, step, shape)` (the same draws on every backend and in both
+places).
 """
 
 from collections import namedtuple
 
+import numpy as np
 from keras import ops
 
-from kerasformers import ops as K
+from kerasformers import backend as K
+from kerasformers.generation import processors as P
+from kerasformers.generation.draws import gumbel_max, uniform  # noqa: F401 (uniform: API)
 
-#: the static settings a compiled loop is specialised for
+#: the static settings a loop is specialised for (a compiled loop per value)
 LoopConfig = namedtuple("LoopConfig", [
     "max_new_tokens", "min_new_tokens", "repetition_penalty", "eos", "pad", "num_beams",
     "length_penalty", "early_stopping", "batch", "do_sample", "temperature", "top_k",
@@ -32,109 +41,152 @@ LoopConfig = namedtuple("LoopConfig", [
 _NEG = -1e9
 
 
-def _is_eos(tokens, eos):
-    hit = ops.zeros(ops.shape(tokens), dtype="bool")
-    for e in eos:
-        hit = ops.logical_or(hit, ops.equal(tokens, e))
-    return hit
-
-
 def _process(scores, seen, step, cfg):
     """transformers' order: repetition penalty, then min-length eos suppression."""
-    if cfg.repetition_penalty != 1.0:
-        p = cfg.repetition_penalty
-        penalised = ops.where(scores < 0, scores * p, scores / p)
-        scores = ops.where(seen, penalised, scores)
-    if cfg.eos and cfg.min_new_tokens > 0:
-        vocab = ops.shape(scores)[-1]
-        columns = _is_eos(ops.arange(vocab, dtype="int32"), cfg.eos)
-        block = ops.logical_and(columns, step < cfg.min_new_tokens)
-        scores = ops.where(block[None, :], float("-inf"), scores)
-    return scores
+    scores = P.repetition_penalty(scores, seen, cfg.repetition_penalty)
+    return P.min_length(scores, cfg.eos, step, cfg.min_new_tokens)
 
 
 def _mark_seen(seen, tokens, vocab):
     return ops.logical_or(seen, ops.cast(ops.one_hot(tokens, vocab), "bool"))
 
 
-def greedy(step_fn, logits, cache, seen, cfg):
-    """Greedy search. logits [rows, vocab] (the prompt's next-token logits), seen
-    [rows, vocab] bool (tokens for the repetition penalty; any [rows, 1]
-    placeholder without one), step_fn(tokens [rows], cache) -> (logits, cache).
-    Returns (tokens [rows, max_new_tokens] with pad after each row's end, steps
-    taken)."""
-    return _token_loop(step_fn, logits, cache, seen, cfg,
-                       lambda scores, i: ops.argmax(scores, axis=-1))
+def _true(x):
+    return bool(ops.convert_to_numpy(x))
 
 
-def _token_loop(step_fn, logits, cache, seen, cfg, pick):
-    """One token per row and step: `pick(processed scores, step)` -> token ids."""
-    rows, vocab = ops.shape(logits)[0], ops.shape(logits)[-1]
-    tokens = ops.full((rows, cfg.max_new_tokens), cfg.pad, dtype="int32")
-    finished = ops.zeros((rows,), dtype="bool")
+def picker(cfg, seed=0):
+    """`pick(processed scores, step)` -> token ids: argmax, or (cfg.do_sample) a
+    Gumbel-max draw from the warped scores."""
+    if not cfg.do_sample:
+        return lambda scores, i: ops.argmax(scores, axis=-1)
+    return lambda scores, i: gumbel_max(P.warp(scores, cfg.temperature, cfg.top_k, cfg.top_p),
+                                        seed, i)
+
+
+# ------------------------------------------------------------- greedy / sampling
+def token_loop(cfg, pick, ban=None):
+    """The body of greedy search / sampling, one token per row and step:
+    (start, choose, more). start(logits) -> (tokens [rows, max_new_tokens] of pad,
+    finished [rows]); choose(i, tokens, finished, logits, seen) -> (tokens,
+    finished, seen, next tokens [rows]); more(i, finished) -> another model step?"""
+    def start(logits):
+        rows = ops.shape(logits)[0]
+        return (ops.full((rows, cfg.max_new_tokens), cfg.pad, dtype="int32"),
+                ops.zeros((rows,), dtype="bool"))
 
     def choose(i, tokens, finished, logits, seen):
         scores = _process(ops.cast(logits, "float32"), seen, i, cfg)
+        if ban is not None:
+            scores = ops.convert_to_tensor(ban(scores, i, tokens))
         nxt = ops.cast(pick(scores, i), "int32")
         nxt = ops.where(finished, cfg.pad, nxt)
         tokens = K.slice_update(tokens, (0, i), nxt[:, None])
         if cfg.repetition_penalty != 1.0:
-            seen = _mark_seen(seen, nxt, vocab)
+            seen = _mark_seen(seen, nxt, ops.shape(logits)[-1])
         if cfg.eos:
-            finished = ops.logical_or(finished, _is_eos(nxt, cfg.eos))
+            finished = ops.logical_or(finished, P.is_any(nxt, cfg.eos))
         return tokens, finished, seen, nxt
 
+    def more(i, finished):
+        return ops.logical_and(i < cfg.max_new_tokens - 1, ops.logical_not(ops.all(finished)))
+
+    return start, choose, more
+
+
+def _token_device(step_fn, logits, cache, seen, cfg, pick):
+    start, choose, more = token_loop(cfg, pick)
+
     def cond(i, tokens, finished, logits, cache, seen):
-        return ops.logical_and(i < cfg.max_new_tokens - 1,
-                               ops.logical_not(ops.all(finished)))
+        return more(i, finished)
 
     def body(i, tokens, finished, logits, cache, seen):
         tokens, finished, seen, nxt = choose(i, tokens, finished, logits, seen)
         logits, cache = step_fn(nxt, cache)
         return i + 1, tokens, finished, logits, cache, seen
 
-    start = ops.convert_to_tensor(0, dtype="int32")
+    i = ops.convert_to_tensor(0, dtype="int32")
     i, tokens, finished, logits, cache, seen = ops.while_loop(
-        cond, body, (start, tokens, finished, logits, cache, seen))
+        cond, body, (i, *start(logits), logits, cache, seen))
     # the last token needs no model call (if every row has ended it writes padding)
     tokens, _, _, _ = choose(i, tokens, finished, logits, seen)
     return tokens, i + 1
 
 
-def beam_search(step_fn, reorder_fn, logits, cache, seen, cfg):
-    """transformers' (v5) beam search. logits [batch * beams, vocab], cache and
-    seen already repeated per beam; reorder_fn(cache, rows) selects cache rows.
-    Returns (sequences [batch, beams, max_new_tokens],
-    scores [batch, beams]), best first."""
+def greedy(step_fn, logits, cache, seen, cfg):
+    """Greedy search on the device. logits [rows, vocab] (the prompt's next-token
+    logits), seen [rows, vocab] bool (tokens for the repetition penalty; any
+    [rows, 1] placeholder without one), step_fn(tokens [rows], cache) -> (logits,
+    cache). Returns (tokens [rows, max_new_tokens] with pad after each row's end,
+    steps taken)."""
+    return _token_device(step_fn, logits, cache, seen, cfg, picker(cfg))
+
+
+def sample(step_fn, logits, cache, seen, cfg, seed):
+    """Sampling on the device: Gumbel-max over the warped scores. Same arguments and
+    returns as `greedy`, plus an int32 `seed`."""
+    return _token_device(step_fn, logits, cache, seen, cfg, picker(cfg, seed))
+
+
+def token_steps(step_fn, logits, cache, seen, cfg, pick, ban=None):
+    """`token_loop` on the host, one model step per iteration. Yields, per step i,
+    (tokens so far [rows, max_new_tokens], step i's tokens [rows], finished before
+    step i [rows]) as NumPy; nothing after every row has ended."""
+    start, choose, more = token_loop(cfg, pick, ban)
+    tokens, finished = start(logits)
+    i = 0
+    while True:
+        go_on = _true(more(i, finished))
+        if not go_on and _true(ops.all(finished)):
+            return
+        before = finished
+        tokens, finished, seen, nxt = choose(i, tokens, finished, logits, seen)
+        yield (ops.convert_to_numpy(tokens), ops.convert_to_numpy(nxt),
+               ops.convert_to_numpy(before))
+        if not go_on:
+            return
+        logits, cache = step_fn(nxt, cache)
+        i += 1
+
+
+# ------------------------------------------------------------------ beam search
+def beam_loop(cfg, top=None, ban=None):
+    """The body of transformers' (v5) beam search: (start, select, advance).
+    start(logits) -> the search state; select(cur, *state, logits, seen) -> (state,
+    done, rows, tokens): the step's hypotheses, whether the search is over, the
+    cache rows and tokens of the next step; advance(rows, tokens, cache, seen,
+    step_fn, reorder_fn) -> (logits, cache, seen). `top(log_probs [batch, beams *
+    vocab], keep)` -> (scores, indices) of the candidates, best first (default
+    `ops.top_k`)."""
     batch, beams, length = cfg.batch, cfg.num_beams, cfg.max_new_tokens
-    vocab = ops.shape(logits)[-1]
     keep = max(2, 1 + len(cfg.eos)) * beams
     top_mask = ops.arange(keep) < beams
-    running = ops.full((batch, beams, length), cfg.pad, dtype="int32")
-    first = ops.cast(ops.arange(beams) == 0, "float32")
-    running_scores = ops.tile(((1.0 - first) * _NEG)[None, :], (batch, 1))
-    sequences = running
-    beam_scores = ops.full((batch, beams), _NEG, dtype="float32")
-    finished = ops.zeros((batch, beams), dtype="bool")
-    improvable = ops.ones((batch, 1), dtype="bool")
     offsets = ops.arange(batch, dtype="int32")[:, None] * beams
+    top = top or ops.top_k
 
-    def cond(cur, running, running_scores, sequences, beam_scores, finished, improvable,
-             done, logits, cache, seen):
-        return ops.logical_not(done)
+    def start(logits):
+        running = ops.full((batch, beams, length), cfg.pad, dtype="int32")
+        first = ops.cast(ops.arange(beams) == 0, "float32")
+        running_scores = ops.tile(((1.0 - first) * _NEG)[None, :], (batch, 1))
+        return (running, running_scores, running, ops.full((batch, beams), _NEG, "float32"),
+                ops.zeros((batch, beams), dtype="bool"), ops.ones((batch, 1), dtype="bool"))
 
-    def body(cur, running, running_scores, sequences, beam_scores, finished, improvable,
-             done, logits, cache, seen):
+    def select(cur, running, running_scores, sequences, beam_scores, finished, improvable,
+               logits, seen):
+        vocab = ops.shape(logits)[-1]
         log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
         log_probs = _process(log_probs, seen, cur, cfg)
+        if ban is not None:
+            log_probs = ops.convert_to_tensor(
+                ban(log_probs, cur, ops.reshape(running, (batch * beams, length))))
         log_probs = ops.reshape(log_probs, (batch, beams, vocab)) + running_scores[:, :, None]
         log_probs = ops.reshape(log_probs, (batch, beams * vocab))
-        top_scores, top = ops.top_k(log_probs, keep)
-        top = ops.cast(top, "int32")
-        source_beam, token = top // vocab, top % vocab
+        top_scores, candidates = top(log_probs, keep)
+        candidates = ops.cast(candidates, "int32")
+        source_beam, token = candidates // vocab, candidates % vocab
         top_sequences = ops.take_along_axis(running, source_beam[:, :, None], axis=1)
         top_sequences = K.slice_update(top_sequences, (0, 0, cur), token[:, :, None])
-        hits = ops.logical_or(_is_eos(token, cfg.eos), cur + 1 >= length)
+        hits = ops.logical_or(P.is_any(token, cfg.eos), cur + 1 >= length)
         # the running beams for the next step: the best unfinished continuations
         run_scores = top_scores + ops.cast(hits, "float32") * _NEG
         running_scores, nxt = ops.top_k(run_scores, beams)
@@ -167,80 +219,52 @@ def beam_search(step_fn, reorder_fn, logits, cache, seen, cfg):
         keep_going = ops.logical_and(ops.any(improvable), ops.logical_not(ops.all(hits)))
         if cfg.early_stopping is True:
             keep_going = ops.logical_and(keep_going, ops.logical_not(ops.all(finished)))
-        done = ops.logical_not(keep_going)
-        # the next step (also after the last one: a loop body has one shape)
         rows = ops.reshape(chosen_beam + offsets, (-1,))
-        cache = reorder_fn(cache, rows)
-        tokens = ops.reshape(running[:, :, 0:length], (batch * beams, length))
-        tokens = ops.take(tokens, cur, axis=1)
-        if cfg.repetition_penalty != 1.0:
-            seen = _mark_seen(ops.take(seen, rows, axis=0), tokens, vocab)
-        logits, cache = step_fn(tokens, cache)
-        return (cur + 1, running, running_scores, sequences, beam_scores, finished, improvable,
-                done, logits, cache, seen)
+        tokens = ops.take(ops.reshape(running, (batch * beams, length)), cur, axis=1)
+        state = (running, running_scores, sequences, beam_scores, finished, improvable)
+        return state, ops.logical_not(keep_going), rows, tokens
 
-    start = ops.convert_to_tensor(0, dtype="int32")
-    state = ops.while_loop(cond, body, (start, running, running_scores, sequences, beam_scores,
-                                        finished, improvable,
-                                        ops.convert_to_tensor(False), logits, cache, seen))
+    def advance(rows, tokens, cache, seen, step_fn, reorder_fn):
+        cache = reorder_fn(cache, rows)
+        if cfg.repetition_penalty != 1.0:
+            seen = _mark_seen(ops.take(seen, rows, axis=0), tokens, ops.shape(seen)[-1])
+        logits, cache = step_fn(tokens, cache)
+        return logits, cache, seen
+
+    return start, select, advance
+
+
+def beam_search(step_fn, reorder_fn, logits, cache, seen, cfg):
+    """Beam search on the device. logits [batch * beams, vocab], cache and seen
+    already repeated per beam; reorder_fn(cache, rows) selects cache rows.
+    Returns (sequences [batch, beams, max_new_tokens], scores [batch, beams]),
+    best first."""
+    start, select, advance = beam_loop(cfg)
+
+    def cond(cur, *state):
+        return ops.logical_not(state[6])
+
+    def body(cur, *state):
+        state, logits, cache, seen = state[:6], state[7], state[8], state[9]
+        state, done, rows, tokens = select(cur, *state, logits, seen)
+        # the next step, also after the last one (a loop body has one shape)
+        logits, cache, seen = advance(rows, tokens, cache, seen, step_fn, reorder_fn)
+        return (cur + 1, *state, done, logits, cache, seen)
+
+    cur = ops.convert_to_tensor(0, dtype="int32")
+    state = ops.while_loop(cond, body, (cur, *start(logits), ops.convert_to_tensor(False),
+                                        logits, cache, seen))
     return state[3], state[4]
 
 
-# ------------------------------------------------------------------ sampling
-def _shr(x, k):
-    """Logical right shift of int32 x by k bits (ops.right_shift is arithmetic)."""
-    return ops.bitwise_and(ops.right_shift(x, k), (1 << (32 - k)) - 1)
-
-
-def _hash(x):
-    """lowbias32 (C. Wellons) on int32 with wrapping multiplies: a counter-based
-    integer hash, identical on every backend (integer arithmetic only)."""
-    x = ops.bitwise_xor(x, _shr(x, 16))
-    x = ops.multiply(x, ops.convert_to_tensor(0x7FEB352D, dtype="int32"))
-    x = ops.bitwise_xor(x, _shr(x, 15))
-    x = ops.multiply(x, ops.convert_to_tensor(0x846CA68B - (1 << 32), dtype="int32"))
-    return ops.bitwise_xor(x, _shr(x, 16))
-
-
-def uniform(seed, step, shape):
-    """Uniform floats in (0, 1), [rows, columns] = shape, a pure function of (seed,
-    step, row, column): the same draws on every backend and inside compiled loops
-    (Keras' random ops take no tensor seed there)."""
-    rows, columns = shape
-    key = _hash(ops.bitwise_xor(_hash(ops.cast(step, "int32") + 0x632BE5AB),
-                                ops.cast(seed, "int32")))
-    counter = ops.reshape(ops.arange(rows * columns, dtype="int32"), (rows, columns))
-    bits = _hash(_hash(ops.bitwise_xor(counter, key)) + key)
-    return (ops.cast(_shr(bits, 8), "float32") + 0.5) / 16777216.0
-
-
-def warp(scores, cfg):
-    """transformers' sampling warpers in its order: temperature, top-k, top-p."""
-    if cfg.temperature != 1.0:
-        scores = scores / cfg.temperature
-    vocab = ops.shape(scores)[-1]
-    top = None
-    if cfg.top_k:
-        k = min(int(cfg.top_k), vocab)
-        top = ops.top_k(scores, k)[0]  # descending
-        scores = ops.where(scores < top[:, k - 1:k], float("-inf"), scores)
-    if cfg.top_p is not None and cfg.top_p < 1.0:
-        # keep the tokens at or above the cut of transformers' ascending cumulative sum;
-        # after top-k only its k values are candidates (no sort of the whole vocabulary;
-        # the same cut unless the k-th value is tied)
-        ascending = ops.sort(scores, axis=-1) if top is None else ops.flip(top, axis=-1)
-        cumulative = ops.cumsum(ops.softmax(ascending, axis=-1), axis=-1)
-        removed = ops.sum(ops.cast(cumulative <= 1.0 - cfg.top_p, "int32"), axis=-1)
-        removed = ops.minimum(removed, ops.shape(ascending)[-1] - 1)[:, None]
-        cut = ops.take_along_axis(ascending, removed, axis=-1)
-        scores = ops.where(scores < cut, float("-inf"), scores)
-    return scores
-
-
-def sample(step_fn, logits, cache, seen, cfg, seed):
-    """Sampling: Gumbel-max over the warped scores (a categorical draw from their
-    softmax). Same arguments and returns as `greedy`, plus an int32 `seed`."""
-    def pick(scores, i):
-        draws = uniform(seed, i, tuple(ops.shape(scores)))
-        return ops.argmax(warp(scores, cfg) - ops.log(-ops.log(draws)), axis=-1)
-    return _token_loop(step_fn, logits, cache, seen, cfg, pick)
+def beam_steps(step_fn, reorder_fn, logits, cache, seen, cfg, top=None, ban=None):
+    """`beam_loop` on the host, one model step per iteration (no step after the
+    last). Same arguments and returns (NumPy) as `beam_search`, plus the hooks."""
+    start, select, advance = beam_loop(cfg, top, ban)
+    state = start(logits)
+    for cur in range(cfg.max_new_tokens):
+        state, done, rows, tokens = select(cur, *state, logits, seen)
+        if _true(done):
+            break
+        logits, cache, seen = advance(rows, tokens, cache, seen, step_fn, reorder_fn)
+    return ops.convert_to_numpy(state[2]), ops.convert_to_numpy(state[3])
