@@ -23,6 +23,7 @@ True
 
 import keras
 from keras import ops
+
 from kerasformers.saving import register
 
 _NEG = -1e30  # "minus infinity" that never turns into inf - inf = nan

@@ -497,7 +497,7 @@ class Sinusoidal(keras.initializers.Initializer):
         return ops.cast(table, dtype or keras.config.floatx())
 
 
-__all__ += ["search_layer", "align", "reshape", "flatten", "sequence_masking", "batch_gather", "pool1d",
-            "divisible_temporal_padding", "root_mean_square", "leaky_relu", "Sinusoidal",
+__all__ += ["search_layer", "align", "reshape", "flatten", "sequence_masking", "batch_gather",
+            "pool1d", "divisible_temporal_padding", "root_mean_square", "leaky_relu", "Sinusoidal",
             "multilabel_categorical_crossentropy", "sparse_multilabel_categorical_crossentropy",
             "piecewise_linear"]

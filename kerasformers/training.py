@@ -65,6 +65,7 @@ import contextlib
 import keras
 import numpy as np
 from keras import ops
+
 from kerasformers.saving import register
 
 _METHODS = ("fgm", "gradient_penalty")
@@ -102,7 +103,9 @@ def _value_and_grad(fn, create_graph=False):
                 value, aux = fn(x)
             grads = tape.gradient(value, x)
             # A keras.layers.Embedding gives IndexedSlices; the perturbation is dense.
-            densify = lambda g: tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+            def densify(g):
+                return tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+
             return (value, aux), ([densify(g) for g in grads] if isinstance(x, (list, tuple))
                                   else densify(grads))
 

@@ -7,7 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from kerasformers import backend, losses, ops as kops, optimizers
+from kerasformers import backend, losses, optimizers
+from kerasformers import ops as kops
 from kerasformers.ops import (
     Sinusoidal,
     align,

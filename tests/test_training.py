@@ -11,8 +11,12 @@ import numpy as np
 import pytest
 
 from kerasformers import build_transformer_model
-from kerasformers.training import AdversarialModel, adversarial_training, ema_weights, \
-    gradient_penalty
+from kerasformers.training import (
+    AdversarialModel,
+    adversarial_training,
+    ema_weights,
+    gradient_penalty,
+)
 from tests.utils import single_thread_torch  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")

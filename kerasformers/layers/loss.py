@@ -21,7 +21,6 @@ when no input has a mask), as in bert4keras.
 """
 
 import keras
-from keras import ops
 
 from kerasformers.saving import register
 
