@@ -116,6 +116,16 @@ def test_overflow_on_conversion_is_refused(model, google):
     fails(model, tensors, rf"not finite: '{Q0}' .*1 of 1024 .*after conversion to float32")
 
 
+def test_overflow_into_a_float16_model_is_refused(google):
+    import keras
+
+    keras.config.set_dtype_policy("float16")  # variables in float16 (conftest resets it)
+    model = make()
+    tensors = dict(google)
+    tensors[Q0] = tensors[Q0] * 1e5  # finite float32, beyond float16's 65504
+    fails(model, tensors, rf"not finite: '{Q0}' .*after conversion to float16")
+
+
 def test_float64_and_float16_data_load_into_float32(model, google):
     tensors = {k: v.astype(np.float64 if i % 2 else np.float16) for i, (k, v) in
                enumerate(google.items())}
@@ -186,13 +196,16 @@ WRITERS = {"safetensors": ("hf", _write_safetensors), "tf": ("google", _write_tf
            "bin": ("hf", _write_bin)}
 
 
-@pytest.mark.parametrize("kind", ["int32", "uint8", "bool"])
+@pytest.mark.parametrize("kind", ["int32", "uint8", "bool", "str"])
 @pytest.mark.parametrize("fmt", sorted(WRITERS))
 def test_non_float_tensor_in_a_file_is_refused(fmt, kind, model, google, hf, tmp_path):
+    if kind == "str" and fmt != "tf":
+        pytest.skip("only TF checkpoints store strings")
+    kind = "object" if kind == "str" else kind  # TF string tensors read back as bytes objects
     naming, write = WRITERS[fmt]
     tensors = dict(google if naming == "google" else hf)
     name = Q0 if naming == "google" else HF_Q0
-    tensors[name] = BAD_KINDS[kind](tensors[name])
+    tensors[name] = BAD_KINDS["str" if kind == "object" else kind](tensors[name])
     path = write(str(tmp_path / fmt), tensors)
     message = fails(model, path, rf"wrong dtype: '{name}' .*stored as {kind}")
     assert os.fspath(path) in message
@@ -683,3 +696,21 @@ def test_fuzzed_headers_through_the_model_leave_it_unchanged(model, hf, tmp_path
             refused += 1
             assert_bit_identical(model, before)
     assert refused > 0
+
+
+def test_sharded_pytorch_bin_never_runs_a_pickle(hf, model, tmp_path):
+    """The .bin reader keeps torch.load(weights_only=True): a payload in a shard is refused."""
+    torch = pytest.importorskip("torch")
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    names = sorted(hf)
+    torch.save({k: torch.from_numpy(hf[k]) for k in names[::2]}, tmp_path / "a.bin")
+    torch.save({**{k: torch.from_numpy(hf[k]) for k in names[1::2]}, "x": Evil()},
+               tmp_path / "b.bin")
+    weight_map = {k: "a.bin" for k in names[::2]} | {k: "b.bin" for k in names[1::2]}
+    (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    fails(model, str(tmp_path), r"b\.bin: cannot read PyTorch checkpoint")
+    assert not os.path.exists(tmp_path / "pwned"), "the pickle's code ran"
