@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 
 from kerasformers import CheckpointError, build_transformer_model
-from kerasformers.checkpoints import loader
-from tests.utils import installed
 
 CONFIG = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
               intermediate_size=48, max_position=32)
@@ -368,7 +366,8 @@ def test_unlisted_tensor_in_two_shards_is_refused(hf, model, tmp_path):
     names = sorted(hf)
     extra = ("extra", np.zeros(3, "float32"))
     shards = {"a.safetensors": names[::2] + [extra], "b.safetensors": names[1::2] + [extra]}
-    weight_map = {k: "a.safetensors" for k in names[::2]} | {k: "b.safetensors" for k in names[1::2]}
+    weight_map = ({k: "a.safetensors" for k in names[::2]}
+                  | {k: "b.safetensors" for k in names[1::2]})
     path = _shard(tmp_path, shards, hf, {"weight_map": weight_map})
     fails(model, path, r"tensor 'extra' is in 2 shards .*a\.safetensors.*b\.safetensors")
 
@@ -404,7 +403,7 @@ def test_shard_outside_the_model_directory_is_refused(escape, hf, model, tmp_pat
     (folder / "linkdir").symlink_to(tmp_path)
     shard = ESCAPES[escape].format(outside=outside)
     path = _shard(folder, {}, hf, {"weight_map": dict.fromkeys(hf, shard)})
-    fails(model, path, rf"shard '.*outside\.safetensors'|shard 'link\.safetensors'.* leads outside"
+    fails(model, path, r"shard '.*outside\.safetensors'|shard 'link\.safetensors'.* leads outside"
                        r"|outside the model directory")
 
 
