@@ -15,7 +15,7 @@ string or object tensors are refused, never cast), values that are NaN or Inf
 (as stored, or after conversion to the weight's dtype, e.g. float32 -> float16
 overflow) and checkpoint tensors that look like ours but have no home (e.g. a
 24-layer checkpoint for a 12-layer config) are reported together. The NaN/Inf
-check is one pass over each tensor (about 0.1 s for BERT-base).
+check is one pass over each tensor (about 0.06 s for BERT-base's 110M values).
 """
 
 import re

@@ -115,7 +115,10 @@ class SafetensorsSource(Source):
     Tensors are read with plain file reads, not a memory map: a file truncated
     or rewritten while mapped would kill the process (SIGBUS) on the first
     touch of a lost page; a read instead returns short, and a file whose size
-    changed since it was opened is refused. `weight_map` (from a shard index)
+    changed since it was opened is refused. The price, measured on a 100 MB
+    file in the page cache: 0.11-0.2 s to read every tensor against 0.02 s
+    through a map, and the tensors held in process memory rather than in the
+    page cache (the same 106 MB of RSS). `weight_map` (from a shard index)
     decides which file each listed tensor is read from.
     """
 

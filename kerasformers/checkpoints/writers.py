@@ -68,6 +68,6 @@ def _float_tensors(tensors, where):
         if not (value.dtype.kind == "f" or is_bfloat16(value.dtype)):
             raise ValueError(
                 f"{os.fspath(where)}: cannot write {name!r} as {value.dtype}: model weights are "
-                "saved as floating point only (dtype= float16, bfloat16, float32 or float64)")
+                "saved as floating point only (dtype= float16, float32 or float64)")
         out[name] = value
     return out
