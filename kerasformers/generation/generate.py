@@ -204,8 +204,8 @@ def _search(runner, prompts, start, search):
     elif cfg.num_beams > 1:
         first, second = _beam_steps(runner, search, cfg, logits, state, seen, start)
     else:
-        steps = _token_steps(runner, search, cfg, logits, state, seen, start)
-        first = [tokens for tokens, _, _ in steps][-1]
+        for first, _, _ in _token_steps(runner, search, cfg, logits, state, seen, start):
+            pass  # the tokens so far, after each step: keep the last
     if cfg.num_beams == 1:
         return _pad_rows([_until_eos(row, cfg.eos) for row in first], cfg.pad), None
     out, scores = [], []

@@ -25,7 +25,6 @@ places).
 
 from collections import namedtuple
 
-import numpy as np
 from keras import ops
 
 from kerasformers import backend as K
