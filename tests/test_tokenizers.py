@@ -190,7 +190,9 @@ def test_token_id_conversions():
     assert t.tokens_to_ids(['我', 'nope', '##ing']) == [5, 1, 9]
     assert t.id_to_token(9) == '##ing'
     assert t.ids_to_tokens([2, 5, 3]) == ['[CLS]', '我', '[SEP]']
-    no_unk = Tokenizer({'[CLS]': 0, '[SEP]': 1, 'a': 2})
+    with pytest.raises(ValueError, match=r"no token_unk='\[UNK\]'"):
+        Tokenizer({'[CLS]': 0, '[SEP]': 1, 'a': 2})
+    no_unk = Tokenizer({'[CLS]': 0, '[SEP]': 1, 'a': 2}, token_unk=None)  # explicitly none
     with pytest.raises(KeyError):
         no_unk.tokens_to_ids(['b'])
 

@@ -82,7 +82,10 @@ def test_specials_and_vocabulary(tokenizer, sp):
     assert (tokenizer.pad_id, tokenizer.unk_id) == (0, 2)
     assert tokenizer.vocab_size == sp.get_piece_size() == 4000
     assert tokenizer.token_to_id('</s>') == 1 and tokenizer.id_to_token(1) == '</s>'
-    assert tokenizer.id_to_token(5000) == ''  # padded vocabularies
+    # ids past the tokenizer (a model's padded embedding rows) have no piece: refused, as in
+    # every tokenizer (they used to read as '')
+    with pytest.raises(ValueError, match='token id 5000 is out of range'):
+        tokenizer.id_to_token(5000)
     assert tokenizer._is_special(1) and not tokenizer._is_decodable(1)
     with pytest.raises(ValueError):
         SpTokenizer(sp.serialized_model_proto(), token_start='[CLS]')

@@ -10,6 +10,8 @@ Offsets are character offsets into the text as given (before any normalisation),
 exclusive; start/end special tokens get ``(0, 0)``, the convention of HF ``offset_mapping``.
 """
 import gc
+import operator
+import warnings
 
 
 def _is_string(s):
@@ -128,15 +130,27 @@ class TokenizerBase:
         pre_tokenize: optional ``text -> list of words`` (e.g. `jieba.lcut`) applied first.
         token_translate: optional dict mapping tokens to other tokens after tokenization.
         token_pad, token_unk, token_mask: names of the pad / unknown / mask tokens.
+        bert4keras_maxlen: reproduce bert4keras's pair truncation, which with
+            ``token_start=None`` and ``pattern='S*E*E'`` returns up to ``maxlen + 1`` tokens
+            (it always allowed one for the start token that the second text drops).  By
+            default every encoding has at most `maxlen` tokens.
 
     Special ids are public attributes: `start_id`, `end_id`, `pad_id`, `unk_id`,
-    `mask_id` (None where the vocabulary lacks the token), also under the bert4keras names
-    `_token_start_id`, `_token_end_id`, `_token_pad_id`, `_token_unk_id`, `_token_mask_id`.
+    `mask_id`, also under the bert4keras names `_token_start_id`, `_token_end_id`,
+    `_token_pad_id`, `_token_unk_id`, `_token_mask_id`.  The tokens a tokenizer puts into
+    encodings (`token_start`, `token_end`; WordPiece also needs `token_unk`) must be in the
+    vocabulary, or construction raises a `ValueError` naming them (pass None for none);
+    the pad and mask ids are None where the vocabulary lacks the token.
+
+    Ids passed to `id_to_token`, `ids_to_tokens` and `decode` must be integers in
+    ``0 <= id < vocab_size`` that have a token, or they raise a `ValueError` naming the id
+    (a `TypeError` for a non-integer).
     """
 
     def __init__(self, token_start='[CLS]', token_end='[SEP]', pre_tokenize=None,
                  token_translate=None, token_pad='[PAD]', token_unk='[UNK]',
-                 token_mask='[MASK]'):
+                 token_mask='[MASK]', bert4keras_maxlen=False):
+        self._bert4keras_maxlen = bool(bert4keras_maxlen)
         self._token_pad = token_pad
         self._token_unk = token_unk
         self._token_mask = token_mask
@@ -147,12 +161,23 @@ class TokenizerBase:
         self._token_translate_inv = {v: k for k, v in self._token_translate.items()}
 
     # -- special tokens -------------------------------------------------------------------
-    def _resolve_special_ids(self):
-        """Look the special tokens up; call at the end of a subclass's ``__init__``."""
+    def _resolve_special_ids(self, required=('start', 'end')):
+        """Look the special tokens up; call at the end of a subclass's ``__init__``.
+
+        The `required` ones (named, not None) must be in the vocabulary: a `ValueError`
+        names every missing one at once."""
+        missing = []
         for name in ('pad', 'unk', 'mask', 'start', 'end'):
             token = getattr(self, '_token_%s' % name)
             token_id = self._special_id(token) if token is not None else None
+            if token is not None and token_id is None and name in required:
+                missing.append('token_%s=%r' % (name, token))
             setattr(self, '_token_%s_id' % name, token_id)
+        if missing:
+            raise ValueError('%s: the vocabulary has no %s; add the token%s to the vocabulary '
+                             'or pass None for none' % (type(self).__name__,
+                                                        ', '.join(missing),
+                                                        's' if len(missing) > 1 else ''))
         self._vocab_size = self.vocab_size
 
     def _special_id(self, token):
@@ -189,7 +214,21 @@ class TokenizerBase:
 
     def ids_to_tokens(self, ids):
         """``[id_to_token(i) for i in ids]``."""
-        return [self.id_to_token(int(i)) for i in ids]
+        return [self.id_to_token(i) for i in ids]
+
+    def _bad_id(self, i):
+        """The error for an id `i` that has no token: `TypeError` for a non-integer,
+        `ValueError` naming the id otherwise."""
+        try:
+            i = operator.index(i)
+        except TypeError:
+            return TypeError('token ids must be integers, got %r (%s)' % (i, type(i).__name__))
+        size = self.vocab_size
+        if not 0 <= i < size:
+            return ValueError('token id %d is out of range: %s has ids 0..%d (vocab_size %d)'
+                              % (i, type(self).__name__, size - 1, size))
+        return ValueError('token id %d has no token in this vocabulary (a token listed twice '
+                          'leaves its earlier id unused)' % i)
 
     # -- hooks ----------------------------------------------------------------------------
     def _tokenize(self, text):
@@ -311,7 +350,10 @@ class TokenizerBase:
 
         second_ids, second_offsets = self._with_specials(second_text, return_offsets)
         if maxlen is not None:
-            if pattern == 'S*E*E':
+            # 'S*E*E' drops the second text's start token after truncation: allow for it
+            # (bert4keras did so even without a start token, giving maxlen + 1 tokens)
+            if pattern == 'S*E*E' and (self._token_start is not None or
+                                       self._bert4keras_maxlen):
                 maxlen += 1
             sequences = [(first_ids, first_offsets), (second_ids, second_offsets)]
             # bert4keras ignores empty sequences when truncating
@@ -423,11 +465,41 @@ class TokenizerBase:
 
 class DictVocabTokenizer(TokenizerBase):
     """A tokenizer whose vocabulary is a ``{token: id}`` dict (``self._token_dict``, with
-    its inverse ``self._token_dict_inv``): WordPiece and byte-level BPE."""
+    its inverse ``self._token_dict_inv``): WordPiece and byte-level BPE.
+
+    Ids need not be contiguous: `vocab_size` is the largest id + 1 (the embedding rows the
+    vocabulary needs), and an id no token has raises in `id_to_token`."""
+
+    def _set_vocab(self, token_dict):
+        """Take ``{token: id}``: ids must be integers >= 0; two tokens sharing an id are
+        warned about (the last one is what `id_to_token` returns, as in bert4keras)."""
+        token_dict = dict(token_dict)
+        if not all(v.__class__ is int for v in token_dict.values()):
+            for token, v in token_dict.items():
+                try:
+                    token_dict[token] = operator.index(v)
+                except TypeError:
+                    raise TypeError('the id of token %r is %r, not an integer'
+                                    % (token, v)) from None
+        inv = {v: k for k, v in token_dict.items()}
+        if token_dict and min(inv) < 0:
+            raise ValueError('token %r has a negative id %d' % (inv[min(inv)], min(inv)))
+        if len(inv) != len(token_dict):
+            shared = {}
+            for token, v in token_dict.items():
+                shared.setdefault(v, []).append(token)
+            shared = [(v, ts) for v, ts in shared.items() if len(ts) > 1]
+            warnings.warn('%d id(s) are shared by several tokens (%s); each decodes to the '
+                          'last token listed' % (len(shared), '; '.join(
+                              '%d: %s' % (v, ', '.join(map(repr, ts))) for v, ts in shared[:5])),
+                          UserWarning, stacklevel=3)
+        self._token_dict = token_dict
+        self._token_dict_inv = inv
+        self._dict_vocab_size = max(inv) + 1 if inv else 0
 
     @property
     def vocab_size(self):
-        return len(self._token_dict)
+        return self._dict_vocab_size
 
     @property
     def token_dict(self):
@@ -448,4 +520,13 @@ class DictVocabTokenizer(TokenizerBase):
         return token_id
 
     def id_to_token(self, i):
-        return self._token_dict_inv[i]
+        """The token of id `i` (a `ValueError` naming `i` if no token has it)."""
+        if i.__class__ is not int:  # numpy / tensor integers; floats are refused
+            try:
+                i = operator.index(i)
+            except TypeError:
+                raise self._bad_id(i) from None
+        token = self._token_dict_inv.get(i)
+        if token is None:
+            raise self._bad_id(i)
+        return token

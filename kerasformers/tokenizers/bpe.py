@@ -63,8 +63,7 @@ class BPETokenizer(DictVocabTokenizer):
         super().__init__(token_start=token_start, token_end=token_end, token_pad=token_pad,
                          token_unk=token_unk, token_mask=token_mask, **kwargs)
         self._hf = self._build(vocab, merges, add_prefix_space)
-        self._token_dict = self._hf.get_vocab(with_added_tokens=True)
-        self._token_dict_inv = {v: k for k, v in self._token_dict.items()}
+        self._set_vocab(self._hf.get_vocab(with_added_tokens=True))
         if special_tokens is None:
             special_tokens = [t for t in ('<|endoftext|>',) if t in self._token_dict]
         special_tokens = list(special_tokens)
@@ -78,8 +77,7 @@ class BPETokenizer(DictVocabTokenizer):
             special_tokens.append(token)
         if special_tokens:
             self._hf.add_special_tokens(special_tokens)
-            self._token_dict = self._hf.get_vocab(with_added_tokens=True)
-            self._token_dict_inv = {v: k for k, v in self._token_dict.items()}
+            self._set_vocab(self._hf.get_vocab(with_added_tokens=True))
         self._special_tokens = set(special_tokens)
         self._byte_encoder = bytes_to_unicode()
         self._byte_decoder = {v: k for k, v in self._byte_encoder.items()}
@@ -179,12 +177,14 @@ class BPETokenizer(DictVocabTokenizer):
 
     def decode(self, ids, skip_special_tokens=False):
         """Text of `ids`.  Byte sequences that are not valid UTF-8 (a cut multi-byte
-        character) are replaced by U+FFFD; lone surrogates round-trip."""
+        character) are replaced by U+FFFD; lone surrogates round-trip.  An id without a
+        token (negative, ``>= vocab_size``) raises a `ValueError` naming it."""
         data = bytearray()
         decoder = self._byte_decoder
         inv = self._token_translate_inv
+        id_to_token = self.id_to_token
         for i in ids:
-            token = self._token_dict_inv[int(i)]
+            token = id_to_token(i)
             token = inv.get(token) or token
             if token in self._special_tokens:
                 if not skip_special_tokens:

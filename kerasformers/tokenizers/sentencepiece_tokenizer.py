@@ -1,4 +1,5 @@
 """`SpTokenizer`: a SentencePiece model (T5, mT5, ALBERT, CPM, ...) behind the bert4keras API."""
+import operator
 import os
 import re
 
@@ -29,7 +30,8 @@ class SpTokenizer(TokenizerBase):
         token_end: last token (T5/mT5: ``'</s>'``; ALBERT: ``'[SEP]'``; CPM: None).
         extra_ids: number of T5 sentinel tokens ``<extra_id_0>``... appended after the
             model's pieces (``<extra_id_0>`` has the largest id, as in T5); they are also
-            recognised in text.
+            recognised in text.  `vocab_size` is pieces + sentinels: a model's embedding
+            may have more rows (T5: 32,128 for 32,100 tokens), and those ids do not decode.
         pre_tokenize, token_translate, token_mask: see `TokenizerBase`.
 
     The pad and unknown tokens come from the model.  Offsets come from SentencePiece's own
@@ -68,11 +70,6 @@ class SpTokenizer(TokenizerBase):
         if self._token_unk is None and sp.unk_id() >= 0:
             self._token_unk = sp.id_to_piece(sp.unk_id())
         self._resolve_special_ids()
-        for name in ('start', 'end'):
-            token = getattr(self, '_token_%s' % name)
-            if token is not None and getattr(self, '_token_%s_id' % name) is None:
-                raise ValueError('token_%s=%r is not a piece of this SentencePiece model; pass '
-                                 'token_%s=None for none' % (name, token, name))
 
     @classmethod
     def from_pretrained(cls, path, **kwargs):
@@ -107,12 +104,18 @@ class SpTokenizer(TokenizerBase):
         return self.sp_model.piece_to_id(token) if token_id is None else token_id
 
     def id_to_token(self, i):
-        """The piece of id `i`; ``''`` for ids past the model (padded vocabularies)."""
+        """The piece of id `i`, ``<extra_id_N>`` for a sentinel; a `ValueError` naming `i`
+        outside ``0 <= i < vocab_size`` (a model's padded embedding rows have no piece)."""
+        if i.__class__ is not int:  # numpy / tensor integers; floats are refused
+            try:
+                i = operator.index(i)
+            except TypeError:
+                raise self._bad_id(i) from None
         if 0 <= i < self._piece_size:
             return self.sp_model.id_to_piece(i)
-        if i < self._piece_size + self._extra_ids:
+        if self._piece_size <= i < self._piece_size + self._extra_ids:
             return '<extra_id_%d>' % (self._piece_size + self._extra_ids - 1 - i)
-        return ''
+        raise self._bad_id(i)
 
     def _is_special(self, i):
         """Whether id `i` is a control, unknown or unused piece."""
@@ -179,7 +182,8 @@ class SpTokenizer(TokenizerBase):
         return ids, offsets
 
     def decode(self, ids):
-        """Text of `ids`: control, unknown and padded-vocabulary ids are dropped."""
+        """Text of `ids`: control and unknown ids are dropped; an id outside
+        ``0 <= id < vocab_size`` raises a `ValueError` naming it."""
         tokens = self.ids_to_tokens(ids)
         inv = self._token_translate_inv
         if inv:

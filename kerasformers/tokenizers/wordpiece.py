@@ -15,11 +15,17 @@ How it is fast (pure Python, no extension):
 The exact path follows the original step by step and keeps, for every normalised character,
 the index of the original character it came from, so offsets always point into the text as
 given.
+
+Memory stays bounded whatever the input: the word caches keep at most `_WORD_CACHE_LIMIT`
+words (the older half is dropped when full; words longer than `word_maxlen` are not cached),
+the character cache at most `_CHAR_CACHE_LIMIT` characters, and the shared table of offset
+pairs covers the first `_OFFSETS_LIMIT` positions (further offsets are made per call and
+belong to the result).
 """
 import os
 import re
 import unicodedata
-from itertools import repeat
+from itertools import islice, repeat
 
 from kerasformers.tokenizers import _unicode
 from kerasformers.tokenizers._unicode import DROP, tables
@@ -28,13 +34,23 @@ from kerasformers.tokenizers.hf_files import wordpiece_kwargs
 from kerasformers.tokenizers.vocab import is_redundant, load_vocab, stem
 
 # _OFFSETS[i] == (i, i + 1): offsets of a run of single-character tokens are a slice of it.
+# It grows with the longest text seen, up to _OFFSETS_LIMIT positions (about 6 MB).
 _OFFSETS = [(i, i + 1) for i in range(4096)]
-_WORD_CACHE_LIMIT = 1 << 20
+_OFFSETS_LIMIT = 1 << 16
+_WORD_CACHE_LIMIT = 1 << 16   # words per cache (two caches per tokenizer)
+_CHAR_CACHE_LIMIT = 1 << 17   # characters in the character -> id cache
 
 
 def _grow_offsets(n):
-    if n >= len(_OFFSETS):
-        _OFFSETS.extend((i, i + 1) for i in range(len(_OFFSETS), 2 * n + 1))
+    n = min(2 * n + 1, _OFFSETS_LIMIT)
+    if n > len(_OFFSETS):
+        _OFFSETS.extend((i, i + 1) for i in range(len(_OFFSETS), n))
+
+
+def _evict_half(cache):
+    """Drop the older half of an insertion-ordered dict cache."""
+    for key in list(islice(cache, len(cache) // 2)):
+        del cache[key]
 
 
 class _CharIds(dict):
@@ -49,6 +65,8 @@ class _CharIds(dict):
     def __missing__(self, ch):
         token_id = self._owner._piece_ids(ch)
         token_id = token_id if isinstance(token_id, int) else token_id[0][0]
+        if len(self) >= _CHAR_CACHE_LIMIT:
+            self.clear()
         self[ch] = token_id
         return token_id
 
@@ -89,12 +107,11 @@ class Tokenizer(DictVocabTokenizer):
         super().__init__(**kwargs)
         if isinstance(token_dict, (str, os.PathLike)):
             token_dict = load_vocab(token_dict)
-        self._token_dict = dict(token_dict)
-        self._token_dict_inv = {v: k for k, v in self._token_dict.items()}
+        self._set_vocab(token_dict)
         self._do_lower_case = bool(do_lower_case)
         self._word_maxlen = word_maxlen
         self._max_token_len = max(map(len, self._token_dict), default=0)
-        self._resolve_special_ids()
+        self._resolve_special_ids(required=('start', 'end', 'unk'))
         self._unicode_rules = unicode_rules
         self._tables = tables(unicode_rules)
         self._char_ids = _CharIds(self)
@@ -152,9 +169,11 @@ class Tokenizer(DictVocabTokenizer):
     def _word_pieces(self, word):
         pieces = self._word_tokens.get(word)
         if pieces is None:
-            if len(self._word_tokens) > _WORD_CACHE_LIMIT:
-                self._word_tokens.clear()
-            pieces = self._word_tokens[word] = self._wordpiece(word)
+            pieces = self._wordpiece(word)
+            if len(word) <= self._word_maxlen:
+                if len(self._word_tokens) >= _WORD_CACHE_LIMIT:
+                    _evict_half(self._word_tokens)
+                self._word_tokens[word] = pieces
         return pieces
 
     def _piece_ids(self, word):
@@ -166,9 +185,10 @@ class Tokenizer(DictVocabTokenizer):
             value = pieces[0][0]
         else:
             value = tuple(pieces)
-        if len(self._word_ids) > _WORD_CACHE_LIMIT:
-            self._word_ids.clear()
-        self._word_ids[word] = value
+        if len(word) <= self._word_maxlen:
+            if len(self._word_ids) >= _WORD_CACHE_LIMIT:
+                _evict_half(self._word_ids)
+            self._word_ids[word] = value
         return value
 
     # -- normalisation --------------------------------------------------------------------
@@ -248,11 +268,15 @@ class Tokenizer(DictVocabTokenizer):
         if len(text) >= len(_OFFSETS):
             _grow_offsets(len(text))
         offs = _OFFSETS
+        covered = len(offs)
         for m in token_re.finditer(text):
             s, e = m.span()
             if m.lastindex:
                 ids += map(char_id, m.group())
-                offsets += offs[s:e]
+                if e <= covered:
+                    offsets += offs[s:e]
+                else:  # past the shared table: this call's own pairs
+                    offsets += zip(range(s, e), range(s + 1, e + 1))
             else:
                 value = word_ids.get(m.group())
                 if value is None:
@@ -296,6 +320,11 @@ class Tokenizer(DictVocabTokenizer):
                 offsets.extend(text_offsets)
             return
         normalized, index, token_re = self._normalize(text)
+        if offsets is not None and len(normalized) > _OFFSETS_LIMIT:
+            # A long text: fill the caches first (an ids-only pass that keeps nothing else).
+            # Otherwise new cache entries land between the millions of offset pairs made
+            # below, and each pins a block of memory that freeing the result cannot return.
+            self._encode_normalized(normalized, token_re, [], None)
         if index is None or offsets is None:
             self._encode_normalized(normalized, token_re, ids, offsets)
         else:
