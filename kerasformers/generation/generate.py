@@ -47,7 +47,7 @@ def generate(model, inputs, config=None, *, return_scores=False, loop="device", 
     Speed: the first call compiles (jax, tensorflow) or prepares (torch) the
     model's steps, later calls reuse them. On torch (CPU) the layers keep a
     oneDNN-packed copy of their kernels for fast steps, one more copy of the
-    weights in memory: `kerasformers.models.eager_step.release(model)` frees it.
+    weights in memory: `kerasformers.backends.torch.release(model)` frees it.
     """
     config = _config(config, overrides)
     if loop not in LOOPS:

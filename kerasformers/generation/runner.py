@@ -17,8 +17,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from kerasformers.backends import torch as torch_backend
 from kerasformers.generation import loops
-from kerasformers.models import eager_step
 from kerasformers.layers import RelativePositionEmbedding
 
 
@@ -56,7 +56,7 @@ class Runner:
             raise TypeError("generation needs the model object: build it with "
                             "build_transformer_model(..., return_keras_model=False)")
         self.transformer = transformer
-        if hasattr(transformer, "_decoder") and hasattr(transformer, "_encoder"):
+        if getattr(transformer, "is_seq2seq", False):
             self.kind = "seq2seq"
         elif getattr(transformer, "step_attention_mode", None) == "unilm":
             self.kind = "unilm"
@@ -74,7 +74,7 @@ class Runner:
         self.relative = any(isinstance(layer, RelativePositionEmbedding)
                             for layer in transformer.layers.values())
         self.vocab_size = transformer.vocab_size
-        self._plan = None  # torch: eager_step.Plan of the current generate call
+        self._plan = None  # torch: torch_backend.Plan of the current generate call
         self._compiled = self._compile(self._call)
         self._loops = {}  # compiled decode loops, by LoopConfig
 
@@ -111,8 +111,8 @@ class Runner:
         """Encode the prompts; returns (next-token logits [rows, vocab], state).
         Starts a generation: on torch the layers' kernels are prepared afresh (the
         weights may have changed since the last call)."""
-        if eager_step.available():
-            self._plan = eager_step.Plan()
+        if torch_backend.available():
+            self._plan = torch_backend.Plan()
         lengths = [len(p) for p in prompts]
         rows = len(prompts)
         if self.kind == "seq2seq":

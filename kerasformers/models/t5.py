@@ -538,16 +538,6 @@ class T5(T5_Base):
         self.cross_position_bias = self.decoder_transformer.cross_position_bias
         self.encoder = self.decoder = None
 
-    # generation/runner.py detects seq2seq models by these two names; they go
-    # once it reads `is_seq2seq`.
-    @property
-    def _encoder(self):
-        return self.encoder_transformer
-
-    @property
-    def _decoder(self):
-        return self.decoder_transformer
-
     def build(self, **kwargs):
         if self.built:
             return self.model
