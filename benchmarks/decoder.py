@@ -49,6 +49,7 @@ encoder.py in ``benchmarks/harness/``.
 Run: ``python benchmarks/decoder.py [--quick] [--backends jax torch tensorflow]
 [--runs 7] [--reps 3] [--warmup 2]``
 """
+
 import os
 
 import harness
@@ -59,8 +60,14 @@ THREADS = harness.THREADS
 
 
 def model_config(quick):
-    return dict(vocab_size=50257, hidden_size=768, num_hidden_layers=2 if quick else 12,
-                num_attention_heads=12, intermediate_size=3072, max_position=1024)
+    return dict(
+        vocab_size=50257,
+        hidden_size=768,
+        num_hidden_layers=2 if quick else 12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position=1024,
+    )
 
 
 def random_gpt2(cfg, folder):
@@ -71,10 +78,17 @@ def random_gpt2(cfg, folder):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=cfg["vocab_size"], n_embd=cfg["hidden_size"],
-                        n_layer=cfg["num_hidden_layers"], n_head=cfg["num_attention_heads"],
-                        n_inner=cfg["intermediate_size"], n_positions=cfg["max_position"],
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config = GPT2Config(
+        vocab_size=cfg["vocab_size"],
+        n_embd=cfg["hidden_size"],
+        n_layer=cfg["num_hidden_layers"],
+        n_head=cfg["num_attention_heads"],
+        n_inner=cfg["intermediate_size"],
+        n_positions=cfg["max_position"],
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     model = GPT2LMHeadModel(config)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -88,8 +102,10 @@ def random_gpt2(cfg, folder):
 
 
 def header(cfg):
-    return (f"{cfg['num_hidden_layers']} layers, n_embd {cfg['hidden_size']}, "
-            f"vocab {cfg['vocab_size']} (logits out)")
+    return (
+        f"{cfg['num_hidden_layers']} layers, n_embd {cfg['hidden_size']}, "
+        f"vocab {cfg['vocab_size']} (logits out)"
+    )
 
 
 def make_inputs(vocab_size, seed=0):
@@ -132,16 +148,25 @@ def our_paths(backend, args):
 
     data = np.load(os.path.join(args.workdir, "data.npz"))
     x_np = [data["token_ids"]]
-    model = build_transformer_model(checkpoint_path=os.path.join(args.workdir, "hf"),
-                                    final_activation="linear")
+    model = build_transformer_model(
+        checkpoint_path=os.path.join(args.workdir, "hf"), final_activation="linear"
+    )
     paths = harness.keras_paths(backend, model, x_np)
     return paths, data["reference"]
 
 
 SPEC = harness.Spec(
-    name="decoder", doc=__doc__, script=os.path.abspath(__file__), batch=BATCH, seq_len=SEQ,
-    model_config=model_config, header=header, transformers_paths=transformers_paths,
-    our_paths=our_paths, tolerance=1e-3)
+    name="decoder",
+    doc=__doc__,
+    script=os.path.abspath(__file__),
+    batch=BATCH,
+    seq_len=SEQ,
+    model_config=model_config,
+    header=header,
+    transformers_paths=transformers_paths,
+    our_paths=our_paths,
+    tolerance=1e-3,
+)
 
 if __name__ == "__main__":
     harness.main(SPEC)

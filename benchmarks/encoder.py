@@ -42,6 +42,7 @@ The worker/timing/report machinery is shared with decoder.py in ``benchmarks/har
 Run: ``python benchmarks/encoder.py [--quick] [--backends jax torch tensorflow]
 [--runs 7] [--reps 3] [--warmup 2] [--try-fixes]``
 """
+
 import os
 
 import harness
@@ -52,8 +53,14 @@ THREADS = harness.THREADS
 
 
 def model_config(quick):
-    return dict(vocab_size=21128, hidden_size=768, num_hidden_layers=2 if quick else 12,
-                num_attention_heads=12, intermediate_size=3072, max_position=512)
+    return dict(
+        vocab_size=21128,
+        hidden_size=768,
+        num_hidden_layers=2 if quick else 12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position=512,
+    )
 
 
 def header(cfg):
@@ -66,7 +73,7 @@ def make_inputs(vocab_size, seed=0):
     rng = np.random.default_rng(seed)
     token_ids = rng.integers(1, vocab_size, size=(BATCH, SEQ)).astype("int32")
     segment_ids = np.zeros((BATCH, SEQ), dtype="int32")
-    segment_ids[:, SEQ // 2:] = 1
+    segment_ids[:, SEQ // 2 :] = 1
     return token_ids, segment_ids
 
 
@@ -80,12 +87,17 @@ def transformers_paths(args):
     torch.set_num_threads(THREADS)
     cfg = model_config(args.quick)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
-                        num_hidden_layers=cfg["num_hidden_layers"],
-                        num_attention_heads=cfg["num_attention_heads"],
-                        intermediate_size=cfg["intermediate_size"],
-                        max_position_embeddings=cfg["max_position"], hidden_act="gelu",
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=cfg["vocab_size"],
+        hidden_size=cfg["hidden_size"],
+        num_hidden_layers=cfg["num_hidden_layers"],
+        num_attention_heads=cfg["num_attention_heads"],
+        intermediate_size=cfg["intermediate_size"],
+        max_position_embeddings=cfg["max_position"],
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     model = BertModel(config, add_pooling_layer=False)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -107,8 +119,12 @@ def transformers_paths(args):
 
     with torch.inference_mode():
         reference = forward().numpy()
-    np.savez(os.path.join(args.workdir, "data.npz"), token_ids=token_ids,
-             segment_ids=segment_ids, reference=reference)
+    np.savez(
+        os.path.join(args.workdir, "data.npz"),
+        token_ids=token_ids,
+        segment_ids=segment_ids,
+        reference=reference,
+    )
     name = f"BertModel.eval() + inference_mode, attn={model.config._attn_implementation}"
     return [(name, forward, identity)], reference
 
@@ -125,8 +141,7 @@ def our_paths(backend, args):
     model = build_transformer_model(checkpoint_path=os.path.join(args.workdir, "hf"))
     paths = harness.keras_paths(backend, model, x_np)
     if args.try_fixes:
-        paths += harness.patched_paths(backend, model, x_np, fused_layer_norm(),
-                                       "fused LayerNorm")
+        paths += harness.patched_paths(backend, model, x_np, fused_layer_norm(), "fused LayerNorm")
     return paths, data["reference"]
 
 
@@ -141,24 +156,37 @@ def fused_layer_norm():
     original = cls.call
 
     def call(self, inputs):
-        if (self.conditional or not (self.zero_mean and self.unit_variance)
-                or self.scale is not True or self.offset is not True):
+        if (
+            self.conditional
+            or not (self.zero_mean and self.unit_variance)
+            or self.scale is not True
+            or self.offset is not True
+        ):
             return original(self, inputs)
         x = ops.cast(inputs, "float32")
-        y = ops.layer_normalization(x, ops.cast(self.gamma, "float32"),
-                                    ops.cast(self.beta, "float32"), epsilon=self.epsilon)
+        y = ops.layer_normalization(
+            x, ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32"), epsilon=self.epsilon
+        )
         return ops.cast(y, self.compute_dtype)
 
     return harness.method_patch(cls, "call", call)
 
 
 SPEC = harness.Spec(
-    name="encoder", doc=__doc__, script=os.path.abspath(__file__), batch=BATCH, seq_len=SEQ,
-    model_config=model_config, header=header, transformers_paths=transformers_paths,
-    our_paths=our_paths, tolerance=1e-3,
+    name="encoder",
+    doc=__doc__,
+    script=os.path.abspath(__file__),
+    batch=BATCH,
+    seq_len=SEQ,
+    model_config=model_config,
+    header=header,
+    transformers_paths=transformers_paths,
+    our_paths=our_paths,
+    tolerance=1e-3,
     fix_help="also time each backend's main path with the proposed fix "
-             "(LayerNormalization -> keras.ops.layer_normalization) monkeypatched in; "
-             "reported apart, never picked as the backend's number")
+    "(LayerNormalization -> keras.ops.layer_normalization) monkeypatched in; "
+    "reported apart, never picked as the backend's number",
+)
 
 if __name__ == "__main__":
     harness.main(SPEC)

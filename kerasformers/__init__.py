@@ -5,7 +5,8 @@
 True
 
 Importing the package is cheap: Keras (and so the backend) is imported on first
-use of a model API (`from kerasformers import build_transformer_model`), so `kerasformers.tokenizers` works without any backend.
+use of a model API (`from kerasformers import build_transformer_model`), so
+`kerasformers.tokenizers` works without any backend.
 If no backend is configured (`KERAS_BACKEND` unset, no ~/.keras/keras.json) and
 TensorFlow, Keras' default, is not installed, JAX or PyTorch is used instead.
 """

@@ -22,25 +22,50 @@ import os
 
 # HF `model_type` -> our model key
 HF_MODEL_TYPES = {
-    "bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta", "albert": "albert",
-    "electra": "electra", "roformer": "roformer", "nezha": "nezha", "gpt2": "gpt2",
+    "bert": "bert",
+    "roberta": "roberta",
+    "xlm-roberta": "roberta",
+    "albert": "albert",
+    "electra": "electra",
+    "roformer": "roformer",
+    "nezha": "nezha",
+    "gpt2": "gpt2",
 }
 
 # HF GPT2Config key -> (our argument, GPT2Config default when the key is absent)
 _GPT2_KEYS = {
-    "vocab_size": ("vocab_size", 50257), "n_embd": ("hidden_size", 768),
-    "n_layer": ("num_hidden_layers", 12), "n_head": ("num_attention_heads", 12),
-    "n_positions": ("max_position", 1024), "activation_function": ("hidden_act", "gelu_new"),
-    "layer_norm_epsilon": ("layer_norm_eps", 1e-5), "resid_pdrop": ("dropout_rate", 0.1),
+    "vocab_size": ("vocab_size", 50257),
+    "n_embd": ("hidden_size", 768),
+    "n_layer": ("num_hidden_layers", 12),
+    "n_head": ("num_attention_heads", 12),
+    "n_positions": ("max_position", 1024),
+    "activation_function": ("hidden_act", "gelu_new"),
+    "layer_norm_epsilon": ("layer_norm_eps", 1e-5),
+    "resid_pdrop": ("dropout_rate", 0.1),
     "attn_pdrop": ("attention_dropout_rate", 0.1),
 }
 
 # HF-only entries that would collide with our own arguments
-_DROP = ("dtype", "torch_dtype", "prefix", "name", "layers", "architectures",
-         "transformers_version", "_name_or_path", "name_or_path")
+_DROP = (
+    "dtype",
+    "torch_dtype",
+    "prefix",
+    "name",
+    "layers",
+    "architectures",
+    "transformers_version",
+    "_name_or_path",
+    "name_or_path",
+)
 
-CONFIG_NAMES = ("config.json", "bert_config.json", "albert_config.json",
-                "electra_config.json", "roformer_config.json", "nezha_config.json")
+CONFIG_NAMES = (
+    "config.json",
+    "bert_config.json",
+    "albert_config.json",
+    "electra_config.json",
+    "roformer_config.json",
+    "nezha_config.json",
+)
 
 
 def find_config(folder):
@@ -87,8 +112,10 @@ def detect_model(config):
         return _t5_model_key(config)
     if model_type not in HF_MODEL_TYPES:
         known = ", ".join(sorted([*HF_MODEL_TYPES, "t5", "mt5"]))
-        raise ValueError(f"config model_type {config['model_type']!r} is not known; known: "
-                         f"{known} (or pass model= to say which class to build)")
+        raise ValueError(
+            f"config model_type {config['model_type']!r} is not known; known: "
+            f"{known} (or pass model= to say which class to build)"
+        )
     return HF_MODEL_TYPES[model_type]
 
 
@@ -104,8 +131,12 @@ def read_config(config):
     if "max_position" not in out:
         out["max_position"] = raw.get("max_position_embeddings", 512)
         pad = raw.get("pad_token_id")
-        if model_type in ("roberta", "xlm-roberta") and _is_int(pad) and pad > 0 \
-                and _is_int(out["max_position"]):
+        if (
+            model_type in ("roberta", "xlm-roberta")
+            and _is_int(pad)
+            and pad > 0
+            and _is_int(out["max_position"])
+        ):
             out["max_position"] -= pad + 1  # HF offsets positions by pad+1
     if "dropout_rate" not in out and "hidden_dropout_prob" in raw:
         out["dropout_rate"] = raw["hidden_dropout_prob"]
@@ -113,8 +144,9 @@ def read_config(config):
         out["attention_dropout_rate"] = raw["attention_probs_dropout_prob"]
     if "segment_vocab_size" not in out:
         out["segment_vocab_size"] = raw.get("type_vocab_size", 2)
-    if model_type == "albert" and (raw.get("num_hidden_groups", 1) != 1
-                                   or raw.get("inner_group_num", 1) != 1):
+    if model_type == "albert" and (
+        raw.get("num_hidden_groups", 1) != 1 or raw.get("inner_group_num", 1) != 1
+    ):
         raise ValueError("ALBERT with num_hidden_groups/inner_group_num != 1 is not supported")
     if model_type == "roformer" and raw.get("rotary_value"):
         raise ValueError("RoFormer with rotary_value=True is not supported")
@@ -139,10 +171,12 @@ def _read_gpt2(raw, out):
         out["intermediate_size"] = raw.get("n_inner") or 4 * out["hidden_size"]
     out["segment_vocab_size"] = 0
     out.pop("pad_token_id", None)
-    for key, bad, what in (("scale_attn_weights", False, "unscaled attention"),
-                           ("scale_attn_by_inverse_layer_idx", True, "per-layer attention scaling"),
-                           ("add_cross_attention", True, "cross-attention"),
-                           ("tie_word_embeddings", False, "an untied LM head")):
+    for key, bad, what in (
+        ("scale_attn_weights", False, "unscaled attention"),
+        ("scale_attn_by_inverse_layer_idx", True, "per-layer attention scaling"),
+        ("add_cross_attention", True, "cross-attention"),
+        ("tie_word_embeddings", False, "an untied LM head"),
+    ):
         if raw.get(key) is bad:
             raise ValueError(f"GPT-2 with {key}={bad} ({what}) is not supported")
     return out
@@ -150,9 +184,12 @@ def _read_gpt2(raw, out):
 
 # HF T5Config / MT5Config key -> (our argument, t5 default, mt5 default)
 _T5_KEYS = {
-    "vocab_size": ("vocab_size", 32128, 250112), "d_model": ("hidden_size", 512, 512),
-    "d_ff": ("intermediate_size", 2048, 1024), "num_layers": ("num_hidden_layers", 6, 8),
-    "num_heads": ("num_attention_heads", 8, 6), "d_kv": ("attention_head_size", 64, 64),
+    "vocab_size": ("vocab_size", 32128, 250112),
+    "d_model": ("hidden_size", 512, 512),
+    "d_ff": ("intermediate_size", 2048, 1024),
+    "num_layers": ("num_hidden_layers", 6, 8),
+    "num_heads": ("num_attention_heads", 8, 6),
+    "d_kv": ("attention_head_size", 64, 64),
     "layer_norm_epsilon": ("layer_norm_eps", 1e-6, 1e-6),
     "dropout_rate": ("dropout_rate", 0.1, 0.1),
 }
@@ -164,15 +201,17 @@ def _t5_feed_forward(raw):
     proj = raw.get("feed_forward_proj")
     proj = default if proj is None else proj
     if not isinstance(proj, str):
-        raise TypeError(f"config feed_forward_proj must be a string such as 'relu' or "
-                        f"'gated-gelu', got {proj!r}")
+        raise TypeError(
+            f"config feed_forward_proj must be a string such as 'relu' or "
+            f"'gated-gelu', got {proj!r}"
+        )
     parts = proj.split("-")
     gated = parts[0] == "gated"
     act = parts[-1]
     if proj == "gated-gelu":
-        act = "gelu_new"      # transformers' special case: tanh GELU
+        act = "gelu_new"  # transformers' special case: tanh GELU
     elif act == "gelu":
-        act = "gelu_erf"      # ACT2FN['gelu'] is exact; a bare 'gelu' means tanh in our T5
+        act = "gelu_erf"  # ACT2FN['gelu'] is exact; a bare 'gelu' means tanh in our T5
     return ([act, "linear"] if gated else act), gated
 
 
@@ -222,8 +261,9 @@ def _t5_feed_forward_proj(hidden_act, gated):
         return {"gelu_tanh": "gelu_new", "gelu_erf": "gelu"}.get(hidden_act, hidden_act)
     act, *rest = hidden_act
     if rest != ["linear"] or act == "gelu_erf" or not isinstance(act, str):
-        raise ValueError(f"hidden_act {hidden_act!r} has no transformers "
-                         "feed_forward_proj equivalent")
+        raise ValueError(
+            f"hidden_act {hidden_act!r} has no transformers feed_forward_proj equivalent"
+        )
     return "gated-gelu" if act == "gelu_tanh" else f"gated-{act}"
 
 
@@ -245,16 +285,23 @@ def write_t5(model):
     config = {
         "model_type": "mt5" if mt5 else "t5",
         "architectures": [model.hf_architecture(mt5)],
-        "vocab_size": model.vocab_size, "d_model": model.hidden_size,
-        "d_kv": model.attention_head_size, "d_ff": model.intermediate_size,
-        "num_layers": model.num_encoder_layers, "num_decoder_layers": model.num_decoder_layers,
+        "vocab_size": model.vocab_size,
+        "d_model": model.hidden_size,
+        "d_kv": model.attention_head_size,
+        "d_ff": model.intermediate_size,
+        "num_layers": model.num_encoder_layers,
+        "num_decoder_layers": model.num_decoder_layers,
         "num_heads": model.num_attention_heads,
         "relative_attention_num_buckets": model.relative_attention_num_buckets,
         "relative_attention_max_distance": model.relative_attention_max_distance,
-        "dropout_rate": model.dropout_rate, "layer_norm_epsilon": model.layer_norm_eps,
-        "feed_forward_proj": proj, "tie_word_embeddings": model.tie_word_embeddings,
-        "is_encoder_decoder": True, "pad_token_id": model.pad_token_id,
-        "eos_token_id": 1, "decoder_start_token_id": model.pad_token_id,
+        "dropout_rate": model.dropout_rate,
+        "layer_norm_epsilon": model.layer_norm_eps,
+        "feed_forward_proj": proj,
+        "tie_word_embeddings": model.tie_word_embeddings,
+        "is_encoder_decoder": True,
+        "pad_token_id": model.pad_token_id,
+        "eos_token_id": 1,
+        "decoder_start_token_id": model.pad_token_id,
     }
     if not mt5:
         config["scale_decoder_outputs"] = model.tie_word_embeddings
@@ -274,15 +321,18 @@ NOT_SUPPORTED = {
     "additional_input_layers": "extra model inputs (issue #13)",
     "attention_caches": "use init_cache / call_with_cache for cached decoding",
     "autoresize_weights": "checkpoint shapes must fit; keep_tokens / compound_tokens "
-                          "resize the vocabulary",
+    "resize the vocabulary",
 }
 
 #: how config files spell our arguments, quoted in error messages
 FILE_NAMES = {
-    "hidden_size": "n_embd, d_model", "num_hidden_layers": "n_layer, num_layers",
-    "num_attention_heads": "n_head, num_heads", "intermediate_size": "n_inner, d_ff",
+    "hidden_size": "n_embd, d_model",
+    "num_hidden_layers": "n_layer, num_layers",
+    "num_attention_heads": "n_head, num_heads",
+    "intermediate_size": "n_inner, d_ff",
     "max_position": "max_position_embeddings, n_positions",
-    "segment_vocab_size": "type_vocab_size", "attention_head_size": "d_kv",
+    "segment_vocab_size": "type_vocab_size",
+    "attention_head_size": "d_kv",
     "dropout_rate": "hidden_dropout_prob, resid_pdrop",
     "attention_dropout_rate": "attention_probs_dropout_prob, attn_pdrop",
     "layer_norm_eps": "layer_norm_epsilon",
@@ -291,20 +341,48 @@ FILE_NAMES = {
 
 #: kinds of argument values: name -> kind (see `check_arguments`)
 KINDS = {
-    **dict.fromkeys(("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "embedding_size", "attention_head_size",
-                     "attention_key_size", "sequence_length", "max_position",
-                     "max_relative_position", "num_decoder_layers",
-                     "relative_attention_num_buckets", "relative_attention_max_distance"),
-                    "size"),
-    "segment_vocab_size": "count", "pad_token_id": "id",
-    "dropout_rate": "rate", "attention_dropout_rate": "rate", "layer_norm_eps": "epsilon",
+    **dict.fromkeys(
+        (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "embedding_size",
+            "attention_head_size",
+            "attention_key_size",
+            "sequence_length",
+            "max_position",
+            "max_relative_position",
+            "num_decoder_layers",
+            "relative_attention_num_buckets",
+            "relative_attention_max_distance",
+        ),
+        "size",
+    ),
+    "segment_vocab_size": "count",
+    "pad_token_id": "id",
+    "dropout_rate": "rate",
+    "attention_dropout_rate": "rate",
+    "layer_norm_eps": "epsilon",
     "hidden_act": "activation",
-    **dict.fromkeys(("with_pool", "with_mlm", "with_discriminator", "with_lm",
-                     "final_activation"), "head"),
-    **dict.fromkeys(("with_nsp", "custom_position_ids", "shared_segment_embeddings",
-                     "residual_attention_scores", "ignore_invalid_weights", "remat",
-                     "tie_word_embeddings", "cross_position_bias", "context_mask"), "flag"),
+    **dict.fromkeys(
+        ("with_pool", "with_mlm", "with_discriminator", "with_lm", "final_activation"), "head"
+    ),
+    **dict.fromkeys(
+        (
+            "with_nsp",
+            "custom_position_ids",
+            "shared_segment_embeddings",
+            "residual_attention_scores",
+            "ignore_invalid_weights",
+            "remat",
+            "tie_word_embeddings",
+            "cross_position_bias",
+            "context_mask",
+        ),
+        "flag",
+    ),
     "keep_tokens": "tokens",
 }
 
@@ -354,8 +432,12 @@ def _problem(name, value):
         if not isinstance(value, bool) and type(value).__name__ != "bool_":
             return TypeError, f"must be True or False, got {value!r} ({type(value).__name__})"
     elif kind == "tokens":
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) == 0 \
-                or not all(_is_int(i) and i >= 0 for i in value):
+        if (
+            isinstance(value, (str, bytes))
+            or not hasattr(value, "__len__")
+            or len(value) == 0
+            or not all(_is_int(i) and i >= 0 for i in value)
+        ):
             shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
             return ValueError, f"must be a non-empty list of token ids >= 0, got {shown}"
     return None

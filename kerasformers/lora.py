@@ -63,8 +63,9 @@ def _sublayers(model):
 
 def _adapted_layers(model):
     """{layer path: layer} of the layers with LoRA enabled."""
-    return {layer.path: layer for layer in _sublayers(model)
-            if getattr(layer, "lora_enabled", False)}
+    return {
+        layer.path: layer for layer in _sublayers(model) if getattr(layer, "lora_enabled", False)
+    }
 
 
 def _freeze(model):
@@ -103,11 +104,14 @@ def enable_lora(model, rank, targets=("q_dense", "v_dense"), alpha=None):
         raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
     attention = [l for l in _sublayers(model) if isinstance(l, MultiHeadAttention)]
     if not attention:
-        raise ValueError(f"{model.name} has no kerasformers MultiHeadAttention layer "
-                         "(nothing to adapt; is it built?)")
+        raise ValueError(
+            f"{model.name} has no kerasformers MultiHeadAttention layer "
+            "(nothing to adapt; is it built?)"
+        )
     if _adapted_layers(model):
-        raise ValueError(f"{model.name} already has LoRA adapters "
-                         f"({', '.join(_adapted_layers(model))})")
+        raise ValueError(
+            f"{model.name} already has LoRA adapters ({', '.join(_adapted_layers(model))})"
+        )
     _freeze(model)
     for layer in attention:
         for target in targets:
@@ -125,13 +129,16 @@ def lora_weights(model):
     {}
     """
     adapted = _adapted_layers(model)
-    return {v.path: v for layer in adapted.values() for v in layer.weights
-            if v.name.startswith("lora_")}
+    return {
+        v.path: v for layer in adapted.values() for v in layer.weights if v.name.startswith("lora_")
+    }
 
 
 def _metadata(model):
-    layers = {path: {"rank": int(layer.lora_rank), "alpha": float(layer.lora_alpha)}
-              for path, layer in _adapted_layers(model).items()}
+    layers = {
+        path: {"rank": int(layer.lora_rank), "alpha": float(layer.lora_alpha)}
+        for path, layer in _adapted_layers(model).items()
+    }
     return {"format": _FORMAT, "layers": json.dumps(layers, sort_keys=True)}
 
 
@@ -146,8 +153,10 @@ def save_lora_weights(model, path):
     weights = lora_weights(model)
     if not weights:
         raise ValueError(f"{model.name} has no LoRA adapters to save (call enable_lora first)")
-    tensors = {p: np.ascontiguousarray(keras.ops.convert_to_numpy(v), dtype="float32")
-               for p, v in weights.items()}
+    tensors = {
+        p: np.ascontiguousarray(keras.ops.convert_to_numpy(v), dtype="float32")
+        for p, v in weights.items()
+    }
     save_file(tensors, str(path), metadata=_metadata(model))
 
 
@@ -163,8 +172,10 @@ def _read(path):
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
     if metadata.get("format") != _FORMAT:
-        raise CheckpointError(f"{path} is not a kerasformers LoRA file (metadata format "
-                              f"{metadata.get('format')!r}; write it with save_lora_weights)")
+        raise CheckpointError(
+            f"{path} is not a kerasformers LoRA file (metadata format "
+            f"{metadata.get('format')!r}; write it with save_lora_weights)"
+        )
     try:
         layers = json.loads(metadata["layers"])
     except (KeyError, ValueError) as e:
@@ -192,17 +203,21 @@ def load_lora_weights(model, path):
                 problems.append(f"{layer_path} has an adapter the file does not describe")
             else:
                 ours, theirs = adapted[layer_path], layers[layer_path]
-                if int(theirs["rank"]) != ours.lora_rank or \
-                        not np.isclose(float(theirs["alpha"]), float(ours.lora_alpha)):
-                    problems.append(f"{layer_path}: rank/alpha {theirs['rank']}/{theirs['alpha']}"
-                                    f" in the file, {ours.lora_rank}/{ours.lora_alpha} in the model")
+                if int(theirs["rank"]) != ours.lora_rank or not np.isclose(
+                    float(theirs["alpha"]), float(ours.lora_alpha)
+                ):
+                    problems.append(
+                        f"{layer_path}: rank/alpha {theirs['rank']}/{theirs['alpha']}"
+                        f" in the file, {ours.lora_rank}/{ours.lora_alpha} in the model"
+                    )
     else:  # adapters to add: the file's layers must exist, as Dense layers
         dense = {l.path: l for l in _sublayers(model) if isinstance(l, keras.layers.Dense)}
         expected = {}
         for layer_path, spec in sorted(layers.items()):
             if layer_path not in dense:
-                problems.append(f"the file adapts {layer_path}, which is not a Dense layer "
-                                "of the model")
+                problems.append(
+                    f"the file adapts {layer_path}, which is not a Dense layer of the model"
+                )
                 continue
             rank, (fan_in, units) = int(spec["rank"]), dense[layer_path].kernel.shape
             expected[f"{layer_path}/lora_kernel_a"] = (fan_in, rank)
@@ -213,11 +228,14 @@ def load_lora_weights(model, path):
         problems.append(f"unexpected in the file: {key}")
     for key in sorted(set(tensors) & set(expected)):
         if tuple(tensors[key].shape) != expected[key]:
-            problems.append(f"shape of {key}: {tuple(tensors[key].shape)} in the file, "
-                            f"{expected[key]} in the model")
+            problems.append(
+                f"shape of {key}: {tuple(tensors[key].shape)} in the file, "
+                f"{expected[key]} in the model"
+            )
     if problems:
-        raise CheckpointError(f"cannot load LoRA weights from {path} into {model.name}:\n  "
-                              + "\n  ".join(problems))
+        raise CheckpointError(
+            f"cannot load LoRA weights from {path} into {model.name}:\n  " + "\n  ".join(problems)
+        )
     if not adapted:
         _freeze(model)
         for layer_path, spec in layers.items():
@@ -226,5 +244,10 @@ def load_lora_weights(model, path):
         variable.assign(tensors[key].astype(variable.dtype))
 
 
-__all__ = ["ATTENTION_PROJECTIONS", "enable_lora", "lora_weights", "save_lora_weights",
-           "load_lora_weights"]
+__all__ = [
+    "ATTENTION_PROJECTIONS",
+    "enable_lora",
+    "lora_weights",
+    "save_lora_weights",
+    "load_lora_weights",
+]

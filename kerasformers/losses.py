@@ -48,8 +48,10 @@ def masked_mean(values, mask=None):
     if mask is None:
         return ops.mean(values)
     mask = ops.cast(ops.cast(mask, "bool"), "float32")
-    mask = ops.broadcast_to(ops.reshape(mask, ops.shape(mask) + (1,) * (
-        len(values.shape) - len(mask.shape))), ops.shape(values))
+    mask = ops.broadcast_to(
+        ops.reshape(mask, ops.shape(mask) + (1,) * (len(values.shape) - len(mask.shape))),
+        ops.shape(values),
+    )
     return ops.divide_no_nan(ops.sum(values * mask), ops.sum(mask))
 
 
@@ -117,12 +119,14 @@ def sparse_multilabel_categorical_crossentropy(y_true, y_pred, mask_zero=False):
     scores = ops.reshape(y_pred, (-1, num_classes))
     labels = ops.reshape(ops.cast(y_true, "int32"), (-1, k))
     is_pos = labels != 0 if mask_zero else ops.ones_like(labels, dtype="bool")
-    rows = ops.broadcast_to(ops.arange(ops.shape(labels)[0], dtype="int32")[:, None],
-                            ops.shape(labels))
+    rows = ops.broadcast_to(
+        ops.arange(ops.shape(labels)[0], dtype="int32")[:, None], ops.shape(labels)
+    )
     positive = ops.scatter_update(
-        ops.zeros_like(scores), ops.stack([ops.reshape(rows, (-1,)), ops.reshape(labels, (-1,))],
-                                          axis=1),
-        ops.reshape(ops.cast(is_pos, "float32"), (-1,)))
+        ops.zeros_like(scores),
+        ops.stack([ops.reshape(rows, (-1,)), ops.reshape(labels, (-1,))], axis=1),
+        ops.reshape(ops.cast(is_pos, "float32"), (-1,)),
+    )
     excluded = positive > 0
     if mask_zero:
         excluded = ops.logical_or(excluded, (ops.arange(num_classes) == 0)[None])
@@ -206,7 +210,8 @@ def am_softmax_loss(y_true, y_pred, margin=0.35, scale=30.0):
     """
     y_pred = ops.cast(y_pred, "float32")
     sparse = len(y_true.shape) < len(y_pred.shape) or (
-        y_true.shape[-1] == 1 and y_pred.shape[-1] != 1)
+        y_true.shape[-1] == 1 and y_pred.shape[-1] != 1
+    )
     if sparse:
         y_true = ops.one_hot(_sparse_labels(y_true, y_pred), ops.shape(y_pred)[-1])
     y_true = ops.cast(y_true, "float32")

@@ -24,9 +24,20 @@ from keras import ops
 
 from kerasformers.saving import register
 
-__all__ = ["embedding_lookup", "slice_update", "gelu_erf", "gelu_tanh", "swish", "relu_squared",
-           "get_activation", "serialize_activation", "sinusoidal_embeddings", "sinusoidal_table",
-           "apply_rotary_position_embeddings", "attention_normalize"]
+__all__ = [
+    "embedding_lookup",
+    "slice_update",
+    "gelu_erf",
+    "gelu_tanh",
+    "swish",
+    "relu_squared",
+    "get_activation",
+    "serialize_activation",
+    "sinusoidal_embeddings",
+    "sinusoidal_table",
+    "apply_rotary_position_embeddings",
+    "attention_normalize",
+]
 
 
 def _tensor(x):
@@ -322,8 +333,9 @@ def flatten(tensor, start=None, end=None):
 def _mask_value(value, dtype):
     if isinstance(value, str):
         if value not in ("-inf", "inf"):
-            raise ValueError(f"sequence_masking value must be a number, '-inf' or 'inf', "
-                             f"got {value!r}")
+            raise ValueError(
+                f"sequence_masking value must be a number, '-inf' or 'inf', got {value!r}"
+            )
         value = float(value)
     return value
 
@@ -393,7 +405,7 @@ def batch_gather(params, indices):
     if extra < 0:
         raise ValueError("batch_gather: indices have more axes than params")
     idx = ops.reshape(indices, tuple(_dims(indices)) + (1,) * extra)
-    idx = ops.broadcast_to(idx, _dims(indices) + _dims(params)[batch_dims + 1:])
+    idx = ops.broadcast_to(idx, _dims(indices) + _dims(params)[batch_dims + 1 :])
     return ops.take_along_axis(params, idx, axis=batch_dims)
 
 
@@ -463,7 +475,7 @@ def search_layer(inputs, name, exclude_from=None):
             if sublayer.name == name:
                 return sublayer
     nodes = layer._inbound_nodes
-    for parent in (nodes[0].parent_nodes if nodes else []):
+    for parent in nodes[0].parent_nodes if nodes else []:
         found = search_layer(parent.operation, name, exclude_from)
         if found is not None:
             return found
@@ -497,7 +509,19 @@ class Sinusoidal(keras.initializers.Initializer):
         return ops.cast(table, dtype or keras.config.floatx())
 
 
-__all__ += ["search_layer", "align", "reshape", "flatten", "sequence_masking", "batch_gather",
-            "pool1d", "divisible_temporal_padding", "root_mean_square", "leaky_relu", "Sinusoidal",
-            "multilabel_categorical_crossentropy", "sparse_multilabel_categorical_crossentropy",
-            "piecewise_linear"]
+__all__ += [
+    "search_layer",
+    "align",
+    "reshape",
+    "flatten",
+    "sequence_masking",
+    "batch_gather",
+    "pool1d",
+    "divisible_temporal_padding",
+    "root_mean_square",
+    "leaky_relu",
+    "Sinusoidal",
+    "multilabel_categorical_crossentropy",
+    "sparse_multilabel_categorical_crossentropy",
+    "piecewise_linear",
+]

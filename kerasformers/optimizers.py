@@ -34,6 +34,7 @@ import re
 
 import keras
 from keras import ops
+
 from kerasformers.saving import register
 
 
@@ -117,9 +118,11 @@ class PiecewiseLinearSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return self.learning_rate * piecewise_linear(step, self.schedule, self.from_zero)
 
     def get_config(self):
-        return {"learning_rate": self.learning_rate,
-                "schedule": {str(k): v for k, v in self.schedule.items()},
-                "from_zero": self.from_zero}
+        return {
+            "learning_rate": self.learning_rate,
+            "schedule": {str(k): v for k, v in self.schedule.items()},
+            "from_zero": self.from_zero,
+        }
 
 
 class _ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -133,8 +136,10 @@ class _ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return self.multiplier * self.schedule(step)
 
     def get_config(self):
-        return {"schedule": keras.optimizers.schedules.serialize(self.schedule),
-                "multiplier": self.multiplier}
+        return {
+            "schedule": keras.optimizers.schedules.serialize(self.schedule),
+            "multiplier": self.multiplier,
+        }
 
 
 # ----------------------------------------------------------------- wrappers
@@ -180,18 +185,22 @@ class _Wrapper(keras.optimizers.Optimizer):
             with keras.name_scope(self.name, caller=self):
                 self.build(trainable_variables)
             self.built = True
-        return self._trainable_variables if trainable_variables is None \
-            else list(trainable_variables)
+        return (
+            self._trainable_variables if trainable_variables is None else list(trainable_variables)
+        )
 
     def get_config(self):
-        return {"name": self.name,
-                "optimizer": keras.saving.serialize_keras_object(self.inner_optimizer)}
+        return {
+            "name": self.name,
+            "optimizer": keras.saving.serialize_keras_object(self.inner_optimizer),
+        }
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
         config["optimizer"] = keras.saving.deserialize_keras_object(
-            config["optimizer"], custom_objects=custom_objects)
+            config["optimizer"], custom_objects=custom_objects
+        )
         return cls(**config)
 
 
@@ -238,8 +247,11 @@ class ParameterWiseLR(_Wrapper):
                 learning_rate = _ScaledSchedule(learning_rate, factor)
         else:
             learning_rate = learning_rate * factor
-        config.update(learning_rate=learning_rate, global_clipnorm=None,
-                      name=f"{self.inner_optimizer.name}_group{index}")
+        config.update(
+            learning_rate=learning_rate,
+            global_clipnorm=None,
+            name=f"{self.inner_optimizer.name}_group{index}",
+        )
         return type(self.inner_optimizer).from_config(config)
 
     def _group_variables(self, index, variables=None):
@@ -262,9 +274,13 @@ class ParameterWiseLR(_Wrapper):
     def _copy_exclusions(self, optimizer, variables):
         """A group decays what the inner optimizer would (its var_names / var_list)."""
         if self.inner_optimizer.weight_decay is not None:
-            optimizer.exclude_from_weight_decay(var_list=[
-                v for v in variables
-                if not self.inner_optimizer._use_weight_decay(_decay_key(v))])
+            optimizer.exclude_from_weight_decay(
+                var_list=[
+                    v
+                    for v in variables
+                    if not self.inner_optimizer._use_weight_decay(_decay_key(v))
+                ]
+            )
 
     def exclude_from_weight_decay(self, var_list=None, var_names=None):
         self.inner_optimizer.exclude_from_weight_decay(var_list=var_list, var_names=var_names)
@@ -279,8 +295,9 @@ class ParameterWiseLR(_Wrapper):
         scheduled = isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule)
         for index, optimizer in enumerate(self._group_optimizers):
             factor = self.multiplier(self._group_variables(index)[0])
-            optimizer.learning_rate = (_ScaledSchedule(learning_rate, factor) if scheduled
-                                       else learning_rate * factor)
+            optimizer.learning_rate = (
+                _ScaledSchedule(learning_rate, factor) if scheduled else learning_rate * factor
+            )
 
     @property
     def iterations(self):
@@ -313,8 +330,9 @@ class ParameterWiseLR(_Wrapper):
         return config
 
 
-def layerwise_lr_decay(model, decay, layer_pattern=r"Transformer-(\d+)-",
-                       embedding_pattern="Embedding-"):
+def layerwise_lr_decay(
+    model, decay, layer_pattern=r"Transformer-(\d+)-", embedding_pattern="Embedding-"
+):
     """Layer-wise learning-rate decay multipliers for `ParameterWiseLR`.
 
     Block i of n (found by `layer_pattern` in the variable paths: bert4keras'
@@ -339,8 +357,10 @@ def layerwise_lr_decay(model, decay, layer_pattern=r"Transformer-(\d+)-",
     if not blocks:
         raise ValueError(f"no variable path matches {layer_pattern!r}")
     n = max(blocks.values()) + 1
-    multipliers = {_literal(prefix): decay ** (n - i)
-                   for prefix, i in sorted(blocks.items(), key=lambda item: item[1])}
+    multipliers = {
+        _literal(prefix): decay ** (n - i)
+        for prefix, i in sorted(blocks.items(), key=lambda item: item[1])
+    }
     multipliers[embedding_pattern] = decay ** (n + 1)
     return multipliers
 
@@ -405,8 +425,9 @@ class Lookahead(_Wrapper):
 
     def get_config(self):
         config = super().get_config()
-        config.update(steps_per_slow_update=self.steps_per_slow_update,
-                      slow_step_size=self.slow_step_size)
+        config.update(
+            steps_per_slow_update=self.steps_per_slow_update, slow_step_size=self.slow_step_size
+        )
         return config
 
 
@@ -438,5 +459,11 @@ def exclude_weight_decay(optimizer, model, patterns):
     return excluded
 
 
-__all__ = ["piecewise_linear", "PiecewiseLinearSchedule", "ParameterWiseLR",
-           "layerwise_lr_decay", "Lookahead", "exclude_weight_decay"]
+__all__ = [
+    "piecewise_linear",
+    "PiecewiseLinearSchedule",
+    "ParameterWiseLR",
+    "layerwise_lr_decay",
+    "Lookahead",
+    "exclude_weight_decay",
+]

@@ -89,8 +89,7 @@ def _value_and_grad(fn, create_graph=False):
             xs = x if isinstance(x, (list, tuple)) else [x]
             with torch.enable_grad():
                 value, aux = fn(x)
-                grads = torch.autograd.grad(value, xs, create_graph=create_graph,
-                                            allow_unused=True)
+                grads = torch.autograd.grad(value, xs, create_graph=create_graph, allow_unused=True)
             return (value, aux), (list(grads) if isinstance(x, (list, tuple)) else grads[0])
 
         return torch_value_and_grad
@@ -102,12 +101,14 @@ def _value_and_grad(fn, create_graph=False):
                 tape.watch(x)
                 value, aux = fn(x)
             grads = tape.gradient(value, x)
+
             # A keras.layers.Embedding gives IndexedSlices; the perturbation is dense.
             def densify(g):
                 return tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
 
-            return (value, aux), ([densify(g) for g in grads] if isinstance(x, (list, tuple))
-                                  else densify(grads))
+            return (value, aux), (
+                [densify(g) for g in grads] if isinstance(x, (list, tuple)) else densify(grads)
+            )
 
         return tf_value_and_grad
     raise NotImplementedError(f"no gradients on the {backend!r} backend")
@@ -164,8 +165,9 @@ class AdversarialModel(keras.Model):
     'Embedding-Token/embeddings'
     """
 
-    def __init__(self, *args, embedding_name="Embedding-Token", epsilon=1.0, method="fgm",
-                 **kwargs):
+    def __init__(
+        self, *args, embedding_name="Embedding-Token", epsilon=1.0, method="fgm", **kwargs
+    ):
         super().__init__(*args, **kwargs)
         if method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
@@ -184,8 +186,7 @@ class AdversarialModel(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update(embedding_name=self.embedding_name, epsilon=self.epsilon,
-                      method=self.method)
+        config.update(embedding_name=self.embedding_name, epsilon=self.epsilon, method=self.method)
         return config
 
     # ---------------------------------------------------------- the objective
@@ -194,19 +195,29 @@ class AdversarialModel(keras.Model):
         for index, variable in enumerate(self.trainable_variables):
             if variable is embeddings:
                 return index
-        raise ValueError(f"{self.embedding_name}'s embeddings are not trainable: "
-                         "adversarial training needs their gradient")
+        raise ValueError(
+            f"{self.embedding_name}'s embeddings are not trainable: "
+            "adversarial training needs their gradient"
+        )
 
     def _plain_loss(self, trainable, non_trainable, metrics, x, y, sample_weight):
         """Stateless forward pass and compiled loss (as Keras' JAX trainer computes it)."""
         y_pred, non_trainable, losses = self.stateless_call(
-            trainable, non_trainable, x, return_losses=True, training=True)
+            trainable, non_trainable, x, return_losses=True, training=True
+        )
         if losses:  # add_loss() terms of this forward pass (regularisers are recomputed)
             self._losses_override.clear()
             self._losses_override = losses
         loss, (_, non_trainable, metrics) = self.stateless_compute_loss(
-            trainable, non_trainable, metrics, x=x, y=y, y_pred=y_pred,
-            sample_weight=sample_weight, training=True)
+            trainable,
+            non_trainable,
+            metrics,
+            x=x,
+            y=y,
+            y_pred=y_pred,
+            sample_weight=sample_weight,
+            training=True,
+        )
         if losses:
             self._losses_override.clear()
         return loss, (y_pred, non_trainable, metrics)
@@ -235,16 +246,32 @@ class AdversarialModel(keras.Model):
         return loss + ops.cast(penalty, loss.dtype), aux
 
     # ----------------------------------------------------------- train steps
-    def compute_loss_and_updates(self, trainable_variables, non_trainable_variables,
-                                 metrics_variables, x, y, sample_weight, training=False,
-                                 optimizer_variables=None):
+    def compute_loss_and_updates(
+        self,
+        trainable_variables,
+        non_trainable_variables,
+        metrics_variables,
+        x,
+        y,
+        sample_weight,
+        training=False,
+        optimizer_variables=None,
+    ):
         """JAX: Keras' stateless train step differentiates this; swap in our loss."""
         if not training:
             return super().compute_loss_and_updates(
-                trainable_variables, non_trainable_variables, metrics_variables, x, y,
-                sample_weight, training=training, optimizer_variables=optimizer_variables)
+                trainable_variables,
+                non_trainable_variables,
+                metrics_variables,
+                x,
+                y,
+                sample_weight,
+                training=training,
+                optimizer_variables=optimizer_variables,
+            )
         loss, (y_pred, non_trainable, metrics) = self.training_loss(
-            trainable_variables, non_trainable_variables, metrics_variables, x, y, sample_weight)
+            trainable_variables, non_trainable_variables, metrics_variables, x, y, sample_weight
+        )
         unscaled = loss
         if self.optimizer is not None:
             mapping = list(zip(self.optimizer.variables, optimizer_variables))
@@ -263,14 +290,14 @@ class AdversarialModel(keras.Model):
         metrics = [v.value for v in self.metrics_variables]
 
         def objective(trainable):
-            loss, aux = self.training_loss(trainable, non_trainable, metrics, x, y,
-                                           sample_weight)
+            loss, aux = self.training_loss(trainable, non_trainable, metrics, x, y, sample_weight)
             return self.optimizer.scale_loss(loss), (loss, aux)
 
         twice = self.method == "gradient_penalty"
         with _differentiable_twice() if twice else contextlib.nullcontext():
             (_, (loss, (y_pred, non_trainable, metrics))), grads = _value_and_grad(objective)(
-                [v.value for v in variables])
+                [v.value for v in variables]
+            )
         with _no_grad():
             for variable, value in zip(self.non_trainable_variables, non_trainable):
                 variable.assign(value)
@@ -303,7 +330,8 @@ def _in_place(model, embedding_name, epsilon, method):
                 f"{method} works in place on functional models (keras.Model(inputs, outputs), "
                 f"as build_transformer_model returns), not on a {type(model).__name__}: "
                 f"write `model = keras.Model(model.inputs, model.outputs)` first, then call "
-                f"it and compile that model")
+                f"it and compile that model"
+            )
         if not issubclass(AdversarialModel, Functional):  # Keras does this on first use
             inject_functional_model_class(AdversarialModel)
         model.__class__ = AdversarialModel

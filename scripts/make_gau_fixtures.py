@@ -78,20 +78,33 @@ def named_weights(layer, sublayers=()):
     return out
 
 
-GAU_SUBLAYERS = ("i_dense", "q_scaleoffset", "k_scaleoffset", "uq_dense", "k_dense",
-                 "v_dense", "o_dense")
+GAU_SUBLAYERS = (
+    "i_dense",
+    "q_scaleoffset",
+    "k_scaleoffset",
+    "uq_dense",
+    "k_dense",
+    "v_dense",
+    "o_dense",
+)
 
 # name: (layer arguments, options)
 GAU_CASES = {
     "self_squared_relu": (dict(), dict()),
-    "self_softmax_plus_rope_no_bias": (dict(use_bias=False, normalization="softmax_plus"),
-                                       dict(rope=True)),
-    "self_causal_rope_gelu_unscaled": (dict(activation="gelu", attention_scale=False),
-                                       dict(rope=True, causal=True)),
+    "self_softmax_plus_rope_no_bias": (
+        dict(use_bias=False, normalization="softmax_plus"),
+        dict(rope=True),
+    ),
+    "self_causal_rope_gelu_unscaled": (
+        dict(activation="gelu", attention_scale=False),
+        dict(rope=True, causal=True),
+    ),
     "self_softmax_float_bias": (dict(normalization="softmax"), dict(float_bias=True)),
     "self_unmasked_causal": (dict(), dict(padding=False, causal=True)),
-    "cross_softmax_plus": (dict(self_attention=False, normalization="softmax_plus"),
-                           dict(query_length=4)),
+    "cross_softmax_plus": (
+        dict(self_attention=False, normalization="softmax_plus"),
+        dict(query_length=4),
+    ),
     "cross_squared_relu_rope": (dict(self_attention=False), dict(rope=True)),
 }
 
@@ -119,18 +132,29 @@ def gau_case(rng, kwargs, options):
         inputs.append(tf.constant(bias))
         call["a_bias"] = True
     if options.get("rope"):
-        sinusoidal = b4k.SinusoidalPositionEmbedding(KEY, merge_mode="zero")(arrays["x" if "x" in arrays else "k"])
+        sinusoidal = b4k.SinusoidalPositionEmbedding(KEY, merge_mode="zero")(
+            arrays["x" if "x" in arrays else "k"]
+        )
         inputs.append(sinusoidal)
         call["p_bias"] = "rotary"
     masks = [None if mask is None else tf.constant(mask)] + [None] * (len(inputs) - 1)
     layer = b4k.GatedAttentionUnit(**kwargs)
-    layer(inputs if len(inputs) > 1 else inputs[0], mask=masks if len(inputs) > 1 else masks[0],
-          **call)
+    layer(
+        inputs if len(inputs) > 1 else inputs[0],
+        mask=masks if len(inputs) > 1 else masks[0],
+        **call,
+    )
     randomize(rng, layer.weights)
-    output = layer(inputs if len(inputs) > 1 else inputs[0],
-                   mask=masks if len(inputs) > 1 else masks[0], **call)
-    arrays.update(config=np.array(json.dumps(kwargs)), rope=np.array(int(bool(options.get("rope")))),
-                  output=output.numpy())
+    output = layer(
+        inputs if len(inputs) > 1 else inputs[0],
+        mask=masks if len(inputs) > 1 else masks[0],
+        **call,
+    )
+    arrays.update(
+        config=np.array(json.dumps(kwargs)),
+        rope=np.array(int(bool(options.get("rope")))),
+        output=output.numpy(),
+    )
     if mask is not None:
         arrays["mask"] = mask
     arrays.update({f"weights/{k}": v for k, v in named_weights(layer, GAU_SUBLAYERS).items()})
@@ -142,13 +166,17 @@ def position_embedding_cases(rng):
     ids = rng.randint(0, 25, size=(2, 12)).astype("int32")
     arrays = {"x": x, "position_ids": ids}
     cases = {
-        "add": dict(merge_mode="add"), "mul": dict(merge_mode="mul"),
-        "zero": dict(merge_mode="zero"), "concat": dict(merge_mode="concat", output_dim=3),
+        "add": dict(merge_mode="add"),
+        "mul": dict(merge_mode="mul"),
+        "zero": dict(merge_mode="zero"),
+        "concat": dict(merge_mode="concat", output_dim=3),
         "hierarchical_add": dict(merge_mode="add", hierarchical=True, input_dim=5),
-        "hierarchical_custom_ids": dict(merge_mode="add", hierarchical=0.3, input_dim=5,
-                                        custom_position_ids=True),
-        "custom_ids_concat": dict(merge_mode="concat", output_dim=3, input_dim=25,
-                                  custom_position_ids=True),
+        "hierarchical_custom_ids": dict(
+            merge_mode="add", hierarchical=0.3, input_dim=5, custom_position_ids=True
+        ),
+        "custom_ids_concat": dict(
+            merge_mode="concat", output_dim=3, input_dim=25, custom_position_ids=True
+        ),
     }
     for name, kwargs in cases.items():
         kwargs = dict(dict(input_dim=12, output_dim=4), **kwargs)
@@ -167,8 +195,10 @@ def sinusoidal_cases(rng):
     ids = rng.randint(0, 300, size=(2, 9)).astype("int32")
     arrays = {"x": x, "position_ids": ids}
     cases = {
-        "add": dict(merge_mode="add"), "mul": dict(merge_mode="mul"),
-        "zero": dict(merge_mode="zero", output_dim=8), "concat": dict(merge_mode="concat", output_dim=4),
+        "add": dict(merge_mode="add"),
+        "mul": dict(merge_mode="mul"),
+        "zero": dict(merge_mode="zero", output_dim=8),
+        "concat": dict(merge_mode="concat", output_dim=4),
         "custom_ids_add": dict(merge_mode="add", custom_position_ids=True),
         "custom_ids_zero": dict(merge_mode="zero", custom_position_ids=True, output_dim=10),
     }
@@ -190,8 +220,9 @@ def layer_norm_cases(rng):
         "rms": dict(zero_mean=False, offset=False, epsilon=1e-6),
         "parameter_free": dict(scale=False, offset=False),
         "conditional": dict(conditional=True),
-        "conditional_hidden": dict(conditional=True, hidden_units=5, hidden_activation="relu",
-                                   epsilon=1e-12),
+        "conditional_hidden": dict(
+            conditional=True, hidden_units=5, hidden_activation="relu", epsilon=1e-12
+        ),
         "conditional_scale_only": dict(conditional=True, offset=False, hidden_units=3),
     }
     sublayers = ("hidden_dense", "beta_dense", "gamma_dense")
@@ -202,8 +233,9 @@ def layer_norm_cases(rng):
         randomize(rng, layer.weights)
         arrays[f"{name}/config"] = np.array(json.dumps(kwargs))
         arrays[f"{name}/output"] = layer(inputs).numpy()
-        arrays.update({f"{name}/weights/{k}": v
-                       for k, v in named_weights(layer, sublayers).items()})
+        arrays.update(
+            {f"{name}/weights/{k}": v for k, v in named_weights(layer, sublayers).items()}
+        )
     return arrays
 
 

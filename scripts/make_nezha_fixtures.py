@@ -92,9 +92,7 @@ def run(model, token_ids, segment_ids):
     seg = torch.from_numpy(segment_ids)
     mask = (ids != 0).long()
     with torch.no_grad():
-        base = model.nezha(
-            input_ids=ids, attention_mask=mask, token_type_ids=seg, return_dict=True
-        )
+        base = model.nezha(input_ids=ids, attention_mask=mask, token_type_ids=seg, return_dict=True)
         out = model(input_ids=ids, attention_mask=mask, token_type_ids=seg, return_dict=True)
     return {
         "sequence_output": base.last_hidden_state.numpy().astype(np.float32),
@@ -139,7 +137,9 @@ are never clipped, so these fixtures do not exercise clipping.
 
 def main():
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(repo_root, "tests", "fixtures", "nezha")
+    out_dir = (
+        sys.argv[1] if len(sys.argv) > 1 else os.path.join(repo_root, "tests", "fixtures", "nezha")
+    )
     os.makedirs(out_dir, exist_ok=True)
 
     torch.manual_seed(SEED)
@@ -172,9 +172,15 @@ def main():
     np.testing.assert_allclose(
         outputs_u["sequence_output"], outputs["sequence_output"][row : row + 1, :n], atol=1e-5
     )
-    np.testing.assert_allclose(outputs_u["pooled_output"], outputs["pooled_output"][row : row + 1], atol=1e-5)
-    np.testing.assert_allclose(outputs_u["mlm_logits"], outputs["mlm_logits"][row : row + 1, :n], atol=1e-4)
-    np.testing.assert_allclose(outputs_u["nsp_logits"], outputs["nsp_logits"][row : row + 1], atol=1e-5)
+    np.testing.assert_allclose(
+        outputs_u["pooled_output"], outputs["pooled_output"][row : row + 1], atol=1e-5
+    )
+    np.testing.assert_allclose(
+        outputs_u["mlm_logits"], outputs["mlm_logits"][row : row + 1, :n], atol=1e-4
+    )
+    np.testing.assert_allclose(
+        outputs_u["nsp_logits"], outputs["nsp_logits"][row : row + 1], atol=1e-5
+    )
 
     arrays = {"token_ids": token_ids, "segment_ids": segment_ids}
     arrays.update(outputs)
@@ -193,7 +199,10 @@ def main():
             )
         )
 
-    print(f"wrote fixtures to {out_dir} (transformers {transformers.__version__}, torch {torch.__version__})")
+    print(
+        f"wrote fixtures to {out_dir} (transformers {transformers.__version__}, "
+        f"torch {torch.__version__})"
+    )
     for k, v in arrays.items():
         if v.dtype == np.float32:
             print(f"  {k:28s} shape={str(v.shape):14s} max|x|={np.abs(v).max():.4f}")

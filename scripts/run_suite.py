@@ -11,37 +11,66 @@ import subprocess
 import sys
 import time
 
-ONCE = ["tests/test_tokenizers.py", "tests/test_tokenizers_bert4keras.py",
-        "tests/test_tokenizers_bpe.py", "tests/test_tokenizers_properties.py",
-        "tests/test_tokenizers_sentencepiece.py", "tests/test_data.py",
-        "tests/checkpoints/test_tf_checkpoint.py", "tests/test_no_tensorflow.py",
-        "tests/pretraining/test_corpus.py", "tests/pretraining/test_shards.py",
-        "tests/pretraining/test_vocab.py", "tests/pretraining/test_distribution.py",
-        "--doctest-modules", "kerasformers/tokenizers", "kerasformers/data",
-        "kerasformers/pretraining/corpus.py", "kerasformers/pretraining/shards.py",
-        "kerasformers/pretraining/vocab.py", "kerasformers/pretraining/records.py",
-        "kerasformers/saving.py"]
-PER_BACKEND = ["tests", "--doctest-modules", "kerasformers/models", "kerasformers/layers",
-               "kerasformers/generation", "kerasformers/lora.py",
-               "kerasformers/ops.py", "kerasformers/backend.py", "kerasformers/backends/torch", "kerasformers/config.py",
-               "kerasformers/checkpoints",
-               "kerasformers/optimizers.py", "kerasformers/training.py",
-               "kerasformers/pretraining/objectives.py", "kerasformers/pretraining/pipeline.py",
-               "kerasformers/pretraining/losses.py", "kerasformers/pretraining/checkpoint.py",
-               "kerasformers/pretraining/distribution.py"]
+ONCE = [
+    "tests/test_tokenizers.py",
+    "tests/test_tokenizers_bert4keras.py",
+    "tests/test_tokenizers_bpe.py",
+    "tests/test_tokenizers_properties.py",
+    "tests/test_tokenizers_sentencepiece.py",
+    "tests/test_data.py",
+    "tests/checkpoints/test_tf_checkpoint.py",
+    "tests/test_no_tensorflow.py",
+    "tests/pretraining/test_corpus.py",
+    "tests/pretraining/test_shards.py",
+    "tests/pretraining/test_vocab.py",
+    "tests/pretraining/test_distribution.py",
+    "--doctest-modules",
+    "kerasformers/tokenizers",
+    "kerasformers/data",
+    "kerasformers/pretraining/corpus.py",
+    "kerasformers/pretraining/shards.py",
+    "kerasformers/pretraining/vocab.py",
+    "kerasformers/pretraining/records.py",
+    "kerasformers/saving.py",
+]
+PER_BACKEND = [
+    "tests",
+    "--doctest-modules",
+    "kerasformers/models",
+    "kerasformers/layers",
+    "kerasformers/generation",
+    "kerasformers/lora.py",
+    "kerasformers/ops.py",
+    "kerasformers/backend.py",
+    "kerasformers/backends/torch",
+    "kerasformers/config.py",
+    "kerasformers/checkpoints",
+    "kerasformers/optimizers.py",
+    "kerasformers/training.py",
+    "kerasformers/pretraining/objectives.py",
+    "kerasformers/pretraining/pipeline.py",
+    "kerasformers/pretraining/losses.py",
+    "kerasformers/pretraining/checkpoint.py",
+    "kerasformers/pretraining/distribution.py",
+]
 BACKENDS = ["jax", "torch", "tensorflow"]
 
 
 def pytest(args, backend, label):
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONHASHSEED="0")
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3", PYTHONHASHSEED="0")
     cmd = [sys.executable, "-m", "pytest", "-q", "-n", "2", "-p", "no:cacheprovider", *args]
     print(f"\n=== {label} (KERAS_BACKEND={backend}) ===", flush=True)
     start = time.time()
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail = proc.stdout.strip().splitlines()
-    summary = next((line for line in reversed(tail)
-                    if re.search(r"\d+ (passed|failed|errors?)|no tests ran", line)), "")
+    summary = next(
+        (
+            line
+            for line in reversed(tail)
+            if re.search(r"\d+ (passed|failed|errors?)|no tests ran", line)
+        ),
+        "",
+    )
     print("\n".join(tail[-40:]) if proc.returncode else summary, flush=True)
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|errors?|skipped)", summary)}
     print(f"({time.time() - start:.0f}s)")
@@ -51,8 +80,11 @@ def pytest(args, backend, label):
 def main():
     extra = sys.argv[1:]
     once = ONCE
-    per_backend = [PER_BACKEND[0], *[f"--ignore={p}" for p in ONCE if p.startswith("tests/")],
-                   *PER_BACKEND[1:]]
+    per_backend = [
+        PER_BACKEND[0],
+        *[f"--ignore={p}" for p in ONCE if p.startswith("tests/")],
+        *PER_BACKEND[1:],
+    ]
     runs = [(once + extra, "jax", "backend-independent tests")]
     runs += [(per_backend + extra, b, f"models and layers on {b}") for b in BACKENDS]
     total = {"passed": 0, "failed": 0, "skipped": 0}
@@ -61,7 +93,9 @@ def main():
         code, counts = pytest(args, backend, label)
         worst = max(worst, code if code != 5 else 1)
         total["passed"] += counts.get("passed", 0)
-        total["failed"] += counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0)
+        total["failed"] += (
+            counts.get("failed", 0) + counts.get("error", 0) + counts.get("errors", 0)
+        )
         total["skipped"] += counts.get("skipped", 0)
     print(f"\n{total['passed']} passed, {total['failed']} failed, {total['skipped']} skipped")
     sys.exit(1 if worst or total["failed"] else 0)

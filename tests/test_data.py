@@ -1,5 +1,6 @@
 """Data utilities: padding, truncation, segmentation, parallel map, indexed files, text helpers,
 and `DataGenerator` with `model.fit` / `evaluate` / `predict` on every Keras backend."""
+
 import json
 import os
 import subprocess
@@ -12,33 +13,41 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kerasformers import data
-from kerasformers.data import (IndexedTextFile, longest_common_subsequence,
-                               longest_common_substring, parallel_apply,
-                               parallel_apply_generator, sequence_padding, strQ2B,
-                               text_segmentate, to_array, truncate_sequences)
+from kerasformers.data import (
+    IndexedTextFile,
+    longest_common_subsequence,
+    longest_common_substring,
+    parallel_apply,
+    parallel_apply_generator,
+    sequence_padding,
+    strQ2B,
+    text_segmentate,
+    to_array,
+    truncate_sequences,
+)
 
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # -- the original bert4keras 0.11.5 implementations, as oracles ------------------------------
-def original_sequence_padding(inputs, length=None, value=0, seq_dims=1, mode='post'):
+def original_sequence_padding(inputs, length=None, value=0, seq_dims=1, mode="post"):
     if length is None:
         length = np.max([np.shape(x)[:seq_dims] for x in inputs], axis=0)
-    elif not hasattr(length, '__getitem__'):
+    elif not hasattr(length, "__getitem__"):
         length = [length]
-    slices = [np.s_[:length[i]] for i in range(seq_dims)]
+    slices = [np.s_[: length[i]] for i in range(seq_dims)]
     slices = tuple(slices) if len(slices) > 1 else slices[0]
     pad_width = [(0, 0) for _ in np.shape(inputs[0])]
     outputs = []
     for x in inputs:
         x = x[slices]
         for i in range(seq_dims):
-            if mode == 'post':
+            if mode == "post":
                 pad_width[i] = (0, length[i] - np.shape(x)[i])
             else:
                 pad_width[i] = (length[i] - np.shape(x)[i], 0)
-        x = np.pad(x, pad_width, 'constant', constant_values=value)
+        x = np.pad(x, pad_width, "constant", constant_values=value)
         outputs.append(x)
     return np.array(outputs)
 
@@ -95,26 +104,31 @@ def original_lcs_subsequence(source, target):
 def test_sequence_padding_examples():
     assert sequence_padding([[1, 2, 3], [4]]).tolist() == [[1, 2, 3], [4, 0, 0]]
     assert sequence_padding([[1, 2, 3], [4]], length=2).tolist() == [[1, 2], [4, 0]]
-    assert sequence_padding([[1, 2, 3], [4]], mode='pre', value=-1).tolist() == \
-        [[1, 2, 3], [-1, -1, 4]]
+    assert sequence_padding([[1, 2, 3], [4]], mode="pre", value=-1).tolist() == [
+        [1, 2, 3],
+        [-1, -1, 4],
+    ]
     labels = [np.ones((2, 3, 3)), np.ones((2, 1, 1))]  # GlobalPointer [heads, n, n]
     out = sequence_padding(labels, seq_dims=3)
     assert out.shape == (2, 2, 3, 3) and out[1].sum() == 2
     assert sequence_padding([[1, 2], [3]]).dtype == np.int64
     assert sequence_padding([[1, 2], []]).dtype == np.int64  # empty rows do not make floats
     assert sequence_padding([[0.5], [1]]).dtype == np.float64
-    assert sequence_padding([[1]], dtype='int32').dtype == np.int32
+    assert sequence_padding([[1]], dtype="int32").dtype == np.int32
     assert sequence_padding([]).shape == (0,)
     with pytest.raises(ValueError):
-        sequence_padding([[1]], mode='middle')
+        sequence_padding([[1]], mode="middle")
     with pytest.raises(ValueError):
         sequence_padding([np.ones((2, 2)), np.ones((2, 3))])  # trailing shapes differ
 
 
 @SETTINGS
-@given(rows=st.lists(st.lists(st.integers(-5, 5), max_size=8), min_size=1, max_size=6),
-       length=st.one_of(st.none(), st.integers(1, 10)), mode=st.sampled_from(['post', 'pre']),
-       value=st.integers(-3, 3))
+@given(
+    rows=st.lists(st.lists(st.integers(-5, 5), max_size=8), min_size=1, max_size=6),
+    length=st.one_of(st.none(), st.integers(1, 10)),
+    mode=st.sampled_from(["post", "pre"]),
+    value=st.integers(-3, 3),
+)
 def test_sequence_padding_matches_original(rows, length, mode, value):
     rows = [np.array(r, dtype=np.int64) for r in rows]
     if length is None and max(len(r) for r in rows) == 0:
@@ -124,10 +138,11 @@ def test_sequence_padding_matches_original(rows, length, mode, value):
 
 
 @SETTINGS
-@given(shapes=st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4)), min_size=1,
-                       max_size=4),
-       length=st.one_of(st.none(), st.tuples(st.integers(1, 5), st.integers(1, 5))),
-       mode=st.sampled_from(['post', 'pre']))
+@given(
+    shapes=st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4)), min_size=1, max_size=4),
+    length=st.one_of(st.none(), st.tuples(st.integers(1, 5), st.integers(1, 5))),
+    mode=st.sampled_from(["post", "pre"]),
+)
 def test_sequence_padding_two_dims_matches_original(shapes, length, mode):
     rng = np.random.RandomState(0)
     rows = [rng.randint(1, 9, size=s + (2,)) for s in shapes]
@@ -138,8 +153,11 @@ def test_sequence_padding_two_dims_matches_original(shapes, length, mode):
 
 
 @SETTINGS
-@given(seqs=st.lists(st.lists(st.integers(), max_size=12), min_size=1, max_size=3),
-       maxlen=st.integers(1, 20), index=st.sampled_from([-1, -2, 0, 1, 2]))
+@given(
+    seqs=st.lists(st.lists(st.integers(), max_size=12), min_size=1, max_size=3),
+    maxlen=st.integers(1, 20),
+    index=st.sampled_from([-1, -2, 0, 1, 2]),
+)
 def test_truncate_sequences_matches_original(seqs, maxlen, index):
     ours_in = [list(s) for s in seqs]
     theirs_in = [list(s) for s in seqs]
@@ -156,9 +174,9 @@ def test_truncate_sequences_matches_original(seqs, maxlen, index):
 def test_truncate_sequences_examples():
     a, b = [1, 2, 3, 4, 5], [6, 7]
     assert truncate_sequences(4, -1, a, b, None) == [[1, 2], [6, 7]] and a == [1, 2]
-    a, b = ['[CLS]', 1, 2, 3, '[SEP]'], ['[CLS]', 4, '[SEP]']
+    a, b = ["[CLS]", 1, 2, 3, "[SEP]"], ["[CLS]", 4, "[SEP]"]
     truncate_sequences(6, [-2, 1], a, b)
-    assert a == ['[CLS]', 1, '[SEP]'] and b == ['[CLS]', 4, '[SEP]']
+    assert a == ["[CLS]", 1, "[SEP]"] and b == ["[CLS]", 4, "[SEP]"]
 
 
 def test_to_array():
@@ -169,34 +187,38 @@ def test_to_array():
 
 # -- text ------------------------------------------------------------------------------------
 def test_text_segmentate():
-    text = '今天天气很好。我们去公园吧！好的'
-    assert text_segmentate(text, 8, seps='。！') == \
-        ['今天天气很好。', '我们去公园吧！', '好的']
-    assert text_segmentate(text, 100, seps='。！') == [text]
-    long = '第一句很长很长很长，第二句。第三句！' * 3
-    pieces = text_segmentate(long, 12, seps='。！，', strips='。！，')
+    text = "今天天气很好。我们去公园吧！好的"
+    assert text_segmentate(text, 8, seps="。！") == ["今天天气很好。", "我们去公园吧！", "好的"]
+    assert text_segmentate(text, 100, seps="。！") == [text]
+    long = "第一句很长很长很长，第二句。第三句！" * 3
+    pieces = text_segmentate(long, 12, seps="。！，", strips="。！，")
     assert all(len(p) <= 12 for p in pieces)
-    assert ''.join(pieces) == long.replace('。', '').replace('！', '').replace('，', '') or \
-        len(''.join(pieces)) < len(long)
-    assert text_segmentate('  a\nb  ', 1) == ['a', 'b']
+    assert "".join(pieces) == long.replace("。", "").replace("！", "").replace("，", "") or len(
+        "".join(pieces)
+    ) < len(long)
+    assert text_segmentate("  a\nb  ", 1) == ["a", "b"]
+    assert text_segmentate("a\n \na", 2, seps="\n") == ["a", "", "a"]  # as the original
 
 
 @SETTINGS
-@given(text=st.text(st.sampled_from('ab。！，\n '), max_size=60), maxlen=st.integers(2, 12))
+@given(text=st.text(st.sampled_from("ab。！，\n "), max_size=60), maxlen=st.integers(2, 12))
 def test_text_segmentate_keeps_text(text, maxlen):
-    pieces = text_segmentate(text, maxlen, seps='\n。！，')
-    assert ''.join(pieces).replace(' ', '').replace('\n', '') == \
-        text.replace(' ', '').replace('\n', '')
-    assert all(pieces) or pieces == ['']
+    pieces = text_segmentate(text, maxlen, seps="\n。！，")
+    assert "".join(pieces).replace(" ", "").replace("\n", "") == text.replace(" ", "").replace(
+        "\n", ""
+    )
+    # pieces are stripped; a chunk of only whitespace between separators gives an empty
+    # piece, exactly as bert4keras 0.11.5 does (see test_text_segmentate)
+    assert all(p == p.strip() for p in pieces)
 
 
 def test_strq2b():
-    assert strQ2B('ＡＢＣ，１２３　！～') == 'ABC,123 !~'
-    assert strQ2B('中文。') == '中文。'
+    assert strQ2B("ＡＢＣ，１２３　！～") == "ABC,123 !~"
+    assert strQ2B("中文。") == "中文。"
 
 
 @SETTINGS
-@given(a=st.text('abc', max_size=12), b=st.text('abc', max_size=12))
+@given(a=st.text("abc", max_size=12), b=st.text("abc", max_size=12))
 def test_longest_common_matches_original(a, b):
     assert longest_common_substring(a, b) == original_lcs_substring(a, b)
     assert longest_common_subsequence(a, b) == original_lcs_subsequence(a, b)
@@ -213,16 +235,17 @@ def seeded_draw(_):
 
 def fail_on_three(x):
     if x == 3:
-        raise KeyError('three')
+        raise KeyError("three")
     return x
 
 
-@pytest.mark.parametrize('dummy', [True, False], ids=['threads', 'processes'])
+@pytest.mark.parametrize("dummy", [True, False], ids=["threads", "processes"])
 def test_parallel_apply(dummy):
     items = list(range(50))
     assert sorted(parallel_apply(square, items, 2, 4, dummy=dummy)) == [x * x for x in items]
-    assert parallel_apply(square, items, 3, 2, dummy=dummy, unordered=False) == \
-        [x * x for x in items]
+    assert parallel_apply(square, items, 3, 2, dummy=dummy, unordered=False) == [
+        x * x for x in items
+    ]
     got = []
     assert parallel_apply(square, iter(items), 2, 4, callback=got.append, dummy=dummy) is None
     assert sorted(got) == [x * x for x in items]
@@ -233,8 +256,9 @@ def test_parallel_apply(dummy):
 
 def test_parallel_apply_closures():
     offset = 7
-    assert parallel_apply(lambda x: x + offset, range(10), 2, 4, unordered=False) == \
-        list(range(7, 17))
+    assert parallel_apply(lambda x: x + offset, range(10), 2, 4, unordered=False) == list(
+        range(7, 17)
+    )
 
 
 def test_parallel_apply_seeds_and_errors():
@@ -242,29 +266,29 @@ def test_parallel_apply_seeds_and_errors():
     draws = sorted(parallel_apply(seeded_draw, range(6), 2, 1, random_seeds=[1, 1]))
     stream = np.random.RandomState(1)
     sequence = [int(stream.randint(1 << 30)) for _ in range(6)]
-    assert any(draws == sorted(sequence[:k] + sequence[:6 - k]) for k in range(7))
-    with pytest.raises(RuntimeError, match='three'):
+    assert any(draws == sorted(sequence[:k] + sequence[: 6 - k]) for k in range(7))
+    with pytest.raises(RuntimeError, match="three"):
         parallel_apply(fail_on_three, range(6), 2, 2)
-    with pytest.raises(RuntimeError, match='three'):
+    with pytest.raises(RuntimeError, match="three"):
         parallel_apply(fail_on_three, range(6), 2, 2, dummy=True)
 
 
 # -- files -----------------------------------------------------------------------------------
 def test_indexed_text_file(tmp_path):
-    path = tmp_path / 'corpus.txt'
-    lines = ['第一行\n', 'second line\n', '\n', 'last without newline']
-    path.write_text(''.join(lines), encoding='utf-8')
-    index = tmp_path / 'index.json'
-    with data.open(str(path), encoding='utf-8', indexable=str(index)) as f:
+    path = tmp_path / "corpus.txt"
+    lines = ["第一行\n", "second line\n", "\n", "last without newline"]
+    path.write_text("".join(lines), encoding="utf-8")
+    index = tmp_path / "index.json"
+    with data.open(str(path), encoding="utf-8", indexable=str(index)) as f:
         assert len(f) == 4 and f[1] == lines[1] and f[-1] == lines[-1]
         assert list(f) == lines
     assert json.loads(index.read_text()) == [0, 10, 22, 23]
     with IndexedTextFile(str(path), index_path=str(index)) as f:  # reads the cached index
         assert [f[i] for i in (3, 0)] == [lines[3], lines[0]]
-    with data.open(str(path), encoding='utf-8') as f:  # plain open
-        assert f.read() == ''.join(lines)
-    with data.open(str(path), 'rb', indexable=True) as f:
-        assert f[0] == lines[0].encode('utf-8')
+    with data.open(str(path), encoding="utf-8") as f:  # plain open
+        assert f.read() == "".join(lines)
+    with data.open(str(path), "rb", indexable=True) as f:
+        assert f[0] == lines[0].encode("utf-8")
 
 
 # -- DataGenerator on every backend ----------------------------------------------------------
@@ -365,51 +389,63 @@ print('RESULT ' + json.dumps(out))
 
 
 def run_backend(backend):
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL='3',
-               CUDA_VISIBLE_DEVICES='', PYTHONPATH=ROOT + os.pathsep + os.environ.get(
-                   'PYTHONPATH', ''))
-    proc = subprocess.run([sys.executable, '-c', SCRIPT], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=600)
+    env = dict(
+        os.environ,
+        KERAS_BACKEND=backend,
+        TF_CPP_MIN_LOG_LEVEL="3",
+        CUDA_VISIBLE_DEVICES="",
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [x for x in proc.stdout.splitlines() if x.startswith('RESULT ')][-1]
-    return json.loads(line[len('RESULT '):])
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT ") :])
 
 
 def passes(served, steps):
-    return [sorted(i for ids in served[k:k + steps] for i in ids)
-            for k in range(0, len(served), steps)]
+    return [
+        sorted(i for ids in served[k : k + steps] for i in ids)
+        for k in range(0, len(served), steps)
+    ]
 
 
-@pytest.mark.parametrize('backend', ['jax', 'torch', 'tensorflow'])
+@pytest.mark.parametrize("backend", ["jax", "torch", "tensorflow"])
 def test_data_generator_with_keras(backend):
     out = run_backend(backend)
     everything = list(range(50))
-    assert out['len'] == 7 and out['epochs'] == 3
+    assert out["len"] == 7 and out["epochs"] == 3
     # each epoch is one full shuffled pass: every sample exactly once, no batch wasted on
     # Keras looking at the first batches to infer shapes
-    assert len(out['served']) == 21
-    assert passes(out['served'], 7) == [everything] * 3
-    orders = [[i for ids in out['served'][k:k + 7] for i in ids] for k in (0, 7, 14)]
+    assert len(out["served"]) == 21
+    assert passes(out["served"], 7) == [everything] * 3
+    orders = [[i for ids in out["served"][k : k + 7] for i in ids] for k in (0, 7, 14)]
     assert orders[0] != everything and orders[0] != orders[1]  # shuffled, differently
     # predict follows the data order (shuffle off), twice in a row
-    assert out['predict_shape'] == [50, 1]
-    assert out['predict_max_diff'] < 1e-5 and out['predict_again_diff'] < 1e-5
-    assert np.isfinite(out['evaluate'])
-    assert passes(out['threaded_served'], 7) == [everything] * 2
-    assert passes(out['valid_served'], 4) == [everything] * 2
-    assert out['stream_num_batches'] is None
+    assert out["predict_shape"] == [50, 1]
+    assert out["predict_max_diff"] < 1e-5 and out["predict_again_diff"] < 1e-5
+    assert np.isfinite(out["evaluate"])
+    assert passes(out["threaded_served"], 7) == [everything] * 2
+    assert passes(out["valid_served"], 4) == [everything] * 2
+    assert out["stream_num_batches"] is None
     # a stream is not cut into epochs: 8 steps draw at least 8 batches (Keras probes one
     # batch for shapes, and TensorFlow's tf.data prefetches a few more, a number that
     # varies with thread timing); a shuffle buffer of 20 cannot move a sample more than 20
     # places ahead
-    assert 8 <= len(out['stream_served']) <= 8 + 4
-    first_pass = [i for ids in out['stream_served'][:7] for i in ids]
+    assert 8 <= len(out["stream_served"]) <= 8 + 4
+    first_pass = [i for ids in out["stream_served"][:7] for i in ids]
     assert sorted(first_pass) == everything and first_pass != everything
     assert all(i <= position + 20 for position, i in enumerate(first_pass))
     # (Keras reads ahead from a plain generator: more than 7 batches may have been made)
-    assert passes(out['forfit_served'][:7], 7) == [everything]
-    assert out['fortest_shape'] == [8, 6]
-    assert out['list_inputs_epochs'] == 2  # list batches work (TensorFlow needs tuples)
+    assert passes(out["forfit_served"][:7], 7) == [everything]
+    assert out["fortest_shape"] == [8, 6]
+    assert out["list_inputs_epochs"] == 2  # list batches work (TensorFlow needs tuples)
 
 
 class Plain(data.DataGenerator):
@@ -455,12 +491,13 @@ def test_data_generator_to_dataset():
     import tensorflow as tf
 
     gen = Samples(list(range(5)), batch_size=2)
-    dataset = gen.to_dataset(types=('int32', 'int32'), shapes=([None], []), padded_batch=True)
+    dataset = gen.to_dataset(types=("int32", "int32"), shapes=([None], []), padded_batch=True)
     x, y = next(iter(dataset))  # forfit: shuffled samples, padded per batch
     assert x.shape[0] == 2 and x.shape[1] == max(y.numpy()) + 1
     for row, label in zip(x.numpy().tolist(), y.numpy().tolist()):
         assert row == [label] * (label + 1) + [0] * (len(row) - label - 1)
-    named = gen.to_dataset(types=('int32', 'int32'), shapes=([None], []),
-                           names=('tokens', 'label'), padded_batch=True)
+    named = gen.to_dataset(
+        types=("int32", "int32"), shapes=([None], []), names=("tokens", "label"), padded_batch=True
+    )
     batch = next(iter(named))
-    assert set(batch) == {'tokens', 'label'} and isinstance(batch['label'], tf.Tensor)
+    assert set(batch) == {"tokens", "label"} and isinstance(batch["label"], tf.Tensor)

@@ -15,8 +15,9 @@ from tests.utils import batch, single_thread_torch, to_numpy  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
-SMALL = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-             intermediate_size=24)
+SMALL = dict(
+    vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24
+)
 
 
 def build(model="bert", **kwargs):
@@ -54,15 +55,23 @@ def test_only_the_adapters_are_trainable_and_outputs_start_unchanged():
     np.testing.assert_array_equal(to_numpy(model(x)), before)  # B starts at zero
 
 
-@pytest.mark.parametrize("model, attention", [
-    ("albert", ["Transformer-MultiHeadSelfAttention"]),  # one shared block: adapted once
-    ("t5.1.1", ["Encoder-Transformer-0-MultiHeadSelfAttention",
+@pytest.mark.parametrize(
+    "model, attention",
+    [
+        ("albert", ["Transformer-MultiHeadSelfAttention"]),  # one shared block: adapted once
+        (
+            "t5.1.1",
+            [
+                "Encoder-Transformer-0-MultiHeadSelfAttention",
                 "Encoder-Transformer-1-MultiHeadSelfAttention",
                 "Decoder-Transformer-0-MultiHeadSelfAttention",
                 "Decoder-Transformer-0-MultiHeadCrossAttention",
                 "Decoder-Transformer-1-MultiHeadSelfAttention",
-                "Decoder-Transformer-1-MultiHeadCrossAttention"]),
-])
+                "Decoder-Transformer-1-MultiHeadCrossAttention",
+            ],
+        ),
+    ],
+)
 def test_every_attention_layer_gets_every_target(model, attention):
     model = build(model, **({"embedding_size": 8} if model == "albert" else {}))
     targets = ("q_dense", "k_dense", "v_dense", "o_dense")
@@ -97,8 +106,10 @@ def fine_tuned(tmp_path, targets=("q_dense", "v_dense"), rank=2):
     enable_lora(model, rank=rank, targets=targets, alpha=2 * rank)
     x = inputs(model)
     y = np.random.RandomState(1).randint(0, SMALL["vocab_size"], x[0].shape)
-    model.compile(optimizer=keras.optimizers.Adam(0.05),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.05),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     adapters = values(lora_weights(model).values())
     model.fit(x, y, epochs=3, batch_size=3, verbose=0)
     after = values(model.weights)
@@ -115,10 +126,14 @@ def test_fine_tune_save_and_load_into_a_fresh_model(tmp_path):
     x = inputs(model)
     expected = to_numpy(model(x))
     with safe_open(path, framework="numpy") as f:
-        assert set(f.keys()) == set(lora_weights(model)) == adapter_paths(
-            BERT_ATTENTION, ("q_dense", "v_dense"))
+        assert (
+            set(f.keys())
+            == set(lora_weights(model))
+            == adapter_paths(BERT_ATTENTION, ("q_dense", "v_dense"))
+        )
         assert json.loads(f.metadata()["layers"])[
-            "Transformer-0-MultiHeadSelfAttention/q_dense"] == {"rank": 2, "alpha": 4.0}
+            "Transformer-0-MultiHeadSelfAttention/q_dense"
+        ] == {"rank": 2, "alpha": 4.0}
 
     fresh = build()  # adapters added by load_lora_weights from the file's metadata
     fresh.set_weights(base)
@@ -146,8 +161,10 @@ def test_bad_files_raise_clear_errors_and_load_nothing(tmp_path):
     # another architecture (one layer): the file's second layer does not exist
     small = build(num_hidden_layers=1)
     weights = small.get_weights()
-    with pytest.raises(CheckpointError, match="Transformer-1-MultiHeadSelfAttention/q_dense, "
-                                              "which is not a Dense layer"):
+    with pytest.raises(
+        CheckpointError,
+        match="Transformer-1-MultiHeadSelfAttention/q_dense, which is not a Dense layer",
+    ):
         load_lora_weights(small, path)
     assert_untouched(small, weights)
 
@@ -157,17 +174,22 @@ def test_bad_files_raise_clear_errors_and_load_nothing(tmp_path):
     with pytest.raises(CheckpointError) as error:
         load_lora_weights(more, path)
     message = str(error.value)
-    assert "missing in the file: Transformer-0-MultiHeadSelfAttention/k_dense/lora_kernel_a" \
-        in message
-    assert "Transformer-1-MultiHeadSelfAttention/k_dense has an adapter the file does not " \
+    assert (
+        "missing in the file: Transformer-0-MultiHeadSelfAttention/k_dense/lora_kernel_a" in message
+    )
+    assert (
+        "Transformer-1-MultiHeadSelfAttention/k_dense has an adapter the file does not "
         "describe" in message
+    )
 
     # adapters on q only in the model: the file's v adapters are unexpected
     fewer = build()
     enable_lora(fewer, rank=2, targets=("q_dense",), alpha=4)
     before = values(lora_weights(fewer).values())
-    with pytest.raises(CheckpointError, match="unexpected in the file: "
-                                              "Transformer-0-MultiHeadSelfAttention/v_dense"):
+    with pytest.raises(
+        CheckpointError,
+        match="unexpected in the file: Transformer-0-MultiHeadSelfAttention/v_dense",
+    ):
         load_lora_weights(fewer, path)
     for p, v in lora_weights(fewer).items():
         np.testing.assert_array_equal(to_numpy(v), before[p])
@@ -179,8 +201,10 @@ def test_bad_files_raise_clear_errors_and_load_nothing(tmp_path):
         load_lora_weights(wide, path)
     message = str(error.value)
     assert "rank/alpha 2/4.0 in the file, 4/4 in the model" in message
-    assert "shape of Transformer-1-MultiHeadSelfAttention/v_dense/lora_kernel_b: (2, 16) in " \
+    assert (
+        "shape of Transformer-1-MultiHeadSelfAttention/v_dense/lora_kernel_b: (2, 16) in "
         "the file, (4, 16) in the model" in message
+    )
 
     # a tensor of the wrong shape in an otherwise valid file
     with safe_open(path, framework="numpy") as f:
@@ -192,8 +216,9 @@ def test_bad_files_raise_clear_errors_and_load_nothing(tmp_path):
     save_file(tensors, broken, metadata=metadata)
     fresh = build()
     weights = fresh.get_weights()
-    with pytest.raises(CheckpointError, match=f"shape of {key}: \\(16, 1\\) in the file, "
-                                              "\\(16, 2\\) in the model"):
+    with pytest.raises(
+        CheckpointError, match=f"shape of {key}: \\(16, 1\\) in the file, \\(16, 2\\) in the model"
+    ):
         load_lora_weights(fresh, broken)
     assert_untouched(fresh, weights)
 

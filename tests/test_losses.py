@@ -81,8 +81,10 @@ def np_sparse_mcce(y_true, y_pred, mask_zero):
 def test_sparse_multilabel_equals_dense(mask_zero, scale):
     rng = np.random.RandomState(2)
     y_pred = (scale * rng.normal(size=(3, 9))).astype("float32")
-    y_true = np.array([[1, 4, 7], [2, 5, 0], [0, 0, 0]] if mask_zero
-                      else [[1, 4, 7], [2, 5, 8], [0, 3, 6]], "int32")
+    y_true = np.array(
+        [[1, 4, 7], [2, 5, 0], [0, 0, 0]] if mask_zero else [[1, 4, 7], [2, 5, 8], [0, 3, 6]],
+        "int32",
+    )
     ours = to_numpy(sparse_multilabel_categorical_crossentropy(y_true, y_pred, mask_zero))
     assert np.isfinite(ours).all()
     # exact even where bert4keras' log(sum_all - sum_pos) cancelled (positives >> the rest)
@@ -109,8 +111,9 @@ def test_global_pointer_crossentropy_and_sparse_variant():
     y_true, y_pred, spans = gp_batch()
     b, h, n, _ = y_pred.shape
     ref = np_mcce(y_true.reshape(b, h, -1), y_pred.reshape(b, h, -1)).mean(1)
-    np.testing.assert_allclose(to_numpy(global_pointer_crossentropy(y_true, y_pred)), ref,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        to_numpy(global_pointer_crossentropy(y_true, y_pred)), ref, rtol=1e-5
+    )
     # sparse: span (0, 0) is padding and never a label, so the two agree
     # (GPLinker sums over heads; "mean" is the opt-in)
     flat = y_pred.reshape(b, h, -1)[..., 1:]
@@ -134,7 +137,7 @@ def np_gplinker_loss(spans, y_pred):
         s = np.concatenate([[np.inf], s[1:], [0.0]])  # mask_zero: class 0 -> +inf, extra 0
         pos = np.concatenate([s[idx], [0.0]])
         pos_loss = lse(-pos)
-        s_neg = np.concatenate([[-np.inf], s[1:]])    # then class 0 -> -inf
+        s_neg = np.concatenate([[-np.inf], s[1:]])  # then class 0 -> -inf
         all_loss = lse(s_neg)
         aux = np.clip(1 - np.exp(lse(s_neg[idx]) - all_loss), 1e-7, 1)
         out[i, j] = pos_loss + all_loss + np.log(aux)
@@ -180,8 +183,11 @@ def test_am_softmax_sparse_dense_and_excluded_entries(scale):
     soft = np.full((4, 5), 0.1, "float32")
     soft[np.arange(4), labels] = 0.6
     soft[np.arange(4), np.arange(4) + 1] = 0.0
-    np.testing.assert_allclose(to_numpy(am_softmax_loss(soft, cos, 0.2, 10.0)),
-                               np_am_softmax(soft, cos, 0.2, 10.0), rtol=1e-5)
+    np.testing.assert_allclose(
+        to_numpy(am_softmax_loss(soft, cos, 0.2, 10.0)),
+        np_am_softmax(soft, cos, 0.2, 10.0),
+        rtol=1e-5,
+    )
 
 
 def seq_batch(seed=6, from_logits=False, scale=1.0):
@@ -211,10 +217,12 @@ def test_sequence_masked_accuracy():
     y_true, y_pred, mask = seq_batch(7)
     y_true[0, :3] = y_pred[0, :3].argmax(-1)
     hits = y_pred.argmax(-1) == y_true
-    np.testing.assert_array_equal(to_numpy(sequence_masked_accuracy(y_true[..., None], y_pred)),
-                                  hits)
-    np.testing.assert_allclose(to_numpy(sequence_masked_accuracy(y_true, y_pred, mask)),
-                               hits[mask].mean(), rtol=1e-6)
+    np.testing.assert_array_equal(
+        to_numpy(sequence_masked_accuracy(y_true[..., None], y_pred)), hits
+    )
+    np.testing.assert_allclose(
+        to_numpy(sequence_masked_accuracy(y_true, y_pred, mask)), hits[mask].mean(), rtol=1e-6
+    )
 
 
 def test_in_compile_the_keras_mask_drops_padding():
@@ -228,10 +236,12 @@ def test_in_compile_the_keras_mask_drops_padding():
     model.compile(loss=sequence_masked_crossentropy, metrics=[sequence_masked_accuracy])
     loss, accuracy = model.evaluate(ids, y_true, batch_size=3, verbose=0)
     probs = model(ids)
-    np.testing.assert_allclose(loss, to_numpy(sequence_masked_crossentropy(y_true, probs, ids > 0)),
-                               rtol=1e-5)
-    np.testing.assert_allclose(accuracy, to_numpy(sequence_masked_accuracy(y_true, probs, ids > 0)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        loss, to_numpy(sequence_masked_crossentropy(y_true, probs, ids > 0)), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        accuracy, to_numpy(sequence_masked_accuracy(y_true, probs, ids > 0)), rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -249,7 +259,8 @@ def test_half_precision_inputs_stay_finite(dtype):
     ys, probs, mask = seq_batch(9)
     ours = to_numpy(sequence_masked_crossentropy(ys, keras.ops.cast(probs, dtype), mask))
     assert np.isfinite(ours)
-    np.testing.assert_allclose(ours, to_numpy(sequence_masked_crossentropy(ys, probs, mask)),
-                               rtol=2e-2)
+    np.testing.assert_allclose(
+        ours, to_numpy(sequence_masked_crossentropy(ys, probs, mask)), rtol=2e-2
+    )
     cos = keras.ops.cast(np.tanh(y_pred[:, 0, 0]), dtype)
     assert np.isfinite(to_numpy(am_softmax_loss(np.array([0, 1]), cos))).all()

@@ -27,14 +27,42 @@ from kerasformers.ops import (
 from tests.utils import to_numpy
 
 # bert4keras.backend's public names: provided here, or gone on purpose (README migration table)
-PROVIDED = ["gelu_erf", "gelu_tanh", "piecewise_linear", "search_layer", "align", "reshape",
-            "flatten", "sequence_masking", "batch_gather", "pool1d",
-            "divisible_temporal_padding", "root_mean_square", "swish", "leaky_relu",
-            "attention_normalize", "sinusoidal_embeddings", "Sinusoidal",
-            "apply_rotary_position_embeddings", "multilabel_categorical_crossentropy",
-            "sparse_multilabel_categorical_crossentropy"]
-GONE = ["K", "keras", "is_tf_keras", "do_recompute", "get_available_gpus", "set_gelu", "dtype",
-        "where", "symbolic", "graph_mode_decorator", "recompute_grad", "custom_objects"]
+PROVIDED = [
+    "gelu_erf",
+    "gelu_tanh",
+    "piecewise_linear",
+    "search_layer",
+    "align",
+    "reshape",
+    "flatten",
+    "sequence_masking",
+    "batch_gather",
+    "pool1d",
+    "divisible_temporal_padding",
+    "root_mean_square",
+    "swish",
+    "leaky_relu",
+    "attention_normalize",
+    "sinusoidal_embeddings",
+    "Sinusoidal",
+    "apply_rotary_position_embeddings",
+    "multilabel_categorical_crossentropy",
+    "sparse_multilabel_categorical_crossentropy",
+]
+GONE = [
+    "K",
+    "keras",
+    "is_tf_keras",
+    "do_recompute",
+    "get_available_gpus",
+    "set_gelu",
+    "dtype",
+    "where",
+    "symbolic",
+    "graph_mode_decorator",
+    "recompute_grad",
+    "custom_objects",
+]
 
 
 def test_every_bert4keras_backend_name_is_provided_or_gone_on_purpose():
@@ -47,10 +75,11 @@ def test_every_bert4keras_backend_name_is_provided_or_gone_on_purpose():
 
 def test_one_implementation_each():
     assert backend.piecewise_linear is optimizers.piecewise_linear
-    assert backend.multilabel_categorical_crossentropy is \
-        losses.multilabel_categorical_crossentropy
-    assert backend.sparse_multilabel_categorical_crossentropy is \
-        losses.sparse_multilabel_categorical_crossentropy
+    assert backend.multilabel_categorical_crossentropy is losses.multilabel_categorical_crossentropy
+    assert (
+        backend.sparse_multilabel_categorical_crossentropy
+        is losses.sparse_multilabel_categorical_crossentropy
+    )
 
 
 def test_doctests():
@@ -100,10 +129,16 @@ def test_sequence_masking_bias_and_return_mask():
     float_bias = rng.normal(size=(1, 1, 4, 3)).astype("float32")
     bool_bias = rng.rand(1, 4, 4, 1) > 0.3
     for bias in (float_bias, bool_bias):
-        np.testing.assert_allclose(to_numpy(sequence_masking(x, mask, "-inf", 2, bias)),
-                                   np_sequence_masking(x, mask, "-inf", 2, bias), rtol=1e-6)
-        np.testing.assert_allclose(to_numpy(sequence_masking(x, None, -5.0, None, bias)),
-                                   np_sequence_masking(x, None, -5.0, None, bias), rtol=1e-6)
+        np.testing.assert_allclose(
+            to_numpy(sequence_masking(x, mask, "-inf", 2, bias)),
+            np_sequence_masking(x, mask, "-inf", 2, bias),
+            rtol=1e-6,
+        )
+        np.testing.assert_allclose(
+            to_numpy(sequence_masking(x, None, -5.0, None, bias)),
+            np_sequence_masking(x, None, -5.0, None, bias),
+            rtol=1e-6,
+        )
     out, aligned = sequence_masking(x, mask.astype(bool), 0, 1, return_mask=True)
     assert tuple(aligned.shape) == (2, 4, 1, 1)
     np.testing.assert_array_equal(to_numpy(aligned)[:, :, 0, 0], mask.astype(bool))
@@ -121,8 +156,9 @@ def test_sequence_masking_in_a_functional_model_with_dynamic_length():
     model = keras.Model([x_in, m_in], out)
     x, mask = masking_case()
     x = x[:, :, 0]
-    np.testing.assert_array_equal(model.predict([x, mask], verbose=0),
-                                  np_sequence_masking(x, mask, -1e4, 1))
+    np.testing.assert_array_equal(
+        model.predict([x, mask], verbose=0), np_sequence_masking(x, mask, -1e4, 1)
+    )
 
 
 # ------------------------------------------------------------------ gathering
@@ -130,8 +166,9 @@ def test_batch_gather_is_tf_gather_with_batch_dims():
     rng = np.random.RandomState(0)
     params = rng.normal(size=(2, 3, 5, 4)).astype("float32")
     indices = rng.randint(0, 5, (2, 3, 6))
-    expected = np.stack([np.stack([params[i, j][indices[i, j]] for j in range(3)])
-                         for i in range(2)])
+    expected = np.stack(
+        [np.stack([params[i, j][indices[i, j]] for j in range(3)]) for i in range(2)]
+    )
     np.testing.assert_array_equal(to_numpy(batch_gather(params, indices)), expected)
     # float indices are cast (bert4keras did the same); one batch axis
     got = to_numpy(batch_gather(params[:, 0], indices[:, 0].astype("float32")))
@@ -161,8 +198,9 @@ def test_align_reshape_flatten():
     with pytest.raises(ValueError):
         align(x, [0, 1])
     np.testing.assert_array_equal(to_numpy(reshape(x, (2, 2), 2)), x.reshape(2, 3, 2, 2))
-    np.testing.assert_array_equal(to_numpy(reshape(x, (-1, 2), 2, (3, 1), 1)),
-                                  x.reshape(2, 3, 1, 2, 2))
+    np.testing.assert_array_equal(
+        to_numpy(reshape(x, (-1, 2), 2, (3, 1), 1)), x.reshape(2, 3, 1, 2, 2)
+    )
     np.testing.assert_array_equal(to_numpy(reshape(x, (6, 4))), x.reshape(6, 4))
     np.testing.assert_array_equal(to_numpy(flatten(x)), x.reshape(-1))
     np.testing.assert_array_equal(to_numpy(flatten(x, 1)), x.reshape(2, 12))
@@ -172,8 +210,9 @@ def test_align_reshape_flatten():
 
 def test_shape_helpers_with_a_dynamic_length():
     x_in = keras.Input((None, 6))
-    out = keras.layers.Lambda(lambda t: flatten(reshape(divisible_temporal_padding(t, 4),
-                                                        (3, -1), 2), 2))(x_in)
+    out = keras.layers.Lambda(
+        lambda t: flatten(reshape(divisible_temporal_padding(t, 4), (3, -1), 2), 2)
+    )(x_in)
     model = keras.Model(x_in, out)
     x = np.random.RandomState(0).normal(size=(2, 5, 6)).astype("float32")
     expected = np.concatenate([x, np.zeros((2, 3, 6), "float32")], axis=1)
@@ -185,10 +224,11 @@ def test_divisible_temporal_padding_and_pool1d():
     padded = to_numpy(divisible_temporal_padding(x, 4))
     assert padded.shape == (2, 8, 3) and not padded[:, 7:].any()
     np.testing.assert_array_equal(to_numpy(divisible_temporal_padding(x, 7)), x)
-    windows = np.stack([x[:, i:i + 3] for i in range(0, 5, 2)], axis=1)  # size 3, stride 2
+    windows = np.stack([x[:, i : i + 3] for i in range(0, 5, 2)], axis=1)  # size 3, stride 2
     np.testing.assert_allclose(to_numpy(pool1d(x, 3, 2)), windows.max(axis=2))
-    np.testing.assert_allclose(to_numpy(pool1d(x, 3, 2, pool_mode="avg")), windows.mean(axis=2),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(pool1d(x, 3, 2, pool_mode="avg")), windows.mean(axis=2), rtol=1e-6
+    )
     with pytest.raises(ValueError, match="pool_mode"):
         pool1d(x, 2, pool_mode="min")
 
@@ -196,12 +236,14 @@ def test_divisible_temporal_padding_and_pool1d():
 # --------------------------------------------------------------- the maths
 def test_root_mean_square_and_leaky_relu():
     x = np.random.RandomState(0).normal(size=(3, 5)).astype("float32")
-    np.testing.assert_allclose(to_numpy(root_mean_square(x)), np.sqrt(np.mean(x ** 2)), rtol=1e-6)
-    np.testing.assert_allclose(to_numpy(root_mean_square(x, axis=-1, keepdims=True)),
-                               np.sqrt(np.mean(x ** 2, axis=-1, keepdims=True)), rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(root_mean_square(x)), np.sqrt(np.mean(x**2)), rtol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(root_mean_square(x, axis=-1, keepdims=True)),
+        np.sqrt(np.mean(x**2, axis=-1, keepdims=True)),
+        rtol=1e-6,
+    )
     np.testing.assert_allclose(to_numpy(leaky_relu(x)), np.where(x > 0, x, 0.2 * x), rtol=1e-6)
-    np.testing.assert_allclose(to_numpy(leaky_relu(x, 0.1)), np.where(x > 0, x, 0.1 * x),
-                               rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(leaky_relu(x, 0.1)), np.where(x > 0, x, 0.1 * x), rtol=1e-6)
 
 
 def np_sinusoidal(pos, dim, base=10000.0):
@@ -213,20 +255,24 @@ def np_sinusoidal(pos, dim, base=10000.0):
 
 def test_sinusoidal_embeddings_and_initializer():
     pos = np.array([[0, 3, 7], [1, 2, 511]], "float32")
-    np.testing.assert_allclose(to_numpy(sinusoidal_embeddings(pos, 8)), np_sinusoidal(pos, 8),
-                               atol=2e-5)
-    np.testing.assert_allclose(to_numpy(Sinusoidal()((6, 4))), np_sinusoidal(np.arange(6.), 4),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(sinusoidal_embeddings(pos, 8)), np_sinusoidal(pos, 8), atol=2e-5
+    )
+    np.testing.assert_allclose(
+        to_numpy(Sinusoidal()((6, 4))), np_sinusoidal(np.arange(6.0), 4), atol=1e-6
+    )
     layer = keras.layers.Embedding(6, 4, embeddings_initializer=Sinusoidal())
     layer.build((None,))
-    np.testing.assert_allclose(to_numpy(layer.embeddings), np_sinusoidal(np.arange(6.), 4),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(layer.embeddings), np_sinusoidal(np.arange(6.0), 4), atol=1e-6
+    )
 
 
 def np_rope(sinusoidal, x):
     """bert4keras 0.11.5 `apply_rotary_position_embeddings` for one tensor, in NumPy."""
-    sinusoidal = sinusoidal.reshape(sinusoidal.shape[:2] + (1,) * (x.ndim - 3) +
-                                    sinusoidal.shape[-1:])
+    sinusoidal = sinusoidal.reshape(
+        sinusoidal.shape[:2] + (1,) * (x.ndim - 3) + sinusoidal.shape[-1:]
+    )
     cos_pos = np.repeat(sinusoidal[..., 1::2], 2, axis=-1)
     sin_pos = np.repeat(sinusoidal[..., ::2], 2, axis=-1)
     x2 = np.stack([-x[..., 1::2], x[..., ::2]], axis=-1).reshape(x.shape)
@@ -237,19 +283,20 @@ def test_apply_rotary_position_embeddings_matches_bert4keras():
     rng = np.random.RandomState(0)
     q = rng.normal(size=(2, 5, 3, 8)).astype("float32")  # [b, n, heads, d]
     k = rng.normal(size=(2, 5, 3, 8)).astype("float32")
-    sinusoidal = np_sinusoidal(np.arange(5.)[None], 8).astype("float32")  # [1, n, d]
+    sinusoidal = np_sinusoidal(np.arange(5.0)[None], 8).astype("float32")  # [1, n, d]
     got_q, got_k = apply_rotary_position_embeddings(sinusoidal, q, k)
     np.testing.assert_allclose(to_numpy(got_q), np_rope(sinusoidal, q), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(to_numpy(got_k), np_rope(sinusoidal, k), rtol=1e-5, atol=1e-6)
     single = apply_rotary_position_embeddings(sinusoidal, q[:, :, 0])  # [b, n, d]
-    np.testing.assert_allclose(to_numpy(single), np_rope(sinusoidal, q[:, :, 0]), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(single), np_rope(sinusoidal, q[:, :, 0]), rtol=1e-5, atol=1e-6
+    )
     # relative: <R_m q, R_n k> depends on m - n only
     scores = np.einsum("bmhd,bnhd->bhmn", to_numpy(got_q)[:, :3], to_numpy(got_k)[:, :3])
     shifted = apply_rotary_position_embeddings(
-        np_sinusoidal(np.arange(2., 7.)[None], 8).astype("float32"), q, k)
-    scores2 = np.einsum("bmhd,bnhd->bhmn", to_numpy(shifted[0])[:, :3],
-                        to_numpy(shifted[1])[:, :3])
+        np_sinusoidal(np.arange(2.0, 7.0)[None], 8).astype("float32"), q, k
+    )
+    scores2 = np.einsum("bmhd,bnhd->bhmn", to_numpy(shifted[0])[:, :3], to_numpy(shifted[1])[:, :3])
     np.testing.assert_allclose(scores, scores2, rtol=1e-4, atol=1e-4)
 
 
@@ -275,12 +322,15 @@ def test_attention_normalize_takes_bert4keras_masks_and_bias(method):
     mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], "int32")
     bias = rng.normal(size=(1, 1, 4, 4)).astype("float32")
     got = to_numpy(kops.attention_normalize(a, mask, -1, method))
-    np.testing.assert_allclose(got, np_attention_normalize(a, mask, -1, method), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        got, np_attention_normalize(a, mask, -1, method), rtol=1e-5, atol=1e-6
+    )
     got = to_numpy(kops.attention_normalize(a, mask, -1, method, bias=bias))
-    np.testing.assert_allclose(got, np_attention_normalize(a, mask, -1, method, bias), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        got, np_attention_normalize(a, mask, -1, method, bias), rtol=1e-5, atol=1e-6
+    )
     causal = np.tril(np.ones((4, 4), bool))[None, None]
     got = to_numpy(kops.attention_normalize(a, mask, -1, method, bias=causal))
-    np.testing.assert_allclose(got, np_attention_normalize(a, mask, -1, method, causal),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        got, np_attention_normalize(a, mask, -1, method, causal), rtol=1e-5, atol=1e-6
+    )

@@ -46,23 +46,52 @@ def regression_data(n=8, seed=1):
 
 def fake_grads(variables, steps, seed=2):
     rng = np.random.RandomState(seed)
-    return [[keras.ops.convert_to_tensor(rng.normal(size=v.shape).astype("float32"))
-             for v in variables] for _ in range(steps)]
+    return [
+        [keras.ops.convert_to_tensor(rng.normal(size=v.shape).astype("float32")) for v in variables]
+        for _ in range(steps)
+    ]
 
 
 # ------------------------------------------------------------------ schedule
-@pytest.mark.parametrize("schedule, from_zero", [
-    ({1000: 1, 10000: 0.1}, True),
-    ({0: 0.2, 10: 1.0, 30: 0.5, 50: 0.0}, True),
-    ({5: 1.0, 15: 0.25}, False),
-    ({7: 0.3}, True),
-])
+@pytest.mark.parametrize(
+    "schedule, from_zero",
+    [
+        ({1000: 1, 10000: 0.1}, True),
+        ({0: 0.2, 10: 1.0, 30: 0.5, 50: 0.0}, True),
+        ({5: 1.0, 15: 0.25}, False),
+        ({7: 0.3}, True),
+    ],
+)
 def test_piecewise_linear_is_numpy_interp(schedule, from_zero):
     points = sorted(schedule.items())
     if from_zero and points[0][0] != 0:
         points = [(0, 0.0)] + points
-    steps = np.array([0, 1, 3, 5, 7, 9, 10, 12, 29, 30, 31, 49, 50, 51, 500, 999, 1000,
-                      1001, 5500, 9999, 10000, 20000])
+    steps = np.array(
+        [
+            0,
+            1,
+            3,
+            5,
+            7,
+            9,
+            10,
+            12,
+            29,
+            30,
+            31,
+            49,
+            50,
+            51,
+            500,
+            999,
+            1000,
+            1001,
+            5500,
+            9999,
+            10000,
+            20000,
+        ]
+    )
     got = keras.ops.convert_to_numpy(piecewise_linear(steps, schedule, from_zero))
     want = np.interp(steps, [p[0] for p in points], [p[1] for p in points])
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
@@ -105,8 +134,14 @@ def test_multipliers_are_products_of_matching_patterns():
     model = two_layer_model()
     optimizer = ParameterWiseLR(keras.optimizers.SGD(0.1), MULTIPLIERS)
     factors = {v.path: optimizer.multiplier(v) for v in model.trainable_variables}
-    assert factors == {"hidden/kernel": 0.1, "hidden/bias": 0.05, "hidden-Norm/gamma": 0.1,
-                       "hidden-Norm/beta": 0.1, "head/kernel": 1.0, "head/bias": 0.5}
+    assert factors == {
+        "hidden/kernel": 0.1,
+        "hidden/bias": 0.05,
+        "hidden-Norm/gamma": 0.1,
+        "hidden-Norm/beta": 0.1,
+        "head/kernel": 1.0,
+        "head/bias": 0.5,
+    }
 
 
 def test_sgd_updates_are_scaled_by_the_multiplier():
@@ -117,16 +152,20 @@ def test_sgd_updates_are_scaled_by_the_multiplier():
         before = numpy(variables)
         optimizer.apply(grads, variables)
         for v, old, new, g in zip(variables, before, numpy(variables), numpy(grads)):
-            np.testing.assert_allclose(new, old - 0.1 * optimizer.multiplier(v) * g,
-                                       rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(
+                new, old - 0.1 * optimizer.multiplier(v) * g, rtol=1e-6, atol=1e-7
+            )
     assert int(optimizer.iterations) == 2
 
 
-@pytest.mark.parametrize("make", [
-    lambda lr: keras.optimizers.Adam(lr),
-    lambda lr: keras.optimizers.AdamW(lr, weight_decay=0.3),
-    lambda lr: keras.optimizers.Lion(lr),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda lr: keras.optimizers.Adam(lr),
+        lambda lr: keras.optimizers.AdamW(lr, weight_decay=0.3),
+        lambda lr: keras.optimizers.Lion(lr),
+    ],
+)
 def test_each_group_equals_the_optimizer_run_with_a_scaled_learning_rate(make):
     """A variable with factor m moves exactly as `make(m * lr)` would move it alone."""
     model = two_layer_model()
@@ -141,8 +180,9 @@ def test_each_group_equals_the_optimizer_run_with_a_scaled_learning_rate(make):
         alone = make(1e-2 * optimizer.multiplier(variable))
         for grads in steps:
             alone.apply([grads[i]], [reference])
-        np.testing.assert_allclose(numpy(variables)[i], numpy([reference])[0],
-                                   rtol=1e-6, atol=1e-7, err_msg=variable.path)
+        np.testing.assert_allclose(
+            numpy(variables)[i], numpy([reference])[0], rtol=1e-6, atol=1e-7, err_msg=variable.path
+        )
         assert not np.allclose(numpy(variables)[i], initial[i])
 
 
@@ -151,8 +191,7 @@ def test_scaled_schedule_and_global_clipnorm():
     variables = model.trainable_variables
     initial = numpy(variables)
     schedule = PiecewiseLinearSchedule(0.1, {2: 1.0})
-    optimizer = ParameterWiseLR(keras.optimizers.SGD(schedule, global_clipnorm=1.0),
-                                MULTIPLIERS)
+    optimizer = ParameterWiseLR(keras.optimizers.SGD(schedule, global_clipnorm=1.0), MULTIPLIERS)
     steps = fake_grads(variables, 3)
     for grads in steps:
         optimizer.apply(grads, variables)
@@ -170,8 +209,9 @@ def test_gradient_accumulation_inside_parameter_wise_lr():
     model = two_layer_model()
     variables = model.trainable_variables
     initial = numpy(variables)
-    optimizer = ParameterWiseLR(keras.optimizers.SGD(0.1, gradient_accumulation_steps=2),
-                                MULTIPLIERS)
+    optimizer = ParameterWiseLR(
+        keras.optimizers.SGD(0.1, gradient_accumulation_steps=2), MULTIPLIERS
+    )
     steps = fake_grads(variables, 2)
     optimizer.apply(steps[0], variables)
     for got, want in zip(numpy(variables), initial):  # accumulated, not applied
@@ -179,8 +219,9 @@ def test_gradient_accumulation_inside_parameter_wise_lr():
     optimizer.apply(steps[1], variables)
     assert int(optimizer.iterations) == 1
     for v, got, w0, g1, g2 in zip(variables, numpy(variables), initial, *map(numpy, steps)):
-        np.testing.assert_allclose(got, w0 - 0.1 * optimizer.multiplier(v) * (g1 + g2) / 2,
-                                   rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            got, w0 - 0.1 * optimizer.multiplier(v) * (g1 + g2) / 2, rtol=1e-6, atol=1e-7
+        )
 
 
 def test_learning_rate_setter_reaches_every_group():
@@ -194,8 +235,9 @@ def test_learning_rate_setter_reaches_every_group():
     grads = fake_grads(variables, 1)[0]
     optimizer.apply(grads, variables)
     for v, old, new, g in zip(variables, before, numpy(variables), numpy(grads)):
-        np.testing.assert_allclose(new, old - 0.01 * optimizer.multiplier(v) * g,
-                                   rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            new, old - 0.01 * optimizer.multiplier(v) * g, rtol=1e-6, atol=1e-7
+        )
 
 
 def test_parameter_wise_lr_in_fit_save_and_resume(tmp_path):
@@ -207,8 +249,7 @@ def test_parameter_wise_lr_in_fit_save_and_resume(tmp_path):
     start = numpy(model.trainable_variables)
     history = model.fit(x, y, batch_size=4, epochs=3, verbose=0).history
     assert history["loss"][-1] < history["loss"][0]
-    after = dict(zip([v.path for v in model.trainable_variables],
-                     numpy(model.trainable_variables)))
+    after = dict(zip([v.path for v in model.trainable_variables], numpy(model.trainable_variables)))
     np.testing.assert_array_equal(after["hidden/kernel"], start[0])  # factor 0: frozen
     assert not np.allclose(after["head/kernel"], start[4])
 
@@ -229,14 +270,21 @@ def test_parameter_wise_lr_keeps_an_ema_per_group():
     x, y = regression_data()
     model = two_layer_model()
     momentum = 0.5
-    model.compile(ParameterWiseLR(keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=momentum),
-                                  MULTIPLIERS), "mse")
+    model.compile(
+        ParameterWiseLR(
+            keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=momentum), MULTIPLIERS
+        ),
+        "mse",
+    )
     average = None
     for _ in range(3):
         model.train_on_batch(x, y)
         weights = model.get_weights()
-        average = weights if average is None else [
-            momentum * a + (1 - momentum) * w for a, w in zip(average, weights)]
+        average = (
+            weights
+            if average is None
+            else [momentum * a + (1 - momentum) * w for a, w in zip(average, weights)]
+        )
     with ema_weights(model):
         for got, want in zip(model.get_weights(), average):
             np.testing.assert_allclose(got, want, atol=1e-6)
@@ -245,16 +293,23 @@ def test_parameter_wise_lr_keeps_an_ema_per_group():
 
 
 def test_layerwise_lr_decay_on_bert():
-    bert = build_transformer_model(None, model="bert", vocab_size=50, hidden_size=16,
-                                   num_hidden_layers=3, num_attention_heads=2,
-                                   intermediate_size=32, with_pool=True)
+    bert = build_transformer_model(
+        None,
+        model="bert",
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=32,
+        with_pool=True,
+    )
     multipliers = layerwise_lr_decay(bert, 0.5)
     optimizer = ParameterWiseLR(keras.optimizers.AdamW(1e-3), multipliers)
     factors = {v.path: optimizer.multiplier(v) for v in bert.trainable_variables}
-    assert factors["Embedding-Token/embeddings"] == 0.5 ** 4
-    assert factors["Embedding-Norm/gamma"] == 0.5 ** 4
-    assert factors["Transformer-0-MultiHeadSelfAttention/q_dense/kernel"] == 0.5 ** 3
-    assert factors["Transformer-1-FeedForward-Norm/gamma"] == 0.5 ** 2
+    assert factors["Embedding-Token/embeddings"] == 0.5**4
+    assert factors["Embedding-Norm/gamma"] == 0.5**4
+    assert factors["Transformer-0-MultiHeadSelfAttention/q_dense/kernel"] == 0.5**3
+    assert factors["Transformer-1-FeedForward-Norm/gamma"] == 0.5**2
     assert factors["Transformer-2-FeedForward/o_dense/bias"] == 0.5
     assert factors["Pooler-Dense/kernel"] == 1.0
     with pytest.raises(ValueError, match="Block"):
@@ -270,7 +325,7 @@ def numpy_lookahead_sgd(w, b, x, y, steps, lr, k, alpha, accumulate=1):
     for t in range(steps):
         gw, gb = 0, 0
         for j in range(accumulate):
-            xs, ys = x[j * batch:(j + 1) * batch], y[j * batch:(j + 1) * batch]
+            xs, ys = x[j * batch : (j + 1) * batch], y[j * batch : (j + 1) * batch]
             residual = 2 * (xs @ w + b - ys) / ys.size
             gw, gb = gw + xs.T @ residual / accumulate, gb + residual.sum(0) / accumulate
         w, b = w - lr * gw, b - lr * gb
@@ -288,17 +343,18 @@ def test_lookahead_matches_numpy(accumulate):
     rng = np.random.RandomState(0)
     w0, b0 = rng.normal(size=(3, 2)).astype("float32"), rng.normal(size=2).astype("float32")
     model.set_weights([w0, b0])
-    inner = keras.optimizers.SGD(0.1, gradient_accumulation_steps=accumulate if accumulate > 1
-                                 else None)
+    inner = keras.optimizers.SGD(
+        0.1, gradient_accumulation_steps=accumulate if accumulate > 1 else None
+    )
     model.compile(Lookahead(inner, steps_per_slow_update=3, slow_step_size=0.5), "mse")
     model.fit(x, y, batch_size=len(x) // accumulate, epochs=7, shuffle=False, verbose=0)
-    w, b = numpy_lookahead_sgd(w0, b0, x, y, steps=7, lr=0.1, k=3, alpha=0.5,
-                               accumulate=accumulate)
+    w, b = numpy_lookahead_sgd(w0, b0, x, y, steps=7, lr=0.1, k=3, alpha=0.5, accumulate=accumulate)
     np.testing.assert_allclose(model.get_weights()[0], w, atol=1e-6)
     np.testing.assert_allclose(model.get_weights()[1], b, atol=1e-6)
     # and it is not plain SGD
-    plain_w, _ = numpy_lookahead_sgd(w0, b0, x, y, steps=7, lr=0.1, k=100, alpha=0.5,
-                                     accumulate=accumulate)
+    plain_w, _ = numpy_lookahead_sgd(
+        w0, b0, x, y, steps=7, lr=0.1, k=100, alpha=0.5, accumulate=accumulate
+    )
     assert not np.allclose(w, plain_w, atol=1e-3)
     assert int(model.optimizer.iterations) == 7
 
@@ -313,8 +369,7 @@ def test_lookahead_save_and_resume(tmp_path):
     model.save(path)
     restored = keras.models.load_model(path)
     assert isinstance(restored.optimizer, Lookahead)
-    assert (restored.optimizer.steps_per_slow_update, restored.optimizer.slow_step_size) == \
-        (2, 0.8)
+    assert (restored.optimizer.steps_per_slow_update, restored.optimizer.slow_step_size) == (2, 0.8)
     assert isinstance(restored.optimizer.inner_optimizer, keras.optimizers.Adam)
     for _ in range(2):  # crosses a slow update
         model.train_on_batch(x, y)
@@ -340,13 +395,15 @@ def test_keras_var_names_depend_on_the_backend():
     before = numpy(model.trainable_variables)
     model.train_on_batch(*regression_data())
     paths = [v.path for v in model.trainable_variables]
-    decayed = {p for p, old, new in zip(paths, before, numpy(model.trainable_variables))
-               if not np.array_equal(old, new)}
+    decayed = {
+        p
+        for p, old, new in zip(paths, before, numpy(model.trainable_variables))
+        if not np.array_equal(old, new)
+    }
     if keras.backend.backend() == "tensorflow":
         assert decayed == {"hidden/kernel", "head/kernel"}
     else:
-        assert decayed == {"hidden/kernel", "hidden-Norm/gamma", "hidden-Norm/beta",
-                           "head/kernel"}
+        assert decayed == {"hidden/kernel", "hidden-Norm/gamma", "hidden-Norm/beta", "head/kernel"}
 
 
 @pytest.mark.parametrize("wrap", [None, "parameter_wise", "lookahead"])
@@ -359,8 +416,12 @@ def test_exclude_weight_decay_on_paths_in_fit(wrap):
     elif wrap == "lookahead":
         optimizer = Lookahead(optimizer, steps_per_slow_update=100)
     excluded = exclude_weight_decay(optimizer, model, ["Norm", "bias"])
-    assert [v.path for v in excluded] == ["hidden/bias", "hidden-Norm/gamma",
-                                          "hidden-Norm/beta", "head/bias"]
+    assert [v.path for v in excluded] == [
+        "hidden/bias",
+        "hidden-Norm/gamma",
+        "hidden-Norm/beta",
+        "head/bias",
+    ]
     model.compile(optimizer, zero_loss)
     before = numpy(model.trainable_variables)
     x, y = regression_data()
@@ -387,8 +448,9 @@ def test_exclusions_are_reapplied_after_loading(tmp_path):
     exclude_weight_decay(restored.optimizer, restored, ["Norm", "bias"])
     before = numpy(restored.trainable_variables)
     restored.train_on_batch(x, y)
-    for v, old, new in zip(restored.trainable_variables, before,
-                           numpy(restored.trainable_variables)):
+    for v, old, new in zip(
+        restored.trainable_variables, before, numpy(restored.trainable_variables)
+    ):
         if v.path.endswith("kernel"):
             factor = 0.5 if v.path == "head/kernel" else 1.0
             np.testing.assert_allclose(new, old * (1 - 0.1 * factor * 0.5), rtol=1e-6)

@@ -23,8 +23,13 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pretrain_chines
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain")
     env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, str(EXAMPLE), "--smoke", "--output", str(out)],
-                          env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--smoke", "--output", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return out, proc.stdout
 
@@ -48,8 +53,9 @@ def test_checkpoints_reload_with_the_trained_logits(smoke_run):
     out, _ = smoke_run
     sample = np.load(out / "sample_logits.npz")
     x = [sample["token_ids"], sample["segment_ids"]]
-    google = build_transformer_model(str(out / "bert_config.json"), str(out / "bert_model.ckpt"),
-                                     with_mlm="linear")
+    google = build_transformer_model(
+        str(out / "bert_config.json"), str(out / "bert_model.ckpt"), with_mlm="linear"
+    )
     hf = build_transformer_model(checkpoint_path=str(out / "hf"), with_mlm="linear")
     for model in (google, hf):
         logits = keras.ops.convert_to_numpy(model(x, training=False))
@@ -62,13 +68,16 @@ def test_hf_export_in_transformers(smoke_run):
 
     out, _ = smoke_run
     sample = np.load(out / "sample_logits.npz")
-    model, info = transformers.BertForMaskedLM.from_pretrained(str(out / "hf"),
-                                                               output_loading_info=True)
+    model, info = transformers.BertForMaskedLM.from_pretrained(
+        str(out / "hf"), output_loading_info=True
+    )
     assert not any(info.values()), info
     with torch.no_grad():
         ids = torch.from_numpy(sample["token_ids"].astype("int64"))
-        logits = model.eval()(input_ids=ids, attention_mask=(ids != 0).long(),
-                              token_type_ids=torch.from_numpy(
-                                  sample["segment_ids"].astype("int64"))).logits.numpy()
+        logits = model.eval()(
+            input_ids=ids,
+            attention_mask=(ids != 0).long(),
+            token_type_ids=torch.from_numpy(sample["segment_ids"].astype("int64")),
+        ).logits.numpy()
     real = sample["token_ids"] != 0
     assert np.abs(logits - sample["logits"])[real].max() <= 1e-4

@@ -45,7 +45,7 @@ def np_forward(E, W, b, ids=IDS, y=LABELS):
 
 def np_penalised_loss(E, W, b, epsilon):
     loss, dE, _, _ = np_forward(E, W, b)
-    return loss + 0.5 * epsilon * np.sum(dE ** 2)
+    return loss + 0.5 * epsilon * np.sum(dE**2)
 
 
 def numeric_grad(f, params, h=1e-6):
@@ -74,8 +74,10 @@ def tiny_model(wrap, epsilon, learning_rate):
     values = [rng.normal(size=(V, D)), rng.normal(size=(D, C)), 0.1 * rng.normal(size=C)]
     values = [v.astype("float32") for v in values]
     model.set_weights(values)
-    model.compile(keras.optimizers.SGD(learning_rate),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        keras.optimizers.SGD(learning_rate),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     return model, values
 
 
@@ -112,12 +114,12 @@ def test_gradient_penalty_loss_and_gradient():
     epsilon = 2.0
     model, (E, W, b) = tiny_model(gradient_penalty, epsilon, learning_rate=1.0)
     plain, dE, _, _ = np_forward(E, W, b)
-    expected = plain + 0.5 * epsilon * np.sum(dE ** 2)
+    expected = plain + 0.5 * epsilon * np.sum(dE**2)
     grads = numeric_grad(lambda *p: np_penalised_loss(*p, epsilon), [E, W, b])
 
     logged = model.train_on_batch(IDS, LABELS)
     np.testing.assert_allclose(logged, expected, rtol=1e-5)
-    assert 0.5 * epsilon * np.sum(dE ** 2) > 0.01  # the penalty term matters here
+    assert 0.5 * epsilon * np.sum(dE**2) > 0.01  # the penalty term matters here
     for new, old, grad in zip(model.get_weights(), [E, W, b], grads):
         np.testing.assert_allclose(new, old - grad, atol=2e-5)
     # and differs from the unpenalised step
@@ -126,8 +128,9 @@ def test_gradient_penalty_loss_and_gradient():
 
 def test_evaluation_is_the_plain_loss():
     model, (E, W, b) = tiny_model(adversarial_training, 0.7, learning_rate=0.0)
-    np.testing.assert_allclose(model.evaluate(IDS, LABELS, verbose=0), np_forward(E, W, b)[0],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        model.evaluate(IDS, LABELS, verbose=0), np_forward(E, W, b)[0], rtol=1e-5
+    )
 
 
 def test_wrong_names_are_reported():
@@ -152,12 +155,19 @@ def fitted_weights(order, wrap=adversarial_training, epochs=3):
     x = keras.layers.Embedding(V, D, name="Embedding-Token")(ids)
     logits = keras.layers.Dense(C, name="head")(keras.layers.GlobalAveragePooling1D()(x))
     model = keras.Model(ids, logits)
-    model.set_weights([rng.normal(size=(V, D)).astype("float32"),
-                       rng.normal(size=(D, C)).astype("float32"), np.zeros(C, "float32")])
+    model.set_weights(
+        [
+            rng.normal(size=(V, D)).astype("float32"),
+            rng.normal(size=(D, C)).astype("float32"),
+            np.zeros(C, "float32"),
+        ]
+    )
 
     def compile_():
-        model.compile(keras.optimizers.Adam(0.05),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(
+            keras.optimizers.Adam(0.05),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
 
     if order == "before":
         wrap(model, "Embedding-Token", 0.5)
@@ -203,8 +213,9 @@ def test_in_place_keeps_the_compiled_state_and_returns_the_model():
 
 
 def test_non_functional_models_are_refused_with_the_fix():
-    model = keras.Sequential([keras.Input((4,), dtype="int32"),
-                              keras.layers.Embedding(5, 2, name="Embedding-Token")])
+    model = keras.Sequential(
+        [keras.Input((4,), dtype="int32"), keras.layers.Embedding(5, 2, name="Embedding-Token")]
+    )
     with pytest.raises(TypeError, match=r"keras.Model\(model.inputs, model.outputs\)"):
         adversarial_training(model, "Embedding-Token", 0.5)
 
@@ -214,8 +225,9 @@ def toy_task(n=96, length=6, seed=0):
     """Class 1 sentences use tokens 3..25, class 0 tokens 26..49 ([CLS] = 2 first)."""
     rng = np.random.RandomState(seed)
     y = rng.randint(0, 2, n)
-    ids = np.where(y[:, None] == 1, rng.randint(3, 26, (n, length)),
-                   rng.randint(26, 50, (n, length))).astype("int32")
+    ids = np.where(
+        y[:, None] == 1, rng.randint(3, 26, (n, length)), rng.randint(26, 50, (n, length))
+    ).astype("int32")
     ids[:, 0] = 2
     return [ids, np.zeros_like(ids)], y
 
@@ -227,14 +239,21 @@ def test_tiny_bert_still_learns(wrap, tmp_path):
     (The logged accuracy is measured on the perturbed / penalised forward pass.)
     """
     keras.utils.set_random_seed(0)
-    bert = build_transformer_model(None, model="bert", vocab_size=50, hidden_size=16,
-                                   num_hidden_layers=1, num_attention_heads=2,
-                                   intermediate_size=32)
+    bert = build_transformer_model(
+        None,
+        model="bert",
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
     pooled = keras.layers.GlobalAveragePooling1D()(bert.output)  # masked mean
     probs = keras.layers.Dense(2, activation="softmax")(pooled)
     model = wrap(keras.Model(bert.inputs, probs), "Embedding-Token", 0.1)
-    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     x, y = toy_task()
     history = model.fit(x, y, batch_size=16, epochs=4, verbose=0).history
     assert history["loss"][-1] < 0.5 * history["loss"][0], history
@@ -244,8 +263,11 @@ def test_tiny_bert_still_learns(wrap, tmp_path):
     model.save(path)
     restored = keras.models.load_model(path)
     assert isinstance(restored, AdversarialModel)
-    assert (restored.method, restored.epsilon, restored.embedding_name) == \
-        (model.method, 0.1, "Embedding-Token")
+    assert (restored.method, restored.epsilon, restored.embedding_name) == (
+        model.method,
+        0.1,
+        "Embedding-Token",
+    )
     for got, want in zip(restored.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(got, want)
 
@@ -255,8 +277,9 @@ def linear_model(seed=0):
     inputs = keras.Input((3,))
     model = keras.Model(inputs, keras.layers.Dense(2, name="dense")(inputs))
     rng = np.random.RandomState(seed)
-    model.set_weights([rng.normal(size=(3, 2)).astype("float32"),
-                       rng.normal(size=2).astype("float32")])
+    model.set_weights(
+        [rng.normal(size=(3, 2)).astype("float32"), rng.normal(size=2).astype("float32")]
+    )
     return model
 
 
@@ -291,8 +314,11 @@ def test_ema_weights_swap_in_the_average_and_restore_exactly():
         model.train_on_batch(x, y)
         weights = model.get_weights()
         # Keras starts the average at the weights after the first step
-        average = weights if average is None else [
-            momentum * a + (1 - momentum) * w for a, w in zip(average, weights)]
+        average = (
+            weights
+            if average is None
+            else [momentum * a + (1 - momentum) * w for a, w in zip(average, weights)]
+        )
     trained = model.get_weights()
     with ema_weights(model) as swapped:
         assert swapped is model

@@ -48,7 +48,7 @@ def batch(vocab_size=99, lengths=(11, 7, 4), pad=0, seed=0, segments=True, low=3
     for i, length in enumerate(lengths):
         ids[i, length:] = pad
         if segments:
-            seg[i, length // 2:length] = 1
+            seg[i, length // 2 : length] = 1
     return ids, seg
 
 
@@ -89,7 +89,8 @@ def assert_varied(out, mask=None, tol=TOL, what="", factor=1000):
     spread = float(values.std(axis=0).mean())
     assert spread >= factor * tol, (
         f"{what}: degenerate outputs, spread over positions {spread:.3g} < {factor} x tol "
-        f"{tol:g}; a leak would hide below the tolerance (randomise the weights?)")
+        f"{tol:g}; a leak would hide below the tolerance (randomise the weights?)"
+    )
     return spread
 
 

@@ -33,6 +33,7 @@ per backend, proposed-fix patches), `process` (`ChildProcess`, the JSON pipe to 
 `worker` (the ``--child`` side), `parent` (workers in turn, interleaved rounds), `report`
 (tables and the results JSON), `machine` (versions, CPU, git commit), `cli` (options, `main`).
 """
+
 from .cli import main, parse_args
 from .machine import cpu_steal, git_commit, machine_info, versions
 from .parent import Worker, run_parent
@@ -43,8 +44,30 @@ from .spec import BACKENDS, FIX_TAG, PATH_OPTIONS, ROOT, THREADS, Spec
 from .worker import run_child, set_threads, to_numpy
 
 __all__ = [
-    "BACKENDS", "FIX_TAG", "MARK", "PATH_OPTIONS", "ROOT", "STANDARD_KEYS", "THREADS",
-    "ChildProcess", "Spec", "Worker", "cpu_steal", "facts", "git_commit", "identity",
-    "keras_paths", "machine_info", "main", "method_patch", "parse_args", "patched_paths",
-    "run_child", "run_parent", "set_threads", "summarise", "to_numpy", "versions",
+    "BACKENDS",
+    "FIX_TAG",
+    "MARK",
+    "PATH_OPTIONS",
+    "ROOT",
+    "STANDARD_KEYS",
+    "THREADS",
+    "ChildProcess",
+    "Spec",
+    "Worker",
+    "cpu_steal",
+    "facts",
+    "git_commit",
+    "identity",
+    "keras_paths",
+    "machine_info",
+    "main",
+    "method_patch",
+    "parse_args",
+    "patched_paths",
+    "run_child",
+    "run_parent",
+    "set_threads",
+    "summarise",
+    "to_numpy",
+    "versions",
 ]

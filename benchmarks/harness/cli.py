@@ -1,4 +1,5 @@
 """The command line every model benchmark shares, and `main`."""
+
 import argparse
 import json
 
@@ -12,16 +13,23 @@ def parse_args(spec, argv=None):
     p.add_argument("--quick", action="store_true", help="2 layers instead of 12 (smoke check)")
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     runs = spec.defaults.get("runs")
-    p.add_argument("--runs", type=int, default=None,
-                   help="interleaved timing rounds; median reported "
-                        f"({f'default {runs}' if runs else 'default 7, quick 3'})")
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help="interleaved timing rounds; median reported "
+        f"({f'default {runs}' if runs else 'default 7, quick 3'})",
+    )
     p.add_argument("--reps", type=int, default=3, help="calls per path per round")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls after the first")
     p.add_argument("--only", nargs="+", help="only our paths whose name contains one of these")
     if spec.fix_help:
         p.add_argument("--try-fixes", action="store_true", help=spec.fix_help)
-    p.add_argument("--out", help=f"results JSON (default benchmarks/results/{spec.name}.json, "
-                                 f"or {spec.name}-quick.json with --quick)")
+    p.add_argument(
+        "--out",
+        help=f"results JSON (default benchmarks/results/{spec.name}.json, "
+        f"or {spec.name}-quick.json with --quick)",
+    )
     known = {a.dest for a in p._actions}
     if spec.add_arguments:
         spec.add_arguments(p)

@@ -1,5 +1,6 @@
 """Facts about the run saved with the results: package versions, the machine, the git commit,
 CPU steal."""
+
 import os
 import platform
 import subprocess
@@ -11,10 +12,16 @@ def versions():
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for name, dists in (("numpy", ["numpy"]), ("keras", ["keras"]), ("jax", ["jax"]),
-                        ("jaxlib", ["jaxlib"]), ("torch", ["torch"]),
-                        ("tensorflow", ["tensorflow", "tensorflow-cpu"]),
-                        ("transformers", ["transformers"]), ("kerasformers", ["kerasformers"])):
+    for name, dists in (
+        ("numpy", ["numpy"]),
+        ("keras", ["keras"]),
+        ("jax", ["jax"]),
+        ("jaxlib", ["jaxlib"]),
+        ("torch", ["torch"]),
+        ("tensorflow", ["tensorflow", "tensorflow-cpu"]),
+        ("transformers", ["transformers"]),
+        ("kerasformers", ["kerasformers"]),
+    ):
         for dist in dists:
             try:
                 out[name] = version(dist)
@@ -25,8 +32,12 @@ def versions():
 
 
 def machine_info():
-    info = {"platform": platform.platform(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "threads": THREADS}
+    info = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": THREADS,
+    }
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -40,8 +51,9 @@ def machine_info():
 
 def git_commit():
     try:
-        return subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except Exception:
         return None
 

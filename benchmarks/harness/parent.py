@@ -1,5 +1,6 @@
 """The parent process: start one worker per contender in turn, run the interleaved timing
 rounds, then hand the numbers to `report.summarise`."""
+
 import datetime
 import importlib.util
 import json
@@ -17,8 +18,17 @@ from .spec import THREADS
 class Worker(ChildProcess):
     def __init__(self, spec, backend, args, workdir):
         self.backend = backend
-        cmd = [sys.executable, spec.script, "--child", "--backend", backend,
-               "--workdir", workdir, "--warmup", str(args.warmup)]
+        cmd = [
+            sys.executable,
+            spec.script,
+            "--child",
+            "--backend",
+            backend,
+            "--workdir",
+            workdir,
+            "--warmup",
+            str(args.warmup),
+        ]
         if args.quick:
             cmd.append("--quick")
         if args.only:
@@ -35,15 +45,28 @@ class Worker(ChildProcess):
 
 def run_parent(spec, args):
     cfg = spec.model_config(args.quick)
-    print(f"{spec.name} benchmark: {spec.header(cfg)}, {spec.workload_text(args)}, "
-          f"float32, {THREADS} threads; "
-          f"{args.runs} interleaved rounds x {args.reps} calls", flush=True)
-    report = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "machine": machine_info(), "versions": versions(), "git_commit": git_commit(),
-              "config": dict(cfg, **spec.config_entries(args), dtype="float32",
-                             threads=THREADS, warmup=args.warmup, runs=args.runs,
-                             reps=args.reps),
-              "results": {}}
+    print(
+        f"{spec.name} benchmark: {spec.header(cfg)}, {spec.workload_text(args)}, "
+        f"float32, {THREADS} threads; "
+        f"{args.runs} interleaved rounds x {args.reps} calls",
+        flush=True,
+    )
+    report = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "config": dict(
+            cfg,
+            **spec.config_entries(args),
+            dtype="float32",
+            threads=THREADS,
+            warmup=args.warmup,
+            runs=args.runs,
+            reps=args.reps,
+        ),
+        "results": {},
+    }
     if spec.relative:
         report["config"]["validity"] = spec.criterion().replace(">=", "<")
     workers = []
@@ -52,8 +75,8 @@ def run_parent(spec, args):
             for backend in ["transformers", *args.backends]:
                 module = "torch" if backend == "transformers" else backend
                 if importlib.util.find_spec(module) is None or (
-                        backend == "transformers"
-                        and importlib.util.find_spec("transformers") is None):
+                    backend == "transformers" and importlib.util.find_spec("transformers") is None
+                ):
                     print(f"{backend}: not installed, skipped")
                     report["results"][backend] = {"skipped": "not installed"}
                     if backend == "transformers":
@@ -70,8 +93,7 @@ def run_parent(spec, args):
                     continue
                 workers.append(w)
                 w.info = ready
-                report["results"][backend] = {"setup_s": ready["setup_s"],
-                                              "paths": ready["paths"]}
+                report["results"][backend] = {"setup_s": ready["setup_s"], "paths": ready["paths"]}
                 for p in ready["paths"]:
                     p["runs_s"] = []
                     label = f"{p['path']} [{p['group']}]" if "group" in p else p["path"]
@@ -79,10 +101,14 @@ def run_parent(spec, args):
                         print(f"  [{backend}] {label}: FAILED {p['error'][:200]}")
                     else:
                         rel = f" (rel {p['rel_delta']:.1e})" if "rel_delta" in p else ""
-                        print(f"  [{backend}] {label}: first call {p['first_call_s']:.3f}s"
-                              f", max|d| {p['max_abs_delta']:.2e}{rel}{facts(p)}", flush=True)
-            jobs = [(w, i) for w in workers for i, p in enumerate(w.info["paths"])
-                    if "error" not in p]
+                        print(
+                            f"  [{backend}] {label}: first call {p['first_call_s']:.3f}s"
+                            f", max|d| {p['max_abs_delta']:.2e}{rel}{facts(p)}",
+                            flush=True,
+                        )
+            jobs = [
+                (w, i) for w in workers for i, p in enumerate(w.info["paths"]) if "error" not in p
+            ]
             steal0, t0 = cpu_steal() or (0, 0), time.time()
             for r in range(args.runs):
                 k = r % len(jobs)

@@ -1,5 +1,6 @@
 """The inference paths tried for a Keras model on each backend, and the proposed-fix variants
 (a monkeypatch active around every call)."""
+
 import contextlib
 
 from .spec import FIX_TAG
@@ -31,8 +32,13 @@ def keras_paths(backend, model, x_np):
         def forward(tv, ntv, x):
             return model.stateless_call(tv, ntv, x, training=False)[0]
 
-        paths.append(("jax.jit(model.stateless_call)", lambda: forward(tv, ntv, x),
-                      lambda o: o.block_until_ready()))
+        paths.append(
+            (
+                "jax.jit(model.stateless_call)",
+                lambda: forward(tv, ntv, x),
+                lambda o: o.block_until_ready(),
+            )
+        )
     elif backend == "torch":
         import torch
 

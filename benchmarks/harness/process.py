@@ -1,5 +1,6 @@
 """The parent's side of a worker process: JSON requests on its stdin, `MARK`-prefixed JSON
 replies on its stdout, as `worker.run_child` and the pretraining benchmark's workers write them."""
+
 import json
 import subprocess
 
@@ -15,14 +16,21 @@ class ChildProcess:
     def __init__(self, cmd, env, log_path):
         self.log_path = log_path
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.log, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            bufsize=1,
+        )
         self.error = None
 
     def receive(self):
         for line in self.proc.stdout:
             if line.startswith(MARK):
-                return json.loads(line[len(MARK):])
+                return json.loads(line[len(MARK) :])
         self.proc.wait()
         self.log.flush()
         with open(self.log_path) as f:

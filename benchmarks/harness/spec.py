@@ -1,5 +1,6 @@
 """What a benchmark measures (`Spec`), the options a path may carry, and the constants every
 part of the harness shares."""
+
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -12,12 +13,12 @@ FIX_TAG = "[proposed fix] "
 #: the options a path may carry as a 4th element: (name, fn, sync, {option: value})
 PATH_OPTIONS = {
     "group": "workload the path belongs to: one table per group, ratios vs the transformers "
-             "path of the same group",
+    "path of the same group",
     "reference": "the output to check against, instead of the worker's reference",
     "tokens": "tokens per call for tokens/s, instead of Spec.tokens",
     "row": "label of a row of its own in the group's table; never the backend's number",
     "approximate": "reduced precision (bf16, int8): never INVALID; the table shows the share "
-                   "of output elements equal to the reference ('agreement') instead of max|d|",
+    "of output elements equal to the reference ('agreement') instead of max|d|",
 }
 
 

@@ -1,5 +1,6 @@
 """A worker process (``--child``): build the paths of one contender, check them against the
 reference, then time them on request."""
+
 import json
 import os
 import sys
@@ -49,8 +50,9 @@ def run_child(spec, args):
         paths, reference = spec.our_paths(args.backend, args)
     setup_s = time.perf_counter() - t
     if args.only:
-        paths = [p for p in paths if args.backend == "transformers"
-                 or any(o in p[0] for o in args.only)]
+        paths = [
+            p for p in paths if args.backend == "transformers" or any(o in p[0] for o in args.only)
+        ]
     scale = float(np.max(np.abs(reference))) if spec.relative else 1.0
     infos, live = [], []
     for name, fn, sync, *extra in paths:

@@ -38,8 +38,9 @@ def naming_column(naming):
     2
     """
     if naming not in NAMINGS:
-        raise ValueError(f"unknown naming {naming!r}: valid namings are "
-                         + ", ".join(repr(n) for n in NAMINGS))
+        raise ValueError(
+            f"unknown naming {naming!r}: valid namings are " + ", ".join(repr(n) for n in NAMINGS)
+        )
     return 1 + NAMINGS.index(naming)
 
 
@@ -49,17 +50,17 @@ class Key:
 
     name: str
     transform: str = None  # None | "transpose" | "skip_rows" | "split"
-    arg: int = 0           # rows skipped by "skip_rows"; slice index for "split"
-    parts: int = 1         # number of equal slices for "split"
+    arg: int = 0  # rows skipped by "skip_rows"; slice index for "split"
+    parts: int = 1  # number of equal slices for "split"
 
     def to_ours(self, value):
         if self.transform == "transpose":
             return np.ascontiguousarray(np.transpose(value))
         if self.transform == "skip_rows":
-            return value[self.arg:]
+            return value[self.arg :]
         if self.transform == "split":
             n = value.shape[-1] // self.parts
-            return np.ascontiguousarray(value[..., self.arg * n:(self.arg + 1) * n])
+            return np.ascontiguousarray(value[..., self.arg * n : (self.arg + 1) * n])
         return value
 
     def from_ours(self, value):
@@ -118,11 +119,13 @@ class VocabColumns(Key):
     def from_ours(self, value):  # export: the plain layout change (no vocab restore)
         return Key(self.name, self.transform).from_ours(value)
 
+
 # Checkpoint entries that are never weights of ours (optimizer slots, buffers).
 _IGNORED = re.compile(
     r"(adam_[mv]|global_step|_CHECKPOINTABLE_OBJECT_GRAPH|(^|\.)position_ids$|"
     r"embed_positions\.weight$|relative_positions_encoding|bad_steps|good_steps|"
-    r"loss_scale|\.masked_bias$|\.attn\.bias$)")
+    r"loss_scale|\.masked_bias$|\.attn\.bias$)"
+)
 
 
 def as_key(key):
@@ -134,17 +137,22 @@ class LoadReport:
     """What a load did: `loaded` paths, and every problem found, by name."""
 
     loaded: list = field(default_factory=list)
-    missing: list = field(default_factory=list)      # (our path, checkpoint key)
-    mismatched: list = field(default_factory=list)   # (our path, key, expected, found)
-    unexpected: list = field(default_factory=list)   # checkpoint keys that look like ours
-    unused: list = field(default_factory=list)       # other checkpoint keys not loaded
+    missing: list = field(default_factory=list)  # (our path, checkpoint key)
+    mismatched: list = field(default_factory=list)  # (our path, key, expected, found)
+    unexpected: list = field(default_factory=list)  # checkpoint keys that look like ours
+    unused: list = field(default_factory=list)  # other checkpoint keys not loaded
     wrong_dtype: list = field(default_factory=list)  # (our path, key, our dtype, stored dtype)
-    not_finite: list = field(default_factory=list)   # (our path, key, count, size, converted-to)
+    not_finite: list = field(default_factory=list)  # (our path, key, count, size, converted-to)
 
     @property
     def ok(self):
-        return not (self.missing or self.mismatched or self.unexpected or self.wrong_dtype
-                    or self.not_finite)
+        return not (
+            self.missing
+            or self.mismatched
+            or self.unexpected
+            or self.wrong_dtype
+            or self.not_finite
+        )
 
     def describe(self):
         lines = []
@@ -153,15 +161,20 @@ class LoadReport:
         for path, key, want, got in self.mismatched:
             lines.append(f"  shape mismatch: {key!r} -> {path}: expected {want}, found {got}")
         for path, key, ours, stored in self.wrong_dtype:
-            lines.append(f"  wrong dtype: {key!r} -> {path}: stored as {stored}, but {path} is "
-                         f"a {ours} weight (only floating-point data is loaded into it)")
+            lines.append(
+                f"  wrong dtype: {key!r} -> {path}: stored as {stored}, but {path} is "
+                f"a {ours} weight (only floating-point data is loaded into it)"
+            )
         for path, key, count, size, converted in self.not_finite:
             where = f" after conversion to {converted}" if converted else ""
-            lines.append(f"  not finite: {key!r} -> {path}: {count} of {size} values are "
-                         f"NaN or Inf{where}")
+            lines.append(
+                f"  not finite: {key!r} -> {path}: {count} of {size} values are NaN or Inf{where}"
+            )
         for key in self.unexpected:
-            lines.append(f"  unexpected: {key!r} has no place in this model "
-                         "(more layers in the checkpoint than in the config?)")
+            lines.append(
+                f"  unexpected: {key!r} has no place in this model "
+                "(more layers in the checkpoint than in the config?)"
+            )
         return "\n".join(lines)
 
 
@@ -178,7 +191,7 @@ def resolve(source, key, prefixes=()):
     candidates = [key]
     for p in prefixes:
         if key.startswith(p + "."):
-            candidates.append(key[len(p) + 1:])
+            candidates.append(key[len(p) + 1 :])
         else:
             candidates.append(f"{p}.{key}")
     for c in list(candidates):
@@ -192,8 +205,16 @@ def resolve(source, key, prefixes=()):
     return None
 
 
-def load_weights(variables, table, checkpoint, naming=None, prefixes=(), vocab_fn=None,
-                 vocab_paths=(), ignore_invalid_weights=False):
+def load_weights(
+    variables,
+    table,
+    checkpoint,
+    naming=None,
+    prefixes=(),
+    vocab_fn=None,
+    vocab_paths=(),
+    ignore_invalid_weights=False,
+):
     """Load `checkpoint` into `variables` ({path: keras.Variable}) by `table`.
 
     Returns a LoadReport; raises CheckpointError listing every problem unless
@@ -204,8 +225,10 @@ def load_weights(variables, table, checkpoint, naming=None, prefixes=(), vocab_f
     naming = naming or source.naming
     column = naming_column(naming)
     if not any(as_key(row[column]) is not None for row in table):
-        raise CheckpointError(f"{source.path}: this model has no {naming!r} weight names "
-                              "(it cannot be loaded from a checkpoint in that format)")
+        raise CheckpointError(
+            f"{source.path}: this model has no {naming!r} weight names "
+            "(it cannot be loaded from a checkpoint in that format)"
+        )
     report = LoadReport()
     assignments = []
     vocab_shapes = []  # (path, ours, found in our layout) for the vocabulary hint
@@ -217,8 +240,11 @@ def load_weights(variables, table, checkpoint, naming=None, prefixes=(), vocab_f
             continue
         known.add(_normalise(key.name))
         for p in prefixes:
-            known.add(_normalise(key.name[len(p) + 1:] if key.name.startswith(p + ".")
-                                 else f"{p}.{key.name}"))
+            known.add(
+                _normalise(
+                    key.name[len(p) + 1 :] if key.name.startswith(p + ".") else f"{p}.{key.name}"
+                )
+            )
         if path not in variables:
             name = resolve(source, key.name, prefixes)
             if name:
@@ -238,8 +264,11 @@ def load_weights(variables, table, checkpoint, naming=None, prefixes=(), vocab_f
             report.wrong_dtype.append((path, name, str(variable.dtype), _dtype_name(raw.dtype)))
             continue
         base_key = Key(key.name, key.transform, key.arg, key.parts)
-        if path not in vocab_paths and not isinstance(key, VocabColumns) \
-                and stored != base_key.stored_shape(want):
+        if (
+            path not in vocab_paths
+            and not isinstance(key, VocabColumns)
+            and stored != base_key.stored_shape(want)
+        ):
             report.mismatched.append((path, name, base_key.stored_shape(want), stored))
             continue
         value = key.to_ours(raw)
@@ -249,7 +278,8 @@ def load_weights(variables, table, checkpoint, naming=None, prefixes=(), vocab_f
             except IndexError as e:
                 raise CheckpointError(
                     f"{source.path}: keep_tokens/compound_tokens do not fit {name!r}, whose "
-                    f"vocabulary has {value.shape[0]} rows ({e}). Nothing was loaded.") from None
+                    f"vocabulary has {value.shape[0]} rows ({e}). Nothing was loaded."
+                ) from None
         if tuple(value.shape) != want:
             report.mismatched.append((path, name, base_key.stored_shape(want), stored))
             vocab_shapes.append((path, want, tuple(value.shape)))
@@ -273,21 +303,29 @@ def load_weights(variables, table, checkpoint, naming=None, prefixes=(), vocab_f
             report.unused.append(name)
     if not report.ok:
         message = f"{source.path}: checkpoint does not fit the model:\n{report.describe()}"
-        vocab = [(want[0], got[0]) for path, want, got in vocab_shapes
-                 if path in vocab_paths and want[1:] == got[1:]]
+        vocab = [
+            (want[0], got[0])
+            for path, want, got in vocab_shapes
+            if path in vocab_paths and want[1:] == got[1:]
+        ]
         if vocab:
-            message += (f"\n  (vocabulary size: the model has {vocab[0][0]} tokens, the "
-                        f"checkpoint {vocab[0][1]}; check vocab_size, or pass keep_tokens)")
+            message += (
+                f"\n  (vocabulary size: the model has {vocab[0][0]} tokens, the "
+                f"checkpoint {vocab[0][1]}; check vocab_size, or pass keep_tokens)"
+            )
         if not ignore_invalid_weights:
             raise CheckpointError(
                 message + "\nNothing was loaded. Pass ignore_invalid_weights=True to "
-                          "load the rest and skip these.")
-        warnings.warn(message + "\nThese were skipped (ignore_invalid_weights=True).",
-                      stacklevel=3)
+                "load the rest and skip these."
+            )
+        warnings.warn(message + "\nThese were skipped (ignore_invalid_weights=True).", stacklevel=3)
     if report.unused:
         shown = ", ".join(report.unused[:8]) + (" ..." if len(report.unused) > 8 else "")
-        warnings.warn(f"{source.path}: {len(report.unused)} checkpoint tensors were not "
-                      f"used by this model: {shown}", stacklevel=3)
+        warnings.warn(
+            f"{source.path}: {len(report.unused)} checkpoint tensors were not "
+            f"used by this model: {shown}",
+            stacklevel=3,
+        )
     for variable, value in assignments:  # every value is converted and checked by now
         variable.assign(value)
     return report
@@ -339,7 +377,9 @@ def export_weights(variables, table, naming):
     for name, slices in pieces.items():  # fused tensors: concatenate the parts back
         parts = next(iter(slices.values()))[0]
         if sorted(slices) != list(range(parts)):
-            raise ValueError(f"cannot export {name!r}: only parts {sorted(slices)} "
-                             f"of {parts} exist in this model")
+            raise ValueError(
+                f"cannot export {name!r}: only parts {sorted(slices)} "
+                f"of {parts} exist in this model"
+            )
         out[name] = np.concatenate([slices[i][1] for i in range(parts)], axis=-1)
     return out

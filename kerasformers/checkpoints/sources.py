@@ -32,11 +32,24 @@ from kerasformers.checkpoints.errors import CheckpointError
 
 # safetensors dtype codes -> numpy, little-endian as the format stores them
 # ('BF16' is widened to float32 on read, see bfloat16.py).
-_ST_DTYPES = {code: np.dtype(dt) for code, dt in {
-    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
-    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
-    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
-}.items()}
+_ST_DTYPES = {
+    code: np.dtype(dt)
+    for code, dt in {
+        "F64": "<f8",
+        "F32": "<f4",
+        "F16": "<f2",
+        "BF16": "<u2",
+        "I64": "<i8",
+        "I32": "<i4",
+        "I16": "<i2",
+        "I8": "i1",
+        "U64": "<u8",
+        "U32": "<u4",
+        "U16": "<u2",
+        "U8": "u1",
+        "BOOL": "?",
+    }.items()
+}
 _MAX_HEADER = 100_000_000  # bytes; the safetensors library's own limit
 
 
@@ -146,11 +159,14 @@ class SafetensorsSource(Source):
                 raise CheckpointError(f"{file}: not a safetensors file (too short)")
             n = int.from_bytes(head, "little")
             if n <= 0 or n > _MAX_HEADER or 8 + n > size:
-                raise CheckpointError(f"{file}: corrupt safetensors header (length {n}, "
-                                      f"file {size} bytes)")
+                raise CheckpointError(
+                    f"{file}: corrupt safetensors header (length {n}, file {size} bytes)"
+                )
             entries = parse_header(f.read(n), size - 8 - n, file)
-        return {key: (file, size, 8 + n + start, shape, code)
-                for key, (code, shape, start, end) in entries.items()}
+        return {
+            key: (file, size, 8 + n + start, shape, code)
+            for key, (code, shape, start, end) in entries.items()
+        }
 
     def _read(self, key):
         file, size, offset, shape, code = self._where[key]
@@ -161,15 +177,19 @@ class SafetensorsSource(Source):
             with open(file, "rb") as f:
                 now = os.fstat(f.fileno()).st_size
                 if now != size:
-                    raise CheckpointError(f"{file}: the file changed while it was being read "
-                                          f"({size} bytes when opened, {now} now)")
+                    raise CheckpointError(
+                        f"{file}: the file changed while it was being read "
+                        f"({size} bytes when opened, {now} now)"
+                    )
                 f.seek(offset)
                 got = f.readinto(buf) if nbytes else 0
         except OSError as e:
             raise CheckpointError(f"{file}: cannot read tensor {key!r} ({e})") from None
         if got != nbytes:
-            raise CheckpointError(f"{file}: tensor {key!r}: read {got} of {nbytes} bytes "
-                                  "(the file changed while it was being read)")
+            raise CheckpointError(
+                f"{file}: tensor {key!r}: read {got} of {nbytes} bytes "
+                "(the file changed while it was being read)"
+            )
         arr = buf.view(dtype).reshape(shape)
         return widen_bfloat16(arr) if code == "BF16" else arr
 
@@ -210,46 +230,63 @@ def parse_header(raw, data_size, file="<header>"):
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise CheckpointError(f"{file}: corrupt safetensors header ({e})") from None
     if not isinstance(header, dict):
-        raise CheckpointError(f"{file}: corrupt safetensors header (a JSON "
-                              f"{type(header).__name__}, not an object)")
+        raise CheckpointError(
+            f"{file}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)"
+        )
     entries = {}
     for key, info in header.items():
         if key == "__metadata__":
             if not isinstance(info, dict):
-                raise CheckpointError(f"{file}: corrupt safetensors header (__metadata__ is "
-                                      f"a {type(info).__name__}, not an object)")
+                raise CheckpointError(
+                    f"{file}: corrupt safetensors header (__metadata__ is "
+                    f"a {type(info).__name__}, not an object)"
+                )
             continue
         bad = f"{file}: tensor {key!r}:"
         if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
-            raise CheckpointError(f"{bad} header entry needs dtype, shape and data_offsets, "
-                                  f"found {info!r:.200}")
+            raise CheckpointError(
+                f"{bad} header entry needs dtype, shape and data_offsets, found {info!r:.200}"
+            )
         code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if not isinstance(code, str) or code not in _ST_DTYPES:
-            raise CheckpointError(f"{bad} unknown dtype {code!r:.50} (known: "
-                                  f"{', '.join(sorted(_ST_DTYPES))})")
+            raise CheckpointError(
+                f"{bad} unknown dtype {code!r:.50} (known: {', '.join(sorted(_ST_DTYPES))})"
+            )
         if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-            raise CheckpointError(f"{bad} shape must be a list of integers >= 0, "
-                                  f"found {shape!r:.200}")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_int, offsets))
-                and 0 <= offsets[0] <= offsets[1]):
-            raise CheckpointError(f"{bad} data_offsets must be two integers 0 <= start <= "
-                                  f"end, found {offsets!r:.200}")
+            raise CheckpointError(
+                f"{bad} shape must be a list of integers >= 0, found {shape!r:.200}"
+            )
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(map(_is_int, offsets))
+            and 0 <= offsets[0] <= offsets[1]
+        ):
+            raise CheckpointError(
+                f"{bad} data_offsets must be two integers 0 <= start <= end, found {offsets!r:.200}"
+            )
         start, end = offsets
         need = math.prod(shape) * _ST_DTYPES[code].itemsize
         if end - start != need:
-            raise CheckpointError(f"{bad} data_offsets {offsets} hold {end - start} bytes, "
-                                  f"but shape {tuple(shape)} of {code} needs {need}")
+            raise CheckpointError(
+                f"{bad} data_offsets {offsets} hold {end - start} bytes, "
+                f"but shape {tuple(shape)} of {code} needs {need}"
+            )
         if end > data_size:
-            raise CheckpointError(f"{file}: truncated: tensor {key!r} ends at byte {end} of "
-                                  f"the data, which has {data_size} bytes")
+            raise CheckpointError(
+                f"{file}: truncated: tensor {key!r} ends at byte {end} of "
+                f"the data, which has {data_size} bytes"
+            )
         entries[key] = (code, tuple(shape), start, end)
     previous = None
     for key, (_, _, start, end) in sorted(entries.items(), key=lambda e: e[1][2:]):
         if start == end:
             continue
         if previous is not None and start < previous[1]:
-            raise CheckpointError(f"{file}: tensors {previous[0]!r} and {key!r} overlap "
-                                  f"(bytes {previous[2]}-{previous[1]} and {start}-{end})")
+            raise CheckpointError(
+                f"{file}: tensors {previous[0]!r} and {key!r} overlap "
+                f"(bytes {previous[2]}-{previous[1]} and {start}-{end})"
+            )
         previous = (key, end, start)
     return entries
 
@@ -262,12 +299,15 @@ def _check_homes(found, weight_map, path):
     """Every tensor the index lists is in its shard; an unlisted one is in one shard only."""
     for key, files in found.items():
         if len(files) > 1 and key not in (weight_map or {}):
-            raise CheckpointError(f"{path}: tensor {key!r} is in {len(files)} shards "
-                                  f"({', '.join(files)}) and the index does not say which")
+            raise CheckpointError(
+                f"{path}: tensor {key!r} is in {len(files)} shards "
+                f"({', '.join(files)}) and the index does not say which"
+            )
     for key, home in (weight_map or {}).items():
         if not any(_same_file(home, f) for f in found.get(key, ())):
-            raise CheckpointError(f"{path}: the index puts tensor {key!r} in {home}, "
-                                  "which does not hold it")
+            raise CheckpointError(
+                f"{path}: the index puts tensor {key!r} in {home}, which does not hold it"
+            )
 
 
 class TorchBinSource(Source):
@@ -283,7 +323,8 @@ class TorchBinSource(Source):
         except ImportError:
             raise CheckpointError(
                 f"{files[0]}: reading a PyTorch .bin checkpoint needs torch installed "
-                "(pip install torch==2.13.0), or convert it to safetensors") from None
+                "(pip install torch==2.13.0), or convert it to safetensors"
+            ) from None
         self._tensors = {}
         found = {}  # tensor -> every file holding it
         for file in files:
@@ -292,7 +333,9 @@ class TorchBinSource(Source):
             except Exception as e:
                 raise CheckpointError(f"{file}: cannot read PyTorch checkpoint ({e})") from None
             if not isinstance(state, dict):
-                raise CheckpointError(f"{file}: expected a state dict, found {type(state).__name__}")
+                raise CheckpointError(
+                    f"{file}: expected a state dict, found {type(state).__name__}"
+                )
             for k, v in state.items():
                 if not isinstance(k, str):
                     continue
@@ -303,7 +346,9 @@ class TorchBinSource(Source):
                 if hasattr(v, "detach"):
                     v = v.detach()
                     if v.dtype == torch.bfloat16:  # NumPy has no bfloat16: widen its bits
-                        self._tensors[k] = widen_bfloat16(v.view(torch.int16).numpy().view(np.uint16))
+                        self._tensors[k] = widen_bfloat16(
+                            v.view(torch.int16).numpy().view(np.uint16)
+                        )
                     else:
                         self._tensors[k] = v.numpy()
         _check_homes(found, weight_map, self.path)
@@ -341,38 +386,52 @@ def _sharded(index_file):
     except (ValueError, RecursionError) as e:  # JSON, UTF-8 and duplicate-key errors
         raise CheckpointError(f"{index_file}: bad shard index ({e})") from None
     if not isinstance(index, dict):
-        raise CheckpointError(f"{index_file}: bad shard index (a JSON {type(index).__name__}, "
-                              "not an object with a 'weight_map')")
+        raise CheckpointError(
+            f"{index_file}: bad shard index (a JSON {type(index).__name__}, "
+            "not an object with a 'weight_map')"
+        )
     if "weight_map" not in index:
         raise CheckpointError(f"{index_file}: bad shard index (no 'weight_map')")
     weight_map = index["weight_map"]
     if not isinstance(weight_map, dict) or not weight_map:
-        raise CheckpointError(f"{index_file}: bad shard index ('weight_map' must be a non-empty "
-                              f"object of tensor name -> shard file, found {weight_map!r:.100})")
+        raise CheckpointError(
+            f"{index_file}: bad shard index ('weight_map' must be a non-empty "
+            f"object of tensor name -> shard file, found {weight_map!r:.100})"
+        )
     folder = os.path.dirname(os.path.abspath(index_file))
     inside = os.path.realpath(folder)
     homes = {}
     for key, shard in weight_map.items():
         if not isinstance(shard, str) or not shard:
-            raise CheckpointError(f"{index_file}: bad shard index (tensor {key!r} -> "
-                                  f"{shard!r:.100}: a shard must be a file name)")
+            raise CheckpointError(
+                f"{index_file}: bad shard index (tensor {key!r} -> "
+                f"{shard!r:.100}: a shard must be a file name)"
+            )
         parts = shard.replace("\\", "/").split("/")
         if os.path.isabs(shard) or os.path.splitdrive(shard)[0] or ".." in parts or "\0" in shard:
-            raise CheckpointError(f"{index_file}: shard {shard!r} of tensor {key!r} is outside "
-                                  "the model directory (absolute or '..' path); refused")
+            raise CheckpointError(
+                f"{index_file}: shard {shard!r} of tensor {key!r} is outside "
+                "the model directory (absolute or '..' path); refused"
+            )
         full = os.path.join(folder, shard)
         real = os.path.realpath(full)
         if os.path.commonpath([inside, real]) != inside:
-            raise CheckpointError(f"{index_file}: shard {shard!r} of tensor {key!r} leads "
-                                  f"outside the model directory (to {real}); refused")
+            raise CheckpointError(
+                f"{index_file}: shard {shard!r} of tensor {key!r} leads "
+                f"outside the model directory (to {real}); refused"
+            )
         homes[key] = full
     return sorted(set(homes.values())), homes
 
 
 def find_checkpoint_in_dir(folder):
     """Path of the weights file (or TF prefix) inside a model directory, else None."""
-    for name in ("model.safetensors", "model.safetensors.index.json",
-                 "pytorch_model.bin", "pytorch_model.bin.index.json"):
+    for name in (
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+    ):
         if os.path.exists(os.path.join(folder, name)):
             return os.path.join(folder, name)
     index = sorted(f for f in os.listdir(folder) if f.endswith(".index") and "ckpt" in f)
@@ -398,9 +457,11 @@ def open_checkpoint(path):
         if found is None:
             raise CheckpointError(
                 f"{path}: no weights found (looked for model.safetensors, "
-                "pytorch_model.bin, *.ckpt.index)")
+                "pytorch_model.bin, *.ckpt.index)"
+            )
         if found == path:  # TF 'checkpoint' state file
             from kerasformers.checkpoints.tf_checkpoint import resolve_checkpoint_prefix
+
             return TFSource(resolve_checkpoint_prefix(path))
         path = found
     if path.endswith(".safetensors.index.json"):
@@ -415,8 +476,11 @@ def open_checkpoint(path):
         return TorchBinSource([path])
     if os.path.exists(path + ".index") or path.endswith(".index") or ".data-" in path:
         from kerasformers.checkpoints.tf_checkpoint import resolve_checkpoint_prefix
+
         return TFSource(resolve_checkpoint_prefix(path))
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint not found: {path}")
-    raise CheckpointError(f"{path}: unrecognised checkpoint format "
-                          "(expected .safetensors, .bin or a TF checkpoint prefix)")
+    raise CheckpointError(
+        f"{path}: unrecognised checkpoint format "
+        "(expected .safetensors, .bin or a TF checkpoint prefix)"
+    )

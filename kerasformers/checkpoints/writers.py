@@ -41,9 +41,11 @@ def save_hf_directory(folder, tensors, config=None):
     target = os.path.join(folder, "model.safetensors")
     _replace_atomically(target, tag, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     if config is not None:
+
         def write_config(tmp):
             with open(tmp, "w", encoding="utf-8") as f:
                 json.dump(config, f, indent=2, ensure_ascii=False)
+
         _replace_atomically(os.path.join(folder, "config.json"), tag, write_config)
 
 
@@ -68,6 +70,7 @@ def _float_tensors(tensors, where):
         if not (value.dtype.kind == "f" or is_bfloat16(value.dtype)):
             raise ValueError(
                 f"{os.fspath(where)}: cannot write {name!r} as {value.dtype}: model weights are "
-                "saved as floating point only (dtype= float16, float32 or float64)")
+                "saved as floating point only (dtype= float16, float32 or float64)"
+            )
         out[name] = value
     return out

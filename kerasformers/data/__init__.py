@@ -13,21 +13,35 @@ full-width, common substrings), `parallel` (parallel map), `files` (indexed text
 array([[1, 2, 3],
        [4, 0, 0]])
 """
+
 import importlib
 
 from kerasformers.data.files import IndexedTextFile, open
 from kerasformers.data.parallel import parallel_apply, parallel_apply_generator
 from kerasformers.data.sequences import sequence_padding, to_array, truncate_sequences
-from kerasformers.data.text import (longest_common_subsequence, longest_common_substring,
-                                    strQ2B, text_segmentate)
+from kerasformers.data.text import (
+    longest_common_subsequence,
+    longest_common_substring,
+    strQ2B,
+    text_segmentate,
+)
 
 __all__ = [
-    'to_array', 'sequence_padding', 'truncate_sequences', 'text_segmentate',
-    'parallel_apply_generator', 'parallel_apply', 'DataGenerator', 'IndexedTextFile', 'open',
-    'strQ2B', 'longest_common_substring', 'longest_common_subsequence',
+    "to_array",
+    "sequence_padding",
+    "truncate_sequences",
+    "text_segmentate",
+    "parallel_apply_generator",
+    "parallel_apply",
+    "DataGenerator",
+    "IndexedTextFile",
+    "open",
+    "strQ2B",
+    "longest_common_substring",
+    "longest_common_subsequence",
 ]
 
-_LAZY = {'DataGenerator': 'kerasformers.data.generator'}  # these import Keras
+_LAZY = {"DataGenerator": "kerasformers.data.generator"}  # these import Keras
 
 
 def __getattr__(name):

@@ -1,5 +1,6 @@
 """Files: `IndexedTextFile` (random access to the lines of a big text file) and bert4keras's
 `open`, which returns one when asked for an ``indexable`` file."""
+
 import builtins
 import json
 import os
@@ -19,18 +20,18 @@ class IndexedTextFile:
     (2, 'second\\n', '第一行\\n')
     """
 
-    def __init__(self, name, encoding='utf-8', errors='strict', index_path=None):
+    def __init__(self, name, encoding="utf-8", errors="strict", index_path=None):
         self.name = name
         self.encoding = encoding
         self.errors = errors
-        self.file = builtins.open(name, 'rb')
+        self.file = builtins.open(name, "rb")
         if index_path is not None and os.path.exists(index_path):
             with builtins.open(index_path) as f:
                 self.offsets = json.load(f)
         else:
             self.offsets = self._scan()
             if index_path is not None:
-                with builtins.open(index_path, 'w') as f:
+                with builtins.open(index_path, "w") as f:
                     json.dump(self.offsets, f)
 
     def _scan(self):
@@ -67,13 +68,14 @@ class IndexedTextFile:
         self.close()
 
 
-def open(name, mode='r', encoding=None, errors='strict', indexable=False):
+def open(name, mode="r", encoding=None, errors="strict", indexable=False):
     """bert4keras's `open`: the built-in `open`, or with ``indexable`` an `IndexedTextFile`
     (``indexable`` may be the path of a JSON file caching the line index)."""
     if not indexable:
         return builtins.open(name, mode, encoding=encoding, errors=errors)
-    if mode not in ('r', 'rt', 'rb'):
-        raise ValueError('an indexable file is read-only')
+    if mode not in ("r", "rt", "rb"):
+        raise ValueError("an indexable file is read-only")
     index_path = indexable if isinstance(indexable, (str, os.PathLike)) else None
-    return IndexedTextFile(name, None if mode == 'rb' else (encoding or 'utf-8'), errors,
-                           index_path)
+    return IndexedTextFile(
+        name, None if mode == "rb" else (encoding or "utf-8"), errors, index_path
+    )

@@ -1,6 +1,7 @@
 """`DataGenerator`: bert4keras-style batch generators served to `model.fit` / `evaluate` /
 `predict` as a `keras.utils.PyDataset` (the one module of `kerasformers.data` that imports
 Keras)."""
+
 import collections
 import threading
 
@@ -71,16 +72,17 @@ class DataGenerator(keras.utils.PyDataset):
 
     _PEEK_CACHE = 8  # batches with a smaller index are remembered until the epoch ends
 
-    def __init__(self, data, batch_size=32, buffer_size=None, shuffle=False, seed=None,
-                 **kwargs):
+    def __init__(self, data, batch_size=32, buffer_size=None, shuffle=False, seed=None, **kwargs):
         super().__init__(**kwargs)
         if self.use_multiprocessing and type(self).__getitem__ is DataGenerator.__getitem__:
-            raise ValueError('DataGenerator streams batches from __iter__, which worker '
-                             'processes cannot share; use workers>1 without '
-                             'use_multiprocessing (threads), or override __getitem__')
+            raise ValueError(
+                "DataGenerator streams batches from __iter__, which worker "
+                "processes cannot share; use workers>1 without "
+                "use_multiprocessing (threads), or override __getitem__"
+            )
         self.data = data
         self.batch_size = batch_size
-        if hasattr(data, '__len__'):
+        if hasattr(data, "__len__"):
             self.steps = (len(data) + batch_size - 1) // batch_size
         else:
             self.steps = None
@@ -99,7 +101,7 @@ class DataGenerator(keras.utils.PyDataset):
     # -- bert4keras API -------------------------------------------------------------------
     def __len__(self):
         if self.steps is None:
-            raise TypeError('this DataGenerator iterates data without a length')
+            raise TypeError("this DataGenerator iterates data without a length")
         return self.steps
 
     @property
@@ -119,6 +121,7 @@ class DataGenerator(keras.utils.PyDataset):
         sized data, a buffer of `buffer_size` for iterables), `is_end` True on the last."""
         if random:
             if self.steps is None:
+
                 def generator():
                     caches, isfull = [], False
                     for d in self.data:
@@ -130,9 +133,11 @@ class DataGenerator(keras.utils.PyDataset):
                     while caches:
                         yield caches.pop(self._randint(len(caches)))
             else:
+
                 def generator():
                     for i in self._permutation(len(self.data)):
                         yield self.data[i]
+
             data = generator()
         else:
             data = iter(self.data)
@@ -148,7 +153,7 @@ class DataGenerator(keras.utils.PyDataset):
 
     def __iter__(self, random=False):
         """Yield batches; write it in your subclass (see the class docstring)."""
-        raise NotImplementedError('subclass DataGenerator and write __iter__(self, random)')
+        raise NotImplementedError("subclass DataGenerator and write __iter__(self, random)")
 
     def forfit(self, random=True):
         """Batches forever (pass after pass), for ``fit(gen.forfit(), steps_per_epoch=...)``."""
@@ -158,7 +163,7 @@ class DataGenerator(keras.utils.PyDataset):
                 empty = False
                 yield d
             if empty:
-                raise ValueError('__iter__ yielded no batch')
+                raise ValueError("__iter__ yielded no batch")
 
     def fortest(self, random=False):
         """The inputs (first element) of every batch, forever."""
@@ -190,7 +195,7 @@ class DataGenerator(keras.utils.PyDataset):
                 return _lists_as_tuples(next(self._stream))
             except StopIteration:
                 self._stream = None
-        raise ValueError('__iter__ yielded no batch')
+        raise ValueError("__iter__ yielded no batch")
 
     def __getitem__(self, index):
         with self._lock:

@@ -1,5 +1,6 @@
 """Parallel map: `parallel_apply_generator` and `parallel_apply` run a function over an
 iterable in worker processes (or threads), with bounded queues.  NumPy only."""
+
 import queue
 import random as _random
 import threading
@@ -13,8 +14,9 @@ class _WorkerError:
         self.message = message
 
 
-def parallel_apply_generator(func, iterable, workers, max_queue_size, dummy=False,
-                             random_seeds=True, start_method=None):
+def parallel_apply_generator(
+    func, iterable, workers, max_queue_size, dummy=False, random_seeds=True, start_method=None
+):
     """Apply `func` to every element of `iterable` in `workers` processes (threads if
     `dummy`), yielding ``(index, result)`` as results arrive (not in input order).
 
@@ -39,8 +41,8 @@ def parallel_apply_generator(func, iterable, workers, max_queue_size, dummy=Fals
     if dummy:
         in_queue, out_queue = queue.Queue(max_queue_size), queue.Queue()
     else:
-        if start_method is None and 'fork' in multiprocessing.get_all_start_methods():
-            start_method = 'fork'
+        if start_method is None and "fork" in multiprocessing.get_all_start_methods():
+            start_method = "fork"
         ctx = multiprocessing.get_context(start_method)
         in_queue, out_queue = ctx.Queue(max_queue_size), ctx.Queue()
     if random_seeds is True:  # np.random.seed(None): fresh entropy in every process
@@ -66,11 +68,10 @@ def parallel_apply_generator(func, iterable, workers, max_queue_size, dummy=Fals
                 i, r = out_queue.get(timeout=1)
             except queue.Empty:
                 if not any(w.is_alive() for w in pool):
-                    raise RuntimeError('parallel_apply: all workers died') from None
+                    raise RuntimeError("parallel_apply: all workers died") from None
                 continue
             if isinstance(r, _WorkerError):
-                raise RuntimeError('parallel_apply: func failed on input %d:\n%s'
-                                   % (i, r.message))
+                raise RuntimeError("parallel_apply: func failed on input %d:\n%s" % (i, r.message))
             return i, r
 
     in_count = out_count = 0
@@ -90,8 +91,9 @@ def parallel_apply_generator(func, iterable, workers, max_queue_size, dummy=Fals
                 except queue.Empty:
                     break
                 if isinstance(i_r[1], _WorkerError):
-                    raise RuntimeError('parallel_apply: func failed on input %d:\n%s'
-                                       % (i_r[0], i_r[1].message))
+                    raise RuntimeError(
+                        "parallel_apply: func failed on input %d:\n%s" % (i_r[0], i_r[1].message)
+                    )
                 yield i_r
                 out_count += 1
         while out_count < in_count:
@@ -133,8 +135,17 @@ def _loop(func, in_queue, out_queue):
             out_queue.put((i, _WorkerError(traceback.format_exc())))
 
 
-def parallel_apply(func, iterable, workers, max_queue_size, callback=None, dummy=False,
-                   random_seeds=True, unordered=True, start_method=None):
+def parallel_apply(
+    func,
+    iterable,
+    workers,
+    max_queue_size,
+    callback=None,
+    dummy=False,
+    random_seeds=True,
+    unordered=True,
+    start_method=None,
+):
     """Apply `func` to `iterable` in parallel (see `parallel_apply_generator`).
 
     Returns the list of results (in input order if ``unordered=False``), or, with a
@@ -143,8 +154,9 @@ def parallel_apply(func, iterable, workers, max_queue_size, callback=None, dummy
     >>> parallel_apply(abs, [-1, -2, 3], workers=2, max_queue_size=4, unordered=False)
     [1, 2, 3]
     """
-    generator = parallel_apply_generator(func, iterable, workers, max_queue_size, dummy,
-                                         random_seeds, start_method)
+    generator = parallel_apply_generator(
+        func, iterable, workers, max_queue_size, dummy, random_seeds, start_method
+    )
     if callback is None:
         if unordered:
             return [d for _, d in generator]

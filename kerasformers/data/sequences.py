@@ -1,5 +1,6 @@
 """Sequences to arrays: `to_array`, `sequence_padding` (pad and cut to one length) and
 `truncate_sequences` (pop from the longest until a budget fits).  NumPy only."""
+
 import numpy as np
 
 from kerasformers.tokenizers.base import apply_pops, truncation_plan
@@ -15,7 +16,7 @@ def to_array(*args):
     return results[0] if len(args) == 1 else results
 
 
-def sequence_padding(inputs, length=None, value=0, seq_dims=1, mode='post', dtype=None):
+def sequence_padding(inputs, length=None, value=0, seq_dims=1, mode="post", dtype=None):
     """Pad (and truncate) sequences to one length over their first `seq_dims` axes.
 
     Args:
@@ -42,7 +43,7 @@ def sequence_padding(inputs, length=None, value=0, seq_dims=1, mode='post', dtyp
            [[1., 0.],
             [1., 0.]]])
     """
-    if mode not in ('post', 'pre'):
+    if mode not in ("post", "pre"):
         raise ValueError('"mode" argument must be "post" or "pre".')
     arrays = [np.asarray(x) for x in inputs]
     if dtype is None:
@@ -52,23 +53,26 @@ def sequence_padding(inputs, length=None, value=0, seq_dims=1, mode='post', dtyp
         return np.zeros((0,), dtype=dtype)
     for a in arrays:
         if a.ndim < seq_dims:
-            raise ValueError('sequence_padding: an input has %d dims, fewer than seq_dims=%d'
-                             % (a.ndim, seq_dims))
+            raise ValueError(
+                "sequence_padding: an input has %d dims, fewer than seq_dims=%d"
+                % (a.ndim, seq_dims)
+            )
     if length is None:
         length = np.max([a.shape[:seq_dims] for a in arrays], axis=0)
-    elif not hasattr(length, '__getitem__'):
+    elif not hasattr(length, "__getitem__"):
         length = [length]
     length = [int(n) for n in length][:seq_dims]
     if len(length) < seq_dims:
-        raise ValueError('length has %d entries for seq_dims=%d' % (len(length), seq_dims))
+        raise ValueError("length has %d entries for seq_dims=%d" % (len(length), seq_dims))
     rest = arrays[0].shape[seq_dims:]
     out = np.full([len(arrays)] + length + list(rest), value, dtype=dtype)
     for k, a in enumerate(arrays):
         if a.shape[seq_dims:] != rest:
-            raise ValueError('sequence_padding: trailing shapes differ: %s vs %s'
-                             % (a.shape[seq_dims:], rest))
+            raise ValueError(
+                "sequence_padding: trailing shapes differ: %s vs %s" % (a.shape[seq_dims:], rest)
+            )
         a = a[tuple(slice(0, n) for n in length)]
-        if mode == 'post':
+        if mode == "post":
             target = tuple(slice(0, n) for n in a.shape[:seq_dims])
         else:
             target = tuple(slice(n - m, n) for n, m in zip(length, a.shape[:seq_dims]))
@@ -87,8 +91,13 @@ def truncate_sequences(maxlen, indices, *sequences):
     >>> truncate_sequences(4, -1, a, b)
     [[1, 2], [6, 7]]
     """
-    pairs = [(s, i) for s, i in zip(sequences, indices if isinstance(indices, (list, tuple))
-                                    else [indices] * len(sequences)) if s]
+    pairs = [
+        (s, i)
+        for s, i in zip(
+            sequences, indices if isinstance(indices, (list, tuple)) else [indices] * len(sequences)
+        )
+        if s
+    ]
     if not pairs:
         return []
     counts = truncation_plan([len(s) for s, _ in pairs], maxlen)

@@ -2,7 +2,7 @@
 half-width) and the longest common substring / subsequence.  Plain Python."""
 
 
-def text_segmentate(text, maxlen, seps='\n', strips=None):
+def text_segmentate(text, maxlen, seps="\n", strips=None):
     """Split `text` into pieces of at most `maxlen` characters where possible, cutting at
     the first separator in `seps`, then the next, ... (recursively).  Separators stay at the
     ends of pieces; pieces are stripped of whitespace and of `strips`.
@@ -13,11 +13,11 @@ def text_segmentate(text, maxlen, seps='\n', strips=None):
     text = text.strip().strip(strips)
     if seps and len(text) > maxlen:
         pieces = text.split(seps[0])
-        text, texts = '', []
+        text, texts = "", []
         for i, p in enumerate(pieces):
             if text and p and len(text) + len(p) > maxlen - 1:
                 texts.extend(text_segmentate(text, maxlen, seps[1:], strips))
-                text = ''
+                text = ""
             if i + 1 == len(pieces):
                 text = text + p
             else:

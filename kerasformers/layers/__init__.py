@@ -15,11 +15,20 @@ from kerasformers.layers.normalization import LayerNormalization, ScaleOffset
 from kerasformers.layers.pooling import GlobalPooling
 
 __all__ = [
-    "AttentionMask", "Embedding", "FeedForward", "GatedAttentionUnit", "GlobalPooling",
-    "LayerNormalization", "MaskedAdd",
-    "MultiHeadAttention", "PositionEmbedding", "RelativePositionEmbedding",
+    "AttentionMask",
+    "Embedding",
+    "FeedForward",
+    "GatedAttentionUnit",
+    "GlobalPooling",
+    "LayerNormalization",
+    "MaskedAdd",
+    "MultiHeadAttention",
+    "PositionEmbedding",
+    "RelativePositionEmbedding",
     "RelativePositionEmbeddingT5",
-    "ScaleOffset", "SinusoidalPositionEmbedding", "TokenSelect",
+    "ScaleOffset",
+    "SinusoidalPositionEmbedding",
+    "TokenSelect",
 ]
 
 from kerasformers.layers.crf import (  # noqa: E402
@@ -32,6 +41,11 @@ from kerasformers.layers.global_pointer import EfficientGlobalPointer, GlobalPoi
 from kerasformers.layers.loss import Loss  # noqa: E402
 
 __all__ += [
-    "ConditionalRandomField", "EfficientGlobalPointer", "GlobalPointer", "Loss",
-    "MaximumEntropyMarkovModel", "ViterbiDecoder", "viterbi_decode",
+    "ConditionalRandomField",
+    "EfficientGlobalPointer",
+    "GlobalPointer",
+    "Loss",
+    "MaximumEntropyMarkovModel",
+    "ViterbiDecoder",
+    "viterbi_decode",
 ]

@@ -14,8 +14,8 @@ import functools
 import keras
 from keras import ops
 
-from kerasformers.ops import apply_rotary_position_embeddings, attention_normalize
 from kerasformers.layers.core import remat_call, remat_scope, with_sublayer_policies
+from kerasformers.ops import apply_rotary_position_embeddings, attention_normalize
 from kerasformers.saving import register
 
 
@@ -59,10 +59,21 @@ class MultiHeadAttention(keras.layers.Layer):
     rematerialised).
     """
 
-    def __init__(self, heads, head_size, out_dim=None, key_size=None, use_bias=True,
-                 normalization="softmax", attention_scale=True, attention_dropout=None,
-                 return_attention_scores=False, kernel_initializer="glorot_uniform",
-                 remat=False, **kwargs):
+    def __init__(
+        self,
+        heads,
+        head_size,
+        out_dim=None,
+        key_size=None,
+        use_bias=True,
+        normalization="softmax",
+        attention_scale=True,
+        attention_dropout=None,
+        return_attention_scores=False,
+        kernel_initializer="glorot_uniform",
+        remat=False,
+        **kwargs,
+    ):
         with remat_scope(remat):
             super().__init__(**kwargs)
         self.remat = remat
@@ -84,17 +95,22 @@ class MultiHeadAttention(keras.layers.Layer):
         q_shape, k_shape, v_shape = input_shape[:3]
 
         def dense(units, name, shape):
-            layer = keras.layers.Dense(units, use_bias=self.use_bias, name=name,
-                                       kernel_initializer=self.kernel_initializer,
-                                       dtype=self.dtype_policy)
+            layer = keras.layers.Dense(
+                units,
+                use_bias=self.use_bias,
+                name=name,
+                kernel_initializer=self.kernel_initializer,
+                dtype=self.dtype_policy,
+            )
             layer.build(shape)
             return layer
 
         self.q_dense = dense(self.key_size * self.heads, "q_dense", q_shape)
         self.k_dense = dense(self.key_size * self.heads, "k_dense", k_shape)
         self.v_dense = dense(self.head_size * self.heads, "v_dense", v_shape)
-        self.o_dense = dense(self.out_dim, "o_dense",
-                             tuple(q_shape[:-1]) + (self.head_size * self.heads,))
+        self.o_dense = dense(
+            self.out_dim, "o_dense", tuple(q_shape[:-1]) + (self.head_size * self.heads,)
+        )
         if self.attention_dropout:
             # the layer's policy: a float32 Dropout would cast bfloat16 probabilities back
             self.dropout = keras.layers.Dropout(self.attention_dropout, dtype=self.dtype_policy)
@@ -116,11 +132,22 @@ class MultiHeadAttention(keras.layers.Layer):
         >>> tuple(k.shape), tuple(v.shape)
         ((1, 5, 2, 3), (1, 5, 2, 4))
         """
-        return (self._split_heads(self.k_dense(context), self.key_size),
-                self._split_heads(self.v_dense(context), self.head_size))
+        return (
+            self._split_heads(self.k_dense(context), self.key_size),
+            self._split_heads(self.v_dense(context), self.head_size),
+        )
 
-    def call(self, inputs, attention_mask=None, attention_bias=None,
-             position_bias=None, p_bias=None, cache=None, cache_index=None, training=None):
+    def call(
+        self,
+        inputs,
+        attention_mask=None,
+        attention_bias=None,
+        position_bias=None,
+        p_bias=None,
+        cache=None,
+        cache_index=None,
+        training=None,
+    ):
         if isinstance(inputs, (list, tuple)):
             q, k, v = inputs[:3]
         else:
@@ -143,8 +170,9 @@ class MultiHeadAttention(keras.layers.Layer):
             attention_mask = ops.cast(attention_mask, "bool")
             if len(attention_mask.shape) == 3:
                 attention_mask = ops.expand_dims(attention_mask, 1)
-        o, scores = self.pay_attention_to(qw, kw, vw, attention_mask, attention_bias,
-                                          position_bias, p_bias, training)
+        o, scores = self.pay_attention_to(
+            qw, kw, vw, attention_mask, attention_bias, position_bias, p_bias, training
+        )
         b, n = ops.shape(o)[0], ops.shape(o)[1]
         o = self.o_dense(ops.reshape(o, (b, n, self.heads * self.head_size)))
         outputs = [o, scores] if self.return_attention_scores else o
@@ -158,14 +186,18 @@ class MultiHeadAttention(keras.layers.Layer):
         Subclasses may replace this to change the attention kernel.
         """
         dropout = self.attention_dropout and training
-        fused = (p_bias in (None, "rotary") and self.normalization == "softmax"
-                 and not self.return_attention_scores and not dropout
-                 and self.key_size == self.head_size
-                 and (bias is None or mask is None)  # torch's kernel takes one of them
-                 and _fused_kernel_compiles(qw.dtype))
+        fused = (
+            p_bias in (None, "rotary")
+            and self.normalization == "softmax"
+            and not self.return_attention_scores
+            and not dropout
+            and self.key_size == self.head_size
+            and (bias is None or mask is None)  # torch's kernel takes one of them
+            and _fused_kernel_compiles(qw.dtype)
+        )
         if fused:
             # Keras' fused kernel (torch SDPA / jax.nn.dot_product_attention).
-            scale = self.key_size ** -0.5 if self.attention_scale else 1.0
+            scale = self.key_size**-0.5 if self.attention_scale else 1.0
             if bias is not None:
                 bias = ops.cast(bias, qw.dtype)
             o = ops.dot_product_attention(qw, kw, vw, bias=bias, mask=mask, scale=scale)
@@ -176,7 +208,7 @@ class MultiHeadAttention(keras.layers.Layer):
         elif p_bias == "t5_relative":
             scores = scores + ops.expand_dims(ops.transpose(position_bias, (2, 0, 1)), 0)
         if self.attention_scale:
-            scores = scores / (self.key_size ** 0.5)
+            scores = scores / (self.key_size**0.5)
         if bias is not None:
             scores = scores + ops.cast(bias, scores.dtype)
         probs = attention_normalize(scores, mask, -1, self.normalization)
@@ -199,8 +231,9 @@ class MultiHeadAttention(keras.layers.Layer):
         o = keras.KerasTensor(tuple(q.shape[:-1]) + (self.out_dim,), dtype=self.compute_dtype)
         if self.return_attention_scores:
             k = inputs[1] if isinstance(inputs, (list, tuple)) else inputs
-            s = keras.KerasTensor((q.shape[0], self.heads, q.shape[1], k.shape[1]),
-                                  dtype=self.compute_dtype)
+            s = keras.KerasTensor(
+                (q.shape[0], self.heads, q.shape[1], k.shape[1]), dtype=self.compute_dtype
+            )
             return [o, s]
         return o
 
@@ -214,11 +247,16 @@ class MultiHeadAttention(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            heads=self.heads, head_size=self.head_size, out_dim=self.out_dim,
-            key_size=self.key_size, use_bias=self.use_bias,
-            normalization=self.normalization, attention_scale=self.attention_scale,
+            heads=self.heads,
+            head_size=self.head_size,
+            out_dim=self.out_dim,
+            key_size=self.key_size,
+            use_bias=self.use_bias,
+            normalization=self.normalization,
+            attention_scale=self.attention_scale,
             attention_dropout=self.attention_dropout,
             return_attention_scores=self.return_attention_scores,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
-            remat=self.remat)
+            remat=self.remat,
+        )
         return with_sublayer_policies(self, config)

@@ -11,6 +11,7 @@ import contextlib
 
 import keras
 from keras import ops
+
 from kerasformers.saving import register
 
 
@@ -126,10 +127,12 @@ def remat_call(call):
     >>> float(keras.ops.convert_to_numpy(f(keras.ops.ones(()), 3.0, mode="double")))
     6.0
     """
+
     def wrapped(*args, **kwargs):
         leaves = keras.tree.flatten((args, kwargs))
-        is_tensor = [ops.is_tensor(x) and "float" in keras.backend.standardize_dtype(x.dtype)
-                     for x in leaves]
+        is_tensor = [
+            ops.is_tensor(x) and "float" in keras.backend.standardize_dtype(x.dtype) for x in leaves
+        ]
 
         def tensors_only(*tensors):
             it = iter(tensors)
@@ -160,18 +163,23 @@ def with_sublayer_policies(layer, config):
     >>> ffn.get_config()["dtype"]["ffn/o_dense"].name
     'int8_from_float32'
     """
+
     def own_policy(sub):
         policy = sub.dtype_policy
         if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
             policy = policy[sub.path]
         return policy
 
-    quantized = {sub.path: own_policy(sub) for sub in layer._flatten_layers(include_self=False)
-                 if sub.quantization_mode is not None}
+    quantized = {
+        sub.path: own_policy(sub)
+        for sub in layer._flatten_layers(include_self=False)
+        if sub.quantization_mode is not None
+    }
     if quantized:
         default = layer.dtype_policy
         if isinstance(default, keras.dtype_policies.DTypePolicyMap):
             default = default.default_policy
-        config["dtype"] = keras.dtype_policies.DTypePolicyMap(default_policy=default,
-                                                              policy_map=quantized)
+        config["dtype"] = keras.dtype_policies.DTypePolicyMap(
+            default_policy=default, policy_map=quantized
+        )
     return config

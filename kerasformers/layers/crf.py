@@ -55,11 +55,12 @@ from kerasformers.saving import register
 _NEG = -1e30
 
 
-
 def _scaled_glorot(multiplier):
     """glorot_uniform divided by `multiplier` (the stored half of the lr reparametrisation)."""
+
     def initializer(shape, dtype=None):
         return keras.initializers.GlorotUniform()(shape, dtype=dtype) / multiplier
+
     return initializer
 
 
@@ -114,8 +115,9 @@ def _steps(nodes, mask):
     (variable-length batches), so the scan is never empty nor a tuple."""
     first = ops.arange(ops.shape(nodes)[1])[None, :, None] == 0
     first = ops.broadcast_to(first, ops.shape(nodes)[:2] + (1,))
-    packed = ops.concatenate([nodes, ops.cast(mask[..., None], nodes.dtype),
-                              ops.cast(first, nodes.dtype)], axis=-1)
+    packed = ops.concatenate(
+        [nodes, ops.cast(mask[..., None], nodes.dtype), ops.cast(first, nodes.dtype)], axis=-1
+    )
     return ops.moveaxis(packed, 1, 0)
 
 
@@ -192,7 +194,7 @@ def viterbi_decode(emissions, trans, mask=None, starts=None, ends=None):
         # TensorFlow's scan wants outputs shaped like the carry: carry both
         delta, _ = carry
         x_t, m_t, f_t = _unpack_step(inputs)
-        scores = delta[:, :, None] + trans[None]            # [b, from, to]
+        scores = delta[:, :, None] + trans[None]  # [b, from, to]
         best = ops.cast(ops.argmax(scores, axis=1), "int32")
         new = ops.max(scores, axis=1) + x_t
         new = ops.where(f_t, x_t if start_bias is None else x_t + start_bias, new)
@@ -234,10 +236,10 @@ class ViterbiDecoder:
     def __init__(self, trans, starts=None, ends=None):
         self.trans = np.asarray(trans)
         self.num_labels = len(self.trans)
-        self.non_starts = [] if starts is None else [
-            i for i in range(self.num_labels) if i not in starts]
-        self.non_ends = [] if ends is None else [
-            i for i in range(self.num_labels) if i not in ends]
+        self.non_starts = (
+            [] if starts is None else [i for i in range(self.num_labels) if i not in starts]
+        )
+        self.non_ends = [] if ends is None else [i for i in range(self.num_labels) if i not in ends]
 
     def decode(self, nodes):
         """nodes: emission scores [seq_len, num_labels] -> best label path [seq_len]."""
@@ -267,8 +269,9 @@ class _TaggingHead(keras.layers.Layer):
         self.supports_masking = True
 
     def _add_scaled_weight(self, name, shape):
-        return self.add_weight(name=name, shape=shape,
-                               initializer=_scaled_glorot(self.lr_multiplier))
+        return self.add_weight(
+            name=name, shape=shape, initializer=_scaled_glorot(self.lr_multiplier)
+        )
 
     def _scaled(self, weight):
         value = ops.convert_to_tensor(weight)
@@ -323,8 +326,9 @@ class ConditionalRandomField(_TaggingHead):
         y_true = _sparse_labels(y_true, y_pred)
         compact = _Compacted(mask, ops.shape(y_pred)[1])
         y_true = ops.one_hot(compact.forward(y_true), y_pred.shape[-1], dtype="float32")
-        return _crf_nll(y_true, compact.forward(y_pred), ops.cast(self.trans, "float32"),
-                        compact.prefix)
+        return _crf_nll(
+            y_true, compact.forward(y_pred), ops.cast(self.trans, "float32"), compact.prefix
+        )
 
     def sparse_loss(self, y_true, y_pred, mask=None):
         """Mean negative log-likelihood per sequence (scalar); y_true integer labels [b, n]."""
@@ -414,9 +418,10 @@ class MaximumEntropyMarkovModel(_TaggingHead):
     def sparse_loss(self, y_true, y_pred, mask=None):
         """Mean over real tokens of the forward and backward cross-entropies (scalar)."""
         forward, backward, labels, prefix, _ = self._directional_logits(y_true, y_pred, mask)
-        losses = [ops.logsumexp(z, axis=-1)
-                  - ops.take_along_axis(z, labels[..., None], axis=-1)[..., 0]
-                  for z in (forward, backward)]
+        losses = [
+            ops.logsumexp(z, axis=-1) - ops.take_along_axis(z, labels[..., None], axis=-1)[..., 0]
+            for z in (forward, backward)
+        ]
         weights = ops.cast(prefix, "float32")
         per_direction = [ops.divide_no_nan(ops.sum(l * weights), ops.sum(weights)) for l in losses]
         return (per_direction[0] + per_direction[1]) / 2
@@ -443,17 +448,19 @@ class MaximumEntropyMarkovModel(_TaggingHead):
                     f"{self.name}: Keras' JAX trainer hides layer weights from metrics, so "
                     "sparse_accuracy reports the argmax of the emissions alone here; call it "
                     "directly (e.g. on model(x)) for the teacher-forced MEMM accuracy.",
-                    stacklevel=2)
+                    stacklevel=2,
+                )
             labels = _sparse_labels(y_true, y_pred)
             hits = ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), labels)
             return _token_reduce(ops.cast(hits, "float32"), mask)
         forward, backward, labels, _, compact = self._directional_logits(y_true, y_pred, mask)
-        hits = [ops.cast(ops.equal(ops.cast(ops.argmax(z, axis=-1), "int32"), labels), "float32")
-                for z in (forward, backward)]
+        hits = [
+            ops.cast(ops.equal(ops.cast(ops.argmax(z, axis=-1), "int32"), labels), "float32")
+            for z in (forward, backward)
+        ]
         return _token_reduce(compact.backward((hits[0] + hits[1]) / 2), mask)
 
     def get_config(self):
         config = super().get_config()
         config["hidden_dim"] = self.hidden_dim
         return config
-

@@ -36,8 +36,7 @@ class Embedding(keras.layers.Embedding):
     (Model.quantize warns and keeps the table in float).
     """
 
-    def __init__(self, input_dim, output_dim, pad_token_id=0, first_token_valid=False,
-                 **kwargs):
+    def __init__(self, input_dim, output_dim, pad_token_id=0, first_token_valid=False, **kwargs):
         super().__init__(input_dim, output_dim, **kwargs)
         self.pad_token_id = pad_token_id
         self.first_token_valid = first_token_valid
@@ -54,15 +53,20 @@ class Embedding(keras.layers.Embedding):
         if mode != "int8":
             raise NotImplementedError(
                 f"Embedding {self.name!r}: kerasformers' Embedding (token table and tied "
-                f"LM head) supports quantize('int8') only, not {mode!r}; it stays in float")
+                f"LM head) supports quantize('int8') only, not {mode!r}; it stays in float"
+            )
         super().quantize(mode, type_check=False, config=config)  # Keras refuses subclasses
 
     def _int8_build(self, embeddings_shape, config=None):
         super()._int8_build(embeddings_shape, config)
         default = keras.quantizers.AbsMaxQuantizer(axis=-1)
-        self.inputs_quantizer = (default if config is None else
-                                 keras.quantizers.QuantizationConfig.activation_quantizer_or_default(
-                                     config, default))
+        self.inputs_quantizer = (
+            default
+            if config is None
+            else keras.quantizers.QuantizationConfig.activation_quantizer_or_default(
+                config, default
+            )
+        )
 
     def _int8_call(self, inputs, mode="embedding", training=None):
         if mode != "dense":
@@ -140,8 +144,16 @@ class PositionEmbedding(keras.layers.Layer):
     custom_position_ids: inputs are [x, position_ids].
     """
 
-    def __init__(self, input_dim, output_dim, merge_mode="add", hierarchical=None,
-                 embeddings_initializer="zeros", custom_position_ids=False, **kwargs):
+    def __init__(
+        self,
+        input_dim,
+        output_dim,
+        merge_mode="add",
+        hierarchical=None,
+        embeddings_initializer="zeros",
+        custom_position_ids=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.input_dim = input_dim
         self.output_dim = output_dim
@@ -153,8 +165,10 @@ class PositionEmbedding(keras.layers.Layer):
 
     def build(self, input_shape):
         self.embeddings = self.add_weight(
-            name="embeddings", shape=(self.input_dim, self.output_dim),
-            initializer=self.embeddings_initializer)
+            name="embeddings",
+            shape=(self.input_dim, self.output_dim),
+            initializer=self.embeddings_initializer,
+        )
 
     def call(self, inputs, offset=0):
         """`offset`: position of the first input token (incremental decoding), a
@@ -190,10 +204,13 @@ class PositionEmbedding(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            input_dim=self.input_dim, output_dim=self.output_dim,
-            merge_mode=self.merge_mode, hierarchical=self.hierarchical,
+            input_dim=self.input_dim,
+            output_dim=self.output_dim,
+            merge_mode=self.merge_mode,
+            hierarchical=self.hierarchical,
             embeddings_initializer=keras.initializers.serialize(self.embeddings_initializer),
-            custom_position_ids=self.custom_position_ids)
+            custom_position_ids=self.custom_position_ids,
+        )
         return config
 
 
@@ -254,8 +271,11 @@ class SinusoidalPositionEmbedding(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(output_dim=self.output_dim, merge_mode=self.merge_mode,
-                      custom_position_ids=self.custom_position_ids)
+        config.update(
+            output_dim=self.output_dim,
+            merge_mode=self.merge_mode,
+            custom_position_ids=self.custom_position_ids,
+        )
         return config
 
 
@@ -269,8 +289,9 @@ class RelativePositionEmbedding(keras.layers.Layer):
     and holds no weight; otherwise it is a trainable weight.
     """
 
-    def __init__(self, input_dim, output_dim, sinusoidal=False,
-                 embeddings_initializer="zeros", **kwargs):
+    def __init__(
+        self, input_dim, output_dim, sinusoidal=False, embeddings_initializer="zeros", **kwargs
+    ):
         super().__init__(**kwargs)
         self.input_dim = input_dim
         self.output_dim = output_dim
@@ -280,8 +301,10 @@ class RelativePositionEmbedding(keras.layers.Layer):
     def build(self, input_shape):
         if not self.sinusoidal:
             self.embeddings = self.add_weight(
-                name="embeddings", shape=(self.input_dim, self.output_dim),
-                initializer=self.embeddings_initializer)
+                name="embeddings",
+                shape=(self.input_dim, self.output_dim),
+                initializer=self.embeddings_initializer,
+            )
 
     def call(self, inputs, offset=0, key_length=None):
         """`offset`: position of the first query; `key_length`: number of keys
@@ -298,17 +321,21 @@ class RelativePositionEmbedding(keras.layers.Layer):
 
     def compute_output_spec(self, inputs, **kwargs):
         q, k = inputs
-        return keras.KerasTensor((q.shape[1], k.shape[1], self.output_dim),
-                                 dtype=self.compute_dtype)
+        return keras.KerasTensor(
+            (q.shape[1], k.shape[1], self.output_dim), dtype=self.compute_dtype
+        )
 
     def compute_mask(self, inputs, mask=None):
         return None
 
     def get_config(self):
         config = super().get_config()
-        config.update(input_dim=self.input_dim, output_dim=self.output_dim,
-                      sinusoidal=self.sinusoidal,
-                      embeddings_initializer=keras.initializers.serialize(self.embeddings_initializer))
+        config.update(
+            input_dim=self.input_dim,
+            output_dim=self.output_dim,
+            sinusoidal=self.sinusoidal,
+            embeddings_initializer=keras.initializers.serialize(self.embeddings_initializer),
+        )
         return config
 
 
@@ -325,8 +352,9 @@ def t5_bucket_table(num_buckets, max_distance):
     max_exact = num_buckets // 2
     with np.errstate(divide="ignore"):
         ratio = np.log(n.astype("float32") / np.float32(max_exact))
-    large = ratio / np.float32(math.log(max_distance / max_exact)) * np.float32(
-        num_buckets - max_exact)
+    large = (
+        ratio / np.float32(math.log(max_distance / max_exact)) * np.float32(num_buckets - max_exact)
+    )
     large = max_exact + np.where(n < max_exact, 0, large).astype("int32")
     large = np.minimum(large, num_buckets - 1)
     return np.where(n < max_exact, n, large).astype("int32")
@@ -344,10 +372,18 @@ class RelativePositionEmbeddingT5(RelativePositionEmbedding):
     [buckets, heads] (transformers' layout; Mesh TF stores its transpose).
     """
 
-    def __init__(self, input_dim, output_dim, max_distance=128, bidirectional=True,
-                 embeddings_initializer="zeros", **kwargs):
-        super().__init__(input_dim, output_dim, embeddings_initializer=embeddings_initializer,
-                         **kwargs)
+    def __init__(
+        self,
+        input_dim,
+        output_dim,
+        max_distance=128,
+        bidirectional=True,
+        embeddings_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(
+            input_dim, output_dim, embeddings_initializer=embeddings_initializer, **kwargs
+        )
         self.max_distance = max_distance
         self.bidirectional = bidirectional
 

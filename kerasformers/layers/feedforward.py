@@ -9,8 +9,8 @@
 
 import keras
 
-from kerasformers.ops import get_activation, serialize_activation
 from kerasformers.layers.core import remat_call, remat_scope, with_sublayer_policies
+from kerasformers.ops import get_activation, serialize_activation
 from kerasformers.saving import register
 
 
@@ -24,8 +24,15 @@ class FeedForward(keras.layers.Layer):
     are recomputed in the backward pass instead of stored (Keras' remat).
     """
 
-    def __init__(self, units, activation="relu", use_bias=True,
-                 kernel_initializer="glorot_uniform", remat=False, **kwargs):
+    def __init__(
+        self,
+        units,
+        activation="relu",
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        remat=False,
+        **kwargs,
+    ):
         with remat_scope(remat):
             super().__init__(**kwargs)
         self.remat = remat
@@ -41,15 +48,22 @@ class FeedForward(keras.layers.Layer):
         self.input_dense = []
         for i, act in enumerate(self.activation):
             dense = keras.layers.Dense(
-                self.units, activation=act, use_bias=self.use_bias,
-                kernel_initializer=self.kernel_initializer, name=f"i{i}_dense",
-                dtype=self.dtype_policy)
+                self.units,
+                activation=act,
+                use_bias=self.use_bias,
+                kernel_initializer=self.kernel_initializer,
+                name=f"i{i}_dense",
+                dtype=self.dtype_policy,
+            )
             dense.build(input_shape)
             self.input_dense.append(dense)
         self.o_dense = keras.layers.Dense(
-            input_shape[-1], use_bias=self.use_bias,
-            kernel_initializer=self.kernel_initializer, name="o_dense",
-            dtype=self.dtype_policy)
+            input_shape[-1],
+            use_bias=self.use_bias,
+            kernel_initializer=self.kernel_initializer,
+            name="o_dense",
+            dtype=self.dtype_policy,
+        )
         self.o_dense.build(tuple(input_shape[:-1]) + (self.units,))
 
     def call(self, inputs):
@@ -69,8 +83,11 @@ class FeedForward(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         act = [serialize_activation(a) for a in self.activation]
-        config.update(units=self.units, activation=act if len(act) > 1 else act[0],
-                      use_bias=self.use_bias,
-                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
-                      remat=self.remat)
+        config.update(
+            units=self.units,
+            activation=act if len(act) > 1 else act[0],
+            use_bias=self.use_bias,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            remat=self.remat,
+        )
         return with_sublayer_policies(self, config)

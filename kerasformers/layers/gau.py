@@ -16,6 +16,8 @@ with the same weights and numerics.
 import keras
 from keras import ops
 
+from kerasformers.layers.core import with_sublayer_policies
+from kerasformers.layers.normalization import ScaleOffset
 from kerasformers.ops import (
     apply_rotary_position_embeddings,
     attention_normalize,
@@ -23,8 +25,6 @@ from kerasformers.ops import (
     serialize_activation,
     sinusoidal_embeddings,
 )
-from kerasformers.layers.core import with_sublayer_policies
-from kerasformers.layers.normalization import ScaleOffset
 from kerasformers.saving import register
 
 
@@ -58,10 +58,20 @@ class GatedAttentionUnit(keras.layers.Layer):
     give a finite output (o_dense of zeros), where bert4keras gave NaN.
     """
 
-    def __init__(self, units, key_size, activation="swish", use_bias=True,
-                 normalization="squared_relu", self_attention=True, attention_scale=True,
-                 attention_dropout=None, rope=False, kernel_initializer="glorot_uniform",
-                 **kwargs):
+    def __init__(
+        self,
+        units,
+        key_size,
+        activation="swish",
+        use_bias=True,
+        normalization="squared_relu",
+        self_attention=True,
+        attention_scale=True,
+        attention_dropout=None,
+        rope=False,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if normalization not in ("squared_relu", "softmax_plus", "softmax"):
             raise ValueError(f"Unknown attention normalization {normalization!r}")
@@ -78,9 +88,14 @@ class GatedAttentionUnit(keras.layers.Layer):
         self.supports_masking = True
 
     def _dense(self, units, name, input_shape, activation=None):
-        layer = keras.layers.Dense(units, activation=activation, use_bias=self.use_bias,
-                                   kernel_initializer=self.kernel_initializer, name=name,
-                                   dtype=self.dtype_policy)
+        layer = keras.layers.Dense(
+            units,
+            activation=activation,
+            use_bias=self.use_bias,
+            kernel_initializer=self.kernel_initializer,
+            name=name,
+            dtype=self.dtype_policy,
+        )
         layer.build(input_shape)
         return layer
 
@@ -88,28 +103,41 @@ class GatedAttentionUnit(keras.layers.Layer):
         if self.self_attention:
             if isinstance(input_shape[0], (list, tuple)):
                 input_shape = input_shape[0]
-            self.i_dense = self._dense(2 * self.units + self.key_size, "i_dense",
-                                       input_shape, self.activation)
+            self.i_dense = self._dense(
+                2 * self.units + self.key_size, "i_dense", input_shape, self.activation
+            )
             z_shape = tuple(input_shape[:-1]) + (self.key_size,)
-            self.q_scaleoffset = ScaleOffset(offset=self.use_bias, name="q_scaleoffset",
-                                             dtype=self.dtype_policy)
-            self.k_scaleoffset = ScaleOffset(offset=self.use_bias, name="k_scaleoffset",
-                                             dtype=self.dtype_policy)
+            self.q_scaleoffset = ScaleOffset(
+                offset=self.use_bias, name="q_scaleoffset", dtype=self.dtype_policy
+            )
+            self.k_scaleoffset = ScaleOffset(
+                offset=self.use_bias, name="k_scaleoffset", dtype=self.dtype_policy
+            )
             self.q_scaleoffset.build(z_shape)
             self.k_scaleoffset.build(z_shape)
         else:
             input_shape, k_shape, v_shape = input_shape[:3]
-            self.uq_dense = self._dense(self.units + self.key_size, "uq_dense",
-                                        input_shape, self.activation)
+            self.uq_dense = self._dense(
+                self.units + self.key_size, "uq_dense", input_shape, self.activation
+            )
             self.k_dense = self._dense(self.key_size, "k_dense", k_shape, self.activation)
             self.v_dense = self._dense(self.units, "v_dense", v_shape, self.activation)
-        self.o_dense = self._dense(input_shape[-1], "o_dense",
-                                   tuple(input_shape[:-1]) + (self.units,))
+        self.o_dense = self._dense(
+            input_shape[-1], "o_dense", tuple(input_shape[:-1]) + (self.units,)
+        )
         if self.attention_dropout:
             self.dropout = keras.layers.Dropout(self.attention_dropout)
 
-    def call(self, inputs, mask=None, attention_mask=None, attention_bias=None,
-             position_bias=None, p_bias=None, training=None):
+    def call(
+        self,
+        inputs,
+        mask=None,
+        attention_mask=None,
+        attention_bias=None,
+        position_bias=None,
+        p_bias=None,
+        training=None,
+    ):
         if p_bias not in (None, "rotary"):
             raise ValueError(f"GatedAttentionUnit only supports p_bias='rotary', got {p_bias!r}")
         if p_bias == "rotary" and position_bias is None and not self.rope:
@@ -133,7 +161,7 @@ class GatedAttentionUnit(keras.layers.Layer):
             q, k = apply_rotary_position_embeddings(position_bias, q, k)
         scores = ops.einsum("bmd,bnd->bmn", q, k)
         if self.attention_scale:
-            scores = scores / (self.key_size ** 0.5)
+            scores = scores / (self.key_size**0.5)
         if attention_bias is not None:
             scores = scores + ops.cast(_three_d(attention_bias), scores.dtype)
         visible = _visible(key_mask, attention_mask)
@@ -154,12 +182,17 @@ class GatedAttentionUnit(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            units=self.units, key_size=self.key_size,
-            activation=serialize_activation(self.activation), use_bias=self.use_bias,
-            normalization=self.normalization, self_attention=self.self_attention,
-            attention_scale=self.attention_scale, attention_dropout=self.attention_dropout,
+            units=self.units,
+            key_size=self.key_size,
+            activation=serialize_activation(self.activation),
+            use_bias=self.use_bias,
+            normalization=self.normalization,
+            self_attention=self.self_attention,
+            attention_scale=self.attention_scale,
+            attention_dropout=self.attention_dropout,
             rope=self.rope,
-            kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        )
         return with_sublayer_policies(self, config)
 
 

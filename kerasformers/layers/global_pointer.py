@@ -20,8 +20,8 @@ True
 import keras
 from keras import ops
 
-from kerasformers.ops import apply_rotary_position_embeddings, sinusoidal_embeddings
 from kerasformers.layers.core import with_sublayer_policies
+from kerasformers.ops import apply_rotary_position_embeddings, sinusoidal_embeddings
 from kerasformers.saving import register
 
 
@@ -41,8 +41,16 @@ class GlobalPointer(keras.layers.Layer):
     The output carries no Keras mask (it is 4-D).
     """
 
-    def __init__(self, heads, head_size, RoPE=True, use_bias=True, tril_mask=True,
-                 kernel_initializer="lecun_normal", **kwargs):
+    def __init__(
+        self,
+        heads,
+        head_size,
+        RoPE=True,
+        use_bias=True,
+        tril_mask=True,
+        kernel_initializer="lecun_normal",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.heads = heads
         self.head_size = head_size
@@ -57,9 +65,13 @@ class GlobalPointer(keras.layers.Layer):
         self.dense = self._dense(self.heads * self.head_size * 2, "dense")
 
     def _dense(self, units, name):
-        return keras.layers.Dense(units, use_bias=self.use_bias, name=name,
-                                  kernel_initializer=self.kernel_initializer,
-                                  dtype=self.dtype_policy)
+        return keras.layers.Dense(
+            units,
+            use_bias=self.use_bias,
+            name=name,
+            kernel_initializer=self.kernel_initializer,
+            dtype=self.dtype_policy,
+        )
 
     def build(self, input_shape):
         self.dense.build(input_shape)
@@ -74,8 +86,8 @@ class GlobalPointer(keras.layers.Layer):
     def call(self, inputs, mask=None):
         x = self.dense(inputs)
         x = ops.reshape(x, ops.shape(x)[:2] + (self.heads, 2 * self.head_size))
-        qw, kw = self._rope(x[..., :self.head_size], x[..., self.head_size:])
-        logits = ops.einsum("bmhd,bnhd->bhmn", qw, kw) / self.head_size ** 0.5
+        qw, kw = self._rope(x[..., : self.head_size], x[..., self.head_size :])
+        logits = ops.einsum("bmhd,bnhd->bhmn", qw, kw) / self.head_size**0.5
         return self._mask_logits(logits, mask)
 
     def _mask_logits(self, logits, mask):
@@ -102,9 +114,13 @@ class GlobalPointer(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            heads=self.heads, head_size=self.head_size, RoPE=self.RoPE,
-            use_bias=self.use_bias, tril_mask=self.tril_mask,
-            kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+            heads=self.heads,
+            head_size=self.head_size,
+            RoPE=self.RoPE,
+            use_bias=self.use_bias,
+            tril_mask=self.tril_mask,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        )
         return with_sublayer_policies(self, config)
 
 
@@ -130,7 +146,7 @@ class EfficientGlobalPointer(GlobalPointer):
     def call(self, inputs, mask=None):
         x = self.p_dense(inputs)
         qw, kw = self._rope(x[..., ::2], x[..., 1::2])
-        logits = ops.einsum("bmd,bnd->bmn", qw, kw) / self.head_size ** 0.5
-        bias = ops.transpose(self.q_dense(x), (0, 2, 1)) / 2        # [b, 2 * heads, n]
+        logits = ops.einsum("bmd,bnd->bmn", qw, kw) / self.head_size**0.5
+        bias = ops.transpose(self.q_dense(x), (0, 2, 1)) / 2  # [b, 2 * heads, n]
         logits = logits[:, None] + bias[:, ::2, None] + bias[:, 1::2, :, None]
         return self._mask_logits(logits, mask)

@@ -80,7 +80,8 @@ class Loss(keras.layers.Layer):
     def compute_output_spec(self, inputs, mask=None):
         # the selected inputs themselves: their dtypes too (token ids stay integers)
         return keras.tree.map_structure(
-            lambda t: keras.KerasTensor(t.shape, dtype=t.dtype), self._select(inputs))
+            lambda t: keras.KerasTensor(t.shape, dtype=t.dtype), self._select(inputs)
+        )
 
     def compute_mask(self, inputs, mask=None):
         if mask is None:

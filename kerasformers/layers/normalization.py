@@ -14,8 +14,8 @@ Conditional LayerNorm (`conditional=True`, inputs `[x, cond]`).
 import keras
 from keras import ops
 
-from kerasformers.ops import get_activation, serialize_activation
 from kerasformers.layers.core import with_sublayer_policies
+from kerasformers.ops import get_activation, serialize_activation
 from kerasformers.saving import register
 
 
@@ -28,8 +28,16 @@ class ScaleOffset(keras.layers.Layer):
     are added to gamma and beta (Conditional LayerNorm).
     """
 
-    def __init__(self, scale=True, offset=True, conditional=False, hidden_units=None,
-                 hidden_activation="linear", hidden_initializer="glorot_uniform", **kwargs):
+    def __init__(
+        self,
+        scale=True,
+        offset=True,
+        conditional=False,
+        hidden_units=None,
+        hidden_activation="linear",
+        hidden_initializer="glorot_uniform",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.scale = scale
         self.offset = offset
@@ -50,20 +58,32 @@ class ScaleOffset(keras.layers.Layer):
         if self.conditional:
             if self.hidden_units is not None:
                 self.hidden_dense = keras.layers.Dense(
-                    self.hidden_units, activation=self.hidden_activation, use_bias=False,
-                    kernel_initializer=self.hidden_initializer, name="hidden_dense",
-                    dtype=self.dtype_policy)
+                    self.hidden_units,
+                    activation=self.hidden_activation,
+                    use_bias=False,
+                    kernel_initializer=self.hidden_initializer,
+                    name="hidden_dense",
+                    dtype=self.dtype_policy,
+                )
                 self.hidden_dense.build(cond_shape)
                 cond_shape = tuple(cond_shape[:-1]) + (self.hidden_units,)
             if self.offset is not False and self.offset is not None:
                 self.beta_dense = keras.layers.Dense(
-                    dim, use_bias=False, kernel_initializer="zeros", name="beta_dense",
-                    dtype=self.dtype_policy)
+                    dim,
+                    use_bias=False,
+                    kernel_initializer="zeros",
+                    name="beta_dense",
+                    dtype=self.dtype_policy,
+                )
                 self.beta_dense.build(cond_shape)
             if self.scale is not False and self.scale is not None:
                 self.gamma_dense = keras.layers.Dense(
-                    dim, use_bias=False, kernel_initializer="zeros", name="gamma_dense",
-                    dtype=self.dtype_policy)
+                    dim,
+                    use_bias=False,
+                    kernel_initializer="zeros",
+                    name="gamma_dense",
+                    dtype=self.dtype_policy,
+                )
                 self.gamma_dense.build(cond_shape)
 
     def _affine(self, x, inputs):
@@ -109,10 +129,13 @@ class ScaleOffset(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            scale=self.scale, offset=self.offset, conditional=self.conditional,
+            scale=self.scale,
+            offset=self.offset,
+            conditional=self.conditional,
             hidden_units=self.hidden_units,
             hidden_activation=serialize_activation(self.hidden_activation),
-            hidden_initializer=keras.initializers.serialize(self.hidden_initializer))
+            hidden_initializer=keras.initializers.serialize(self.hidden_initializer),
+        )
         return with_sublayer_policies(self, config)
 
 
@@ -132,11 +155,20 @@ class LayerNormalization(ScaleOffset):
 
     def call(self, inputs):
         x = ops.cast(inputs[0] if self.conditional else inputs, "float32")
-        if (self.zero_mean and self.unit_variance and self.scale is True
-                and self.offset is True and not self.conditional):
+        if (
+            self.zero_mean
+            and self.unit_variance
+            and self.scale is True
+            and self.offset is True
+            and not self.conditional
+        ):
             # Standard LayerNorm: one fused kernel (torch F.layer_norm) instead of ~9 ops.
-            y = ops.layer_normalization(x, ops.cast(self.gamma, "float32"),
-                                        ops.cast(self.beta, "float32"), epsilon=self.epsilon)
+            y = ops.layer_normalization(
+                x,
+                ops.cast(self.gamma, "float32"),
+                ops.cast(self.beta, "float32"),
+                epsilon=self.epsilon,
+            )
             return ops.cast(y, self.compute_dtype)
         if self.zero_mean:
             x = x - ops.mean(x, axis=-1, keepdims=True)
@@ -147,6 +179,7 @@ class LayerNormalization(ScaleOffset):
 
     def get_config(self):
         config = super().get_config()
-        config.update(zero_mean=self.zero_mean, unit_variance=self.unit_variance,
-                      epsilon=self.epsilon)
+        config.update(
+            zero_mean=self.zero_mean, unit_variance=self.unit_variance, epsilon=self.epsilon
+        )
         return config

@@ -18,6 +18,7 @@ mean and sqrt-length mean, decoder last-token).
 
 import keras
 from keras import ops
+
 from kerasformers.saving import register
 
 MODES = ("mean", "max", "sum", "sqrt_mean", "first", "last")
@@ -48,8 +49,9 @@ class GlobalPooling(keras.layers.Layer):
         super().__init__(**kwargs)
         mode = ALIASES.get(mode, mode)
         if mode not in MODES:
-            raise ValueError(f"GlobalPooling mode must be one of {MODES} or {tuple(ALIASES)}, "
-                             f"got {mode!r}")
+            raise ValueError(
+                f"GlobalPooling mode must be one of {MODES} or {tuple(ALIASES)}, got {mode!r}"
+            )
         self.mode = mode
         self.supports_masking = True
 

@@ -20,7 +20,8 @@ class ALBERT(BERT):
 
     def apply_main_layers(self, inputs, index, names=None):
         return super().apply_main_layers(
-            inputs, index, ("Transformer-MultiHeadSelfAttention", "Transformer-FeedForward"))
+            inputs, index, ("Transformer-MultiHeadSelfAttention", "Transformer-FeedForward")
+        )
 
     def shared_rows(self, attention, feed_forward):
         """Rows of one block, from ALBERT's group_0/inner_group_0 variables."""
@@ -28,14 +29,25 @@ class ALBERT(BERT):
         g = "bert/encoder/transformer/group_0/inner_group_0"
         h = "albert.encoder.albert_layer_groups.0.albert_layers.0"
         return [
-            *dense_rows(f"{p(attention)}/q_dense", f"{g}/attention_1/self/query", f"{h}.attention.query"),
-            *dense_rows(f"{p(attention)}/k_dense", f"{g}/attention_1/self/key", f"{h}.attention.key"),
-            *dense_rows(f"{p(attention)}/v_dense", f"{g}/attention_1/self/value", f"{h}.attention.value"),
-            *dense_rows(f"{p(attention)}/o_dense", f"{g}/attention_1/output/dense", f"{h}.attention.dense"),
+            *dense_rows(
+                f"{p(attention)}/q_dense", f"{g}/attention_1/self/query", f"{h}.attention.query"
+            ),
+            *dense_rows(
+                f"{p(attention)}/k_dense", f"{g}/attention_1/self/key", f"{h}.attention.key"
+            ),
+            *dense_rows(
+                f"{p(attention)}/v_dense", f"{g}/attention_1/self/value", f"{h}.attention.value"
+            ),
+            *dense_rows(
+                f"{p(attention)}/o_dense", f"{g}/attention_1/output/dense", f"{h}.attention.dense"
+            ),
             *norm_rows(p(f"{attention}-Norm"), f"{g}/LayerNorm", f"{h}.attention.LayerNorm"),
             *dense_rows(f"{p(feed_forward)}/i0_dense", f"{g}/ffn_1/intermediate/dense", f"{h}.ffn"),
-            *dense_rows(f"{p(feed_forward)}/o_dense", f"{g}/ffn_1/intermediate/output/dense",
-                        f"{h}.ffn_output"),
+            *dense_rows(
+                f"{p(feed_forward)}/o_dense",
+                f"{g}/ffn_1/intermediate/output/dense",
+                f"{h}.ffn_output",
+            ),
             *norm_rows(p(f"{feed_forward}-Norm"), f"{g}/LayerNorm_1", f"{h}.full_layer_layer_norm"),
         ]
 
@@ -43,11 +55,20 @@ class ALBERT(BERT):
         p = self.prefixed
         return [
             *dense_rows(p("Pooler-Dense"), "bert/pooler/dense", "albert.pooler"),
-            (p("NSP-Proba/kernel"), self.transposed("cls/seq_relationship/output_weights"),
-             self.transposed("sop_classifier.classifier.weight")),
-            (p("NSP-Proba/bias"), "cls/seq_relationship/output_bias", "sop_classifier.classifier.bias"),
+            (
+                p("NSP-Proba/kernel"),
+                self.transposed("cls/seq_relationship/output_weights"),
+                self.transposed("sop_classifier.classifier.weight"),
+            ),
+            (
+                p("NSP-Proba/bias"),
+                "cls/seq_relationship/output_bias",
+                "sop_classifier.classifier.bias",
+            ),
             *dense_rows(p("MLM-Dense"), "cls/predictions/transform/dense", "predictions.dense"),
-            *norm_rows(p("MLM-Norm"), "cls/predictions/transform/LayerNorm", "predictions.LayerNorm"),
+            *norm_rows(
+                p("MLM-Norm"), "cls/predictions/transform/LayerNorm", "predictions.LayerNorm"
+            ),
             (p("MLM-Bias/beta"), "cls/predictions/output_bias", "predictions.bias"),
         ]
 
@@ -77,6 +98,7 @@ class ALBERT_Unshared(ALBERT):
     def weight_table(self):
         rows = self.embedding_rows("bert", "albert")
         for i in range(self.num_hidden_layers):
-            rows += self.shared_rows(f"Transformer-{i}-MultiHeadSelfAttention",
-                                     f"Transformer-{i}-FeedForward")
+            rows += self.shared_rows(
+                f"Transformer-{i}-MultiHeadSelfAttention", f"Transformer-{i}-FeedForward"
+            )
         return rows + self.head_rows("bert", "albert")

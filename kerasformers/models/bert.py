@@ -43,9 +43,18 @@ class BERT(Transformer):
     google_embedding_mapping = "encoder/embedding_hidden_mapping_in"
     hf_embedding_mapping = "encoder.embedding_hidden_mapping_in"
 
-    def __init__(self, max_position=512, segment_vocab_size=2, with_pool=False,
-                 with_nsp=False, with_mlm=False, hierarchical_position=None,
-                 custom_position_ids=False, shared_segment_embeddings=False, **kwargs):
+    def __init__(
+        self,
+        max_position=512,
+        segment_vocab_size=2,
+        with_pool=False,
+        with_nsp=False,
+        with_mlm=False,
+        hierarchical_position=None,
+        custom_position_ids=False,
+        shared_segment_embeddings=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.max_position = max_position
         self.segment_vocab_size = segment_vocab_size
@@ -60,29 +69,54 @@ class BERT(Transformer):
 
     # ------------------------------------------------------------- hooks
     def get_inputs(self):
-        inputs = [keras.Input(shape=(self.sequence_length,), name=self.prefixed("Input-Token"),
-                              dtype="int32")]
+        inputs = [
+            keras.Input(
+                shape=(self.sequence_length,), name=self.prefixed("Input-Token"), dtype="int32"
+            )
+        ]
         if self.segment_vocab_size > 0:
-            inputs.append(keras.Input(shape=(self.sequence_length,), dtype="int32",
-                                      name=self.prefixed("Input-Segment")))
+            inputs.append(
+                keras.Input(
+                    shape=(self.sequence_length,),
+                    dtype="int32",
+                    name=self.prefixed("Input-Segment"),
+                )
+            )
         if self.custom_position_ids:
-            inputs.append(keras.Input(shape=(self.sequence_length,), dtype="int32",
-                                      name=self.prefixed("Input-Position")))
+            inputs.append(
+                keras.Input(
+                    shape=(self.sequence_length,),
+                    dtype="int32",
+                    name=self.prefixed("Input-Position"),
+                )
+            )
         return inputs
 
     def embed_tokens_and_segments(self, inputs):
         """Token (+ segment) embeddings, summed; shared by all BERT-family models."""
         inputs = list(inputs)
         x = inputs.pop(0)
-        x = self.apply(inputs=x, layer=Embedding, input_dim=self.vocab_size,
-                       output_dim=self.embedding_size, embeddings_initializer=self.initializer,
-                       mask_zero=True, pad_token_id=self.pad_token_id, name="Embedding-Token")
+        x = self.apply(
+            inputs=x,
+            layer=Embedding,
+            input_dim=self.vocab_size,
+            output_dim=self.embedding_size,
+            embeddings_initializer=self.initializer,
+            mask_zero=True,
+            pad_token_id=self.pad_token_id,
+            name="Embedding-Token",
+        )
         if self.segment_vocab_size > 0:
             s = inputs.pop(0)
             name = "Embedding-Token" if self.shared_segment_embeddings else "Embedding-Segment"
-            s = self.apply(inputs=s, layer=Embedding, input_dim=self.segment_vocab_size,
-                           output_dim=self.embedding_size,
-                           embeddings_initializer=self.initializer, name=name)
+            s = self.apply(
+                inputs=s,
+                layer=Embedding,
+                input_dim=self.segment_vocab_size,
+                output_dim=self.embedding_size,
+                embeddings_initializer=self.initializer,
+                name=name,
+            )
             x = self.apply(inputs=[x, s], layer=MaskedAdd, name="Embedding-Token-Segment")
         return x, inputs
 
@@ -93,22 +127,36 @@ class BERT(Transformer):
 
     def apply_position_embedding(self, x, position_ids=None):
         """Learned absolute positions (`Embedding-Position`), added to x."""
-        return self.apply(inputs=x if position_ids is None else [x, position_ids],
-                          layer=PositionEmbedding, input_dim=self.max_position,
-                          output_dim=self.embedding_size, merge_mode="add",
-                          hierarchical=self.hierarchical_position,
-                          embeddings_initializer=self.initializer,
-                          custom_position_ids=position_ids is not None,
-                          name="Embedding-Position")
+        return self.apply(
+            inputs=x if position_ids is None else [x, position_ids],
+            layer=PositionEmbedding,
+            input_dim=self.max_position,
+            output_dim=self.embedding_size,
+            merge_mode="add",
+            hierarchical=self.hierarchical_position,
+            embeddings_initializer=self.initializer,
+            custom_position_ids=position_ids is not None,
+            name="Embedding-Position",
+        )
 
     def finish_embeddings(self, x):
-        x = self.apply(inputs=x, layer=LayerNormalization, epsilon=self.embedding_norm_eps,
-                       name="Embedding-Norm")
-        x = self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
-                       name="Embedding-Dropout")
+        x = self.apply(
+            inputs=x,
+            layer=LayerNormalization,
+            epsilon=self.embedding_norm_eps,
+            name="Embedding-Norm",
+        )
+        x = self.apply(
+            inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate, name="Embedding-Dropout"
+        )
         if self.embedding_size != self.hidden_size:
-            x = self.apply(inputs=x, layer=keras.layers.Dense, units=self.hidden_size,
-                           kernel_initializer=self.initializer, name="Embedding-Mapping")
+            x = self.apply(
+                inputs=x,
+                layer=keras.layers.Dense,
+                units=self.hidden_size,
+                kernel_initializer=self.initializer,
+                name="Embedding-Mapping",
+            )
         return x
 
     @property
@@ -122,7 +170,9 @@ class BERT(Transformer):
     def apply_main_layers(self, inputs, index, names=None):
         """Post-LN block: Att -> Dropout -> Add -> LN -> FFN -> Dropout -> Add -> LN."""
         attention_name, feed_forward_name = names or (
-            f"Transformer-{index}-MultiHeadSelfAttention", f"Transformer-{index}-FeedForward")
+            f"Transformer-{index}-MultiHeadSelfAttention",
+            f"Transformer-{index}-FeedForward",
+        )
         x = xi = inputs
         x = self.apply_self_attention(x, attention_name)
         x = self.apply_residual(xi, x, attention_name)
@@ -134,27 +184,42 @@ class BERT(Transformer):
     # Sublayers of a block, shared by every BERT-family layout (pre-/post-LN, GPT2_ML).
     def apply_self_attention(self, x, name, **kwargs):
         """Multi-head self-attention `name`, masked and biased by `attention_arguments`."""
-        return self.apply(inputs=[x, x, x], layer=MultiHeadAttention,
-                          arguments=self.attention_arguments(x),
-                          heads=self.num_attention_heads, head_size=self.attention_head_size,
-                          out_dim=self.hidden_size, key_size=self.attention_key_size,
-                          attention_dropout=self.attention_dropout_rate,
-                          kernel_initializer=self.initializer, name=name, **kwargs)
+        return self.apply(
+            inputs=[x, x, x],
+            layer=MultiHeadAttention,
+            arguments=self.attention_arguments(x),
+            heads=self.num_attention_heads,
+            head_size=self.attention_head_size,
+            out_dim=self.hidden_size,
+            key_size=self.attention_key_size,
+            attention_dropout=self.attention_dropout_rate,
+            kernel_initializer=self.initializer,
+            name=name,
+            **kwargs,
+        )
 
     def apply_feed_forward(self, x, name, **kwargs):
-        return self.apply(inputs=x, layer=FeedForward, units=self.intermediate_size,
-                          activation=self.hidden_act, kernel_initializer=self.initializer,
-                          name=name, **kwargs)
+        return self.apply(
+            inputs=x,
+            layer=FeedForward,
+            units=self.intermediate_size,
+            activation=self.hidden_act,
+            kernel_initializer=self.initializer,
+            name=name,
+            **kwargs,
+        )
 
     def apply_residual(self, xi, x, name):
         """`name`-Dropout on the sublayer output, then `name`-Add with its input xi."""
-        x = self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
-                       name=f"{name}-Dropout")
+        x = self.apply(
+            inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate, name=f"{name}-Dropout"
+        )
         return self.apply(inputs=[xi, x], layer=keras.layers.Add, name=f"{name}-Add")
 
     def apply_norm(self, x, name):
-        return self.apply(inputs=x, layer=LayerNormalization, epsilon=self.layer_norm_eps,
-                          name=name)
+        return self.apply(
+            inputs=x, layer=LayerNormalization, epsilon=self.layer_norm_eps, name=name
+        )
 
     def apply_final_layers(self, inputs):
         x = inputs
@@ -163,13 +228,23 @@ class BERT(Transformer):
             x = outputs[0]
             x = self.apply(inputs=x, layer=TokenSelect, index=0, name="Pooler")
             pool_activation = "tanh" if self.with_pool is True else self.with_pool
-            x = self.apply(inputs=x, layer=keras.layers.Dense, units=self.hidden_size,
-                           activation=pool_activation, kernel_initializer=self.initializer,
-                           name="Pooler-Dense")
+            x = self.apply(
+                inputs=x,
+                layer=keras.layers.Dense,
+                units=self.hidden_size,
+                activation=pool_activation,
+                kernel_initializer=self.initializer,
+                name="Pooler-Dense",
+            )
             if self.with_nsp:
-                x = self.apply(inputs=x, layer=keras.layers.Dense, units=2,
-                               activation="softmax", kernel_initializer=self.initializer,
-                               name="NSP-Proba")
+                x = self.apply(
+                    inputs=x,
+                    layer=keras.layers.Dense,
+                    units=2,
+                    activation="softmax",
+                    kernel_initializer=self.initializer,
+                    name="NSP-Proba",
+                )
             outputs.append(x)
         if self.with_mlm:
             outputs.append(self.apply_mlm_head(outputs[0]))
@@ -180,17 +255,28 @@ class BERT(Transformer):
         return outputs[1:]
 
     def apply_mlm_head(self, x):
-        x = self.apply(inputs=x, layer=keras.layers.Dense, units=self.embedding_size,
-                       activation=self.hidden_act_fn, kernel_initializer=self.initializer,
-                       name="MLM-Dense")
-        x = self.apply(inputs=x, layer=LayerNormalization, epsilon=self.layer_norm_eps,
-                       name="MLM-Norm")
-        x = self.apply(inputs=x, layer=Embedding, arguments={"mode": "dense"},
-                       name="Embedding-Token")
+        x = self.apply(
+            inputs=x,
+            layer=keras.layers.Dense,
+            units=self.embedding_size,
+            activation=self.hidden_act_fn,
+            kernel_initializer=self.initializer,
+            name="MLM-Dense",
+        )
+        x = self.apply(
+            inputs=x, layer=LayerNormalization, epsilon=self.layer_norm_eps, name="MLM-Norm"
+        )
+        x = self.apply(
+            inputs=x, layer=Embedding, arguments={"mode": "dense"}, name="Embedding-Token"
+        )
         x = self.apply(inputs=x, layer=ScaleOffset, scale=False, name="MLM-Bias")
         mlm_activation = "softmax" if self.with_mlm is True else self.with_mlm
-        return self.apply(inputs=x, layer=keras.layers.Activation, activation=mlm_activation,
-                          name="MLM-Activation")
+        return self.apply(
+            inputs=x,
+            layer=keras.layers.Activation,
+            activation=mlm_activation,
+            name="MLM-Activation",
+        )
 
     @property
     def hidden_act_fn(self):
@@ -222,22 +308,39 @@ class BERT(Transformer):
                         f"{shape}, but segment_vocab_size=0 (type_vocab_size in config "
                         "files): they are not loaded, so outputs differ from the original "
                         "model's unless its segment-0 row is zero. Pass segment_vocab_size="
-                        f"{shape[0]} to use them.", UserWarning, stacklevel=2)
+                        f"{shape[0]} to use them.",
+                        UserWarning,
+                        stacklevel=2,
+                    )
         return super().load_weights_from_checkpoint(source, naming=naming)
 
     def embedding_rows(self, g, h):
         """Embedding rows of the table; g/h are the google/hf prefixes."""
         p = self.prefixed
         return [
-            (p("Embedding-Token/embeddings"), f"{g}/embeddings/word_embeddings",
-             f"{h}.embeddings.word_embeddings.weight"),
-            (p("Embedding-Segment/embeddings"), f"{g}/embeddings/token_type_embeddings",
-             f"{h}.embeddings.token_type_embeddings.weight"),
-            (p("Embedding-Position/embeddings"), f"{g}/embeddings/position_embeddings",
-             f"{h}.embeddings.position_embeddings.weight"),
-            *norm_rows(p("Embedding-Norm"), f"{g}/embeddings/LayerNorm", f"{h}.embeddings.LayerNorm"),
-            *dense_rows(p("Embedding-Mapping"), f"{g}/{self.google_embedding_mapping}",
-                        f"{h}.{self.hf_embedding_mapping}"),
+            (
+                p("Embedding-Token/embeddings"),
+                f"{g}/embeddings/word_embeddings",
+                f"{h}.embeddings.word_embeddings.weight",
+            ),
+            (
+                p("Embedding-Segment/embeddings"),
+                f"{g}/embeddings/token_type_embeddings",
+                f"{h}.embeddings.token_type_embeddings.weight",
+            ),
+            (
+                p("Embedding-Position/embeddings"),
+                f"{g}/embeddings/position_embeddings",
+                f"{h}.embeddings.position_embeddings.weight",
+            ),
+            *norm_rows(
+                p("Embedding-Norm"), f"{g}/embeddings/LayerNorm", f"{h}.embeddings.LayerNorm"
+            ),
+            *dense_rows(
+                p("Embedding-Mapping"),
+                f"{g}/{self.google_embedding_mapping}",
+                f"{h}.{self.hf_embedding_mapping}",
+            ),
         ]
 
     def layer_rows(self, i, g, h, attention, feed_forward):
@@ -245,13 +348,28 @@ class BERT(Transformer):
         p = self.prefixed
         g, h = f"{g}/encoder/layer_{i}", f"{h}.encoder.layer.{i}"
         return [
-            *dense_rows(f"{p(attention)}/q_dense", f"{g}/attention/self/query", f"{h}.attention.self.query"),
-            *dense_rows(f"{p(attention)}/k_dense", f"{g}/attention/self/key", f"{h}.attention.self.key"),
-            *dense_rows(f"{p(attention)}/v_dense", f"{g}/attention/self/value", f"{h}.attention.self.value"),
-            *dense_rows(f"{p(attention)}/o_dense", f"{g}/attention/output/dense", f"{h}.attention.output.dense"),
-            *norm_rows(p(f"{attention}-Norm"), f"{g}/attention/output/LayerNorm",
-                       f"{h}.attention.output.LayerNorm"),
-            *dense_rows(f"{p(feed_forward)}/i0_dense", f"{g}/intermediate/dense", f"{h}.intermediate.dense"),
+            *dense_rows(
+                f"{p(attention)}/q_dense", f"{g}/attention/self/query", f"{h}.attention.self.query"
+            ),
+            *dense_rows(
+                f"{p(attention)}/k_dense", f"{g}/attention/self/key", f"{h}.attention.self.key"
+            ),
+            *dense_rows(
+                f"{p(attention)}/v_dense", f"{g}/attention/self/value", f"{h}.attention.self.value"
+            ),
+            *dense_rows(
+                f"{p(attention)}/o_dense",
+                f"{g}/attention/output/dense",
+                f"{h}.attention.output.dense",
+            ),
+            *norm_rows(
+                p(f"{attention}-Norm"),
+                f"{g}/attention/output/LayerNorm",
+                f"{h}.attention.output.LayerNorm",
+            ),
+            *dense_rows(
+                f"{p(feed_forward)}/i0_dense", f"{g}/intermediate/dense", f"{h}.intermediate.dense"
+            ),
             *dense_rows(f"{p(feed_forward)}/o_dense", f"{g}/output/dense", f"{h}.output.dense"),
             *norm_rows(p(f"{feed_forward}-Norm"), f"{g}/output/LayerNorm", f"{h}.output.LayerNorm"),
         ]
@@ -260,13 +378,20 @@ class BERT(Transformer):
         p = self.prefixed
         return [
             *dense_rows(p("Pooler-Dense"), f"{g}/pooler/dense", f"{h}.pooler.dense"),
-            (p("NSP-Proba/kernel"), T("cls/seq_relationship/output_weights"),
-             T("cls.seq_relationship.weight")),
+            (
+                p("NSP-Proba/kernel"),
+                T("cls/seq_relationship/output_weights"),
+                T("cls.seq_relationship.weight"),
+            ),
             (p("NSP-Proba/bias"), "cls/seq_relationship/output_bias", "cls.seq_relationship.bias"),
-            *dense_rows(p("MLM-Dense"), "cls/predictions/transform/dense",
-                        "cls.predictions.transform.dense"),
-            *norm_rows(p("MLM-Norm"), "cls/predictions/transform/LayerNorm",
-                       "cls.predictions.transform.LayerNorm"),
+            *dense_rows(
+                p("MLM-Dense"), "cls/predictions/transform/dense", "cls.predictions.transform.dense"
+            ),
+            *norm_rows(
+                p("MLM-Norm"),
+                "cls/predictions/transform/LayerNorm",
+                "cls.predictions.transform.LayerNorm",
+            ),
             (p("MLM-Bias/beta"), "cls/predictions/output_bias", "cls.predictions.bias"),
         ]
 
@@ -274,8 +399,9 @@ class BERT(Transformer):
         g, h = self.google_prefix, self.hf_prefixes[0]
         rows = self.embedding_rows(g, h)
         for i in range(self.num_hidden_layers):
-            rows += self.layer_rows(i, g, h, f"Transformer-{i}-MultiHeadSelfAttention",
-                                    f"Transformer-{i}-FeedForward")
+            rows += self.layer_rows(
+                i, g, h, f"Transformer-{i}-MultiHeadSelfAttention", f"Transformer-{i}-FeedForward"
+            )
         return rows + self.head_rows(g, h)
 
     def hf_config(self):
@@ -283,15 +409,18 @@ class BERT(Transformer):
         return {
             "model_type": self.hf_model_type,
             "architectures": [self.hf_architecture()],
-            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
             "num_hidden_layers": self.num_hidden_layers,
             "num_attention_heads": self.num_attention_heads,
-            "intermediate_size": self.intermediate_size, "hidden_act": act,
+            "intermediate_size": self.intermediate_size,
+            "hidden_act": act,
             "hidden_dropout_prob": self.dropout_rate,
             "attention_probs_dropout_prob": self.attention_dropout_rate,
             "max_position_embeddings": getattr(self, "max_position", 512),
             "type_vocab_size": self.segment_vocab_size,
-            "layer_norm_eps": self.layer_norm_eps, "pad_token_id": self.pad_token_id,
+            "layer_norm_eps": self.layer_norm_eps,
+            "pad_token_id": self.pad_token_id,
             "embedding_size": self.embedding_size,
         }
 
@@ -311,5 +440,7 @@ def dense_rows(path, google, hf, bias=True):
 
 
 def norm_rows(path, google, hf):
-    return [(f"{path}/gamma", f"{google}/gamma", f"{hf}.weight"),
-            (f"{path}/beta", f"{google}/beta", f"{hf}.bias")]
+    return [
+        (f"{path}/gamma", f"{google}/gamma", f"{hf}.weight"),
+        (f"{path}/beta", f"{google}/beta", f"{hf}.bias"),
+    ]

@@ -23,8 +23,10 @@ class ELECTRA(BERT):
 
     def __init__(self, with_discriminator=False, **kwargs):
         if kwargs.get("with_pool") or kwargs.get("with_mlm") or kwargs.get("with_nsp"):
-            raise ValueError("electra supports with_discriminator only "
-                             "(with_pool, with_nsp and with_mlm are not available)")
+            raise ValueError(
+                "electra supports with_discriminator only "
+                "(with_pool, with_nsp and with_mlm are not available)"
+            )
         super().__init__(**kwargs)
         self.with_discriminator = with_discriminator
 
@@ -32,20 +34,37 @@ class ELECTRA(BERT):
         x = inputs
         if self.with_discriminator:
             activation = "sigmoid" if self.with_discriminator is True else self.with_discriminator
-            x = self.apply(inputs=x, layer=keras.layers.Dense, units=self.hidden_size,
-                           activation=self.hidden_act_fn, kernel_initializer=self.initializer,
-                           name="Discriminator-Dense")
-            x = self.apply(inputs=x, layer=keras.layers.Dense, units=1, activation=activation,
-                           kernel_initializer=self.initializer, name="Discriminator-Prediction")
+            x = self.apply(
+                inputs=x,
+                layer=keras.layers.Dense,
+                units=self.hidden_size,
+                activation=self.hidden_act_fn,
+                kernel_initializer=self.initializer,
+                name="Discriminator-Dense",
+            )
+            x = self.apply(
+                inputs=x,
+                layer=keras.layers.Dense,
+                units=1,
+                activation=activation,
+                kernel_initializer=self.initializer,
+                name="Discriminator-Prediction",
+            )
         return x
 
     def head_rows(self, g, h):
         p = self.prefixed
         return [
-            *dense_rows(p("Discriminator-Dense"), "discriminator_predictions/dense",
-                        "discriminator_predictions.dense"),
-            *dense_rows(p("Discriminator-Prediction"), "discriminator_predictions/dense_1",
-                        "discriminator_predictions.dense_prediction"),
+            *dense_rows(
+                p("Discriminator-Dense"),
+                "discriminator_predictions/dense",
+                "discriminator_predictions.dense",
+            ),
+            *dense_rows(
+                p("Discriminator-Prediction"),
+                "discriminator_predictions/dense_1",
+                "discriminator_predictions.dense_prediction",
+            ),
         ]
 
     def hf_architecture(self):

@@ -60,8 +60,9 @@ def _token_ids_only(model, kwargs):
     default to 2) is ignored, as in the original; custom position ids are refused."""
     kwargs["segment_vocab_size"] = 0
     if kwargs.pop("custom_position_ids", False):
-        raise ValueError(f"{type(model).__name__} takes token ids only "
-                         "(custom_position_ids is not available)")
+        raise ValueError(
+            f"{type(model).__name__} takes token ids only (custom_position_ids is not available)"
+        )
 
 
 class GPT(BERT):
@@ -78,30 +79,42 @@ class GPT(BERT):
     def __init__(self, final_activation="softmax", **kwargs):
         for head in ("with_pool", "with_nsp", "with_mlm"):
             if kwargs.pop(head, False):
-                raise ValueError(f"{type(self).__name__} has no {head} head: its output is "
-                                 "always the tied LM head (final_activation='softmax' for "
-                                 "probabilities, 'linear' for logits)")
+                raise ValueError(
+                    f"{type(self).__name__} has no {head} head: its output is "
+                    "always the tied LM head (final_activation='softmax' for "
+                    "probabilities, 'linear' for logits)"
+                )
         super().__init__(**kwargs)
         self.final_activation = final_activation
         if self.embedding_size != self.hidden_size:
-            raise ValueError(f"{type(self).__name__}: embedding_size ({self.embedding_size}) "
-                             f"must equal hidden_size ({self.hidden_size}), the LM output "
-                             "is the tied token embedding")
+            raise ValueError(
+                f"{type(self).__name__}: embedding_size ({self.embedding_size}) "
+                f"must equal hidden_size ({self.hidden_size}), the LM output "
+                "is the tied token embedding"
+            )
         if self.attention_mode == "unilm" and self.segment_vocab_size <= 0:
-            raise ValueError(f"application='unilm' needs segment ids: {type(self).__name__} "
-                             "was built with segment_vocab_size=0")
+            raise ValueError(
+                f"application='unilm' needs segment ids: {type(self).__name__} "
+                "was built with segment_vocab_size=0"
+            )
 
     # ------------------------------------------------------------- hooks
     def finish_embeddings(self, x):
         """No embedding LayerNorm, only Dropout."""
-        return self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
-                          name="Embedding-Dropout")
+        return self.apply(
+            inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate, name="Embedding-Dropout"
+        )
 
     def apply_final_layers(self, inputs):
-        x = self.apply(inputs=inputs, layer=Embedding, arguments={"mode": "dense"},
-                       name="Embedding-Token")
-        return self.apply(inputs=x, layer=keras.layers.Activation,
-                          activation=self.final_activation, name="LM-Activation")
+        x = self.apply(
+            inputs=inputs, layer=Embedding, arguments={"mode": "dense"}, name="Embedding-Token"
+        )
+        return self.apply(
+            inputs=x,
+            layer=keras.layers.Activation,
+            activation=self.final_activation,
+            name="LM-Activation",
+        )
 
     # ------------------------------------------------------------- weights
     def google_name(self, name):
@@ -110,13 +123,19 @@ class GPT(BERT):
     def weight_table(self):
         rows = self.embedding_rows("bert", "bert")
         for i in range(self.num_hidden_layers):
-            rows += self.layer_rows(i, "bert", "bert", f"Transformer-{i}-MultiHeadSelfAttention",
-                                    f"Transformer-{i}-FeedForward")
+            rows += self.layer_rows(
+                i,
+                "bert",
+                "bert",
+                f"Transformer-{i}-MultiHeadSelfAttention",
+                f"Transformer-{i}-FeedForward",
+            )
         return [(path, _rename(g, self.google_name), None) for path, g, _ in rows]
 
     def hf_config(self):
-        raise NotImplementedError(f"{type(self).__name__} has no transformers equivalent; "
-                                  "save with naming='google'")
+        raise NotImplementedError(
+            f"{type(self).__name__} has no transformers equivalent; save with naming='google'"
+        )
 
 
 class GPT2(GPT):
@@ -143,17 +162,18 @@ class GPT2(GPT):
         attention_name = f"Transformer-{index}-MultiHeadSelfAttention"
         feed_forward_name = f"Transformer-{index}-FeedForward"
         xi = inputs
-        x = self.apply_self_attention(self.apply_norm(xi, f"{attention_name}-Norm"),
-                                      attention_name)
+        x = self.apply_self_attention(self.apply_norm(xi, f"{attention_name}-Norm"), attention_name)
         xi = self.apply_residual(xi, x, attention_name)
-        x = self.apply_feed_forward(self.apply_norm(xi, f"{feed_forward_name}-Norm"),
-                                    feed_forward_name)
+        x = self.apply_feed_forward(
+            self.apply_norm(xi, f"{feed_forward_name}-Norm"), feed_forward_name
+        )
         return self.apply_residual(xi, x, feed_forward_name)
 
     def apply_final_layers(self, inputs):
         x = self.apply_norm(inputs, "Output-Norm")
-        x = self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
-                       name="Output-Dropout")
+        x = self.apply(
+            inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate, name="Output-Dropout"
+        )
         return super().apply_final_layers(x)
 
     # ------------------------------------------------------------- weights
@@ -163,20 +183,27 @@ class GPT2(GPT):
     def weight_table(self):
         p = self.prefixed
         google = [row[:2] for row in super().weight_table()]
-        google += [(p("Output-Norm/gamma"), "gpt/output/LayerNorm/gamma"),
-                   (p("Output-Norm/beta"), "gpt/output/LayerNorm/beta")]
-        hf = {p("Embedding-Token/embeddings"): "transformer.wte.weight",
-              p("Embedding-Position/embeddings"): "transformer.wpe.weight",
-              p("Output-Norm/gamma"): "transformer.ln_f.weight",
-              p("Output-Norm/beta"): "transformer.ln_f.bias"}
+        google += [
+            (p("Output-Norm/gamma"), "gpt/output/LayerNorm/gamma"),
+            (p("Output-Norm/beta"), "gpt/output/LayerNorm/beta"),
+        ]
+        hf = {
+            p("Embedding-Token/embeddings"): "transformer.wte.weight",
+            p("Embedding-Position/embeddings"): "transformer.wpe.weight",
+            p("Output-Norm/gamma"): "transformer.ln_f.weight",
+            p("Output-Norm/beta"): "transformer.ln_f.bias",
+        }
         for i in range(self.num_hidden_layers):
             a, f = p(f"Transformer-{i}-MultiHeadSelfAttention"), p(f"Transformer-{i}-FeedForward")
             h = f"transformer.h.{i}"
             for part, name in enumerate(("q_dense", "k_dense", "v_dense")):  # fused q|k|v
                 hf[f"{a}/{name}/kernel"] = split(f"{h}.attn.c_attn.weight", part, 3)
                 hf[f"{a}/{name}/bias"] = split(f"{h}.attn.c_attn.bias", part, 3)
-            for ours, theirs in ((f"{a}/o_dense", "attn.c_proj"), (f"{f}/i0_dense", "mlp.c_fc"),
-                                 (f"{f}/o_dense", "mlp.c_proj")):
+            for ours, theirs in (
+                (f"{a}/o_dense", "attn.c_proj"),
+                (f"{f}/i0_dense", "mlp.c_fc"),
+                (f"{f}/o_dense", "mlp.c_proj"),
+            ):
                 # HF Conv1D stores [in, out], as a Keras kernel: not transposed
                 hf[f"{ours}/kernel"] = f"{h}.{theirs}.weight"
                 hf[f"{ours}/bias"] = f"{h}.{theirs}.bias"
@@ -188,13 +215,20 @@ class GPT2(GPT):
     def hf_config(self):
         act = self.hidden_act if isinstance(self.hidden_act, str) else "gelu_new"
         return {
-            "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
-            "vocab_size": self.vocab_size, "n_embd": self.hidden_size,
-            "n_layer": self.num_hidden_layers, "n_head": self.num_attention_heads,
-            "n_inner": self.intermediate_size, "n_positions": self.max_position,
-            "activation_function": act, "layer_norm_epsilon": self.layer_norm_eps,
-            "resid_pdrop": self.dropout_rate, "embd_pdrop": self.dropout_rate,
-            "attn_pdrop": self.attention_dropout_rate, "pad_token_id": self.pad_token_id,
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": self.vocab_size,
+            "n_embd": self.hidden_size,
+            "n_layer": self.num_hidden_layers,
+            "n_head": self.num_attention_heads,
+            "n_inner": self.intermediate_size,
+            "n_positions": self.max_position,
+            "activation_function": act,
+            "layer_norm_epsilon": self.layer_norm_eps,
+            "resid_pdrop": self.dropout_rate,
+            "embd_pdrop": self.dropout_rate,
+            "attn_pdrop": self.attention_dropout_rate,
+            "pad_token_id": self.pad_token_id,
             "tie_word_embeddings": True,
         }
 
@@ -220,8 +254,9 @@ class GPT2_ML(GPT):
         feed_forward_name = f"Transformer-{index}-FeedForward"
         x = self.apply_self_attention(inputs, attention_name)
         xi = self.apply_residual(inputs, x, attention_name)
-        x = self.apply_feed_forward(self.apply_norm(xi, f"{feed_forward_name}-Norm-0"),
-                                    feed_forward_name)
+        x = self.apply_feed_forward(
+            self.apply_norm(xi, f"{feed_forward_name}-Norm-0"), feed_forward_name
+        )
         x = self.apply_residual(xi, x, feed_forward_name)
         return self.apply_norm(x, f"{feed_forward_name}-Norm-1")
 

@@ -25,12 +25,17 @@ class NEZHA(BERT):
         in RoFormer) pairs dimensions, so the key size per head must be even."""
         super().check_arguments(arguments)
         hidden, heads = arguments.get("hidden_size"), arguments.get("num_attention_heads")
-        size = (arguments.get("attention_key_size") or arguments.get("attention_head_size")
-                or (hidden // heads if hidden and heads else None))
+        size = (
+            arguments.get("attention_key_size")
+            or arguments.get("attention_head_size")
+            or (hidden // heads if hidden and heads else None)
+        )
         if size is not None and size % 2:
-            raise ValueError(f"{cls.__name__}: the key size per head ({size}: "
-                             "attention_key_size, attention_head_size or hidden_size / "
-                             "num_attention_heads) must be even for sinusoidal positions")
+            raise ValueError(
+                f"{cls.__name__}: the key size per head ({size}: "
+                "attention_key_size, attention_head_size or hidden_size / "
+                "num_attention_heads) must be even for sinusoidal positions"
+            )
 
     def __init__(self, max_relative_position=64, **kwargs):
         super().__init__(**kwargs)
@@ -41,17 +46,23 @@ class NEZHA(BERT):
         return self.finish_embeddings(x)
 
     def attention_arguments(self, x):
-        return {"attention_mask": self.compute_attention_bias(),
-                "position_bias": self.compute_position_bias(x), "p_bias": "typical_relative"}
+        return {
+            "attention_mask": self.compute_attention_bias(),
+            "position_bias": self.compute_position_bias(x),
+            "p_bias": "typical_relative",
+        }
 
     def compute_position_bias(self, inputs=None):
         if self.position_bias is None:
             x = inputs
             self.position_bias = self.apply(
-                inputs=[x, x], layer=RelativePositionEmbedding,
+                inputs=[x, x],
+                layer=RelativePositionEmbedding,
                 input_dim=2 * self.max_relative_position + 1,
-                output_dim=self.attention_key_size, sinusoidal=True,
-                name="Embedding-Relative-Position")
+                output_dim=self.attention_key_size,
+                sinusoidal=True,
+                name="Embedding-Relative-Position",
+            )
         return self.position_bias
 
     def hf_config(self):

@@ -34,11 +34,13 @@ class RoBERTa(BERT):
         p = self.prefixed
         rows = []
         for path, google, hf in super().head_rows(g, h):
-            hf = {p("MLM-Dense/kernel"): T("lm_head.dense.weight"),
-                  p("MLM-Dense/bias"): "lm_head.dense.bias",
-                  p("MLM-Norm/gamma"): "lm_head.layer_norm.weight",
-                  p("MLM-Norm/beta"): "lm_head.layer_norm.bias",
-                  p("MLM-Bias/beta"): "lm_head.bias"}.get(path, hf)
+            hf = {
+                p("MLM-Dense/kernel"): T("lm_head.dense.weight"),
+                p("MLM-Dense/bias"): "lm_head.dense.bias",
+                p("MLM-Norm/gamma"): "lm_head.layer_norm.weight",
+                p("MLM-Norm/beta"): "lm_head.layer_norm.bias",
+                p("MLM-Bias/beta"): "lm_head.bias",
+            }.get(path, hf)
             rows.append((path, google, hf))
         return rows
 
@@ -49,6 +51,3 @@ class RoBERTa(BERT):
 
     def hf_architecture(self):
         return "RobertaForMaskedLM" if self.with_mlm else "RobertaModel"
-
-
-

@@ -23,16 +23,23 @@ class RoFormer(NEZHA):
     hf_embedding_mapping = "embeddings_project"
 
     def attention_arguments(self, x):
-        return {"attention_mask": self.compute_attention_bias(),
-                "position_bias": self.compute_position_bias(x), "p_bias": "rotary"}
+        return {
+            "attention_mask": self.compute_attention_bias(),
+            "position_bias": self.compute_position_bias(x),
+            "p_bias": "rotary",
+        }
 
     def compute_position_bias(self, inputs=None):
         if self.position_bias is None:
             x = [inputs, self.inputs[-1]] if self.custom_position_ids else inputs
             self.position_bias = self.apply(
-                inputs=x, layer=SinusoidalPositionEmbedding,
-                output_dim=self.attention_key_size, merge_mode="zero",
-                custom_position_ids=self.custom_position_ids, name="Embedding-Rotary-Position")
+                inputs=x,
+                layer=SinusoidalPositionEmbedding,
+                output_dim=self.attention_key_size,
+                merge_mode="zero",
+                custom_position_ids=self.custom_position_ids,
+                name="Embedding-Rotary-Position",
+            )
         return self.position_bias
 
     def hf_config(self):
@@ -45,8 +52,9 @@ class RoFormer(NEZHA):
         if naming == "hf":
             # transformers keeps its (frozen, half-split) sin/cos table as a weight
             # and reports it missing otherwise; it is not ours, so it is computed.
-            tensors[f"{self.hf_prefixes[0]}.encoder.embed_positions.weight"] = \
-                hf_sinusoidal_table(self.max_position, self.hidden_size // self.num_attention_heads)
+            tensors[f"{self.hf_prefixes[0]}.encoder.embed_positions.weight"] = hf_sinusoidal_table(
+                self.max_position, self.hidden_size // self.num_attention_heads
+            )
         return tensors
 
     def hf_architecture(self):
@@ -67,13 +75,19 @@ class RoFormerV2(RoFormer):
 
     def apply_embeddings(self, inputs):
         x, _ = self.embed_tokens_and_segments(inputs)
-        x = self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
-                       name="Embedding-Dropout")
+        x = self.apply(
+            inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate, name="Embedding-Dropout"
+        )
         x = self.apply_norm(x, "Embedding-Norm")
         if self.embedding_size != self.hidden_size:
-            x = self.apply(inputs=x, layer=keras.layers.Dense, units=self.hidden_size,
-                           use_bias=False, kernel_initializer=self.initializer,
-                           name="Embedding-Mapping")
+            x = self.apply(
+                inputs=x,
+                layer=keras.layers.Dense,
+                units=self.hidden_size,
+                use_bias=False,
+                kernel_initializer=self.initializer,
+                name="Embedding-Mapping",
+            )
         return x
 
     def apply_self_attention(self, x, name, **kwargs):
@@ -84,24 +98,42 @@ class RoFormerV2(RoFormer):
 
     def apply_norm(self, x, name):
         """Parameter-free RMS-style norm (no mean, no scale, no offset)."""
-        return self.apply(inputs=x, layer=LayerNormalization, zero_mean=False, scale=False,
-                          offset=False, epsilon=self.layer_norm_eps, name=name)
+        return self.apply(
+            inputs=x,
+            layer=LayerNormalization,
+            zero_mean=False,
+            scale=False,
+            offset=False,
+            epsilon=self.layer_norm_eps,
+            name=name,
+        )
 
     def apply_final_layers(self, inputs):
         x = inputs
         if not self.with_mlm:
             return x
         if self.embedding_size != self.hidden_size:
-            x = self.apply(inputs=x, layer=keras.layers.Dense, units=self.embedding_size,
-                           use_bias=False, kernel_initializer=self.initializer,
-                           name="Output-Mapping")
-        x = self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
-                       name="Output-MLM-Dropout")
-        x = self.apply(inputs=x, layer=Embedding, arguments={"mode": "dense"},
-                       name="Embedding-Token")
+            x = self.apply(
+                inputs=x,
+                layer=keras.layers.Dense,
+                units=self.embedding_size,
+                use_bias=False,
+                kernel_initializer=self.initializer,
+                name="Output-Mapping",
+            )
+        x = self.apply(
+            inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate, name="Output-MLM-Dropout"
+        )
+        x = self.apply(
+            inputs=x, layer=Embedding, arguments={"mode": "dense"}, name="Embedding-Token"
+        )
         activation = "softmax" if self.with_mlm is True else self.with_mlm
-        return self.apply(inputs=x, layer=keras.layers.Activation, activation=activation,
-                          name="Output-MLM-Activation")
+        return self.apply(
+            inputs=x,
+            layer=keras.layers.Activation,
+            activation=activation,
+            name="Output-MLM-Activation",
+        )
 
     def vocab_paths(self):
         return {self.prefixed("Embedding-Token/embeddings")}
@@ -114,8 +146,9 @@ class RoFormerV2(RoFormer):
             if path.endswith(("/bias", "/beta", "/gamma")):
                 continue
             keep.append(row)
-        keep.append((self.prefixed("Output-Mapping/kernel"),
-                     "cls/predictions/transform/dense/kernel", None))
+        keep.append(
+            (self.prefixed("Output-Mapping/kernel"), "cls/predictions/transform/dense/kernel", None)
+        )
         return keep
 
 
@@ -139,9 +172,13 @@ class RoFormerV2Initializer(keras.initializers.Initializer):
 
     def __call__(self, shape, dtype=None):
         fan = shape[1] if (shape[0] > 10000 or shape[0] < 10) else shape[0]
-        std = 1.13684723 / fan ** 0.5 * self.gain * self.num_layers ** (-1.0 / self.order)
+        std = 1.13684723 / fan**0.5 * self.gain * self.num_layers ** (-1.0 / self.order)
         return keras.random.truncated_normal(shape, stddev=std, dtype=dtype, seed=self.seed)
 
     def get_config(self):
-        return {"num_layers": self.num_layers, "order": self.order, "gain": self.gain,
-                "seed": self.seed}
+        return {
+            "num_layers": self.num_layers,
+            "order": self.order,
+            "gain": self.gain,
+            "seed": self.seed,
+        }

@@ -59,8 +59,14 @@ def model_signature(model):
     Random seed-generator states are named by a session-wide counter
     (`seed_generator_3/...` in a second model), so they count by position only.
     """
-    rows = [["<seed generator state>" if "seed_generator_state" in v.path else v.path,
-             [int(d) for d in v.shape], str(v.dtype)] for v in model.variables]
+    rows = [
+        [
+            "<seed generator state>" if "seed_generator_state" in v.path else v.path,
+            [int(d) for d in v.shape],
+            str(v.dtype),
+        ]
+        for v in model.variables
+    ]
     digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
     return rows, digest
 
@@ -68,8 +74,10 @@ def model_signature(model):
 def _optimizer(model):
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None:
-        raise ValueError("the model is not compiled: compile it with its optimizer before "
-                         "saving or restoring a training checkpoint")
+        raise ValueError(
+            "the model is not compiled: compile it with its optimizer before "
+            "saving or restoring a training checkpoint"
+        )
     if not optimizer.built:
         optimizer.build(model.trainable_variables)
     return optimizer
@@ -110,8 +118,11 @@ def list_checkpoints(directory):
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir()
-             if (m := _STEP_DIR.match(p.name)) and (p / "meta.json").is_file()]
+    found = [
+        (int(m.group(1)), p)
+        for p in directory.iterdir()
+        if (m := _STEP_DIR.match(p.name)) and (p / "meta.json").is_file()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -169,8 +180,11 @@ def _describe_mismatch(saved, current):
     current_map = {row[0]: row[1:] for row in current}
     missing = [p for p in current_map if p not in saved_map]
     extra = [p for p in saved_map if p not in current_map]
-    changed = [f"{p}: {saved_map[p]} in the checkpoint, {current_map[p]} in the model"
-               for p in current_map if p in saved_map and saved_map[p] != current_map[p]]
+    changed = [
+        f"{p}: {saved_map[p]} in the checkpoint, {current_map[p]} in the model"
+        for p in current_map
+        if p in saved_map and saved_map[p] != current_map[p]
+    ]
     parts = []
     if missing:
         parts.append(f"{len(missing)} variables not in the checkpoint (e.g. {missing[:3]})")
@@ -200,17 +214,23 @@ def restore_checkpoint(model, directory_or_checkpoint, data=None):
         raise ValueError(f"{checkpoint} is not a complete training checkpoint (no meta.json)")
     meta = json.loads(meta_path.read_text())
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{checkpoint}: unsupported checkpoint format "
-                         f"{meta.get('format_version')!r}")
+        raise ValueError(
+            f"{checkpoint}: unsupported checkpoint format {meta.get('format_version')!r}"
+        )
     rows, digest = model_signature(model)
     if meta["model_signature"] != digest:
-        raise ValueError(f"{checkpoint} was written by another model: "
-                         f"{_describe_mismatch(meta['model_variables'], rows)}")
-    if meta["optimizer_class"] != type(optimizer).__name__ or \
-            meta["optimizer_variables"] != _optimizer_paths(optimizer):
-        raise ValueError(f"{checkpoint} was written with optimizer {meta['optimizer_class']} "
-                         f"({len(meta['optimizer_variables'])} variables); this model's is "
-                         f"{type(optimizer).__name__} ({len(optimizer.variables)} variables)")
+        raise ValueError(
+            f"{checkpoint} was written by another model: "
+            f"{_describe_mismatch(meta['model_variables'], rows)}"
+        )
+    if meta["optimizer_class"] != type(optimizer).__name__ or meta[
+        "optimizer_variables"
+    ] != _optimizer_paths(optimizer):
+        raise ValueError(
+            f"{checkpoint} was written with optimizer {meta['optimizer_class']} "
+            f"({len(meta['optimizer_variables'])} variables); this model's is "
+            f"{type(optimizer).__name__} ({len(optimizer.variables)} variables)"
+        )
     if data is not None and hasattr(data, "check_state"):
         data.check_state(meta["data_state"])
     with np.load(checkpoint / "variables.npz", allow_pickle=False) as stored:
@@ -219,8 +239,10 @@ def restore_checkpoint(model, directory_or_checkpoint, data=None):
     targets += [(f"optimizer/{i}", v) for i, v in enumerate(optimizer.variables)]
     for key, variable in targets:
         if key not in values or tuple(values[key].shape) != tuple(variable.shape):
-            raise ValueError(f"{checkpoint}/variables.npz: {key} ({variable.path}) is missing "
-                             "or has the wrong shape (a damaged checkpoint)")
+            raise ValueError(
+                f"{checkpoint}/variables.npz: {key} ({variable.path}) is missing "
+                "or has the wrong shape (a damaged checkpoint)"
+            )
     for key, variable in targets:
         variable.assign(values[key])
     if "rng/torch" in values:

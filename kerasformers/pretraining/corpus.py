@@ -41,8 +41,9 @@ def strip_pos_tags(line):
     return "".join(token.rsplit("/", 1)[0] for token in line.split())
 
 
-def read_documents(paths, text_field="text", format="auto", document_separator="line",
-                   encoding="utf-8"):
+def read_documents(
+    paths, text_field="text", format="auto", document_separator="line", encoding="utf-8"
+):
     """Yield the non-empty documents of a corpus, in order.
 
     Args:
@@ -67,8 +68,9 @@ def read_documents(paths, text_field="text", format="auto", document_separator="
     if format not in _FORMATS:
         raise ValueError(f"format must be one of {_FORMATS}, got {format!r}")
     if document_separator not in _SEPARATORS:
-        raise ValueError(f"document_separator must be one of {_SEPARATORS}, got "
-                         f"{document_separator!r}")
+        raise ValueError(
+            f"document_separator must be one of {_SEPARATORS}, got {document_separator!r}"
+        )
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not isinstance(paths, (list, tuple)):
@@ -87,8 +89,9 @@ def describe_corpus(paths):
     if isinstance(paths, (str, os.PathLike)):
         return repr(os.fspath(paths))
     if isinstance(paths, (list, tuple)):
-        names = [repr(os.fspath(p)) if isinstance(p, (str, os.PathLike)) else repr(p)
-                 for p in paths[:3]]
+        names = [
+            repr(os.fspath(p)) if isinstance(p, (str, os.PathLike)) else repr(p) for p in paths[:3]
+        ]
         more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
         return "[" + ", ".join(names) + more + "]"
     return f"an iterable of documents ({type(paths).__name__})"
@@ -96,13 +99,15 @@ def describe_corpus(paths):
 
 def _checked_path(path):
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"a list or tuple is read as corpus paths; got {path!r} "
-                        f"({type(path).__name__}) in it")
+        raise TypeError(
+            f"a list or tuple is read as corpus paths; got {path!r} ({type(path).__name__}) in it"
+        )
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"corpus file not found: {path!r} (a list or tuple is read as file paths; to "
-            f"pass documents, pass an iterator such as iter(texts))")
+            f"pass documents, pass an iterator such as iter(texts))"
+        )
     return path
 
 
@@ -127,15 +132,17 @@ def _lines(path, encoding):
             for number, line in enumerate(f, 1):
                 yield number, line
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not {encoding} text after line {number} "
-                         f"({error.reason})") from None
+        raise ValueError(
+            f"{path}: not {encoding} text after line {number} ({error.reason})"
+        ) from None
 
 
 def _iterable_documents(documents):
     for index, text in enumerate(documents):
         if not isinstance(text, str):
-            raise TypeError(f"document {index} of the iterable is a {type(text).__name__}, "
-                            f"not a str")
+            raise TypeError(
+                f"document {index} of the iterable is a {type(text).__name__}, not a str"
+            )
         text = text.strip()
         if text:
             yield text
@@ -167,18 +174,25 @@ def _jsonl_documents(path, text_field, encoding):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg}); JSON lines "
-                             f"hold one object per line") from None
+            raise ValueError(
+                f"{path}:{number}: not valid JSON ({error.msg}); JSON lines "
+                f"hold one object per line"
+            ) from None
         if not isinstance(record, dict):
-            raise ValueError(f"{path}:{number}: a JSON line must be an object with a "
-                             f"{text_field!r} field, got {type(record).__name__}")
+            raise ValueError(
+                f"{path}:{number}: a JSON line must be an object with a "
+                f"{text_field!r} field, got {type(record).__name__}"
+            )
         if text_field not in record:
-            raise ValueError(f"{path}:{number}: the object has no {text_field!r} field "
-                             f"(fields: {sorted(record)[:10]}); set text_field=")
+            raise ValueError(
+                f"{path}:{number}: the object has no {text_field!r} field "
+                f"(fields: {sorted(record)[:10]}); set text_field="
+            )
         text = record[text_field]
         if not isinstance(text, str):
-            raise ValueError(f"{path}:{number}: field {text_field!r} is a "
-                             f"{type(text).__name__}, not a string")
+            raise ValueError(
+                f"{path}:{number}: field {text_field!r} is a {type(text).__name__}, not a string"
+            )
         text = text.strip()
         if text:
             yield text
@@ -224,14 +238,18 @@ def resolve_word_segment(word_segment):
         return None, "none"
     if isinstance(word_segment, str):
         if word_segment != "jieba":
-            raise ValueError(f"word_segment must be 'jieba', None or a callable text -> list "
-                             f"of words, got {word_segment!r}")
+            raise ValueError(
+                f"word_segment must be 'jieba', None or a callable text -> list "
+                f"of words, got {word_segment!r}"
+            )
         import jieba  # imported on first use: the dictionary takes a second to load
 
         return jieba.lcut, "jieba"
     if not callable(word_segment):
-        raise TypeError(f"word_segment must be 'jieba', None or a callable text -> list of "
-                        f"words, got {type(word_segment).__name__}")
+        raise TypeError(
+            f"word_segment must be 'jieba', None or a callable text -> list of "
+            f"words, got {type(word_segment).__name__}"
+        )
     jieba = sys.modules.get("jieba")
     if jieba is not None and word_segment == getattr(jieba, "lcut", None):
         return word_segment, "jieba"  # the same segmenter as 'jieba'
@@ -308,7 +326,7 @@ def _chunks(ids, starts, limit):
     while len(ids) > limit:
         cut = next((j for j in range(limit, 0, -1) if starts[j]), limit)
         yield ids[:cut], starts[:cut]
-        ids, starts = ids[cut:], [1] + list(starts[cut + 1:])
+        ids, starts = ids[cut:], [1] + list(starts[cut + 1 :])
     yield ids, starts
 
 
@@ -335,8 +353,9 @@ def pack_document(sentences, sequence_length, cls_id, sep_id):
      ([1, 10, 11, 12, 2], [1, 1, 0, 0, 1])]
     """
     if sequence_length < 3:
-        raise ValueError(f"sequence_length must be at least 3 ([CLS] token [SEP]), got "
-                         f"{sequence_length}")
+        raise ValueError(
+            f"sequence_length must be at least 3 ([CLS] token [SEP]), got {sequence_length}"
+        )
     limit = sequence_length - 2
     instances, ids, starts = [], [], []
 
@@ -346,8 +365,9 @@ def pack_document(sentences, sequence_length, cls_id, sep_id):
     for number, (sentence_ids, sentence_starts) in enumerate(sentences):
         sentence_ids, sentence_starts = list(sentence_ids), list(sentence_starts)
         if len(sentence_ids) != len(sentence_starts):
-            raise ValueError(f"sentence {number}: {len(sentence_ids)} ids but "
-                             f"{len(sentence_starts)} word_starts")
+            raise ValueError(
+                f"sentence {number}: {len(sentence_ids)} ids but {len(sentence_starts)} word_starts"
+            )
         for chunk_ids, chunk_starts in _chunks(sentence_ids, sentence_starts, limit):
             if ids and len(ids) + len(chunk_ids) > limit:
                 flush()
@@ -359,17 +379,20 @@ def pack_document(sentences, sequence_length, cls_id, sep_id):
     return instances
 
 
-def document_instances(tokenizer, document, sequence_length, word_segment="jieba",
-                       seps=SENTENCE_SEPARATORS):
+def document_instances(
+    tokenizer, document, sequence_length, word_segment="jieba", seps=SENTENCE_SEPARATORS
+):
     """All the steps on one document: `split_sentences`, `tokenize_words`, `pack_document`.
 
     The start and end tokens of `tokenizer` are the instances' first and last tokens.
     (See the module docstring for an example.)
     """
     if tokenizer.start_id is None or tokenizer.end_id is None:
-        raise ValueError(f"the tokenizer needs start and end tokens to frame instances; it "
-                         f"has token_start={tokenizer.token_start!r}, "
-                         f"token_end={tokenizer.token_end!r}")
+        raise ValueError(
+            f"the tokenizer needs start and end tokens to frame instances; it "
+            f"has token_start={tokenizer.token_start!r}, "
+            f"token_end={tokenizer.token_end!r}"
+        )
     segment, _ = resolve_word_segment(word_segment)
     sentences = (_tokenize_words(tokenizer, s, segment) for s in split_sentences(document, seps))
     return pack_document(sentences, sequence_length, tokenizer.start_id, tokenizer.end_id)

@@ -41,8 +41,10 @@ _FEED_FORWARD = r"[^/]*Transformer(-\d+)?-FeedForward"
 # Small dense layers kept whole on every device: splitting them saves little
 # memory and costs a collective each (MLM-Dense feeds a norm over its full
 # output, so a split would be gathered right away).
-_SMALL_DENSE = (r"[^/]*(Embedding-Mapping|Output-Mapping|MLM-Dense|Pooler-Dense|NSP-Proba"
-                r"|Discriminator-Dense|Discriminator-Prediction)")
+_SMALL_DENSE = (
+    r"[^/]*(Embedding-Mapping|Output-Mapping|MLM-Dense|Pooler-Dense|NSP-Proba"
+    r"|Discriminator-Dense|Discriminator-Prediction)"
+)
 
 
 def _rules(model, data):
@@ -65,8 +67,7 @@ def _rules(model, data):
         # small embeddings and small dense heads.
         (rf"({_ATTENTION}|{_FEED_FORWARD})/o_dense/bias", (None,)),
         (r"[^/]*Norm(-\d+)?/(gamma|beta)", (None,)),
-        (r"[^/]*(Embedding-Segment|Embedding-Position|Relative-Position)/embeddings",
-         (None, None)),
+        (r"[^/]*(Embedding-Segment|Embedding-Position|Relative-Position)/embeddings", (None, None)),
         (rf"{_SMALL_DENSE}/kernel", (None, None)),
         (rf"{_SMALL_DENSE}/bias", (None,)),
     ]
@@ -98,15 +99,19 @@ def get_layout_map(device_mesh, model_axis=MODEL_AXIS, data_axis=None):
     ('model', 'batch')
     """
     if not isinstance(device_mesh, keras.distribution.DeviceMesh):
-        raise TypeError(f"device_mesh must be a keras.distribution.DeviceMesh, got "
-                        f"{type(device_mesh).__name__}")
+        raise TypeError(
+            f"device_mesh must be a keras.distribution.DeviceMesh, got {type(device_mesh).__name__}"
+        )
     for role, axis in (("model_axis", model_axis), ("data_axis", data_axis)):
         if axis is not None and axis not in device_mesh.axis_names:
-            raise ValueError(f"{role}={axis!r} is not an axis of the device mesh "
-                             f"{list(device_mesh.axis_names)}")
+            raise ValueError(
+                f"{role}={axis!r} is not an axis of the device mesh {list(device_mesh.axis_names)}"
+            )
     if model_axis is None or model_axis == data_axis:
-        raise ValueError(f"model_axis must name a mesh axis other than data_axis, got "
-                         f"model_axis={model_axis!r}, data_axis={data_axis!r}")
+        raise ValueError(
+            f"model_axis must name a mesh axis other than data_axis, got "
+            f"model_axis={model_axis!r}, data_axis={data_axis!r}"
+        )
     layout_map = keras.distribution.LayoutMap(device_mesh)
     for pattern, axes in _rules(model_axis, data_axis):
         layout_map[pattern] = axes
@@ -149,13 +154,16 @@ def model_parallel(model_shards, devices=None, fully_sharded=False):
     """
     devices = keras.distribution.list_devices() if devices is None else list(devices)
     if model_shards < 1 or len(devices) % model_shards:
-        raise ValueError(f"model_shards={model_shards} must divide the number of devices "
-                         f"({len(devices)})")
-    mesh = keras.distribution.DeviceMesh((len(devices) // model_shards, model_shards),
-                                         (BATCH_AXIS, MODEL_AXIS), devices=devices)
+        raise ValueError(
+            f"model_shards={model_shards} must divide the number of devices ({len(devices)})"
+        )
+    mesh = keras.distribution.DeviceMesh(
+        (len(devices) // model_shards, model_shards), (BATCH_AXIS, MODEL_AXIS), devices=devices
+    )
     layout_map = get_layout_map(mesh, MODEL_AXIS, BATCH_AXIS if fully_sharded else None)
-    return keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name=BATCH_AXIS,
-                                            auto_shard_dataset=False)
+    return keras.distribution.ModelParallel(
+        layout_map=layout_map, batch_dim_name=BATCH_AXIS, auto_shard_dataset=False
+    )
 
 
 def initialize_multiprocess(coordinator=None, num_processes=None, process_id=None):
@@ -181,9 +189,13 @@ def initialize_multiprocess(coordinator=None, num_processes=None, process_id=Non
         raise RuntimeError(
             f"multi-process training runs on the JAX backend (keras.distribution); on "
             f"KERAS_BACKEND={backend} kerasformers trains on a single device. Set "
-            f"KERAS_BACKEND=jax to train on several devices or machines.")
-    if num_processes is not None and process_id is not None and not (
-            0 <= process_id < num_processes):
+            f"KERAS_BACKEND=jax to train on several devices or machines."
+        )
+    if (
+        num_processes is not None
+        and process_id is not None
+        and not (0 <= process_id < num_processes)
+    ):
         raise ValueError(f"process_id must lie in [0, {num_processes}), got {process_id}")
     import jax
 

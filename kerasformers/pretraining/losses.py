@@ -23,6 +23,7 @@ losses on ``Lambda`` layers: pass them to ``model.compile``.
 
 import keras
 from keras import ops
+
 from kerasformers.saving import register
 
 IGNORE = -100
@@ -100,16 +101,17 @@ class MaskedAccuracy(keras.metrics.Metric):
 
     def __init__(self, name="masked_accuracy", dtype=None):
         super().__init__(name=name, dtype=dtype)
-        self.correct = self.add_variable(shape=(), initializer="zeros", dtype="float32",
-                                         name="correct")
-        self.count = self.add_variable(shape=(), initializer="zeros", dtype="float32",
-                                       name="count")
+        self.correct = self.add_variable(
+            shape=(), initializer="zeros", dtype="float32", name="correct"
+        )
+        self.count = self.add_variable(shape=(), initializer="zeros", dtype="float32", name="count")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         logits = ops.cast(y_pred, "float32")
         labels, valid = _labels_and_valid(y_true, logits)
-        hits = ops.cast(ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), labels),
-                        "float32")
+        hits = ops.cast(
+            ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), labels), "float32"
+        )
         weights = _token_weights(valid, sample_weight)
         self.correct.assign_add(ops.sum(hits * weights))
         self.count.assign_add(ops.sum(weights))

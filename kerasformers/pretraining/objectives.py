@@ -40,17 +40,21 @@ class _Objective:
         ids = np.asarray(ids, dtype=np.int32)
         word_starts = np.asarray(word_starts, dtype=bool)
         if ids.ndim != 1 or word_starts.shape != ids.shape:
-            raise ValueError(f"ids and word_starts must be 1-D of one length, got shapes "
-                             f"{ids.shape} and {word_starts.shape}")
+            raise ValueError(
+                f"ids and word_starts must be 1-D of one length, got shapes "
+                f"{ids.shape} and {word_starts.shape}"
+            )
         if ids.size > self.sequence_length:
-            raise ValueError(f"{type(self).__name__}: a record of {ids.size} tokens is longer "
-                             f"than sequence_length={self.sequence_length} (shards written for "
-                             "a longer sequence_length?)")
+            raise ValueError(
+                f"{type(self).__name__}: a record of {ids.size} tokens is longer "
+                f"than sequence_length={self.sequence_length} (shards written for "
+                "a longer sequence_length?)"
+            )
         return ids, word_starts
 
     def _pad(self, values, fill):
         out = np.full(self.sequence_length, fill, dtype=np.int32)
-        out[:len(values)] = values
+        out[: len(values)] = values
         return out
 
     def get_config(self):
@@ -85,23 +89,36 @@ class MaskedLM(_Objective):
     [-100, 10, 11, 12, -100, -100, -100, -100]
     """
 
-    def __init__(self, vocab_size, mask_id, special_ids, sequence_length, mask_rate=0.15,
-                 mask_prob=0.8, random_prob=0.1):
+    def __init__(
+        self,
+        vocab_size,
+        mask_id,
+        special_ids,
+        sequence_length,
+        mask_rate=0.15,
+        mask_prob=0.8,
+        random_prob=0.1,
+    ):
         super().__init__(sequence_length)
         self.vocab_size = int(vocab_size)
         self.mask_id = int(mask_id)
         self.special_ids = sorted({int(i) for i in special_ids})
         self.mask_rate, self.mask_prob, self.random_prob = (
-            float(mask_rate), float(mask_prob), float(random_prob))
+            float(mask_rate),
+            float(mask_prob),
+            float(random_prob),
+        )
         if not 0 <= self.mask_id < self.vocab_size:
-            raise ValueError(f"mask_id {self.mask_id} is outside the vocabulary "
-                             f"[0, {self.vocab_size})")
+            raise ValueError(
+                f"mask_id {self.mask_id} is outside the vocabulary [0, {self.vocab_size})"
+            )
         for name in ("mask_rate", "mask_prob", "random_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.mask_prob + self.random_prob > 1.0:
-            raise ValueError(f"mask_prob + random_prob must be <= 1, got {self.mask_prob} + "
-                             f"{self.random_prob}")
+            raise ValueError(
+                f"mask_prob + random_prob must be <= 1, got {self.mask_prob} + {self.random_prob}"
+            )
         bad = [i for i in self.special_ids if not 0 <= i < self.vocab_size]
         if bad:
             raise ValueError(f"special_ids {bad} are outside the vocabulary [0, {self.vocab_size})")
@@ -117,9 +134,11 @@ class MaskedLM(_Objective):
         ids, starts = self._check(ids, word_starts)
         n = ids.size
         if n and not 0 <= ids.min() <= ids.max() < self.vocab_size:
-            raise ValueError(f"MaskedLM: the record holds ids in [{ids.min()}, {ids.max()}], "
-                             f"outside [0, vocab_size={self.vocab_size}) (shards written with "
-                             "another tokenizer?)")
+            raise ValueError(
+                f"MaskedLM: the record holds ids in [{ids.min()}, {ids.max()}], "
+                f"outside [0, vocab_size={self.vocab_size}) (shards written with "
+                "another tokenizer?)"
+            )
         starts = starts.copy()
         starts[:1] = True  # a record never begins inside a word
         word = np.cumsum(starts) - 1  # the word each token belongs to
@@ -133,14 +152,23 @@ class MaskedLM(_Objective):
         picks = rng.integers(0, max(self._random_pool.size, 1), size=int(to_random.sum()))
         token_ids[to_random] = self._random_pool[picks]
         labels = np.where(chosen, ids, IGNORE)
-        return (self._pad(token_ids, 0), np.zeros(self.sequence_length, np.int32),
-                self._pad(labels, IGNORE))
+        return (
+            self._pad(token_ids, 0),
+            np.zeros(self.sequence_length, np.int32),
+            self._pad(labels, IGNORE),
+        )
 
     def get_config(self):
-        return {"class": "MaskedLM", "vocab_size": self.vocab_size, "mask_id": self.mask_id,
-                "special_ids": list(self.special_ids), "sequence_length": self.sequence_length,
-                "mask_rate": self.mask_rate, "mask_prob": self.mask_prob,
-                "random_prob": self.random_prob}
+        return {
+            "class": "MaskedLM",
+            "vocab_size": self.vocab_size,
+            "mask_id": self.mask_id,
+            "special_ids": list(self.special_ids),
+            "sequence_length": self.sequence_length,
+            "mask_rate": self.mask_rate,
+            "mask_prob": self.mask_prob,
+            "random_prob": self.random_prob,
+        }
 
 
 class CausalLM(_Objective):
@@ -156,8 +184,11 @@ class CausalLM(_Objective):
 
     def __call__(self, ids, word_starts, rng):
         ids, _ = self._check(ids, word_starts)
-        return (self._pad(ids, 0), np.zeros(self.sequence_length, np.int32),
-                self._pad(ids[1:], IGNORE))
+        return (
+            self._pad(ids, 0),
+            np.zeros(self.sequence_length, np.int32),
+            self._pad(ids[1:], IGNORE),
+        )
 
     def get_config(self):
         return {"class": "CausalLM", "sequence_length": self.sequence_length}
@@ -194,29 +225,32 @@ class UniLM(_Objective):
     def __init__(self, sep_id, sequence_length):
         super().__init__(sequence_length)
         if self.sequence_length < 5:
-            raise ValueError(f"UniLM needs sequence_length >= 5 ([CLS] a [SEP] b [SEP]), got "
-                             f"{self.sequence_length}")
+            raise ValueError(
+                f"UniLM needs sequence_length >= 5 ([CLS] a [SEP] b [SEP]), got "
+                f"{self.sequence_length}"
+            )
         self.sep_id = int(sep_id)
 
     def __call__(self, ids, word_starts, rng):
         ids, _ = self._check(ids, word_starts)
         if ids.size < 2 or ids[-1] != self.sep_id:
-            raise ValueError(f"UniLM expects records [CLS] ... [SEP] ending with sep_id="
-                             f"{self.sep_id}; got {ids.tolist()[:8]}...")
+            raise ValueError(
+                f"UniLM expects records [CLS] ... [SEP] ending with sep_id="
+                f"{self.sep_id}; got {ids.tolist()[:8]}..."
+            )
         content = ids[1:-1]
         if ids.size + 1 > self.sequence_length:
             content = content[:-1]
         segment_ids = np.zeros(self.sequence_length, np.int32)
         if content.size < 2:
-            return (self._pad(ids, 0), segment_ids,
-                    np.full(self.sequence_length, IGNORE, np.int32))
+            return (self._pad(ids, 0), segment_ids, np.full(self.sequence_length, IGNORE, np.int32))
         split = int(rng.integers(1, content.size))  # a = content[:split], b non-empty
         sep = np.array([self.sep_id], np.int32)
         tokens = np.concatenate([ids[:1], content[:split], sep, content[split:], sep])
         source = split + 2  # [CLS] a [SEP]
-        segment_ids[source:tokens.size] = 1
+        segment_ids[source : tokens.size] = 1
         labels = np.full(self.sequence_length, IGNORE, np.int32)
-        labels[source - 1:tokens.size - 1] = tokens[source:]
+        labels[source - 1 : tokens.size - 1] = tokens[source:]
         return self._pad(tokens, 0), segment_ids, labels
 
     def get_config(self):

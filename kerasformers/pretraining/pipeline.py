@@ -56,8 +56,15 @@ STATE_VERSION = 1
 # Settings a resumed run must share with the interrupted one. The process
 # index and count are saved but not compared: the global batches do not
 # depend on them, so a run may resume on another number of processes.
-_STATE_KEYS = ("seed", "batch_size", "shuffle", "num_epochs", "shards", "manifest_sha256",
-               "objective")
+_STATE_KEYS = (
+    "seed",
+    "batch_size",
+    "shuffle",
+    "num_epochs",
+    "shards",
+    "manifest_sha256",
+    "objective",
+)
 
 
 def _shard_files(shards):
@@ -66,11 +73,16 @@ def _shard_files(shards):
         directory = os.fspath(shards)
         names = sorted(os.listdir(directory))
         files = [os.path.join(directory, n) for n in names if n.endswith(SHARD_SUFFIX)]
-        unknown = [n for n in names if not n.endswith(SHARD_SUFFIX) and n != MANIFEST
-                   and not n.startswith(".")]
+        unknown = [
+            n
+            for n in names
+            if not n.endswith(SHARD_SUFFIX) and n != MANIFEST and not n.startswith(".")
+        ]
         if unknown:
-            raise ValueError(f"shard directory {directory} holds files that are neither "
-                             f"*{SHARD_SUFFIX} shards nor {MANIFEST}: {unknown[:5]}")
+            raise ValueError(
+                f"shard directory {directory} holds files that are neither "
+                f"*{SHARD_SUFFIX} shards nor {MANIFEST}: {unknown[:5]}"
+            )
         if not files:
             raise ValueError(f"shard directory {directory} holds no *{SHARD_SUFFIX} files")
         manifest_path = os.path.join(directory, MANIFEST)
@@ -108,8 +120,9 @@ def _record_counts(files):
         except RuntimeError:  # the reader's own refusals (e.g. "should be at least 64KB")
             ok = False
         if not ok:
-            raise ValueError(f"{f} is not a readable ArrayRecord file (truncated, or written "
-                             "by another tool)")
+            raise ValueError(
+                f"{f} is not a readable ArrayRecord file (truncated, or written by another tool)"
+            )
     return counts
 
 
@@ -143,8 +156,9 @@ class _Decode:
             key = index % int(self.ends[-1])
             shard = int(np.searchsorted(self.ends, key, side="right"))
             position = key - (int(self.ends[shard - 1]) if shard else 0)
-            raise ValueError(f"record {position} of {self.files[shard]} does not decode: "
-                             f"{error}") from None
+            raise ValueError(
+                f"record {position} of {self.files[shard]} does not decode: {error}"
+            ) from None
 
 
 class _Apply:
@@ -183,16 +197,28 @@ class PretrainingData:
     The module docstring has a runnable example.
     """
 
-    def __init__(self, shards, objective, batch_size, seed=0, shuffle=True, num_epochs=None,
-                 process_index=None, process_count=None, workers=0):
+    def __init__(
+        self,
+        shards,
+        objective,
+        batch_size,
+        seed=0,
+        shuffle=True,
+        num_epochs=None,
+        process_index=None,
+        process_count=None,
+        workers=0,
+    ):
         self.files, self.manifest, self.manifest_sha256 = _shard_files(shards)
         self.counts = _record_counts(self.files)
         self.num_records = sum(self.counts)
         if not self.num_records:
             raise ValueError(f"the shards hold no records: {self.files[:5]}")
         if not callable(objective) or not hasattr(objective, "sequence_length"):
-            raise ValueError(f"objective must be callable as objective(ids, word_starts, rng) "
-                             f"and have a sequence_length; got {objective!r}")
+            raise ValueError(
+                f"objective must be callable as objective(ids, word_starts, rng) "
+                f"and have a sequence_length; got {objective!r}"
+            )
         self.objective = objective
         self.batch_size, self.seed, self.workers = int(batch_size), int(seed), int(workers)
         self.shuffle = bool(shuffle)
@@ -212,15 +238,20 @@ class PretrainingData:
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.process_count < 1 or not 0 <= self.process_index < self.process_count:
-            raise ValueError(f"need 0 <= process_index < process_count, got "
-                             f"{self.process_index} and {self.process_count}")
+            raise ValueError(
+                f"need 0 <= process_index < process_count, got "
+                f"{self.process_index} and {self.process_count}"
+            )
         if self.batch_size % self.process_count:
-            raise ValueError(f"the global batch_size {self.batch_size} is not divisible by "
-                             f"process_count={self.process_count}")
-        if self.num_epochs is not None and \
-                self.num_records * self.num_epochs < self.batch_size:
-            raise ValueError(f"{self.num_epochs} epoch(s) of {self.num_records} records do not "
-                             f"fill one batch of {self.batch_size}")
+            raise ValueError(
+                f"the global batch_size {self.batch_size} is not divisible by "
+                f"process_count={self.process_count}"
+            )
+        if self.num_epochs is not None and self.num_records * self.num_epochs < self.batch_size:
+            raise ValueError(
+                f"{self.num_epochs} epoch(s) of {self.num_records} records do not "
+                f"fill one batch of {self.batch_size}"
+            )
 
     def _check_manifest(self):
         if self.manifest is None:
@@ -228,21 +259,30 @@ class PretrainingData:
         listed = {s.get("file"): s.get("instances") for s in self.manifest.get("shards", [])}
         present = {os.path.basename(f): n for f, n in zip(self.files, self.counts)}
         if listed and sorted(listed) != sorted(present):
-            raise ValueError(f"the manifest lists shards {_names(listed)}; the directory holds "
-                             f"{_names(present)} (an unfinished or mixed shard directory)")
-        wrong = [f"{name} ({present[name]} records, manifest {n})"
-                 for name, n in listed.items() if n is not None and n != present[name]]
+            raise ValueError(
+                f"the manifest lists shards {_names(listed)}; the directory holds "
+                f"{_names(present)} (an unfinished or mixed shard directory)"
+            )
+        wrong = [
+            f"{name} ({present[name]} records, manifest {n})"
+            for name, n in listed.items()
+            if n is not None and n != present[name]
+        ]
         if wrong:
             raise ValueError(f"shards differ from their manifest: {', '.join(wrong)}")
         length = self.manifest.get("sequence_length")
         if length is not None and int(length) > self.objective.sequence_length:
-            raise ValueError(f"the shards were written for sequence_length={length}, longer than "
-                             f"the objective's {self.objective.sequence_length}")
+            raise ValueError(
+                f"the shards were written for sequence_length={length}, longer than "
+                f"the objective's {self.objective.sequence_length}"
+            )
         vocab = self._manifest_vocab_size()
         wanted = getattr(self.objective, "vocab_size", None)
         if vocab is not None and wanted is not None and wanted < vocab:
-            raise ValueError(f"the objective's vocab_size={wanted} is smaller than that of the "
-                             f"tokenizer that wrote the shards ({vocab})")
+            raise ValueError(
+                f"the objective's vocab_size={wanted} is smaller than that of the "
+                f"tokenizer that wrote the shards ({vocab})"
+            )
 
     def _manifest_tokenizer(self):
         return (self.manifest or {}).get("tokenizer") or {}
@@ -277,7 +317,7 @@ class PretrainingData:
         ds = ds.repeat(self.num_epochs)
         ds = ds.random_map(_Apply(self.objective), seed=map_seed)
         if self.num_epochs is not None:
-            ds = ds[:len(ds) - len(ds) % self.batch_size]
+            ds = ds[: len(ds) - len(ds) % self.batch_size]
         return ds
 
     def batches(self, start_step=0):
@@ -292,12 +332,13 @@ class PretrainingData:
         if start_step < 0:
             raise ValueError(f"start_step must be >= 0, got {start_step}")
         ds = self.examples().batch(self.local_batch_size, drop_remainder=True)
-        ds = ds[self.process_index::self.process_count][start_step:]
+        ds = ds[self.process_index :: self.process_count][start_step:]
         ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
         if self.workers:
             _parse_absl_flags()
-            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers,
-                                                             per_worker_buffer_size=2))
+            ds = ds.mp_prefetch(
+                grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=2)
+            )
         return ds
 
     def state(self, step):
@@ -311,8 +352,9 @@ class PretrainingData:
             "num_epochs": self.num_epochs,
             "process_index": self.process_index,
             "process_count": self.process_count,
-            "shards": [{"name": os.path.basename(f), "records": n}
-                       for f, n in zip(self.files, self.counts)],
+            "shards": [
+                {"name": os.path.basename(f), "records": n} for f, n in zip(self.files, self.counts)
+            ],
             "manifest_sha256": self.manifest_sha256,
             "objective": json.loads(json.dumps(self.objective.get_config())),
         }
@@ -324,16 +366,19 @@ class PretrainingData:
         and count may differ (the global batches do not depend on them).
         """
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise ValueError(f"not a PretrainingData state (version {STATE_VERSION}): "
-                             f"{str(state)[:200]}")
+            raise ValueError(
+                f"not a PretrainingData state (version {STATE_VERSION}): {str(state)[:200]}"
+            )
         ours = self.state(state.get("step", 0))
         differ = []
         for key in _STATE_KEYS:
             if state.get(key) != ours[key]:
                 differ.append(f"{key}: saved {_short(state.get(key))}, now {_short(ours[key])}")
         if differ:
-            raise ValueError("cannot resume exactly: the data pipeline differs from the saved "
-                             "one in " + "; ".join(differ))
+            raise ValueError(
+                "cannot resume exactly: the data pipeline differs from the saved "
+                "one in " + "; ".join(differ)
+            )
         return int(state["step"])
 
     def max_id(self):
@@ -364,30 +409,41 @@ class PretrainingData:
         if tokenizer is not None:
             size = int(tokenizer.vocab_size)
             if shard_vocab is not None and size != shard_vocab:
-                raise ValueError(f"the shards were written by a tokenizer with {shard_vocab} "
-                                 f"tokens; this tokenizer has {size}")
+                raise ValueError(
+                    f"the shards were written by a tokenizer with {shard_vocab} "
+                    f"tokens; this tokenizer has {size}"
+                )
             from kerasformers.pretraining.shards import vocab_hash
 
             digest = vocab_hash(tokenizer) if info.get("vocab_sha256") else None
             if digest is not None and digest != info["vocab_sha256"]:
-                raise ValueError("the shards were written by another tokenizer: vocabulary "
-                                 f"sha256 {info['vocab_sha256'][:12]}... in the manifest, "
-                                 f"{digest[:12]}... for this one")
+                raise ValueError(
+                    "the shards were written by another tokenizer: vocabulary "
+                    f"sha256 {info['vocab_sha256'][:12]}... in the manifest, "
+                    f"{digest[:12]}... for this one"
+                )
             if shard_vocab is None and self.max_id() >= size:
-                raise ValueError(f"the shards hold id {self.max_id()}, outside this "
-                                 f"tokenizer's {size} tokens")
+                raise ValueError(
+                    f"the shards hold id {self.max_id()}, outside this tokenizer's {size} tokens"
+                )
         if vocab_size is not None:
             vocab_size = int(vocab_size)
             if shard_vocab is not None and vocab_size < shard_vocab:
-                raise ValueError(f"the model's vocab_size={vocab_size} is smaller than the "
-                                 f"shards' tokenizer vocabulary ({shard_vocab} tokens)")
+                raise ValueError(
+                    f"the model's vocab_size={vocab_size} is smaller than the "
+                    f"shards' tokenizer vocabulary ({shard_vocab} tokens)"
+                )
             if shard_vocab is None and self.max_id() >= vocab_size:
-                raise ValueError(f"the shards hold id {self.max_id()}, outside the model's "
-                                 f"vocab_size={vocab_size}")
+                raise ValueError(
+                    f"the shards hold id {self.max_id()}, outside the model's "
+                    f"vocab_size={vocab_size}"
+                )
             wanted = getattr(self.objective, "vocab_size", None)
             if wanted is not None and wanted > vocab_size:
-                raise ValueError(f"the objective draws ids below {wanted}, more than the "
-                                 f"model's vocab_size={vocab_size}")
+                raise ValueError(
+                    f"the objective draws ids below {wanted}, more than the "
+                    f"model's vocab_size={vocab_size}"
+                )
 
 
 def _parse_absl_flags():
@@ -405,8 +461,7 @@ def _parse_absl_flags():
 
 def _names(shards, limit=4):
     names = sorted(shards)
-    return str(names[:limit])[:-1] + (f", ... {len(names)} in all]" if len(names) > limit
-                                      else "]")
+    return str(names[:limit])[:-1] + (f", ... {len(names)} in all]" if len(names) > limit else "]")
 
 
 def _short(value, limit=120):

@@ -23,8 +23,10 @@ def encode_record(token_ids, word_starts):
     ids = np.asarray(token_ids, dtype=np.int64)
     starts = np.asarray(word_starts, dtype=np.int64)
     if ids.ndim != 1 or starts.shape != ids.shape:
-        raise ValueError(f"token_ids and word_starts must be 1-D of one length, got shapes "
-                         f"{ids.shape} and {starts.shape}")
+        raise ValueError(
+            f"token_ids and word_starts must be 1-D of one length, got shapes "
+            f"{ids.shape} and {starts.shape}"
+        )
     if ids.size and (ids.min() < 0 or ids.max() >= 2**31):
         raise ValueError("token ids must lie in [0, 2**31)")
     return np.concatenate([ids, starts != 0]).astype(_DTYPE).tobytes()
@@ -33,8 +35,10 @@ def encode_record(token_ids, word_starts):
 def decode_record(data):
     """`(ids int32 [n], word_starts bool [n])` from the bytes of `encode_record`."""
     if len(data) % (2 * _DTYPE.itemsize):
-        raise ValueError(f"a pretraining record holds 2n int32 values; got {len(data)} bytes "
-                         "(a shard written by another tool or truncated)")
+        raise ValueError(
+            f"a pretraining record holds 2n int32 values; got {len(data)} bytes "
+            "(a shard written by another tool or truncated)"
+        )
     values = np.frombuffer(data, dtype=_DTYPE)
     n = values.size // 2
     return values[:n].astype(np.int32), values[n:] != 0

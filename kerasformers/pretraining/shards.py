@@ -38,7 +38,11 @@ from functools import partial
 from itertools import islice
 
 from kerasformers.pretraining.corpus import (
-    describe_corpus, document_instances, read_documents, resolve_word_segment)
+    describe_corpus,
+    document_instances,
+    read_documents,
+    resolve_word_segment,
+)
 from kerasformers.pretraining.records import encode_record
 
 FORMAT = "kerasformers.pretraining.shards"
@@ -79,8 +83,10 @@ def tokenizer_info(tokenizer):
         "do_lower_case": getattr(tokenizer, "do_lower_case", None),
         "vocab_size": int(tokenizer.vocab_size),
         "vocab_sha256": vocab_hash(tokenizer),
-        "special_ids": {name: getattr(tokenizer, f"{name}_id", None)
-                        for name in ("cls", "sep", "pad", "unk", "mask")},
+        "special_ids": {
+            name: getattr(tokenizer, f"{name}_id", None)
+            for name in ("cls", "sep", "pad", "unk", "mask")
+        },
     }
 
 
@@ -88,8 +94,9 @@ def read_manifest(directory):
     """The manifest of a shard directory, as a dict (see `write_shards`)."""
     path = os.path.join(os.fspath(directory), MANIFEST)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist: not a shard directory, or "
-                                f"write_shards has not finished there")
+        raise FileNotFoundError(
+            f"{path} does not exist: not a shard directory, or write_shards has not finished there"
+        )
     with open(path, encoding="utf-8") as f:
         try:
             manifest = json.load(f)
@@ -98,14 +105,26 @@ def read_manifest(directory):
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} has format_version {manifest.get('format_version')!r}; "
-                         f"this version of kerasformers reads {FORMAT_VERSION}")
+        raise ValueError(
+            f"{path} has format_version {manifest.get('format_version')!r}; "
+            f"this version of kerasformers reads {FORMAT_VERSION}"
+        )
     return manifest
 
 
-def write_shards(corpus, output_dir, tokenizer, sequence_length=512, word_segment="jieba",
-                 workers=1, documents_per_shard=10000, text_field="text", progress=True,
-                 resume=True, start_method=None):
+def write_shards(
+    corpus,
+    output_dir,
+    tokenizer,
+    sequence_length=512,
+    word_segment="jieba",
+    workers=1,
+    documents_per_shard=10000,
+    text_field="text",
+    progress=True,
+    resume=True,
+    start_method=None,
+):
     """Tokenize and pack a corpus into ArrayRecord shards; returns the manifest.
 
     Args:
@@ -144,8 +163,11 @@ def write_shards(corpus, output_dir, tokenizer, sequence_length=512, word_segmen
     """
     _check_arguments(sequence_length, workers, documents_per_shard, tokenizer)
     _, segment_name = resolve_word_segment(word_segment)
-    settings = {"sequence_length": int(sequence_length), "word_segment": segment_name,
-                "tokenizer": tokenizer_info(tokenizer)}
+    settings = {
+        "sequence_length": int(sequence_length),
+        "word_segment": segment_name,
+        "tokenizer": tokenizer_info(tokenizer),
+    }
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     _remove_temporaries(output_dir)
@@ -158,11 +180,17 @@ def write_shards(corpus, output_dir, tokenizer, sequence_length=512, word_segmen
 
     documents = read_documents(corpus, text_field=text_field)
     groups = enumerate(iter(lambda: list(islice(documents, documents_per_shard)), []))
-    write = partial(_write_shard, tokenizer=tokenizer, output_dir=output_dir,
-                    word_segment=word_segment, settings=settings)
+    write = partial(
+        _write_shard,
+        tokenizer=tokenizer,
+        output_dir=output_dir,
+        word_segment=word_segment,
+        settings=settings,
+    )
     counts = {}
     bar = _progress_bar(progress)
     try:
+
         def pending():
             for index, group in groups:
                 digest = _documents_sha256(group)
@@ -188,15 +216,22 @@ def write_shards(corpus, output_dir, tokenizer, sequence_length=512, word_segmen
     if not totals["documents"]:
         raise ValueError(f"the corpus {describe_corpus(corpus)} holds no non-empty document")
     if not totals["instances"]:
-        raise ValueError(f"the corpus {describe_corpus(corpus)} gave no token: its "
-                         f"{totals['documents']} documents tokenize to nothing")
+        raise ValueError(
+            f"the corpus {describe_corpus(corpus)} gave no token: its "
+            f"{totals['documents']} documents tokenize to nothing"
+        )
     _remove_stale_shards(output_dir, len(shards))
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                "record": "kerasformers.pretraining.records: int32 [ids..., word_starts...]",
-                "sequence_length": settings["sequence_length"],
-                "documents_per_shard": int(documents_per_shard),
-                "word_segment": segment_name, "tokenizer": settings["tokenizer"],
-                **totals, "shards": shards}
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "record": "kerasformers.pretraining.records: int32 [ids..., word_starts...]",
+        "sequence_length": settings["sequence_length"],
+        "documents_per_shard": int(documents_per_shard),
+        "word_segment": segment_name,
+        "tokenizer": settings["tokenizer"],
+        **totals,
+        "shards": shards,
+    }
     _write_json(os.path.join(output_dir, MANIFEST), manifest)
     return manifest
 
@@ -271,8 +306,9 @@ def _parallel_map(function, tasks, workers, start_method):
                 try:
                     ok, value = connection.recv()
                 except EOFError:
-                    raise RuntimeError("a write_shards worker process died while writing a "
-                                       "shard") from None
+                    raise RuntimeError(
+                        "a write_shards worker process died while writing a shard"
+                    ) from None
                 busy.remove(connection)
                 idle.append(connection)
                 if not ok:
@@ -310,8 +346,9 @@ def _write_shard(task, tokenizer, output_dir, word_segment, settings):
     writer = ArrayRecordWriter(temporary, RECORD_OPTIONS)
     try:
         for document in documents:
-            for ids, starts in document_instances(tokenizer, document,
-                                                  settings["sequence_length"], word_segment):
+            for ids, starts in document_instances(
+                tokenizer, document, settings["sequence_length"], word_segment
+            ):
                 writer.write(encode_record(ids, starts))
                 instances += 1
                 tokens += len(ids)
@@ -320,9 +357,15 @@ def _write_shard(task, tokenizer, output_dir, word_segment, settings):
     _fsync(temporary)
     os.replace(temporary, path)
     counts = {"documents": len(documents), "instances": instances, "tokens": tokens}
-    sidecar = {"format": FORMAT, "format_version": FORMAT_VERSION, "file": _SHARD.format(index),
-               "file_bytes": os.path.getsize(path), "documents_sha256": digest, **counts,
-               **settings}
+    sidecar = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "file": _SHARD.format(index),
+        "file_bytes": os.path.getsize(path),
+        "documents_sha256": digest,
+        **counts,
+        **settings,
+    }
     _write_json(os.path.join(output_dir, _SIDECAR.format(index)), sidecar)
     return {"index": index, "counts": counts}
 
@@ -341,9 +384,13 @@ def _complete_shard(output_dir, index, documents, digest):
     (same count and sha256, file present with the size the sidecar recorded), else None."""
     sidecar = _read_sidecar(os.path.join(output_dir, _SIDECAR.format(index)))
     path = os.path.join(output_dir, _SHARD.format(index))
-    if sidecar is None or sidecar.get("documents") != documents or \
-            sidecar.get("documents_sha256") != digest or not os.path.isfile(path) or \
-            os.path.getsize(path) != sidecar.get("file_bytes"):
+    if (
+        sidecar is None
+        or sidecar.get("documents") != documents
+        or sidecar.get("documents_sha256") != digest
+        or not os.path.isfile(path)
+        or os.path.getsize(path) != sidecar.get("file_bytes")
+    ):
         return None
     return {key: sidecar[key] for key in ("documents", "instances", "tokens")}
 
@@ -361,25 +408,32 @@ def _read_sidecar(path):
 
 # -- the directory ----------------------------------------------------------------------------
 def _check_arguments(sequence_length, workers, documents_per_shard, tokenizer):
-    for name, value, least in (("sequence_length", sequence_length, 3), ("workers", workers, 1),
-                               ("documents_per_shard", documents_per_shard, 1)):
+    for name, value, least in (
+        ("sequence_length", sequence_length, 3),
+        ("workers", workers, 1),
+        ("documents_per_shard", documents_per_shard, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an int, got {value!r}")
         if value < least:
             why = " ([CLS] token [SEP])" if name == "sequence_length" else ""
             raise ValueError(f"{name} must be at least {least}{why}, got {value}")
     if tokenizer.start_id is None or tokenizer.end_id is None:
-        raise ValueError(f"the tokenizer needs start and end tokens to frame instances; it "
-                         f"has token_start={tokenizer.token_start!r}, "
-                         f"token_end={tokenizer.token_end!r}")
+        raise ValueError(
+            f"the tokenizer needs start and end tokens to frame instances; it "
+            f"has token_start={tokenizer.token_start!r}, "
+            f"token_end={tokenizer.token_end!r}"
+        )
 
 
 def _describe(settings):
     tokenizer = settings.get("tokenizer") or {}
-    return (f"sequence_length={settings.get('sequence_length')}, word_segment="
-            f"{settings.get('word_segment')!r}, tokenizer {tokenizer.get('class')} "
-            f"(do_lower_case={tokenizer.get('do_lower_case')}, {tokenizer.get('vocab_size')} "
-            f"tokens, vocab sha256 {str(tokenizer.get('vocab_sha256'))[:12]}...)")
+    return (
+        f"sequence_length={settings.get('sequence_length')}, word_segment="
+        f"{settings.get('word_segment')!r}, tokenizer {tokenizer.get('class')} "
+        f"(do_lower_case={tokenizer.get('do_lower_case')}, {tokenizer.get('vocab_size')} "
+        f"tokens, vocab sha256 {str(tokenizer.get('vocab_sha256'))[:12]}...)"
+    )
 
 
 def _check_previous_run(output_dir, settings):
@@ -403,7 +457,8 @@ def _check_previous_run(output_dir, settings):
                 f"{output_dir} holds shards written with other settings ({path}): "
                 f"{_describe(theirs)}; this run has "
                 f"{_describe(settings)}. Use another output_dir, or resume=False to "
-                f"overwrite them")
+                f"overwrite them"
+            )
 
 
 def _remove_temporaries(output_dir):

@@ -28,10 +28,19 @@ from kerasformers.pretraining.checkpoint import TrainingCheckpoint, restore_chec
 from kerasformers.pretraining.losses import MaskedAccuracy, MaskedLMLoss
 
 
-def compile_pretraining(model, learning_rate, warmup_steps, total_steps, weight_decay=0.01,
-                        exclude_from_weight_decay=("Norm", "bias"),
-                        gradient_accumulation_steps=None, clipnorm=None, beta_2=0.999,
-                        epsilon=1e-6, jit_compile="auto"):
+def compile_pretraining(
+    model,
+    learning_rate,
+    warmup_steps,
+    total_steps,
+    weight_decay=0.01,
+    exclude_from_weight_decay=("Norm", "bias"),
+    gradient_accumulation_steps=None,
+    clipnorm=None,
+    beta_2=0.999,
+    epsilon=1e-6,
+    jit_compile="auto",
+):
     """Compile `model` (logits out) for MLM / LM / UniLM pretraining; returns the optimizer.
 
     Schedules count optimizer *updates*: with gradient accumulation over k
@@ -39,8 +48,9 @@ def compile_pretraining(model, learning_rate, warmup_steps, total_steps, weight_
     by k for Keras (whose schedule sees every micro-batch).
     """
     if not 0 <= warmup_steps < total_steps:
-        raise ValueError(f"need 0 <= warmup_steps < total_steps, got {warmup_steps} and "
-                         f"{total_steps}")
+        raise ValueError(
+            f"need 0 <= warmup_steps < total_steps, got {warmup_steps} and {total_steps}"
+        )
     scale = gradient_accumulation_steps or 1
     points = {int(total_steps * scale): 0.0}
     if warmup_steps:
@@ -49,41 +59,66 @@ def compile_pretraining(model, learning_rate, warmup_steps, total_steps, weight_
         points = {0: 1.0, **points}
     schedule = optimizers_lib.PiecewiseLinearSchedule(learning_rate, points)
     optimizer = keras.optimizers.AdamW(
-        schedule, weight_decay=weight_decay, beta_2=beta_2, epsilon=epsilon,
-        clipnorm=clipnorm, gradient_accumulation_steps=gradient_accumulation_steps)
+        schedule,
+        weight_decay=weight_decay,
+        beta_2=beta_2,
+        epsilon=epsilon,
+        clipnorm=clipnorm,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+    )
     if exclude_from_weight_decay:
         optimizers_lib.exclude_weight_decay(optimizer, model, list(exclude_from_weight_decay))
-    model.compile(optimizer, loss=MaskedLMLoss(), metrics=[MaskedAccuracy()],
-                  jit_compile=jit_compile)
+    model.compile(
+        optimizer, loss=MaskedLMLoss(), metrics=[MaskedAccuracy()], jit_compile=jit_compile
+    )
     return optimizer
 
 
-def fit_pretraining(model, data, total_steps, directory, save_every=1000, steps_per_epoch=None,
-                    callbacks=(), keep=2, verbose="auto", validation_data=None):
+def fit_pretraining(
+    model,
+    data,
+    total_steps,
+    directory,
+    save_every=1000,
+    steps_per_epoch=None,
+    callbacks=(),
+    keep=2,
+    verbose="auto",
+    validation_data=None,
+):
     """Train a compiled `model` on `data` up to `total_steps`, resuming from `directory`.
 
     Returns the Keras `History` of this call (None if the run was already done).
     """
     steps_per_epoch = int(steps_per_epoch or save_every)
     if save_every % steps_per_epoch or total_steps % steps_per_epoch:
-        raise ValueError(f"save_every ({save_every}) and total_steps ({total_steps}) must be "
-                         f"multiples of steps_per_epoch ({steps_per_epoch}): checkpoints and "
-                         "the end fall on epoch boundaries so a resume is exact")
+        raise ValueError(
+            f"save_every ({save_every}) and total_steps ({total_steps}) must be "
+            f"multiples of steps_per_epoch ({steps_per_epoch}): checkpoints and "
+            "the end fall on epoch boundaries so a resume is exact"
+        )
     if hasattr(data, "check_vocab"):
         data.check_vocab(vocab_size=_vocab_size(model))
     start = restore_checkpoint(model, directory, data=data)
     if start % steps_per_epoch:
-        raise ValueError(f"the checkpoint in {directory} is at step {start}, not a multiple of "
-                         f"steps_per_epoch={steps_per_epoch}: resume with the steps_per_epoch "
-                         "of the interrupted run")
+        raise ValueError(
+            f"the checkpoint in {directory} is at step {start}, not a multiple of "
+            f"steps_per_epoch={steps_per_epoch}: resume with the steps_per_epoch "
+            "of the interrupted run"
+        )
     if start >= total_steps:
         return None
-    checkpoint = TrainingCheckpoint(directory, save_every, initial_step=start, data=data,
-                                    keep=keep)
-    return model.fit(data.batches(start), epochs=total_steps // steps_per_epoch,
-                     initial_epoch=start // steps_per_epoch, steps_per_epoch=steps_per_epoch,
-                     callbacks=[checkpoint, *callbacks], verbose=verbose,
-                     validation_data=validation_data, shuffle=False)
+    checkpoint = TrainingCheckpoint(directory, save_every, initial_step=start, data=data, keep=keep)
+    return model.fit(
+        data.batches(start),
+        epochs=total_steps // steps_per_epoch,
+        initial_epoch=start // steps_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=[checkpoint, *callbacks],
+        verbose=verbose,
+        validation_data=validation_data,
+        shuffle=False,
+    )
 
 
 def _vocab_size(model):

@@ -30,8 +30,7 @@ def _specials(special_tokens):
     return special_tokens
 
 
-def build_vocab(texts, min_count=1, max_size=None, special_tokens=SPECIAL_TOKENS,
-                split=str.split):
+def build_vocab(texts, min_count=1, max_size=None, special_tokens=SPECIAL_TOKENS, split=str.split):
     """A ``{token: id}`` vocabulary of the words of `texts`, for `Tokenizer(token_dict)`.
 
     The special tokens come first (ids 0, 1, ...), then the words seen at least
@@ -60,8 +59,7 @@ def build_vocab(texts, min_count=1, max_size=None, special_tokens=SPECIAL_TOKENS
     _check_min_count(min_count)
     specials = _specials(special_tokens)
     if max_size is not None and max_size < len(specials):
-        raise ValueError(f"max_size={max_size} is smaller than the {len(specials)} special "
-                         f"tokens")
+        raise ValueError(f"max_size={max_size} is smaller than the {len(specials)} special tokens")
     counts = Counter()
     for number, text in enumerate(texts):
         if not isinstance(text, str):
@@ -77,8 +75,7 @@ def build_vocab(texts, min_count=1, max_size=None, special_tokens=SPECIAL_TOKENS
     return token_dict
 
 
-def corpus_vocab(vocab_path, texts, min_count=1, special_tokens=SPECIAL_TOKENS,
-                 do_lower_case=True):
+def corpus_vocab(vocab_path, texts, min_count=1, special_tokens=SPECIAL_TOKENS, do_lower_case=True):
     """Shrink a pretrained vocabulary to the tokens its tokenizer produces on `texts`.
 
     Returns ``(token_dict, keep_tokens)``: the special tokens first, then the tokens seen
@@ -121,8 +118,9 @@ def corpus_vocab(vocab_path, texts, min_count=1, special_tokens=SPECIAL_TOKENS,
         counts.update(tokenizer.encode(text)[0])
     keep_tokens = [full[t] for t in specials]
     special_ids = set(keep_tokens)
-    keep_tokens += sorted(i for i, count in counts.items()
-                          if count >= min_count and i not in special_ids)
+    keep_tokens += sorted(
+        i for i, count in counts.items() if count >= min_count and i not in special_ids
+    )
     inverse = {i: t for t, i in full.items()}
     token_dict = {inverse[i]: new for new, i in enumerate(keep_tokens)}
     return token_dict, keep_tokens

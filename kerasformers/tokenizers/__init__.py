@@ -10,6 +10,7 @@
 >>> Tokenizer({'[UNK]': 0, '[CLS]': 1, '[SEP]': 2, '你': 3, '好': 4}).encode('你好')
 ([1, 3, 4, 2], [0, 0, 0, 0])
 """
+
 from kerasformers.tokenizers.base import TokenizerBase
 from kerasformers.tokenizers.bpe import BPETokenizer, GPT2Tokenizer
 from kerasformers.tokenizers.pretrained import from_pretrained
@@ -17,5 +18,13 @@ from kerasformers.tokenizers.sentencepiece_tokenizer import SpTokenizer
 from kerasformers.tokenizers.vocab import load_vocab, save_vocab
 from kerasformers.tokenizers.wordpiece import Tokenizer
 
-__all__ = ['load_vocab', 'save_vocab', 'TokenizerBase', 'Tokenizer', 'SpTokenizer',
-           'BPETokenizer', 'GPT2Tokenizer', 'from_pretrained']
+__all__ = [
+    "load_vocab",
+    "save_vocab",
+    "TokenizerBase",
+    "Tokenizer",
+    "SpTokenizer",
+    "BPETokenizer",
+    "GPT2Tokenizer",
+    "from_pretrained",
+]

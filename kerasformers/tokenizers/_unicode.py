@@ -15,6 +15,7 @@ Classes (after lower-casing and accent stripping, when those are on):
   ``'hf'`` rules, see `Tables`).  Removed; they do not split a word.
 * WORD: everything else.  Runs of WORD characters are the words that WordPiece splits.
 """
+
 import re
 import threading
 import unicodedata
@@ -22,8 +23,14 @@ import unicodedata
 WORD, SPLIT, SPACE, DROP = 0, 1, 2, 3
 
 _CJK_RANGES = (
-    (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
-    (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F),
+    (0x4E00, 0x9FFF),
+    (0x3400, 0x4DBF),
+    (0x20000, 0x2A6DF),
+    (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F),
+    (0x2B820, 0x2CEAF),
+    (0xF900, 0xFAFF),
+    (0x2F800, 0x2FA1F),
 )
 _HF_CJK_RANGES = tuple((0x2B920, hi) if lo == 0x2B820 else (lo, hi) for lo, hi in _CJK_RANGES)
 _ASCII_PUNCT_RANGES = ((33, 47), (58, 64), (91, 96), (123, 126))
@@ -38,16 +45,17 @@ def is_cjk_character(ch):
 def is_punctuation(ch):
     """ASCII punctuation ranges, or any Unicode ``P*`` category."""
     code = ord(ch)
-    return (any(lo <= code <= hi for lo, hi in _ASCII_PUNCT_RANGES)
-            or unicodedata.category(ch).startswith('P'))
+    return any(lo <= code <= hi for lo, hi in _ASCII_PUNCT_RANGES) or unicodedata.category(
+        ch
+    ).startswith("P")
 
 
 def is_space(ch):
-    return ch in ' \n\r\t' or unicodedata.category(ch) == 'Zs'
+    return ch in " \n\r\t" or unicodedata.category(ch) == "Zs"
 
 
 def is_control(ch):
-    return unicodedata.category(ch) in ('Cc', 'Cf')
+    return unicodedata.category(ch) in ("Cc", "Cf")
 
 
 def char_class(ch):
@@ -56,15 +64,15 @@ def char_class(ch):
         return SPLIT
     if is_space(ch):
         return SPACE
-    if ch == '\x00' or ch == '\ufffd' or is_control(ch):
+    if ch == "\x00" or ch == "\ufffd" or is_control(ch):
         return DROP
     return WORD
 
 
 def strip_accents(text):
     """NFD, then drop non-spacing marks (``Mn``), as the original's `lowercase_and_normalize`."""
-    text = unicodedata.normalize('NFD', text)
-    return ''.join(ch for ch in text if unicodedata.category(ch) != 'Mn')
+    text = unicodedata.normalize("NFD", text)
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Mn")
 
 
 def lowercase_and_normalize(text):
@@ -74,7 +82,7 @@ def lowercase_and_normalize(text):
 
 def _ranges(flags, value):
     """[(lo, hi)] runs of code points whose flag equals `value`."""
-    pattern = re.compile(re.escape(bytes([value])) + b'+')
+    pattern = re.compile(re.escape(bytes([value])) + b"+")
     return [(m.start(), m.end() - 1) for m in pattern.finditer(flags)]
 
 
@@ -83,13 +91,13 @@ def _char_set(ranges):
     parts = []
     for lo, hi in ranges:
         if lo == hi:
-            parts.append('\\U%08x' % lo)
+            parts.append("\\U%08x" % lo)
         else:
-            parts.append('\\U%08x-\\U%08x' % (lo, hi))
-    return ''.join(parts)
+            parts.append("\\U%08x-\\U%08x" % (lo, hi))
+    return "".join(parts)
 
 
-RULES = ('hf', 'bert4keras')
+RULES = ("hf", "bert4keras")
 
 
 class Tables:
@@ -108,56 +116,62 @@ class Tables:
     classified differently; scripts/survey_hf_unicode.py lists them.
     """
 
-    def __init__(self, rules='hf'):
+    def __init__(self, rules="hf"):
         if rules not in RULES:
-            raise ValueError('unicode_rules must be one of %s, got %r' % (RULES, rules))
+            raise ValueError("unicode_rules must be one of %s, got %r" % (RULES, rules))
         self.rules = rules
         categories = list(map(unicodedata.category, map(chr, range(0x110000))))
         flags = bytearray(0x110000)  # WORD everywhere to start with
-        drop_categories = ('Cc', 'Cf') if rules == 'bert4keras' else ('Cc', 'Cf', 'Co', 'Cs')
+        drop_categories = ("Cc", "Cf") if rules == "bert4keras" else ("Cc", "Cf", "Co", "Cs")
         for i, cat in enumerate(categories):
-            if cat[0] == 'P':
+            if cat[0] == "P":
                 flags[i] = SPLIT
-            elif cat == 'Zs':
+            elif cat == "Zs":
                 flags[i] = SPACE
             elif cat in drop_categories:
                 flags[i] = DROP
         # HF's Rust tokenizer starts the fifth CJK range at 0x2B920 (Google's: 0x2B820)
-        cjk = _CJK_RANGES if rules == 'bert4keras' else _HF_CJK_RANGES
+        cjk = _CJK_RANGES if rules == "bert4keras" else _HF_CJK_RANGES
         for lo, hi in _ASCII_PUNCT_RANGES + cjk:
-            flags[lo:hi + 1] = bytes([SPLIT]) * (hi - lo + 1)
+            flags[lo : hi + 1] = bytes([SPLIT]) * (hi - lo + 1)
         # U+2028/U+2029 (Zl/Zp) split words in both: HF counts them as whitespace, and
         # bert4keras keeps them in its spaced string, which str.split() then splits on.
-        spaces = ' \n\r\t\u2028\u2029'
+        spaces = " \n\r\t\u2028\u2029"
         for ch in spaces:
             flags[ord(ch)] = SPACE
         flags[0] = flags[0xFFFD] = DROP
         flags = bytes(flags)
         self.flags = flags
 
-        mn = [(i, i) for i, cat in enumerate(categories) if cat == 'Mn']
+        mn = [(i, i) for i, cat in enumerate(categories) if cat == "Mn"]
         # In 'hf' rules lower-casing is per character: a final sigma produced by
         # str.lower() needs the exact path.
-        sigma = [(0x3C2, 0x3C2)] if rules == 'hf' else []
+        sigma = [(0x3C2, 0x3C2)] if rules == "hf" else []
         lower_complex = _merge(sorted(_ranges(flags, DROP) + mn + sigma))
 
         # Two versions of every regex: one for the Basic Multilingual Plane only, which
         # `re` compiles to a constant-time character set, and one for all code points
         # (a linear list of ranges, several times slower).  The BMP "complex" regexes also
         # match any astral character, so a line with one is rechecked with the full version.
-        self.token_re = re.compile('([%s]+)|[%s]+' % (
-            _char_set(_ranges(flags, SPLIT)), _char_set(_ranges(flags, WORD))))
-        self.token_bmp_re = re.compile('([%s]+)|[%s]+' % (
-            _char_set(_bmp(_ranges(flags, SPLIT))), _char_set(_bmp(_ranges(flags, WORD)))))
-        self.complex_re = re.compile('[%s]' % _char_set(_ranges(flags, DROP)))
-        self.complex_bmp_re = re.compile('[%s]|[\\U00010000-\\U0010ffff]'
-                                         % _char_set(_bmp(_ranges(flags, DROP))))
-        self.lower_complex_re = re.compile('[%s]' % _char_set(lower_complex))
-        self.lower_complex_bmp_re = re.compile('[%s]|[\\U00010000-\\U0010ffff]'
-                                               % _char_set(_bmp(lower_complex)))
+        self.token_re = re.compile(
+            "([%s]+)|[%s]+" % (_char_set(_ranges(flags, SPLIT)), _char_set(_ranges(flags, WORD)))
+        )
+        self.token_bmp_re = re.compile(
+            "([%s]+)|[%s]+"
+            % (_char_set(_bmp(_ranges(flags, SPLIT))), _char_set(_bmp(_ranges(flags, WORD))))
+        )
+        self.complex_re = re.compile("[%s]" % _char_set(_ranges(flags, DROP)))
+        self.complex_bmp_re = re.compile(
+            "[%s]|[\\U00010000-\\U0010ffff]" % _char_set(_bmp(_ranges(flags, DROP)))
+        )
+        self.lower_complex_re = re.compile("[%s]" % _char_set(lower_complex))
+        self.lower_complex_bmp_re = re.compile(
+            "[%s]|[\\U00010000-\\U0010ffff]" % _char_set(_bmp(lower_complex))
+        )
         # One single-character token or one word: what a lone [UNK] can stand for.
-        self.unit_re = re.compile('[%s]|[%s]+' % (
-            _char_set(_ranges(flags, SPLIT)), _char_set(_ranges(flags, WORD))))
+        self.unit_re = re.compile(
+            "[%s]|[%s]+" % (_char_set(_ranges(flags, SPLIT)), _char_set(_ranges(flags, WORD)))
+        )
 
         # Lower-case mode: characters that become exactly one other character under
         # NFD + strip Mn (e.g. 'é' -> 'e') are translated in place, keeping offsets 1:1.
@@ -167,7 +181,7 @@ class Tables:
             if 0xD800 <= i <= 0xDFFF:
                 continue
             ch = chr(i)
-            if unicodedata.is_normalized('NFD', ch):
+            if unicodedata.is_normalized("NFD", ch):
                 continue
             stripped = strip_accents(ch)
             if len(stripped) == 1:
@@ -193,7 +207,7 @@ _TABLES = {}
 _LOCK = threading.Lock()
 
 
-def tables(rules='hf'):
+def tables(rules="hf"):
     """The process-wide `Tables` for `rules`, built on first use."""
     table = _TABLES.get(rules)
     if table is None:

@@ -9,6 +9,7 @@ Subclasses provide the vocabulary (`token_to_id`, `id_to_token`, `vocab_size`) a
 Offsets are character offsets into the text as given (before any normalisation), `end`
 exclusive; start/end special tokens get ``(0, 0)``, the convention of HF ``offset_mapping``.
 """
+
 import gc
 import operator
 import warnings
@@ -78,8 +79,10 @@ def apply_pops(parallel, index, count):
                 for seq in parallel:
                     seq.pop(index)
         except IndexError:
-            raise ValueError('cannot truncate: maxlen is smaller than the tokens that '
-                             'truncation keeps (pop index %r)' % (index,)) from None
+            raise ValueError(
+                "cannot truncate: maxlen is smaller than the tokens that "
+                "truncation keeps (pop index %r)" % (index,)
+            ) from None
     else:
         for seq in parallel:
             del seq[s]
@@ -95,7 +98,7 @@ def join_words(text, words):
     joined, index, cursor = [], [], 0
     for k, word in enumerate(words):
         if k:
-            joined.append(' ')
+            joined.append(" ")
             index.append(min(cursor, max(len(text) - 1, 0)))
         pos = text.find(word, cursor)
         if pos < 0:  # the pre-tokenizer changed the text: no span to point at
@@ -104,7 +107,7 @@ def join_words(text, words):
             index.extend(range(pos, pos + len(word)))
             cursor = pos + len(word)
         joined.append(word)
-    return ''.join(joined), index
+    return "".join(joined), index
 
 
 def map_offsets(offsets, index, length):
@@ -147,9 +150,17 @@ class TokenizerBase:
     (a `TypeError` for a non-integer).
     """
 
-    def __init__(self, token_start='[CLS]', token_end='[SEP]', pre_tokenize=None,
-                 token_translate=None, token_pad='[PAD]', token_unk='[UNK]',
-                 token_mask='[MASK]', bert4keras_maxlen=False):
+    def __init__(
+        self,
+        token_start="[CLS]",
+        token_end="[SEP]",
+        pre_tokenize=None,
+        token_translate=None,
+        token_pad="[PAD]",
+        token_unk="[UNK]",
+        token_mask="[MASK]",
+        bert4keras_maxlen=False,
+    ):
         self._bert4keras_maxlen = bool(bert4keras_maxlen)
         self._token_pad = token_pad
         self._token_unk = token_unk
@@ -161,34 +172,35 @@ class TokenizerBase:
         self._token_translate_inv = {v: k for k, v in self._token_translate.items()}
 
     # -- special tokens -------------------------------------------------------------------
-    def _resolve_special_ids(self, required=('start', 'end')):
+    def _resolve_special_ids(self, required=("start", "end")):
         """Look the special tokens up; call at the end of a subclass's ``__init__``.
 
         The `required` ones (named, not None) must be in the vocabulary: a `ValueError`
         names every missing one at once."""
         missing = []
-        for name in ('pad', 'unk', 'mask', 'start', 'end'):
-            token = getattr(self, '_token_%s' % name)
+        for name in ("pad", "unk", "mask", "start", "end"):
+            token = getattr(self, "_token_%s" % name)
             token_id = self._special_id(token) if token is not None else None
             if token is not None and token_id is None and name in required:
-                missing.append('token_%s=%r' % (name, token))
-            setattr(self, '_token_%s_id' % name, token_id)
+                missing.append("token_%s=%r" % (name, token))
+            setattr(self, "_token_%s_id" % name, token_id)
         if missing:
-            raise ValueError('%s: the vocabulary has no %s; add the token%s to the vocabulary '
-                             'or pass None for none' % (type(self).__name__,
-                                                        ', '.join(missing),
-                                                        's' if len(missing) > 1 else ''))
+            raise ValueError(
+                "%s: the vocabulary has no %s; add the token%s to the vocabulary "
+                "or pass None for none"
+                % (type(self).__name__, ", ".join(missing), "s" if len(missing) > 1 else "")
+            )
         self._vocab_size = self.vocab_size
 
     def _special_id(self, token):
         """Id of a special token, or None if the vocabulary does not have it."""
         raise NotImplementedError
 
-    start_id = property(lambda self: self._token_start_id, doc='Id of `token_start` or None.')
-    end_id = property(lambda self: self._token_end_id, doc='Id of `token_end` or None.')
-    pad_id = property(lambda self: self._token_pad_id, doc='Id of the pad token or None.')
-    unk_id = property(lambda self: self._token_unk_id, doc='Id of the unknown token or None.')
-    mask_id = property(lambda self: self._token_mask_id, doc='Id of the mask token or None.')
+    start_id = property(lambda self: self._token_start_id, doc="Id of `token_start` or None.")
+    end_id = property(lambda self: self._token_end_id, doc="Id of `token_end` or None.")
+    pad_id = property(lambda self: self._token_pad_id, doc="Id of the pad token or None.")
+    unk_id = property(lambda self: self._token_unk_id, doc="Id of the unknown token or None.")
+    mask_id = property(lambda self: self._token_mask_id, doc="Id of the mask token or None.")
     cls_id = start_id
     sep_id = end_id
     token_start = property(lambda self: self._token_start)
@@ -222,13 +234,17 @@ class TokenizerBase:
         try:
             i = operator.index(i)
         except TypeError:
-            return TypeError('token ids must be integers, got %r (%s)' % (i, type(i).__name__))
+            return TypeError("token ids must be integers, got %r (%s)" % (i, type(i).__name__))
         size = self.vocab_size
         if not 0 <= i < size:
-            return ValueError('token id %d is out of range: %s has ids 0..%d (vocab_size %d)'
-                              % (i, type(self).__name__, size - 1, size))
-        return ValueError('token id %d has no token in this vocabulary (a token listed twice '
-                          'leaves its earlier id unused)' % i)
+            return ValueError(
+                "token id %d is out of range: %s has ids 0..%d (vocab_size %d)"
+                % (i, type(self).__name__, size - 1, size)
+            )
+        return ValueError(
+            "token id %d has no token in this vocabulary (a token listed twice "
+            "leaves its earlier id unused)" % i
+        )
 
     # -- hooks ----------------------------------------------------------------------------
     def _tokenize(self, text):
@@ -282,14 +298,15 @@ class TokenizerBase:
         return tokens, offsets
 
     def _truncate_index(self, truncate_from):
-        if truncate_from == 'right':
+        if truncate_from == "right":
             return -int(self._token_end is not None) - 1
-        if truncate_from == 'left':
+        if truncate_from == "left":
             return int(self._token_start is not None)
         if isinstance(truncate_from, int):
             return truncate_from
-        raise ValueError("truncate_from must be 'right', 'left' or an int, got %r"
-                         % (truncate_from,))
+        raise ValueError(
+            "truncate_from must be 'right', 'left' or an int, got %r" % (truncate_from,)
+        )
 
     def _encode_into(self, text, ids, offsets):
         """Append the ids (and offsets, unless `offsets` is None) of `text` to the lists."""
@@ -302,10 +319,10 @@ class TokenizerBase:
         """(ids, offsets or None) of one text or pre-tokenized token list, with specials."""
         if not _is_string(text):
             if isinstance(text, bytes):
-                text = text.decode('utf-8')
+                text = text.decode("utf-8")
             else:
                 if need_offsets:
-                    raise ValueError('return_offsets=True needs text, not pre-tokenized tokens')
+                    raise ValueError("return_offsets=True needs text, not pre-tokenized tokens")
                 return self.tokens_to_ids(list(text)), None
         if self._token_start is not None:
             ids = [self._token_start_id]
@@ -320,8 +337,15 @@ class TokenizerBase:
                 offsets.append((0, 0))
         return ids, offsets
 
-    def encode(self, first_text, second_text=None, maxlen=None, pattern='S*E*E',
-               truncate_from='right', return_offsets=False):
+    def encode(
+        self,
+        first_text,
+        second_text=None,
+        maxlen=None,
+        pattern="S*E*E",
+        truncate_from="right",
+        return_offsets=False,
+    ):
         """Token ids and segment ids of a text or a text pair.
 
         Args:
@@ -342,8 +366,9 @@ class TokenizerBase:
         if second_text is None:
             if maxlen is not None:
                 count = truncation_plan([len(first_ids)], maxlen)[0]
-                apply_pops([first_ids, first_offsets] if return_offsets else [first_ids],
-                           index, count)
+                apply_pops(
+                    [first_ids, first_offsets] if return_offsets else [first_ids], index, count
+                )
             if return_offsets:
                 return first_ids, [0] * len(first_ids), first_offsets
             return first_ids, [0] * len(first_ids)
@@ -352,8 +377,7 @@ class TokenizerBase:
         if maxlen is not None:
             # 'S*E*E' drops the second text's start token after truncation: allow for it
             # (bert4keras did so even without a start token, giving maxlen + 1 tokens)
-            if pattern == 'S*E*E' and (self._token_start is not None or
-                                       self._bert4keras_maxlen):
+            if pattern == "S*E*E" and (self._token_start is not None or self._bert4keras_maxlen):
                 maxlen += 1
             sequences = [(first_ids, first_offsets), (second_ids, second_offsets)]
             # bert4keras ignores empty sequences when truncating
@@ -361,7 +385,7 @@ class TokenizerBase:
             counts = truncation_plan([len(s[0]) for s in sequences], maxlen)
             for (ids, offsets), count in zip(sequences, counts):
                 apply_pops([ids, offsets] if return_offsets else [ids], index, count)
-        if pattern == 'S*E*E':
+        if pattern == "S*E*E":
             skip = int(bool(self._token_start))
             second_ids = second_ids[skip:]
             if return_offsets:
@@ -372,8 +396,15 @@ class TokenizerBase:
             return token_ids, segment_ids, first_offsets + second_offsets
         return token_ids, segment_ids
 
-    def encode_batch(self, first_texts, second_texts=None, maxlen=None, pattern='S*E*E',
-                     truncate_from='right', return_offsets=False):
+    def encode_batch(
+        self,
+        first_texts,
+        second_texts=None,
+        maxlen=None,
+        pattern="S*E*E",
+        truncate_from="right",
+        return_offsets=False,
+    ):
         """`encode` over many texts (or pairs): returns lists ``(batch_token_ids,
         batch_segment_ids[, batch_offsets])``, ready for `sequence_padding`.
 
@@ -387,19 +418,22 @@ class TokenizerBase:
         if second_texts is not None:
             second_texts = list(second_texts)
             if len(first_texts) != len(second_texts):
-                raise ValueError('first_texts and second_texts differ in length: %d != %d'
-                                 % (len(first_texts), len(second_texts)))
+                raise ValueError(
+                    "first_texts and second_texts differ in length: %d != %d"
+                    % (len(first_texts), len(second_texts))
+                )
         # Encoding allocates millions of small acyclic objects; the cyclic garbage collector
         # would traverse them again and again (a third of the time on big batches).
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
             if second_texts is None:
-                return self._encode_batch_single(first_texts, maxlen, truncate_from,
-                                                 return_offsets)
+                return self._encode_batch_single(first_texts, maxlen, truncate_from, return_offsets)
             encode = self.encode
-            results = [encode(a, b, maxlen, pattern, truncate_from, return_offsets)
-                       for a, b in zip(first_texts, second_texts)]
+            results = [
+                encode(a, b, maxlen, pattern, truncate_from, return_offsets)
+                for a, b in zip(first_texts, second_texts)
+            ]
         finally:
             if gc_was_enabled:
                 gc.enable()
@@ -452,7 +486,7 @@ class TokenizerBase:
         elif n and own_tokens[-n:] == given:
             offsets = own_offsets[-n:]
         else:
-            raise ValueError('tokens are not a tokenization of text by this tokenizer')
+            raise ValueError("tokens are not a tokenization of text by this tokenizer")
         for i, (s, e) in zip(range(first, last), offsets):
             mapping[i] = list(range(s, e))
         return mapping
@@ -479,20 +513,27 @@ class DictVocabTokenizer(TokenizerBase):
                 try:
                     token_dict[token] = operator.index(v)
                 except TypeError:
-                    raise TypeError('the id of token %r is %r, not an integer'
-                                    % (token, v)) from None
+                    raise TypeError(
+                        "the id of token %r is %r, not an integer" % (token, v)
+                    ) from None
         inv = {v: k for k, v in token_dict.items()}
         if token_dict and min(inv) < 0:
-            raise ValueError('token %r has a negative id %d' % (inv[min(inv)], min(inv)))
+            raise ValueError("token %r has a negative id %d" % (inv[min(inv)], min(inv)))
         if len(inv) != len(token_dict):
             shared = {}
             for token, v in token_dict.items():
                 shared.setdefault(v, []).append(token)
             shared = [(v, ts) for v, ts in shared.items() if len(ts) > 1]
-            warnings.warn('%d id(s) are shared by several tokens (%s); each decodes to the '
-                          'last token listed' % (len(shared), '; '.join(
-                              '%d: %s' % (v, ', '.join(map(repr, ts))) for v, ts in shared[:5])),
-                          UserWarning, stacklevel=3)
+            warnings.warn(
+                "%d id(s) are shared by several tokens (%s); each decodes to the "
+                "last token listed"
+                % (
+                    len(shared),
+                    "; ".join("%d: %s" % (v, ", ".join(map(repr, ts))) for v, ts in shared[:5]),
+                ),
+                UserWarning,
+                stacklevel=3,
+            )
         self._token_dict = token_dict
         self._token_dict_inv = inv
         self._dict_vocab_size = max(inv) + 1 if inv else 0
@@ -515,8 +556,9 @@ class DictVocabTokenizer(TokenizerBase):
         if token_id is None:
             token_id = self._token_unk_id
             if token_id is None:
-                raise KeyError('%r is not in the vocabulary, which has no %r token'
-                               % (token, self._token_unk))
+                raise KeyError(
+                    "%r is not in the vocabulary, which has no %r token" % (token, self._token_unk)
+                )
         return token_id
 
     def id_to_token(self, i):

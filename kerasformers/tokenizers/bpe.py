@@ -5,6 +5,7 @@ We add what it lacks for arbitrary Python strings: a lone surrogate (legal in a 
 in UTF-8) is encoded as the bytes Python's ``'surrogatepass'`` gives it, so that
 ``decode(encode(x)) == x`` for every string.
 """
+
 import json
 import os
 import re
@@ -12,13 +13,16 @@ import re
 from kerasformers.tokenizers.base import DictVocabTokenizer, join_words, map_offsets
 from kerasformers.tokenizers.hf_files import bpe_kwargs
 
-_SURROGATES = re.compile('[\ud800-\udfff]+')
+_SURROGATES = re.compile("[\ud800-\udfff]+")
 
 
 def bytes_to_unicode():
     """GPT-2's reversible map from the 256 byte values to printable characters."""
-    bs = (list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1))
-          + list(range(ord('®'), ord('ÿ') + 1)))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -57,23 +61,46 @@ class BPETokenizer(DictVocabTokenizer):
         'Hello world!'
     """
 
-    def __init__(self, vocab, merges=None, special_tokens=None, add_prefix_space=False,
-                 token_start=None, token_end=None, token_pad=None, token_unk=None,
-                 token_mask=None, **kwargs):
-        super().__init__(token_start=token_start, token_end=token_end, token_pad=token_pad,
-                         token_unk=token_unk, token_mask=token_mask, **kwargs)
+    def __init__(
+        self,
+        vocab,
+        merges=None,
+        special_tokens=None,
+        add_prefix_space=False,
+        token_start=None,
+        token_end=None,
+        token_pad=None,
+        token_unk=None,
+        token_mask=None,
+        **kwargs,
+    ):
+        super().__init__(
+            token_start=token_start,
+            token_end=token_end,
+            token_pad=token_pad,
+            token_unk=token_unk,
+            token_mask=token_mask,
+            **kwargs,
+        )
         self._hf = self._build(vocab, merges, add_prefix_space)
         self._set_vocab(self._hf.get_vocab(with_added_tokens=True))
         if special_tokens is None:
-            special_tokens = [t for t in ('<|endoftext|>',) if t in self._token_dict]
+            special_tokens = [t for t in ("<|endoftext|>",) if t in self._token_dict]
         special_tokens = list(special_tokens)
-        for name, token in (('start', token_start), ('end', token_end), ('pad', token_pad),
-                            ('unk', token_unk), ('mask', token_mask)):
+        for name, token in (
+            ("start", token_start),
+            ("end", token_end),
+            ("pad", token_pad),
+            ("unk", token_unk),
+            ("mask", token_mask),
+        ):
             if token is None or token in special_tokens:
                 continue
             if token not in self._token_dict:  # never grow the vocabulary behind the back
-                raise ValueError('token_%s=%r is not in the vocabulary (list it in '
-                                 'special_tokens to add it)' % (name, token))
+                raise ValueError(
+                    "token_%s=%r is not in the vocabulary (list it in "
+                    "special_tokens to add it)" % (name, token)
+                )
             special_tokens.append(token)
         if special_tokens:
             self._hf.add_special_tokens(special_tokens)
@@ -94,15 +121,16 @@ class BPETokenizer(DictVocabTokenizer):
         if merges is None:
             if isinstance(vocab, (str, os.PathLike)):
                 return HFTokenizer.from_file(os.fspath(vocab))
-            raise ValueError('merges are needed unless vocab is a tokenizer.json')
+            raise ValueError("merges are needed unless vocab is a tokenizer.json")
         if isinstance(vocab, (str, os.PathLike)):
-            with open(vocab, encoding='utf-8') as f:
+            with open(vocab, encoding="utf-8") as f:
                 vocab = json.load(f)
         if isinstance(merges, (str, os.PathLike)):
-            with open(merges, encoding='utf-8') as f:
-                lines = f.read().split('\n')
-            merges = [tuple(line.split(' ')) for line in lines
-                      if line and not line.startswith('#version')]
+            with open(merges, encoding="utf-8") as f:
+                lines = f.read().split("\n")
+            merges = [
+                tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")
+            ]
         model = models.BPE(dict(vocab), [tuple(m) for m in merges])
         tokenizer = HFTokenizer(model)
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
@@ -131,7 +159,7 @@ class BPETokenizer(DictVocabTokenizer):
         out, pos = [], 0
         for m in _SURROGATES.finditer(text):
             if m.start() > pos:
-                out.append((pos, text[pos:m.start()], False))
+                out.append((pos, text[pos : m.start()], False))
             out.append((m.start(), m.group(), True))
             pos = m.end()
         if pos < len(text):
@@ -142,7 +170,7 @@ class BPETokenizer(DictVocabTokenizer):
         """BPE of the 'surrogatepass' bytes of a run of lone surrogates, char by char."""
         out = []
         for k, ch in enumerate(run):
-            mapped = ''.join(self._byte_encoder[b] for b in ch.encode('utf-8', 'surrogatepass'))
+            mapped = "".join(self._byte_encoder[b] for b in ch.encode("utf-8", "surrogatepass"))
             for token in self._hf.model.tokenize(mapped):
                 out.append((token.id, token.value, k, k + 1))
         return out
@@ -152,12 +180,15 @@ class BPETokenizer(DictVocabTokenizer):
         out = []
         for base, segment, surrogate in self._segments(text):
             if surrogate:
-                out.extend((i, t, base + s, base + e)
-                           for i, t, s, e in self._surrogate_pieces(segment))
+                out.extend(
+                    (i, t, base + s, base + e) for i, t, s, e in self._surrogate_pieces(segment)
+                )
             else:
                 enc = self._hf.encode(segment, add_special_tokens=False)
-                out.extend((i, t, base + s, base + e)
-                           for i, t, (s, e) in zip(enc.ids, enc.tokens, enc.offsets))
+                out.extend(
+                    (i, t, base + s, base + e)
+                    for i, t, (s, e) in zip(enc.ids, enc.tokens, enc.offsets)
+                )
         return out
 
     def _tokenize_with_offsets(self, text):
@@ -188,19 +219,19 @@ class BPETokenizer(DictVocabTokenizer):
             token = inv.get(token) or token
             if token in self._special_tokens:
                 if not skip_special_tokens:
-                    data += token.encode('utf-8')
+                    data += token.encode("utf-8")
                 continue
             for ch in token:
                 b = decoder.get(ch)
                 if b is None:
-                    data += ch.encode('utf-8', 'surrogatepass')
+                    data += ch.encode("utf-8", "surrogatepass")
                 else:
                     data.append(b)
         data = bytes(data)
         try:
-            text = data.decode('utf-8', 'surrogatepass')
+            text = data.decode("utf-8", "surrogatepass")
         except UnicodeDecodeError:
-            text = data.decode('utf-8', 'replace')
+            text = data.decode("utf-8", "replace")
         return text
 
 

@@ -10,6 +10,7 @@ A directory is recognised by its files:
 Each class reads its arguments from the directory's files with `kerasformers.tokenizers.hf_files`
 (``tokenizer_config.json``, special tokens, ...), so the result tokenizes as transformers does.
 """
+
 import os
 
 from kerasformers.tokenizers.bpe import BPETokenizer
@@ -32,21 +33,21 @@ def from_pretrained(path, **kwargs):
     path = os.fspath(path)
     if os.path.isfile(path):
         name = os.path.basename(path)
-        if path.endswith('.model'):
+        if path.endswith(".model"):
             return SpTokenizer.from_pretrained(path, **kwargs)
-        if name.endswith('.txt'):
+        if name.endswith(".txt"):
             return Tokenizer.from_pretrained(path, **kwargs)
-        if name.endswith('.json'):
-            kind = read_json(path).get('model', {}).get('type')
-            if kind == 'WordPiece':
+        if name.endswith(".json"):
+            kind = read_json(path).get("model", {}).get("type")
+            if kind == "WordPiece":
                 return Tokenizer.from_pretrained(path, **kwargs)
             return BPETokenizer.from_pretrained(path, **kwargs)
-        raise ValueError('do not know how to build a tokenizer from %s' % path)
+        raise ValueError("do not know how to build a tokenizer from %s" % path)
     if not os.path.isdir(path):
         raise FileNotFoundError(path)
     tj = tokenizer_json(path)
-    kind = tj.get('model', {}).get('type') if tj else None
-    if os.path.isfile(os.path.join(path, 'vocab.txt')) or kind == 'WordPiece':
+    kind = tj.get("model", {}).get("type") if tj else None
+    if os.path.isfile(os.path.join(path, "vocab.txt")) or kind == "WordPiece":
         return Tokenizer.from_pretrained(path, **kwargs)
     if sp_model_file(path) is not None:
         return SpTokenizer.from_pretrained(path, **kwargs)

@@ -1,4 +1,5 @@
 """`SpTokenizer`: a SentencePiece model (T5, mT5, ALBERT, CPM, ...) behind the bert4keras API."""
+
 import operator
 import os
 import re
@@ -6,15 +7,15 @@ import re
 from kerasformers.tokenizers.base import TokenizerBase, join_words, map_offsets
 from kerasformers.tokenizers.hf_files import sentencepiece_kwargs
 
-_SURROGATES = re.compile('[\ud800-\udfff]')
-_EXTRA_ID = re.compile(r'<extra_id_(\d+)>')
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_EXTRA_ID = re.compile(r"<extra_id_(\d+)>")
 
 
 def _byte_to_char(text):
     """``table[b]`` = index of the character that UTF-8 byte `b` of `text` belongs to."""
     table = []
     for i, ch in enumerate(text):
-        n = 1 if ch < '\x80' else 2 if ch < '\u0800' else 3 if ch < '\U00010000' else 4
+        n = 1 if ch < "\x80" else 2 if ch < "\u0800" else 3 if ch < "\U00010000" else 4
         table.extend([i] * n)
     table.append(len(text))
     return table
@@ -52,11 +53,11 @@ class SpTokenizer(TokenizerBase):
         (True, '这本书很好看')
     """
 
-    def __init__(self, sp_model_path, token_start=None, token_end='</s>', extra_ids=0,
-                 **kwargs):
+    def __init__(self, sp_model_path, token_start=None, token_end="</s>", extra_ids=0, **kwargs):
         import sentencepiece as spm
-        kwargs.setdefault('token_pad', None)
-        kwargs.setdefault('token_unk', None)
+
+        kwargs.setdefault("token_pad", None)
+        kwargs.setdefault("token_unk", None)
         super().__init__(token_start=token_start, token_end=token_end, **kwargs)
         if isinstance(sp_model_path, (bytes, bytearray)):
             self.sp_model = spm.SentencePieceProcessor(model_proto=bytes(sp_model_path))
@@ -114,7 +115,7 @@ class SpTokenizer(TokenizerBase):
         if 0 <= i < self._piece_size:
             return self.sp_model.id_to_piece(i)
         if self._piece_size <= i < self._piece_size + self._extra_ids:
-            return '<extra_id_%d>' % (self._piece_size + self._extra_ids - 1 - i)
+            return "<extra_id_%d>" % (self._piece_size + self._extra_ids - 1 - i)
         raise self._bad_id(i)
 
     def _is_special(self, i):
@@ -128,8 +129,8 @@ class SpTokenizer(TokenizerBase):
     # -- tokenization ---------------------------------------------------------------------
     def _pieces(self, text):
         """[(id, piece, start, end)] of a text without sentinels; character offsets."""
-        text = _SURROGATES.sub('\ufffd', text)  # SentencePiece only takes valid UTF-8
-        proto = self.sp_model.encode(text, return_type='proto')
+        text = _SURROGATES.sub("\ufffd", text)  # SentencePiece only takes valid UTF-8
+        proto = self.sp_model.encode(text, return_type="proto")
         if text.isascii():
             return [(p.id, p.piece, p.begin, p.end) for p in proto.pieces]
         table = _byte_to_char(text)
@@ -137,7 +138,7 @@ class SpTokenizer(TokenizerBase):
 
     def _segments(self, text):
         """Split `text` around ``<extra_id_N>`` sentinels: [(start, piece_list)]."""
-        if not self._extra_ids or '<extra_id_' not in text:
+        if not self._extra_ids or "<extra_id_" not in text:
             return [(0, self._pieces(text))]
         out, pos = [], 0
         for m in _EXTRA_ID.finditer(text):
@@ -145,7 +146,7 @@ class SpTokenizer(TokenizerBase):
             if token_id is None:
                 continue
             if m.start() > pos:
-                out.append((pos, self._pieces(text[pos:m.start()])))
+                out.append((pos, self._pieces(text[pos : m.start()])))
             out.append((0, [(token_id, m.group(), m.start(), m.end())]))
             pos = m.end()
         if pos < len(text):
@@ -200,4 +201,4 @@ class SpTokenizer(TokenizerBase):
                 if not self._is_special(token_id):
                     run.append(token_id)
         out.append(self.sp_model.decode(run))
-        return ''.join(out)
+        return "".join(out)

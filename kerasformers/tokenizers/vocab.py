@@ -1,4 +1,5 @@
 """Reading and writing BERT vocabularies (``vocab.txt``: one token per line)."""
+
 import warnings
 
 from kerasformers.tokenizers._unicode import is_cjk_character, is_punctuation
@@ -6,7 +7,7 @@ from kerasformers.tokenizers._unicode import is_cjk_character, is_punctuation
 
 def stem(token):
     """A token without its WordPiece ``##`` prefix: ``stem('##ing') == 'ing'``."""
-    return token[2:] if token[:2] == '##' else token
+    return token[2:] if token[:2] == "##" else token
 
 
 def is_redundant(token):
@@ -22,8 +23,9 @@ def is_redundant(token):
     return False
 
 
-def load_vocab(dict_path, encoding='utf-8', simplified=False, startswith=None,
-               bert4keras_ids=False):
+def load_vocab(
+    dict_path, encoding="utf-8", simplified=False, startswith=None, bert4keras_ids=False
+):
     """Read a ``vocab.txt`` into ``{token: id}``.
 
     Each line's first whitespace-separated field is the token (``''`` for a blank line), and
@@ -67,13 +69,25 @@ def load_vocab(dict_path, encoding='utf-8', simplified=False, startswith=None,
             else:
                 token_dict[token] = line_number
     if repeated:
-        shown = ', '.join('%r at lines %s' % (t, ', '.join(map(str, lines)))
-                          for t, lines in list(repeated.items())[:5])
-        warnings.warn('%s: %d token(s) appear on more than one line (counted from 0: %s%s); '
-                      '%s' % (dict_path, len(repeated), shown, ', ...' if len(repeated) > 5 else '',
-                         'bert4keras_ids=True shifts every later id' if bert4keras_ids else
-                         'each keeps its last line\'s id, the ids of its earlier lines '
-                         'have no token'), UserWarning, stacklevel=2)
+        shown = ", ".join(
+            "%r at lines %s" % (t, ", ".join(map(str, lines)))
+            for t, lines in list(repeated.items())[:5]
+        )
+        warnings.warn(
+            "%s: %d token(s) appear on more than one line (counted from 0: %s%s); "
+            "%s"
+            % (
+                dict_path,
+                len(repeated),
+                shown,
+                ", ..." if len(repeated) > 5 else "",
+                "bert4keras_ids=True shifts every later id"
+                if bert4keras_ids
+                else "each keeps its last line's id, the ids of its earlier lines have no token",
+            ),
+            UserWarning,
+            stacklevel=2,
+        )
 
     if not simplified:
         return token_dict
@@ -81,8 +95,7 @@ def load_vocab(dict_path, encoding='utf-8', simplified=False, startswith=None,
     new_token_dict, keep_tokens = {}, []
     for t in startswith or []:
         if t not in token_dict:
-            raise ValueError('startswith token %r is not in the vocabulary %s'
-                             % (t, dict_path))
+            raise ValueError("startswith token %r is not in the vocabulary %s" % (t, dict_path))
         new_token_dict[t] = len(new_token_dict)
         keep_tokens.append(token_dict[t])
     for t, _ in sorted(token_dict.items(), key=lambda s: s[1]):
@@ -92,7 +105,7 @@ def load_vocab(dict_path, encoding='utf-8', simplified=False, startswith=None,
     return new_token_dict, keep_tokens
 
 
-def save_vocab(dict_path, token_dict, encoding='utf-8'):
+def save_vocab(dict_path, token_dict, encoding="utf-8"):
     """Write ``{token: id}`` as a ``vocab.txt``, one token per line in id order.
 
     Example:
@@ -102,6 +115,6 @@ def save_vocab(dict_path, token_dict, encoding='utf-8'):
         >>> load_vocab(path)
         {'[PAD]': 0, 'a': 1, 'b': 2}
     """
-    with open(dict_path, 'w', encoding=encoding) as writer:
+    with open(dict_path, "w", encoding=encoding) as writer:
         for token, _ in sorted(token_dict.items(), key=lambda s: s[1]):
-            writer.write(token + '\n')
+            writer.write(token + "\n")

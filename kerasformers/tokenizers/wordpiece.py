@@ -22,6 +22,7 @@ the character cache at most `_CHAR_CACHE_LIMIT` characters, and the shared table
 pairs covers the first `_OFFSETS_LIMIT` positions (further offsets are made per call and
 belong to the result).
 """
+
 import os
 import re
 import unicodedata
@@ -37,8 +38,8 @@ from kerasformers.tokenizers.vocab import is_redundant, load_vocab, stem
 # It grows with the longest text seen, up to _OFFSETS_LIMIT positions (about 6 MB).
 _OFFSETS = [(i, i + 1) for i in range(4096)]
 _OFFSETS_LIMIT = 1 << 16
-_WORD_CACHE_LIMIT = 1 << 16   # words per cache (two caches per tokenizer)
-_CHAR_CACHE_LIMIT = 1 << 17   # characters in the character -> id cache
+_WORD_CACHE_LIMIT = 1 << 16  # words per cache (two caches per tokenizer)
+_CHAR_CACHE_LIMIT = 1 << 17  # characters in the character -> id cache
 
 
 def _grow_offsets(n):
@@ -56,7 +57,7 @@ def _evict_half(cache):
 class _CharIds(dict):
     """char -> id of that single-character token, filled on first sight of each char."""
 
-    __slots__ = ('_owner',)
+    __slots__ = ("_owner",)
 
     def __init__(self, owner):
         super().__init__()
@@ -102,8 +103,9 @@ class Tokenizer(DictVocabTokenizer):
         '我爱keras!'
     """
 
-    def __init__(self, token_dict, do_lower_case=False, word_maxlen=200, unicode_rules='hf',
-                 **kwargs):
+    def __init__(
+        self, token_dict, do_lower_case=False, word_maxlen=200, unicode_rules="hf", **kwargs
+    ):
         super().__init__(**kwargs)
         if isinstance(token_dict, (str, os.PathLike)):
             token_dict = load_vocab(token_dict)
@@ -111,11 +113,11 @@ class Tokenizer(DictVocabTokenizer):
         self._do_lower_case = bool(do_lower_case)
         self._word_maxlen = word_maxlen
         self._max_token_len = max(map(len, self._token_dict), default=0)
-        self._resolve_special_ids(required=('start', 'end', 'unk'))
+        self._resolve_special_ids(required=("start", "end", "unk"))
         self._unicode_rules = unicode_rules
         self._tables = tables(unicode_rules)
         self._char_ids = _CharIds(self)
-        self._word_ids = {}     # word -> id (one piece) or ((id, start, end), ...)
+        self._word_ids = {}  # word -> id (one piece) or ((id, start, end), ...)
         self._word_tokens = {}  # word -> ((token, start, end), ...)
 
     @classmethod
@@ -156,7 +158,7 @@ class Tokenizer(DictVocabTokenizer):
             while end > start:
                 sub = word[start:end]
                 if start > 0:
-                    sub = '##' + sub
+                    sub = "##" + sub
                 if sub in vocab:
                     break
                 end -= 1
@@ -179,8 +181,9 @@ class Tokenizer(DictVocabTokenizer):
     def _piece_ids(self, word):
         """Cached ids of a word: an int (one piece covering the word) or id triples."""
         translate = self._token_translate.get
-        pieces = [(self.token_to_id(translate(t) or t), s, e)
-                  for t, s, e in self._word_pieces(word)]
+        pieces = [
+            (self.token_to_id(translate(t) or t), s, e) for t, s, e in self._word_pieces(word)
+        ]
         if len(pieces) == 1 and pieces[0][1] == 0 and pieces[0][2] == len(word):
             value = pieces[0][0]
         else:
@@ -202,9 +205,9 @@ class Tokenizer(DictVocabTokenizer):
             t = text.lower()
             if len(t) != len(text):
                 return self._normalize_exact(text) + (T.token_re,)
-            if not unicodedata.is_normalized('NFD', t):
+            if not unicodedata.is_normalized("NFD", t):
                 t = t.translate(T.strip1)
-                if not unicodedata.is_normalized('NFD', t):
+                if not unicodedata.is_normalized("NFD", t):
                     return self._normalize_exact(text) + (T.token_re,)
             if T.lower_complex_bmp_re.search(t) is None:
                 return t, None, T.token_bmp_re
@@ -220,9 +223,9 @@ class Tokenizer(DictVocabTokenizer):
     def _normalize_exact(self, text, drop=True):
         """The exact path: (normalised text, index map), character by character."""
         if self._do_lower_case:
-            if self._unicode_rules == 'hf':
+            if self._unicode_rules == "hf":
                 pieces = [_unicode.strip_accents(ch.lower()) for ch in text]
-                normalized = ''.join(pieces)
+                normalized = "".join(pieces)
             else:
                 # bert4keras lower-cases the whole string (final-sigma rule) and NFDs the
                 # whole string (which can reorder combining marks; the kept characters are
@@ -230,7 +233,7 @@ class Tokenizer(DictVocabTokenizer):
                 lowered, pieces, pos = text.lower(), [], 0
                 for ch in text:
                     k = len(ch.lower())
-                    pieces.append(_unicode.strip_accents(lowered[pos:pos + k]))
+                    pieces.append(_unicode.strip_accents(lowered[pos : pos + k]))
                     pos += k
                 normalized = _unicode.strip_accents(lowered)
             index = []
@@ -242,7 +245,7 @@ class Tokenizer(DictVocabTokenizer):
             flags = self._tables.flags
             keep = [j for j, c in enumerate(normalized) if flags[ord(c)] != DROP]
             if len(keep) != len(normalized):
-                normalized = ''.join([normalized[j] for j in keep])
+                normalized = "".join([normalized[j] for j in keep])
                 index = [index[j] for j in keep]
         return normalized, index
 
@@ -372,8 +375,9 @@ class Tokenizer(DictVocabTokenizer):
             offsets.extend(word_offsets)
         if index is not None:
             index = index + [len(text)]
-            offsets = [(index[s], index[e - 1] + 1) if e > s else (index[s], index[s])
-                       for s, e in offsets]
+            offsets = [
+                (index[s], index[e - 1] + 1) if e > s else (index[s], index[s]) for s, e in offsets
+            ]
         return tokens, offsets
 
     # -- decoding and offsets -------------------------------------------------------------
@@ -386,25 +390,25 @@ class Tokenizer(DictVocabTokenizer):
             tokens = [inv.get(t) or t for t in tokens]
         tokens = [token for token in tokens if not self._is_special(token)]
 
-        text = ''
+        text = ""
         for i, token in enumerate(tokens):
-            if token[:2] == '##':
+            if token[:2] == "##":
                 text += token[2:]
             elif len(token) == 1 and self._is_cjk_character(token):
                 text += token
             elif len(token) == 1 and self._is_punctuation(token):
                 text += token
-                text += ' '
+                text += " "
             elif i > 0 and self._is_cjk_character(text[-1]):
                 text += token
             else:
-                text += ' '
+                text += " "
                 text += token
 
-        text = re.sub(' +', ' ', text)
-        text = re.sub('\' (re|m|s|t|ve|d|ll) ', '\'\\1 ', text)
-        text = _DECODE_PUNCT_RE.sub('\\1', text)
-        text = re.sub(r'(\d\.) (\d)', '\\1\\2', text)
+        text = re.sub(" +", " ", text)
+        text = re.sub("' (re|m|s|t|ve|d|ll) ", "'\\1 ", text)
+        text = _DECODE_PUNCT_RE.sub("\\1", text)
+        text = re.sub(r"(\d\.) (\d)", "\\1\\2", text)
         return text.strip()
 
     def rematch(self, text, tokens):
@@ -448,8 +452,9 @@ class Tokenizer(DictVocabTokenizer):
         if self._pre_tokenize is not None:
             tokens, offsets = self._pre_tokenized_with_offsets(text)
             flags = self._tables.flags
-            return tokens, [[i for i in range(s, e) if flags[ord(text[i])] != DROP]
-                            for s, e in offsets]
+            return tokens, [
+                [i for i in range(s, e) if flags[ord(text[i])] != DROP] for s, e in offsets
+            ]
         normalized, index, token_re = self._normalize(text)
         tokens, offsets = self._tokens_normalized(normalized, token_re)
         if index is None:
@@ -507,7 +512,7 @@ class Tokenizer(DictVocabTokenizer):
     @staticmethod
     def _is_special(ch):
         """Whether a token looks like ``[xxx]``."""
-        return bool(ch) and (ch[0] == '[') and (ch[-1] == ']')
+        return bool(ch) and (ch[0] == "[") and (ch[-1] == "]")
 
     @staticmethod
     def _cjk_punctuation():
@@ -515,12 +520,13 @@ class Tokenizer(DictVocabTokenizer):
 
 
 _CJK_PUNCTUATION = (
-    '\uff02\uff03\uff04\uff05\uff06\uff07\uff08\uff09\uff0a\uff0b\uff0c\uff0d\uff0f\uff1a'
-    '\uff1b\uff1c\uff1d\uff1e\uff20\uff3b\uff3c\uff3d\uff3e\uff3f\uff40\uff5b\uff5c\uff5d'
-    '\uff5e\uff5f\uff60\uff62\uff63\uff64\u3000\u3001\u3003\u3008\u3009\u300a\u300b\u300c'
-    '\u300d\u300e\u300f\u3010\u3011\u3014\u3015\u3016\u3017\u3018\u3019\u301a\u301b\u301c'
-    '\u301d\u301e\u301f\u3030\u303e\u303f\u2013\u2014\u2018\u2019\u201b\u201c\u201d\u201e'
-    '\u201f\u2026\u2027\ufe4f\ufe51\ufe54\u00b7\uff01\uff1f\uff61\u3002'
+    "\uff02\uff03\uff04\uff05\uff06\uff07\uff08\uff09\uff0a\uff0b\uff0c\uff0d\uff0f\uff1a"
+    "\uff1b\uff1c\uff1d\uff1e\uff20\uff3b\uff3c\uff3d\uff3e\uff3f\uff40\uff5b\uff5c\uff5d"
+    "\uff5e\uff5f\uff60\uff62\uff63\uff64\u3000\u3001\u3003\u3008\u3009\u300a\u300b\u300c"
+    "\u300d\u300e\u300f\u3010\u3011\u3014\u3015\u3016\u3017\u3018\u3019\u301a\u301b\u301c"
+    "\u301d\u301e\u301f\u3030\u303e\u303f\u2013\u2014\u2018\u2019\u201b\u201c\u201d\u201e"
+    "\u201f\u2026\u2027\ufe4f\ufe51\ufe54\u00b7\uff01\uff1f\uff61\u3002"
 )
 _DECODE_PUNCT_RE = re.compile(
-    '(%s) ' % '|'.join(re.escape(p) for p in _CJK_PUNCTUATION + '+-/={(<['))
+    "(%s) " % "|".join(re.escape(p) for p in _CJK_PUNCTUATION + "+-/={(<[")
+)

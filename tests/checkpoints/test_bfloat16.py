@@ -29,8 +29,9 @@ WIDENED_BITS = BITS.astype(np.uint32) << 16
 
 def _write_safetensors(path, name, bits):
     data = bits.astype("<u2").tobytes()
-    header = json.dumps({name: {"dtype": "BF16", "shape": list(bits.shape),
-                                "data_offsets": [0, len(data)]}}).encode()
+    header = json.dumps(
+        {name: {"dtype": "BF16", "shape": list(bits.shape), "data_offsets": [0, len(data)]}}
+    ).encode()
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(header)) + header + data)
 
@@ -84,8 +85,9 @@ def test_compound_tokens_average_in_float32_for_every_format(tmp_path):
 
     for fmt, path in _checkpoints(tmp_path, bits).items():
         variable = keras.Variable(np.zeros((3, 2), "float32"))
-        loader.load_weights({"emb": variable}, [("emb", "w", "w")], path, vocab_fn=vocab_fn,
-                            vocab_paths={"emb"})
+        loader.load_weights(
+            {"emb": variable}, [("emb", "w", "w")], path, vocab_fn=vocab_fn, vocab_paths={"emb"}
+        )
         got = keras.ops.convert_to_numpy(variable)
         np.testing.assert_array_equal(got[:2], rows, err_msg=fmt)
         np.testing.assert_array_equal(got[2], [0.9169921875] * 2, err_msg=fmt)

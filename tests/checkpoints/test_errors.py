@@ -13,8 +13,14 @@ import pytest
 
 from kerasformers import CheckpointError, build_transformer_model
 
-CONFIG = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-              intermediate_size=24, max_position=32)
+CONFIG = dict(
+    vocab_size=50,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=24,
+    max_position=32,
+)
 HEADS = dict(with_mlm=True, with_nsp=True)
 
 
@@ -55,6 +61,7 @@ HF_Q0 = "bert.encoder.layer.0.attention.self.query.weight"
 
 # ------------------------------------------------------------------ contents
 
+
 @pytest.mark.parametrize("naming", ["google", "hf"])
 def test_missing_keys_are_all_listed_by_name(naming):
     tensors = checkpoint(naming)
@@ -94,7 +101,8 @@ def test_config_mismatch_lists_every_tensor():
     tensors = checkpoint()
     message = fails(make(hidden_size=8, num_attention_heads=2), tensors, "shape mismatch")
     assert message.count("shape mismatch") == sum(
-        16 in v.shape for v in tensors.values())  # all of them, none skipped
+        16 in v.shape for v in tensors.values()
+    )  # all of them, none skipped
 
 
 def test_checkpoint_with_more_layers_than_the_config():
@@ -110,8 +118,9 @@ def test_checkpoint_with_more_layers_than_the_config():
 
 def test_wrong_family_checkpoint():
     """An ALBERT checkpoint into model='bert': the BERT names it lacks are listed."""
-    albert = build_transformer_model(None, model="albert", return_keras_model=False,
-                                     **CONFIG, **HEADS).export_weights("google")
+    albert = build_transformer_model(
+        None, model="albert", return_keras_model=False, **CONFIG, **HEADS
+    ).export_weights("google")
     message = fails(make(), albert, "missing")
     assert f"missing: {Q0!r}" in message
     assert "missing: 'bert/encoder/layer_1/output/LayerNorm/gamma'" in message
@@ -130,8 +139,9 @@ def test_ignore_invalid_weights_loads_the_rest_and_lists_the_skipped():
     assert "'bert/encoder/layer_2/output/dense/kernel'" in text
 
     assert report.missing == [("Pooler-Dense/bias", "bert/pooler/dense/bias")]
-    assert report.mismatched == [("Transformer-0-MultiHeadSelfAttention/q_dense/kernel", Q0,
-                                  (16, 16), (16, 8))]
+    assert report.mismatched == [
+        ("Transformer-0-MultiHeadSelfAttention/q_dense/kernel", Q0, (16, 16), (16, 8))
+    ]
     assert sorted(report.unexpected) == sorted(k for k in tensors if "layer_2/" in k)
     assert not report.ok
 
@@ -154,6 +164,7 @@ def test_ignore_invalid_weights_loads_the_rest_and_lists_the_skipped():
 
 
 # --------------------------------------------------------------------- files
+
 
 def test_truncated_safetensors(tmp_path):
     make().save_weights_as_checkpoint(str(tmp_path), naming="hf")
@@ -186,8 +197,10 @@ def test_missing_shard(tmp_path):
 
     tensors = checkpoint("hf")
     names = sorted(tensors)
-    shards = {"model-00001-of-00002.safetensors": names[::2],
-              "model-00002-of-00002.safetensors": names[1::2]}
+    shards = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
     weight_map = {}
     for file, part in shards.items():
         save_file({k: tensors[k] for k in part}, str(tmp_path / file))
@@ -243,8 +256,12 @@ def test_corrupt_tf_index(tmp_path):
 
 
 def test_nonexistent_path(tmp_path):
-    for path in [tmp_path / "nope" / "bert_model.ckpt", tmp_path / "model.safetensors",
-                 tmp_path / "pytorch_model.bin", tmp_path / "no_such_dir" / ""]:
+    for path in [
+        tmp_path / "nope" / "bert_model.ckpt",
+        tmp_path / "model.safetensors",
+        tmp_path / "pytorch_model.bin",
+        tmp_path / "no_such_dir" / "",
+    ]:
         message = fails(make(), str(path), "not found")
         assert str(path).rstrip("/") in message
     with pytest.raises(CheckpointError, match="not found"):
@@ -270,6 +287,7 @@ def test_wrong_model_name():
 
 
 # ------------------------------------------------------------------- pickles
+
 
 class _Evil:
     """Unpickling this runs open(target, 'w'), i.e. creates a file."""

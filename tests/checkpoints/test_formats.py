@@ -32,26 +32,62 @@ if HAS_TF:
     import tensorflow as tf
 NEZHA_FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "nezha")
 
-SMALL = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-             intermediate_size=37, max_position_embeddings=64, hidden_dropout_prob=0.0,
-             attention_probs_dropout_prob=0.0)
+SMALL = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
 
 # key: (config class, model class, config overrides, our model key, our heads)
 CASES = {
-    "bert": ("BertConfig", "BertForPreTraining", {}, "bert",
-             dict(with_mlm="linear", with_nsp=True)),
+    "bert": (
+        "BertConfig",
+        "BertForPreTraining",
+        {},
+        "bert",
+        dict(with_mlm="linear", with_nsp=True),
+    ),
     "bert_mlm": ("BertConfig", "BertForMaskedLM", {}, "bert", dict(with_mlm="linear")),
-    "roberta": ("RobertaConfig", "RobertaForMaskedLM",
-                dict(pad_token_id=1, type_vocab_size=1, max_position_embeddings=66), "roberta",
-                dict(with_mlm="linear")),
-    "albert": ("AlbertConfig", "AlbertForPreTraining", dict(embedding_size=16), "albert",
-               dict(with_mlm="linear", with_nsp=True)),
-    "albert_mlm": ("AlbertConfig", "AlbertForMaskedLM", dict(embedding_size=16), "albert",
-                   dict(with_mlm="linear")),
-    "electra": ("ElectraConfig", "ElectraForPreTraining", dict(embedding_size=16), "electra",
-                dict(with_discriminator="linear")),
-    "roformer": ("RoFormerConfig", "RoFormerForMaskedLM", dict(embedding_size=16), "roformer",
-                 dict(with_mlm="linear")),
+    "roberta": (
+        "RobertaConfig",
+        "RobertaForMaskedLM",
+        dict(pad_token_id=1, type_vocab_size=1, max_position_embeddings=66),
+        "roberta",
+        dict(with_mlm="linear"),
+    ),
+    "albert": (
+        "AlbertConfig",
+        "AlbertForPreTraining",
+        dict(embedding_size=16),
+        "albert",
+        dict(with_mlm="linear", with_nsp=True),
+    ),
+    "albert_mlm": (
+        "AlbertConfig",
+        "AlbertForMaskedLM",
+        dict(embedding_size=16),
+        "albert",
+        dict(with_mlm="linear"),
+    ),
+    "electra": (
+        "ElectraConfig",
+        "ElectraForPreTraining",
+        dict(embedding_size=16),
+        "electra",
+        dict(with_discriminator="linear"),
+    ),
+    "roformer": (
+        "RoFormerConfig",
+        "RoFormerForMaskedLM",
+        dict(embedding_size=16),
+        "roformer",
+        dict(with_mlm="linear"),
+    ),
 }
 GOOGLE_CASES = ["bert", "albert", "electra", "roformer", "nezha"]
 HF_CASES = ["bert", "bert_mlm", "roberta", "albert_mlm", "electra", "roformer"]
@@ -65,30 +101,48 @@ HF_CASES = ["bert", "bert_mlm", "roberta", "albert_mlm", "electra", "roformer"]
 # HF tensors that have no Google counterpart: buffers, the sinusoidal RoFormer
 # table, and the MLM decoder (tied to the word embeddings; its bias is
 # `cls.predictions.bias`).
-_NOT_IN_GOOGLE = re.compile(r"(position_ids|embed_positions\.weight|relative_positions_encoding"
-                            r"|predictions\.decoder\.(weight|bias))$")
+_NOT_IN_GOOGLE = re.compile(
+    r"(position_ids|embed_positions\.weight|relative_positions_encoding"
+    r"|predictions\.decoder\.(weight|bias))$"
+)
 
 _ALBERT_BLOCK = "bert/encoder/transformer/group_0/inner_group_0/"
 _RENAMES = {
     "bert": [],
     "nezha": [(r"^nezha\.", "bert.")],
-    "roformer": [(r"^roformer\.embeddings_project\.", "bert.encoder.embedding_hidden_mapping_in."),
-                 (r"^roformer\.", "bert.")],
-    "electra": [(r"^discriminator_predictions\.dense_prediction\.",
-                 "discriminator_predictions.dense_1.")],
+    "roformer": [
+        (r"^roformer\.embeddings_project\.", "bert.encoder.embedding_hidden_mapping_in."),
+        (r"^roformer\.", "bert."),
+    ],
+    "electra": [
+        (r"^discriminator_predictions\.dense_prediction\.", "discriminator_predictions.dense_1.")
+    ],
     "albert": [
-        (r"^albert\.encoder\.albert_layer_groups\.0\.albert_layers\.0\.attention\."
-         r"(query|key|value)\.", _ALBERT_BLOCK + r"attention_1/self/\1."),
-        (r"^albert\.encoder\.albert_layer_groups\.0\.albert_layers\.0\.attention\.dense\.",
-         _ALBERT_BLOCK + "attention_1/output/dense."),
-        (r"^albert\.encoder\.albert_layer_groups\.0\.albert_layers\.0\.attention\.LayerNorm\.",
-         _ALBERT_BLOCK + "LayerNorm."),
-        (r"^albert\.encoder\.albert_layer_groups\.0\.albert_layers\.0\.ffn\.",
-         _ALBERT_BLOCK + "ffn_1/intermediate/dense."),
-        (r"^albert\.encoder\.albert_layer_groups\.0\.albert_layers\.0\.ffn_output\.",
-         _ALBERT_BLOCK + "ffn_1/intermediate/output/dense."),
-        (r"^albert\.encoder\.albert_layer_groups\.0\.albert_layers\.0\.full_layer_layer_norm\.",
-         _ALBERT_BLOCK + "LayerNorm_1."),
+        (
+            r"^albert\.encoder\.albert_layer_groups\.0\.albert_layers\.0\.attention\."
+            r"(query|key|value)\.",
+            _ALBERT_BLOCK + r"attention_1/self/\1.",
+        ),
+        (
+            r"^albert\.encoder\.albert_layer_groups\.0\.albert_layers\.0\.attention\.dense\.",
+            _ALBERT_BLOCK + "attention_1/output/dense.",
+        ),
+        (
+            r"^albert\.encoder\.albert_layer_groups\.0\.albert_layers\.0\.attention\.LayerNorm\.",
+            _ALBERT_BLOCK + "LayerNorm.",
+        ),
+        (
+            r"^albert\.encoder\.albert_layer_groups\.0\.albert_layers\.0\.ffn\.",
+            _ALBERT_BLOCK + "ffn_1/intermediate/dense.",
+        ),
+        (
+            r"^albert\.encoder\.albert_layer_groups\.0\.albert_layers\.0\.ffn_output\.",
+            _ALBERT_BLOCK + "ffn_1/intermediate/output/dense.",
+        ),
+        (
+            r"^albert\.encoder\.albert_layer_groups\.0\.albert_layers\.0\.full_layer_layer_norm\.",
+            _ALBERT_BLOCK + "LayerNorm_1.",
+        ),
         (r"^albert\.pooler\.", "bert.pooler.dense."),
         (r"^albert\.", "bert."),
         (r"^predictions\.bias$", "cls.predictions.bias"),
@@ -132,10 +186,20 @@ def to_google(state, family):
 
 def google_config(hf_config, with_embedding_size=True):
     """A Google-style bert_config.json (no model_type, no layer_norm_eps) from an HF config."""
-    keys = ["attention_probs_dropout_prob", "hidden_act", "hidden_dropout_prob", "hidden_size",
-            "initializer_range", "intermediate_size", "max_position_embeddings",
-            "num_attention_heads", "num_hidden_layers", "type_vocab_size", "vocab_size",
-            "max_relative_position"]
+    keys = [
+        "attention_probs_dropout_prob",
+        "hidden_act",
+        "hidden_dropout_prob",
+        "hidden_size",
+        "initializer_range",
+        "intermediate_size",
+        "max_position_embeddings",
+        "num_attention_heads",
+        "num_hidden_layers",
+        "type_vocab_size",
+        "vocab_size",
+        "max_relative_position",
+    ]
     if with_embedding_size:
         keys.append("embedding_size")
     return {k: hf_config[k] for k in keys if k in hf_config}
@@ -145,8 +209,12 @@ def write_tf_checkpoint(prefix, tensors):
     """A real TF checkpoint: written by TensorFlow when installed, else by our writer."""
     if HAS_TF:
         names = sorted(tensors)
-        tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
-                          tensors=[tf.constant(tensors[n]) for n in names])
+        tf.raw_ops.SaveV2(
+            prefix=prefix,
+            tensor_names=names,
+            shape_and_slices=[""] * len(names),
+            tensors=[tf.constant(tensors[n]) for n in names],
+        )
     else:
         save_tf_checkpoint(prefix, tensors)
     assert os.path.exists(prefix + ".index")
@@ -160,6 +228,7 @@ def softmax(x):
 # --------------------------------------------------------------------------
 # References
 # --------------------------------------------------------------------------
+
 
 class Reference:
     """A random HF model (or the NEZHA fixture): saved dir, state dict, expected outputs."""
@@ -180,8 +249,9 @@ class Reference:
         self.config = config.to_dict()
         self.state = {k: v.detach().numpy().copy() for k, v in self.hf.state_dict().items()}
         self.pad = config.pad_token_id or 0
-        self.ids, self.seg = batch(lengths=(11, 7, 4), pad=self.pad,
-                                   segments=config.type_vocab_size > 1)
+        self.ids, self.seg = batch(
+            lengths=(11, 7, 4), pad=self.pad, segments=config.type_vocab_size > 1
+        )
         self.expected = self.hf_outputs(self.hf, self.ids, self.seg)
 
     def _from_fixture(self):
@@ -205,8 +275,11 @@ class Reference:
     def hf_outputs(self, hf, ids, seg):
         """transformers' outputs, in our output order (NSP as probabilities)."""
         with torch.no_grad():
-            out = hf(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(seg),
-                     attention_mask=torch.tensor(ids != self.pad))
+            out = hf(
+                input_ids=torch.tensor(ids),
+                token_type_ids=torch.tensor(seg),
+                attention_mask=torch.tensor(ids != self.pad),
+            )
         logits = out.prediction_logits if "prediction_logits" in out else out.logits
         logits = logits.numpy()
         sop = out.get("seq_relationship_logits", out.get("sop_logits"))
@@ -254,6 +327,7 @@ def assert_same_weights(a, b):
 # Google TF checkpoints with the original names
 # --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("key", GOOGLE_CASES)
 def test_google_checkpoint_with_original_names(key, tmp_path, tmp_path_factory):
     ref = get_reference(key, tmp_path_factory)
@@ -266,13 +340,15 @@ def test_google_checkpoint_with_original_names(key, tmp_path, tmp_path_factory):
     with open(config_path, "w") as f:
         json.dump(google_config(ref.config), f)
 
-    ours = build_transformer_model(config_path, prefix, model=ref.model_key,
-                                   return_keras_model=False, **ref.heads)
+    ours = build_transformer_model(
+        config_path, prefix, model=ref.model_key, return_keras_model=False, **ref.heads
+    )
     from_google = run(ours.model, [ref.ids, ref.seg])
     ref.check(from_google, "Google checkpoint vs transformers")
 
-    from_hf = run(build_transformer_model(checkpoint_path=ref.folder, **ref.heads),
-                  [ref.ids, ref.seg])
+    from_hf = run(
+        build_transformer_model(checkpoint_path=ref.folder, **ref.heads), [ref.ids, ref.seg]
+    )
     ref.check(from_google, "Google vs HF-loaded", expected=from_hf)
 
     # The names contract: what we write is exactly the original names, same values.
@@ -284,8 +360,9 @@ def test_google_checkpoint_with_original_names(key, tmp_path, tmp_path_factory):
         np.testing.assert_array_equal(reader.get_tensor(name), value, err_msg=name)
 
     # ... and it loads back into a fresh model bit for bit.
-    fresh = build_transformer_model(config_path, written, model=ref.model_key,
-                                    return_keras_model=False, **ref.heads)
+    fresh = build_transformer_model(
+        config_path, written, model=ref.model_key, return_keras_model=False, **ref.heads
+    )
     assert_same_weights(fresh, ours)
 
 
@@ -293,16 +370,16 @@ def test_google_checkpoint_with_original_names(key, tmp_path, tmp_path_factory):
 @pytest.mark.parametrize("key", ["bert", "albert", "electra", "roformer"])
 def test_google_checkpoint_written_by_us_is_read_by_tensorflow(key, tmp_path, tmp_path_factory):
     ref = get_reference(key, tmp_path_factory)
-    ours = build_transformer_model(checkpoint_path=ref.folder, return_keras_model=False,
-                                   **ref.heads)
+    ours = build_transformer_model(
+        checkpoint_path=ref.folder, return_keras_model=False, **ref.heads
+    )
     prefix = str(tmp_path / "out" / "bert_model.ckpt")
     ours.save_weights_as_checkpoint(prefix, naming="google")
     exported = ours.export_weights("google")
     assert len(exported) == len(ours.model.weights)  # every weight has a Google name
 
     tf_reader = tf.train.load_checkpoint(prefix)
-    assert tf_reader.get_variable_to_shape_map() == {
-        k: list(v.shape) for k, v in exported.items()}
+    assert tf_reader.get_variable_to_shape_map() == {k: list(v.shape) for k, v in exported.items()}
     our_reader = TFCheckpointReader(prefix)
     for name, value in exported.items():
         from_tf = tf_reader.get_tensor(name)
@@ -316,11 +393,13 @@ def test_google_checkpoint_written_by_us_is_read_by_tensorflow(key, tmp_path, tm
 # HF directories written by us, read by transformers
 # --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("key", HF_CASES)
 def test_hf_directory_loads_in_transformers(key, tmp_path, tmp_path_factory):
     ref = get_reference(key, tmp_path_factory)
-    ours = build_transformer_model(checkpoint_path=ref.folder, return_keras_model=False,
-                                   **ref.heads)
+    ours = build_transformer_model(
+        checkpoint_path=ref.folder, return_keras_model=False, **ref.heads
+    )
     out = str(tmp_path / "hf")
     ours.save_weights_as_checkpoint(out, naming="hf")
 
@@ -335,8 +414,11 @@ def test_hf_directory_loads_in_transformers(key, tmp_path, tmp_path_factory):
 
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["architectures"] == [ref.model_cls]
-    auto = (transformers.AutoModelForPreTraining if "PreTraining" in ref.model_cls
-            else transformers.AutoModelForMaskedLM)
+    auto = (
+        transformers.AutoModelForPreTraining
+        if "PreTraining" in ref.model_cls
+        else transformers.AutoModelForMaskedLM
+    )
     hf, info = auto.from_pretrained(out, output_loading_info=True)
     assert type(hf).__name__ == ref.model_cls
     problems = {k: v for k, v in info.items() if v}
@@ -352,6 +434,7 @@ def test_hf_directory_loads_in_transformers(key, tmp_path, tmp_path_factory):
 # Other HF formats
 # --------------------------------------------------------------------------
 
+
 def test_sharded_safetensors(tmp_path, tmp_path_factory):
     ref = get_reference("bert", tmp_path_factory)
     folder = str(tmp_path / "sharded")
@@ -360,8 +443,10 @@ def test_sharded_safetensors(tmp_path, tmp_path_factory):
         shards = set(json.load(f)["weight_map"].values())
     assert len(shards) >= 2, shards
     assert not os.path.exists(os.path.join(folder, "model.safetensors"))
-    ref.check(run(build_transformer_model(checkpoint_path=folder, **ref.heads),
-                  [ref.ids, ref.seg]), "sharded safetensors")
+    ref.check(
+        run(build_transformer_model(checkpoint_path=folder, **ref.heads), [ref.ids, ref.seg]),
+        "sharded safetensors",
+    )
 
 
 @pytest.mark.parametrize("sharded", [False, True], ids=["single", "sharded"])
@@ -374,8 +459,10 @@ def test_pytorch_bin(sharded, tmp_path, tmp_path_factory):
         torch.save(state, folder / "pytorch_model.bin")
     else:
         names = sorted(state)
-        parts = {"pytorch_model-00001-of-00002.bin": names[: len(names) // 2],
-                 "pytorch_model-00002-of-00002.bin": names[len(names) // 2:]}
+        parts = {
+            "pytorch_model-00001-of-00002.bin": names[: len(names) // 2],
+            "pytorch_model-00002-of-00002.bin": names[len(names) // 2 :],
+        }
         weight_map = {}
         for file, part in parts.items():
             torch.save({k: state[k] for k in part}, folder / file)
@@ -383,8 +470,10 @@ def test_pytorch_bin(sharded, tmp_path, tmp_path_factory):
         with open(folder / "pytorch_model.bin.index.json", "w") as f:
             json.dump({"metadata": {}, "weight_map": weight_map}, f)
     assert not any(f.endswith(".safetensors") for f in os.listdir(folder))
-    ref.check(run(build_transformer_model(checkpoint_path=str(folder), **ref.heads),
-                  [ref.ids, ref.seg]), "pytorch_model.bin")
+    ref.check(
+        run(build_transformer_model(checkpoint_path=str(folder), **ref.heads), [ref.ids, ref.seg]),
+        "pytorch_model.bin",
+    )
 
 
 def test_bf16_safetensors(tmp_path, tmp_path_factory):
@@ -409,6 +498,7 @@ def test_bf16_safetensors(tmp_path, tmp_path_factory):
 # --------------------------------------------------------------------------
 # dict checkpoints and keep_tokens
 # --------------------------------------------------------------------------
+
 
 def _config_file(ref):
     return os.path.join(ref.folder, "config.json")
@@ -438,12 +528,20 @@ def test_keep_tokens(naming, tmp_path, tmp_path_factory):
         checkpoint = str(tmp_path / "model.ckpt")
         write_tf_checkpoint(checkpoint, to_google(ref.state, "bert"))
         config = google_config(ref.config)
-    ours = build_transformer_model(config, checkpoint, keep_tokens=keep,
-                                   return_keras_model=False, **ref.heads)
+    ours = build_transformer_model(
+        config, checkpoint, keep_tokens=keep, return_keras_model=False, **ref.heads
+    )
     variables = ours.variables()
-    np.testing.assert_array_equal(variables["Embedding-Token/embeddings"].numpy(),
-                                  ref.state["bert.embeddings.word_embeddings.weight"][keep])
-    np.testing.assert_array_equal(variables["MLM-Bias/beta"].numpy(),
-                                  ref.state["cls.predictions.bias"][keep])
-    ref.check(run(ours.model, [new_ids, seg]), f"keep_tokens ({naming})",
-              expected=expected, mask=new_ids != 0)
+    np.testing.assert_array_equal(
+        variables["Embedding-Token/embeddings"].numpy(),
+        ref.state["bert.embeddings.word_embeddings.weight"][keep],
+    )
+    np.testing.assert_array_equal(
+        variables["MLM-Bias/beta"].numpy(), ref.state["cls.predictions.bias"][keep]
+    )
+    ref.check(
+        run(ours.model, [new_ids, seg]),
+        f"keep_tokens ({naming})",
+        expected=expected,
+        mask=new_ids != 0,
+    )

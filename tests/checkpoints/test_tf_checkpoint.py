@@ -17,15 +17,18 @@ import pytest
 
 from kerasformers.checkpoints import bfloat16 as bfloat16_module
 from kerasformers.checkpoints import tf_checkpoint as tfc
-from kerasformers.checkpoints.tf_checkpoint import bundle, crc, sstable, wire
 from kerasformers.checkpoints.tf_checkpoint import (
     CheckpointError,
     TFCheckpointReader,
+    bundle,
+    crc,
     crc32c,
     mask_crc32c,
     resolve_checkpoint_prefix,
     save_tf_checkpoint,
+    sstable,
     unmask_crc32c,
+    wire,
 )
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -487,7 +490,9 @@ def test_unsupported_dtype_and_partitioned_variables(tmp_path):
 def test_size_mismatch_in_entry(tmp_path):
     prefix = str(tmp_path / "bad")
     _write_raw_index(
-        prefix, [(b"w", bundle._encode_entry(1, (3,), 0, 8, mask_crc32c(crc32c(bytes(8)))))], bytes(8)
+        prefix,
+        [(b"w", bundle._encode_entry(1, (3,), 0, 8, mask_crc32c(crc32c(bytes(8)))))],
+        bytes(8),
     )
     with pytest.raises(
         CheckpointError, match=r"'w' has 8 bytes but shape \(3,\) of float32 needs 12"
@@ -564,7 +569,7 @@ def test_reads_tf_train_checkpoint_with_object_graph(tmp_path):
     assert reader.variable_shapes() == {n: tuple(s) for n, s in tf.train.list_variables(path)}
     for name in reader.keys():
         ours, theirs = reader.get_tensor(name), tf_reader.get_tensor(name)
-        if reader.dtype(name) == object:
+        if reader.dtype(name) == np.dtype(object):
             assert ours.shape == () and ours.item() == theirs
         else:
             _assert_same(ours, theirs, name)

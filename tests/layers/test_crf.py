@@ -17,11 +17,9 @@ from tests.utils import to_numpy
 
 L = 3  # labels
 # real tokens: a full row, right padding, padding anywhere (gaps), one token, none
-MASK = np.array([[1, 1, 1, 1, 1],
-                 [1, 1, 1, 0, 0],
-                 [0, 1, 1, 0, 1],
-                 [0, 0, 1, 0, 0],
-                 [0, 0, 0, 0, 0]], bool)
+MASK = np.array(
+    [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [0, 1, 1, 0, 1], [0, 0, 1, 0, 0], [0, 0, 0, 0, 0]], bool
+)
 
 
 def data(seed=0, scale=2.0):
@@ -39,7 +37,8 @@ def logsumexp(x):
 
 def path_score(nodes, trans, path):
     return sum(nodes[t, y] for t, y in enumerate(path)) + sum(
-        trans[a, b] for a, b in zip(path[:-1], path[1:]))
+        trans[a, b] for a, b in zip(path[:-1], path[1:])
+    )
 
 
 def brute_nll(nodes, trans, labels):
@@ -51,8 +50,11 @@ def brute_nll(nodes, trans, labels):
 
 
 def brute_best(nodes, trans, starts=None, ends=None):
-    paths = [p for p in itertools.product(range(L), repeat=len(nodes))
-             if (starts is None or p[0] in starts) and (ends is None or p[-1] in ends)]
+    paths = [
+        p
+        for p in itertools.product(range(L), repeat=len(nodes))
+        if (starts is None or p[0] in starts) and (ends is None or p[-1] in ends)
+    ]
     return list(max(paths, key=lambda p: path_score(nodes, trans, p)))
 
 
@@ -74,8 +76,9 @@ def test_crf_nll_equals_brute_force(lr_multiplier):
     loss = to_numpy(crf.sparse_loss(labels, emissions, mask=MASK))
     np.testing.assert_allclose(loss, np.mean(ref), rtol=1e-5)
     one_hot = np.eye(L, dtype="float32")[labels]
-    np.testing.assert_allclose(to_numpy(crf.dense_loss(one_hot, emissions, mask=MASK)), loss,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(crf.dense_loss(one_hot, emissions, mask=MASK)), loss, rtol=1e-6
+    )
 
 
 def test_crf_without_mask_counts_every_position():
@@ -92,22 +95,29 @@ def test_crf_reads_the_keras_mask_and_keeps_it():
     out = crf(emissions, mask=MASK)
     np.testing.assert_array_equal(to_numpy(out), emissions)  # emissions unchanged
     from kerasformers.losses import get_keras_mask
+
     np.testing.assert_array_equal(to_numpy(get_keras_mask(out)), MASK)
-    np.testing.assert_allclose(to_numpy(crf.sparse_loss(labels, out)),
-                               to_numpy(crf.sparse_loss(labels, emissions, mask=MASK)), rtol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(crf.sparse_loss(labels, out)),
+        to_numpy(crf.sparse_loss(labels, emissions, mask=MASK)),
+        rtol=1e-6,
+    )
     # accuracy: per-token hits for Keras to weight, or the masked mean given mask=
-    hits = (emissions.argmax(-1) == labels)
+    hits = emissions.argmax(-1) == labels
     np.testing.assert_array_equal(to_numpy(crf.sparse_accuracy(labels, out)), hits)
-    np.testing.assert_allclose(to_numpy(crf.sparse_accuracy(labels, emissions, mask=MASK)),
-                               hits[MASK].mean(), rtol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(crf.sparse_accuracy(labels, emissions, mask=MASK)), hits[MASK].mean(), rtol=1e-6
+    )
 
 
 def test_crf_stable_with_large_scores():
     emissions, labels, trans = data(3, scale=1e4)
     crf = crf_with(trans * 1e3)
     ours = to_numpy(crf.negative_log_likelihood(labels, emissions, mask=MASK))
-    ref = [brute_nll(e[m].astype("float64"), trans * 1e3, y[m])
-           for e, y, m in zip(emissions, labels, MASK)]
+    ref = [
+        brute_nll(e[m].astype("float64"), trans * 1e3, y[m])
+        for e, y, m in zip(emissions, labels, MASK)
+    ]
     assert np.isfinite(ours).all()
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1.0)
 
@@ -142,6 +152,7 @@ def test_viterbi_full_rows_single_token_and_layer_method():
 
 def numpy_memm_loss(emissions, labels, trans, lengths):
     """bert4keras' formula: reverse_sequence + transposed trans for the backward pass."""
+
     def one_direction(x, y, t):
         total, count = 0.0, 0
         for e, l, n in zip(x, y, lengths):
@@ -152,8 +163,9 @@ def numpy_memm_loss(emissions, labels, trans, lengths):
                 count += 1
         return total / count
 
-    reverse = lambda a: np.stack([np.concatenate([r[:n][::-1], r[n:]])  # noqa: E731
-                                  for r, n in zip(a, lengths)])
+    def reverse(a):
+        return np.stack([np.concatenate([r[:n][::-1], r[n:]]) for r, n in zip(a, lengths)])
+
     forward = one_direction(emissions, labels, trans)
     backward = one_direction(reverse(emissions), reverse(labels), trans.T)
     return (forward + backward) / 2
@@ -168,8 +180,7 @@ def test_memm_loss_equals_numpy_formula(hidden_dim):
     memm.build((None, None, L))
     trans = to_numpy(memm.trans)
     loss = to_numpy(memm.sparse_loss(labels, emissions, mask=mask))
-    np.testing.assert_allclose(loss, numpy_memm_loss(emissions, labels, trans, lengths),
-                               rtol=1e-5)
+    np.testing.assert_allclose(loss, numpy_memm_loss(emissions, labels, trans, lengths), rtol=1e-5)
     if hidden_dim:
         low_rank = to_numpy(memm.l_trans) @ to_numpy(memm.r_trans).T
         np.testing.assert_allclose(trans, low_rank, rtol=1e-5)
@@ -181,9 +192,13 @@ def test_memm_loss_equals_numpy_formula(hidden_dim):
     for i, n in enumerate(lengths):
         where = np.sort(np.random.RandomState(i).choice(5, n, replace=False))
         gappy[i, where], gappy_labels[i, where], gappy_mask[i, where] = (
-            emissions[i, :n], labels[i, :n], True)
-    np.testing.assert_allclose(to_numpy(memm.sparse_loss(gappy_labels, gappy, mask=gappy_mask)),
-                               loss, rtol=1e-5)
+            emissions[i, :n],
+            labels[i, :n],
+            True,
+        )
+    np.testing.assert_allclose(
+        to_numpy(memm.sparse_loss(gappy_labels, gappy, mask=gappy_mask)), loss, rtol=1e-5
+    )
 
 
 def test_memm_accuracy_uses_true_neighbours():
@@ -193,16 +208,25 @@ def test_memm_accuracy_uses_true_neighbours():
     memm.build((None, None, L))
     memm._trans.assign(trans)
     forward = np.concatenate([emissions[:, :1], (emissions[:, 1:] + trans[labels[:, :-1]]) / 2], 1)
-    backward = np.concatenate([(emissions[:, :-1] + trans[:, labels[:, 1:]].transpose(1, 2, 0))
-                               / 2, emissions[:, -1:]], 1)
+    backward = np.concatenate(
+        [(emissions[:, :-1] + trans[:, labels[:, 1:]].transpose(1, 2, 0)) / 2, emissions[:, -1:]], 1
+    )
     hits = ((forward.argmax(-1) == labels) * 1.0 + (backward.argmax(-1) == labels)) / 2
     np.testing.assert_allclose(to_numpy(memm.sparse_accuracy(labels, emissions)), hits)
-    np.testing.assert_allclose(to_numpy(memm.dense_accuracy(np.eye(L)[labels], emissions,
-                                                            mask=mask)), hits.mean(), rtol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(memm.dense_accuracy(np.eye(L)[labels], emissions, mask=mask)),
+        hits.mean(),
+        rtol=1e-6,
+    )
 
 
-@pytest.mark.parametrize("cls,kwargs", [(ConditionalRandomField, {"lr_multiplier": 3}),
-                                        (MaximumEntropyMarkovModel, {"hidden_dim": 2})])
+@pytest.mark.parametrize(
+    "cls,kwargs",
+    [
+        (ConditionalRandomField, {"lr_multiplier": 3}),
+        (MaximumEntropyMarkovModel, {"hidden_dim": 2}),
+    ],
+)
 def test_get_config_round_trip(cls, kwargs):
     layer = cls(name="tagger", **kwargs)
     config = layer.get_config()
@@ -232,8 +256,7 @@ def test_tiny_tagger_learns_transitions_with_fit():
     x = keras.layers.Embedding(10, 8, mask_zero=True)(ids)
     crf = ConditionalRandomField(lr_multiplier=2)
     model = keras.Model(ids, crf(keras.layers.Dense(L)(x)))
-    model.compile(keras.optimizers.Adam(0.05), loss=crf.sparse_loss,
-                  metrics=[crf.sparse_accuracy])
+    model.compile(keras.optimizers.Adam(0.05), loss=crf.sparse_loss, metrics=[crf.sparse_accuracy])
     before = to_numpy(crf.trans)
     model.fit(tokens, labels, batch_size=32, epochs=12, verbose=0)
     assert np.abs(to_numpy(crf.trans) - before).max() > 0.5  # transitions do train
@@ -244,8 +267,9 @@ def test_tiny_tagger_learns_transitions_with_fit():
     loss, accuracy = model.evaluate(test_tokens, test_labels, verbose=0)
     argmax = to_numpy(emissions).argmax(-1) == test_labels
     np.testing.assert_allclose(accuracy, argmax[test_mask].mean(), rtol=1e-5)  # padding excluded
-    np.testing.assert_allclose(loss, to_numpy(crf.sparse_loss(test_labels, emissions,
-                                                              mask=test_mask)), rtol=1e-4)
+    np.testing.assert_allclose(
+        loss, to_numpy(crf.sparse_loss(test_labels, emissions, mask=test_mask)), rtol=1e-4
+    )
 
 
 def test_lr_multiplier_scales_the_adam_step():
@@ -276,8 +300,9 @@ def test_mixed_bfloat16_masks_give_no_nan(cls):
         out = head(keras.layers.Dense(L)(x))
         assert head.compute_dtype == "float32"
         model = keras.Model(ids, out)
-        model.compile(keras.optimizers.Adam(0.01), loss=head.sparse_loss,
-                      metrics=[head.sparse_accuracy])
+        model.compile(
+            keras.optimizers.Adam(0.01), loss=head.sparse_loss, metrics=[head.sparse_accuracy]
+        )
         history = model.fit(tokens, labels, batch_size=8, epochs=1, verbose=0).history
         assert np.isfinite(history["loss"]).all()
         assert np.isfinite(to_numpy(head.trans)).all()
@@ -321,16 +346,21 @@ def test_variable_length_batches_and_unknown_length_graphs():
 
         spec = tf.TensorSpec([None, None, L])
         decode = tf.function(lambda e: crf.decode(e), input_signature=[spec])
-        nll = tf.function(lambda y, e: crf.negative_log_likelihood(y, e),
-                          input_signature=[tf.TensorSpec([None, None], tf.int32), spec])
+        nll = tf.function(
+            lambda y, e: crf.negative_log_likelihood(y, e),
+            input_signature=[tf.TensorSpec([None, None], tf.int32), spec],
+        )
         for n in (1, 3):
             emissions, labels, _ = data(n)
             emissions, labels = emissions[:, :n], labels[:, :n]
-            np.testing.assert_array_equal(to_numpy(decode(emissions)),
-                                          to_numpy(crf.decode(emissions)))
-            np.testing.assert_allclose(to_numpy(nll(labels, emissions)),
-                                       to_numpy(crf.negative_log_likelihood(labels, emissions)),
-                                       rtol=1e-6)
+            np.testing.assert_array_equal(
+                to_numpy(decode(emissions)), to_numpy(crf.decode(emissions))
+            )
+            np.testing.assert_allclose(
+                to_numpy(nll(labels, emissions)),
+                to_numpy(crf.negative_log_likelihood(labels, emissions)),
+                rtol=1e-6,
+            )
 
 
 class MaskInputTagger(keras.Model):
@@ -346,8 +376,10 @@ def test_mask_as_model_input_via_compute_loss():
     token_ids = keras.Input((None,), dtype="int32", name="token_ids")
     padding = keras.Input((None,), dtype="bool", name="padding_mask")
     emissions = keras.layers.Dense(L)(keras.layers.Embedding(10, 4)(token_ids))
-    model = MaskInputTagger({"token_ids": token_ids, "padding_mask": padding},
-                            ConditionalRandomField(name="crf")(emissions))
+    model = MaskInputTagger(
+        {"token_ids": token_ids, "padding_mask": padding},
+        ConditionalRandomField(name="crf")(emissions),
+    )
     model.compile("adam")
     x = {"token_ids": tokens, "padding_mask": mask}
     loss = model.evaluate(x, labels, verbose=0)
@@ -368,5 +400,6 @@ def test_save_and_load_keras_file(tmp_path):
     loaded = keras.models.load_model(path, compile=False)
     np.testing.assert_array_equal(to_numpy(loaded.layers[-1].trans), to_numpy(crf.trans))
     tokens, _, _ = parity_task(4)
-    np.testing.assert_array_equal(to_numpy(loaded.layers[-1].decode(loaded(tokens))),
-                                  to_numpy(crf.decode(model(tokens))))
+    np.testing.assert_array_equal(
+        to_numpy(loaded.layers[-1].decode(loaded(tokens))), to_numpy(crf.decode(model(tokens)))
+    )

@@ -20,7 +20,7 @@ def numpy_adam(table, grads, lr=0.1, b1=0.9, b2=0.999, eps=1e-7):
     for t, g in enumerate(grads, start=1):
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
-        alpha = lr * np.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        alpha = lr * np.sqrt(1 - b2**t) / (1 - b1**t)
         table = table - alpha * m / (np.sqrt(v) + eps)
     return table
 
@@ -61,8 +61,9 @@ def test_t5_relative_bias_trains_like_a_dense_table():
     class Bias(keras.layers.Layer):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
-            self.relative = RelativePositionEmbeddingT5(8, 2, max_distance=16,
-                                                        embeddings_initializer="random_normal")
+            self.relative = RelativePositionEmbeddingT5(
+                8, 2, max_distance=16, embeddings_initializer="random_normal"
+            )
 
         def call(self, x):
             return keras.ops.expand_dims(self.relative([x, x]), 0)
@@ -74,7 +75,8 @@ def test_t5_relative_bias_trains_like_a_dense_table():
     tables, trained = train_two_steps(layer, x, target)
     idx = np.arange(6)
     buckets = keras.ops.convert_to_numpy(
-        layer.relative.compute_position_ids(idx[None, :] - idx[:, None]))
+        layer.relative.compute_position_ids(idx[None, :] - idx[:, None])
+    )
     grads = [dense_grad(t, buckets[None], t[buckets][None], target) for t in tables]
     np.testing.assert_allclose(trained, numpy_adam(tables[0], grads), atol=1e-5)
 
@@ -87,9 +89,13 @@ def test_position_embedding(hierarchical):
     class Positions(keras.layers.Layer):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
-            self.position = PositionEmbedding(4 if hierarchical else 6, 2, merge_mode="zero",
-                                              hierarchical=hierarchical,
-                                              embeddings_initializer="random_normal")
+            self.position = PositionEmbedding(
+                4 if hierarchical else 6,
+                2,
+                merge_mode="zero",
+                hierarchical=hierarchical,
+                embeddings_initializer="random_normal",
+            )
 
         def call(self, ids):
             return self.position(keras.ops.zeros(keras.ops.shape(ids) + (2,)))

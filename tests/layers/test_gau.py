@@ -29,16 +29,19 @@ def load(case):
     with np.load(os.path.join(FIXTURES, case + ".npz"), allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files}
     arrays["config"] = json.loads(str(arrays["config"]))
-    arrays["weights"] = {k[len("weights/"):]: arrays.pop(k) for k in list(arrays)
-                         if k.startswith("weights/")}
+    arrays["weights"] = {
+        k[len("weights/") :]: arrays.pop(k) for k in list(arrays) if k.startswith("weights/")
+    }
     return arrays
 
 
 # ---------------------------------------------------------------- NumPy reference
 
 _erf = np.vectorize(math.erf)
-ACTIVATIONS = {"swish": lambda x: x / (1 + np.exp(-x)),
-               "gelu": lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2)))}
+ACTIVATIONS = {
+    "swish": lambda x: x / (1 + np.exp(-x)),
+    "gelu": lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2))),
+}
 
 
 def rope(x):
@@ -63,15 +66,16 @@ def affine(z, w, name):
     return z * w[name + "/gamma"] + w.get(name + "/beta", 0.0)
 
 
-def numpy_gau(inputs, w, config, mask=None, attention_mask=None, attention_bias=None,
-              use_rope=False):
+def numpy_gau(
+    inputs, w, config, mask=None, attention_mask=None, attention_bias=None, use_rope=False
+):
     """Float64 GAU: o_dense(u * (A v)), A normalised over the visible keys."""
     w = {k: v.astype("float64") for k, v in w.items()}
     act = ACTIVATIONS[config.get("activation", "swish")]
     units, key_size = config["units"], config["key_size"]
     if config.get("self_attention", True):
         h = dense(inputs[0].astype("float64"), w, "i_dense", act)
-        u, v, z = h[..., :units], h[..., units:2 * units], h[..., 2 * units:]
+        u, v, z = h[..., :units], h[..., units : 2 * units], h[..., 2 * units :]
         q, k = affine(z, w, "q_scaleoffset"), affine(z, w, "k_scaleoffset")
     else:
         q, k, v = (t.astype("float64") for t in inputs)
@@ -104,6 +108,7 @@ def numpy_gau(inputs, w, config, mask=None, attention_mask=None, attention_bias=
 
 # ---------------------------------------------------------------- helpers
 
+
 def inputs_of(arrays):
     return [arrays[k] for k in ("x", "q", "k", "v") if k in arrays]
 
@@ -126,8 +131,9 @@ def call_ours(layer, arrays, rope_from_layer=False):
         if name in arrays:
             kwargs[name] = arrays[name]
     if int(arrays["rope"]) and not rope_from_layer:
-        kwargs["position_bias"] = SinusoidalPositionEmbedding(
-            layer.key_size, merge_mode="zero")(inputs[-1])
+        kwargs["position_bias"] = SinusoidalPositionEmbedding(layer.key_size, merge_mode="zero")(
+            inputs[-1]
+        )
         kwargs["p_bias"] = "rotary"
     return to_numpy(layer(inputs[0] if len(inputs) == 1 else inputs, **kwargs))
 
@@ -156,6 +162,7 @@ def randomize(layer, seed=1):
 
 # ---------------------------------------------------------------- tests
 
+
 def test_fixtures_present():
     assert len(CASES) == 7, CASES
 
@@ -165,9 +172,15 @@ def test_equals_bert4keras_and_numpy(case):
     arrays = load(case)
     layer = built_layer(arrays)
     ours = call_ours(layer, arrays)
-    ref = numpy_gau(inputs_of(arrays), arrays["weights"], arrays["config"], arrays.get("mask"),
-                    arrays.get("attention_mask"), arrays.get("attention_bias"),
-                    bool(arrays["rope"]))
+    ref = numpy_gau(
+        inputs_of(arrays),
+        arrays["weights"],
+        arrays["config"],
+        arrays.get("mask"),
+        arrays.get("attention_mask"),
+        arrays.get("attention_bias"),
+        bool(arrays["rope"]),
+    )
     want = arrays["output"]
     assert ours.shape == want.shape
     assert np.abs(ref - want).max() <= TOL, "NumPy reference disagrees with bert4keras"
@@ -189,12 +202,14 @@ def test_padded_keys_never_leak_and_empty_rows_are_finite(normalization):
     valid = np.array(LENGTHS) > 0
     np.testing.assert_allclose(out[valid], ref[valid], rtol=0, atol=TOL)
     noisy = np.where(mask[..., None], x, 100.0 * np.random.RandomState(3).normal(size=x.shape))
-    np.testing.assert_allclose(to_numpy(layer(noisy, mask=mask))[:, :3][valid],
-                               out[:, :3][valid], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        to_numpy(layer(noisy, mask=mask))[:, :3][valid], out[:, :3][valid], rtol=0, atol=1e-5
+    )
     # no visible key at all: u * 0 -> o_dense(0) = its bias, never NaN or an average of padding
     assert np.isfinite(out).all()
-    np.testing.assert_allclose(out[2], np.broadcast_to(weights["o_dense/bias"], out[2].shape),
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        out[2], np.broadcast_to(weights["o_dense/bias"], out[2].shape), rtol=0, atol=1e-6
+    )
 
 
 def test_keras_mask_from_embedding_hides_padding():
@@ -260,9 +275,17 @@ def test_cross_attention_uses_the_key_mask():
 
 def test_config_and_keras_file_round_trip(tmp_path):
     x = keras.Input((None, HIDDEN))
-    layer = GatedAttentionUnit(UNITS, KEY, activation="gelu", use_bias=False,
-                               normalization="softmax_plus", attention_scale=False,
-                               attention_dropout=0.1, rope=True, name="gau")
+    layer = GatedAttentionUnit(
+        UNITS,
+        KEY,
+        activation="gelu",
+        use_bias=False,
+        normalization="softmax_plus",
+        attention_scale=False,
+        attention_dropout=0.1,
+        rope=True,
+        name="gau",
+    )
     model = keras.Model(x, layer(x))
     config = layer.get_config()
     assert config["activation"] == "gelu" and config["attention_dropout"] == 0.1
@@ -277,8 +300,11 @@ def test_config_and_keras_file_round_trip(tmp_path):
     clone.set_weights(model.get_weights())
     np.testing.assert_array_equal(to_numpy(clone(data)), want)
     assert sorted(w.path for w in layer.weights) == [
-        "gau/i_dense/kernel", "gau/k_scaleoffset/gamma", "gau/o_dense/kernel",
-        "gau/q_scaleoffset/gamma"]
+        "gau/i_dense/kernel",
+        "gau/k_scaleoffset/gamma",
+        "gau/o_dense/kernel",
+        "gau/q_scaleoffset/gamma",
+    ]
     with pytest.raises(ValueError, match="normalization"):
         GatedAttentionUnit(UNITS, KEY, normalization="sparsemax")
     with pytest.raises(ValueError, match="position_bias"):
@@ -291,8 +317,9 @@ def test_attention_dropout_only_in_training():
     layer.build(x.shape)
     weights = randomize(layer)
     ref = numpy_gau([x], weights, layer.get_config(), mask)
-    np.testing.assert_allclose(to_numpy(layer(x, mask=mask, training=False))[:2], ref[:2],
-                               rtol=0, atol=TOL)
+    np.testing.assert_allclose(
+        to_numpy(layer(x, mask=mask, training=False))[:2], ref[:2], rtol=0, atol=TOL
+    )
     dropped = to_numpy(layer(x, mask=mask, training=True))
     assert np.isfinite(dropped).all() and np.abs(dropped[:2] - ref[:2]).max() > 1e-3
 

@@ -34,7 +34,7 @@ def numpy_mask(logits, mask, tril):
 
 
 def numpy_global_pointer(x, kernel, bias, rope_on):
-    h = x.astype("float64") @ kernel + bias                       # [b, n, heads * 2d]
+    h = x.astype("float64") @ kernel + bias  # [b, n, heads * 2d]
     h = h.reshape(B, N, HEADS, 2 * SIZE)
     q, k = h[..., :SIZE], h[..., SIZE:]
     if rope_on:
@@ -43,15 +43,18 @@ def numpy_global_pointer(x, kernel, bias, rope_on):
 
 
 def numpy_efficient(x, p_kernel, p_bias, q_kernel, q_bias, rope_on):
-    h = x.astype("float64") @ p_kernel + p_bias                   # [b, n, 2d]
+    h = x.astype("float64") @ p_kernel + p_bias  # [b, n, 2d]
     q, k = h[..., 0::2], h[..., 1::2]
     if rope_on:
         q, k = rope(q), rope(k)
     logits = np.einsum("bmd,bnd->bmn", q, k) / np.sqrt(SIZE)
-    head_bias = (h @ q_kernel + q_bias) / 2                       # [b, n, 2 * heads]
-    start, end = head_bias[..., 1::2], head_bias[..., 0::2]       # odd: start i, even: end j
-    return (logits[:, None] + end.transpose(0, 2, 1)[:, :, None, :]
-            + start.transpose(0, 2, 1)[:, :, :, None])
+    head_bias = (h @ q_kernel + q_bias) / 2  # [b, n, 2 * heads]
+    start, end = head_bias[..., 1::2], head_bias[..., 0::2]  # odd: start i, even: end j
+    return (
+        logits[:, None]
+        + end.transpose(0, 2, 1)[:, :, None, :]
+        + start.transpose(0, 2, 1)[:, :, :, None]
+    )
 
 
 def randomize(layer, seed):
@@ -65,8 +68,10 @@ def inputs(seed=0):
 
 
 @pytest.mark.parametrize("cls", [GlobalPointer, EfficientGlobalPointer])
-@pytest.mark.parametrize("RoPE,tril_mask,use_mask", [(True, True, True), (True, False, False),
-                                                     (False, True, False), (False, False, True)])
+@pytest.mark.parametrize(
+    "RoPE,tril_mask,use_mask",
+    [(True, True, True), (True, False, False), (False, True, False), (False, False, True)],
+)
 def test_scores_equal_numpy(cls, RoPE, tril_mask, use_mask):
     x = inputs()
     layer = cls(HEADS, SIZE, RoPE=RoPE, tril_mask=tril_mask)
@@ -132,8 +137,11 @@ def test_mixed_bfloat16_training_has_no_nan(cls):
         assert keras.backend.standardize_dtype(scores.dtype) == "bfloat16"
         scores = to_numpy(scores)
         assert np.isfinite(scores).all() and scores.min() < -1e11
-        model.compile(keras.optimizers.Adam(0.01), loss=global_pointer_crossentropy,
-                      metrics=[global_pointer_f1])
+        model.compile(
+            keras.optimizers.Adam(0.01),
+            loss=global_pointer_crossentropy,
+            metrics=[global_pointer_f1],
+        )
         history = model.fit(ids, labels, batch_size=2, epochs=2, verbose=0).history
         assert np.isfinite(history["loss"]).all()
         assert all(np.isfinite(to_numpy(w)).all() for w in model.weights)

@@ -76,8 +76,9 @@ def test_loss_layer_trains_in_fit_and_equals_the_hand_computed_loss():
     # the logged value is the loss of the weights before each step: epoch 1 = start
     np.testing.assert_allclose(losses[0], expected, rtol=1e-5)
     after = hand_loss(model.predict([tokens, segments], verbose=0), tokens, segments)
-    np.testing.assert_allclose(model.evaluate([tokens, segments], verbose=0, batch_size=16),
-                               after, rtol=1e-5)
+    np.testing.assert_allclose(
+        model.evaluate([tokens, segments], verbose=0, batch_size=16), after, rtol=1e-5
+    )
 
 
 def test_loss_layer_accepts_x_none_batches():
@@ -95,9 +96,15 @@ def test_loss_layer_accepts_x_none_batches():
     assert np.isfinite(history.history["loss"]).all()
 
 
-@pytest.mark.parametrize("output_axis, expected", [
-    (None, ["int32", "int32", "float32"]), (2, "float32"), (0, "int32"),
-    ([2, 0], ["float32", "int32"])])
+@pytest.mark.parametrize(
+    "output_axis, expected",
+    [
+        (None, ["int32", "int32", "float32"]),
+        (2, "float32"),
+        (0, "int32"),
+        ([2, 0], ["float32", "int32"]),
+    ],
+)
 def test_output_axis_selects_inputs(output_axis, expected):
     model, _ = seq2seq_model(output_axis)
     tokens, segments = data()
@@ -152,8 +159,11 @@ def test_model_with_a_loss_layer_saves_and_loads(tmp_path):
     path = str(tmp_path / "m.keras")
     model.save(path)
     loaded = keras.saving.load_model(path, custom_objects={"CrossEntropy": CrossEntropy})
-    np.testing.assert_allclose(loaded.predict([tokens, segments], verbose=0),
-                               model.predict([tokens, segments], verbose=0), rtol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict([tokens, segments], verbose=0),
+        model.predict([tokens, segments], verbose=0),
+        rtol=1e-6,
+    )
 
 
 def test_doctests():

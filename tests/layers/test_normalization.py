@@ -15,8 +15,12 @@ import pytest
 from kerasformers.layers import Embedding, LayerNormalization, ScaleOffset
 from tests.utils import to_numpy
 
-FIXTURE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures",
-                       "bert4keras_layers", "layer_normalization.npz")
+FIXTURE = os.path.join(
+    os.path.dirname(os.path.dirname(__file__)),
+    "fixtures",
+    "bert4keras_layers",
+    "layer_normalization.npz",
+)
 TOL = 1e-4
 
 
@@ -26,9 +30,10 @@ def load():
     cases = {}
     for key in arrays:
         if key.endswith("/config"):
-            case = key[:-len("/config")]
-            weights = {k[len(case) + 9:]: v for k, v in arrays.items()
-                       if k.startswith(case + "/weights/")}
+            case = key[: -len("/config")]
+            weights = {
+                k[len(case) + 9 :]: v for k, v in arrays.items() if k.startswith(case + "/weights/")
+            }
             cases[case] = (json.loads(str(arrays[key])), arrays[case + "/output"], weights)
     return cases, arrays["x"], arrays["cond"]
 
@@ -44,7 +49,7 @@ def numpy_layer_norm(x, weights, config, cond=None):
     if config.get("zero_mean", True):
         x = x - x.mean(-1, keepdims=True)
     if config.get("unit_variance", True):
-        x = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + config.get("epsilon", 1e-7))
+        x = x / np.sqrt((x**2).mean(-1, keepdims=True) + config.get("epsilon", 1e-7))
     gamma, beta = w.get("gamma", 1.0), w.get("beta", 0.0)
     if config.get("conditional"):
         c = cond.astype("float64")
@@ -61,7 +66,7 @@ def numpy_layer_norm(x, weights, config, cond=None):
 
 def relative_weights(layer):
     """{'beta', 'gamma', '<sublayer>/kernel': variable} relative to the layer."""
-    return {w.path[len(layer.name) + 1:]: w for w in layer.weights}
+    return {w.path[len(layer.name) + 1 :]: w for w in layer.weights}
 
 
 def set_weights(layer, weights):
@@ -72,8 +77,14 @@ def set_weights(layer, weights):
 
 
 def test_fixture_cases_present():
-    assert sorted(CASES) == ["conditional", "conditional_hidden", "conditional_scale_only",
-                             "parameter_free", "rms", "standard"]
+    assert sorted(CASES) == [
+        "conditional",
+        "conditional_hidden",
+        "conditional_scale_only",
+        "parameter_free",
+        "rms",
+        "standard",
+    ]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -96,10 +107,17 @@ def test_conditional_starts_as_the_plain_norm_and_learns_from_the_condition():
     cond_ln = LayerNormalization(conditional=True, hidden_units=5, hidden_activation="relu")
     np.testing.assert_allclose(to_numpy(cond_ln([X, COND])), to_numpy(plain(X)), rtol=0, atol=1e-6)
     names = sorted(relative_weights(cond_ln))
-    assert names == ["beta", "beta_dense/kernel", "gamma", "gamma_dense/kernel",
-                     "hidden_dense/kernel"]
-    assert all(not to_numpy(relative_weights(cond_ln)[n]).any()
-               for n in ("beta_dense/kernel", "gamma_dense/kernel"))
+    assert names == [
+        "beta",
+        "beta_dense/kernel",
+        "gamma",
+        "gamma_dense/kernel",
+        "hidden_dense/kernel",
+    ]
+    assert all(
+        not to_numpy(relative_weights(cond_ln)[n]).any()
+        for n in ("beta_dense/kernel", "gamma_dense/kernel")
+    )
     # trainable: one step on a condition-dependent target moves the zero kernels
     target = X * (1.0 + COND[:, :1, None])
     cx, cc = keras.Input(X.shape[1:]), keras.Input(COND.shape[1:])
@@ -114,12 +132,16 @@ def test_per_token_condition_and_custom_weights_match_numpy():
     cond = rng.normal(size=X.shape[:2] + (4,)).astype("float32")  # [b, n, dc]
     layer = LayerNormalization(conditional=True, hidden_units=3, epsilon=1e-12)
     layer.build([X.shape, cond.shape])
-    weights = {k: rng.normal(size=w.shape).astype("float32")
-               for k, w in relative_weights(layer).items()}
+    weights = {
+        k: rng.normal(size=w.shape).astype("float32") for k, w in relative_weights(layer).items()
+    }
     set_weights(layer, weights)
-    np.testing.assert_allclose(to_numpy(layer([X, cond])),
-                               numpy_layer_norm(X, weights, layer.get_config(), cond),
-                               rtol=0, atol=TOL)
+    np.testing.assert_allclose(
+        to_numpy(layer([X, cond])),
+        numpy_layer_norm(X, weights, layer.get_config(), cond),
+        rtol=0,
+        atol=TOL,
+    )
 
 
 def test_scale_offset_constants_and_condition():
@@ -128,21 +150,32 @@ def test_scale_offset_constants_and_condition():
     layer.build([X.shape, COND.shape])
     assert sorted(relative_weights(layer)) == ["beta", "beta_dense/kernel", "gamma_dense/kernel"]
     rng = np.random.RandomState(1)
-    weights = {k: rng.normal(size=w.shape).astype("float32")
-               for k, w in relative_weights(layer).items()}
+    weights = {
+        k: rng.normal(size=w.shape).astype("float32") for k, w in relative_weights(layer).items()
+    }
     set_weights(layer, weights)
     c = COND.astype("float64")[:, None]
-    want = X * (2.0 + c @ weights["gamma_dense/kernel"]) + weights["beta"] + \
-        c @ weights["beta_dense/kernel"]
+    want = (
+        X * (2.0 + c @ weights["gamma_dense/kernel"])
+        + weights["beta"]
+        + c @ weights["beta_dense/kernel"]
+    )
     np.testing.assert_allclose(to_numpy(layer([X, COND])), want, rtol=0, atol=TOL)
 
 
 def test_mask_passes_through_and_config_round_trips():
     tokens, cond = keras.Input((None,), dtype="int32"), keras.Input((4,))
     h = Embedding(10, 6, mask_zero=True)(tokens)
-    layer = LayerNormalization(conditional=True, hidden_units=5, hidden_activation="gelu",
-                               hidden_initializer="he_normal", zero_mean=False, offset=False,
-                               epsilon=1e-6, name="cln")
+    layer = LayerNormalization(
+        conditional=True,
+        hidden_units=5,
+        hidden_activation="gelu",
+        hidden_initializer="he_normal",
+        zero_mean=False,
+        offset=False,
+        epsilon=1e-6,
+        name="cln",
+    )
     out = layer([h, cond])
     assert out._keras_mask is not None
     model = keras.Model([tokens, cond], out)

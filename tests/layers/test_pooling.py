@@ -10,10 +10,9 @@ from tests.utils import to_numpy
 MODES = ["mean", "max", "sum", "sqrt_mean", "first", "last"]
 B, N, D = 4, 6, 3
 # right padding, left padding, no padding, a row without tokens
-MASK = np.array([[1, 1, 1, 0, 0, 0],
-                 [0, 0, 1, 1, 1, 1],
-                 [1, 1, 1, 1, 1, 1],
-                 [0, 0, 0, 0, 0, 0]], bool)
+MASK = np.array(
+    [[1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]], bool
+)
 IDS = np.where(MASK, np.arange(1, N + 1), 0).astype("int32")
 
 
@@ -24,9 +23,14 @@ def numpy_pool(x, mask, mode):
         tokens = x[i][row].astype("float64")
         if not len(tokens):
             continue
-        out[i] = {"mean": lambda t: t.mean(0), "max": lambda t: t.max(0),
-                  "sum": lambda t: t.sum(0), "sqrt_mean": lambda t: t.sum(0) / np.sqrt(len(t)),
-                  "first": lambda t: t[0], "last": lambda t: t[-1]}[mode](tokens)
+        out[i] = {
+            "mean": lambda t: t.mean(0),
+            "max": lambda t: t.max(0),
+            "sum": lambda t: t.sum(0),
+            "sqrt_mean": lambda t: t.sum(0) / np.sqrt(len(t)),
+            "first": lambda t: t[0],
+            "last": lambda t: t[-1],
+        }[mode](tokens)
     return out
 
 
@@ -80,10 +84,16 @@ def test_compiled_model_with_unknown_length():
     model.get_layer("embedding").set_weights([table])
     got = model.predict([IDS, data], verbose=0, batch_size=B)
     for i, mode in enumerate(MODES):
-        np.testing.assert_allclose(got[2 * i], numpy_pool(table[IDS], MASK, mode),
-                                   rtol=1e-5, atol=1e-6, err_msg=mode)
-        np.testing.assert_allclose(got[2 * i + 1], numpy_pool(data, np.ones((B, N), bool), mode),
-                                   rtol=1e-5, atol=1e-6, err_msg=mode)
+        np.testing.assert_allclose(
+            got[2 * i], numpy_pool(table[IDS], MASK, mode), rtol=1e-5, atol=1e-6, err_msg=mode
+        )
+        np.testing.assert_allclose(
+            got[2 * i + 1],
+            numpy_pool(data, np.ones((B, N), bool), mode),
+            rtol=1e-5,
+            atol=1e-6,
+            err_msg=mode,
+        )
 
 
 def test_higher_rank_inputs_pool_the_token_axis():

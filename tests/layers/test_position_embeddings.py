@@ -15,8 +15,7 @@ import pytest
 from kerasformers.layers import Embedding, PositionEmbedding, SinusoidalPositionEmbedding
 from tests.utils import to_numpy
 
-FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures",
-                        "bert4keras_layers")
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "bert4keras_layers")
 TOL = 1e-4
 
 
@@ -27,9 +26,10 @@ def load(name):
     cases = {}
     for key in arrays:
         if key.endswith("/config"):
-            case = key[:-len("/config")]
-            weights = {k[len(case) + 9:]: v for k, v in arrays.items()
-                       if k.startswith(case + "/weights/")}
+            case = key[: -len("/config")]
+            weights = {
+                k[len(case) + 9 :]: v for k, v in arrays.items() if k.startswith(case + "/weights/")
+            }
             cases[case] = (json.loads(str(arrays[key])), arrays[case + "/output"], weights)
     return cases, arrays["x"], arrays["position_ids"]
 
@@ -84,8 +84,9 @@ def test_position_embedding_equals_bert4keras_and_numpy(case):
     layer.embeddings.assign(weights["embeddings"])
     ours = to_numpy(layer(inputs))
     positions = POSITION_IDS if custom else default_positions(X)
-    ref = numpy_position(X, weights["embeddings"], positions, config["merge_mode"],
-                         config.get("hierarchical"))
+    ref = numpy_position(
+        X, weights["embeddings"], positions, config["merge_mode"], config.get("hierarchical")
+    )
     assert ours.shape == want.shape == ref.shape
     assert np.abs(ref - want).max() <= TOL, "NumPy formula disagrees with bert4keras"
     assert np.abs(ours - want).max() <= TOL
@@ -116,8 +117,9 @@ def test_hierarchical_first_positions_equal_the_table():
     ids = np.arange(25)[None]
     out = to_numpy(layer(np.zeros((1, 25, 4), "float32")))[0]
     np.testing.assert_allclose(out[:5], table, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(out, numpy_position(None, table, ids, "zero", True)[0],
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        out, numpy_position(None, table, ids, "zero", True)[0], rtol=0, atol=1e-5
+    )
     assert np.abs(out[5:10] - table).max() > 0.1  # and later blocks differ from the table
 
 
@@ -134,8 +136,9 @@ def test_offset_equals_shifted_custom_position_ids(cls):
         layer.embeddings.assign(table)
         custom.embeddings.assign(table)
     ids = np.arange(5, 8)[None].repeat(2, 0)
-    np.testing.assert_allclose(to_numpy(layer(x, offset=5)), to_numpy(custom([x, ids])),
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(layer(x, offset=5)), to_numpy(custom([x, ids])), rtol=0, atol=1e-6
+    )
 
 
 def test_padding_mask_flows_through_the_merge_modes():
@@ -159,16 +162,34 @@ def test_padding_mask_flows_through_the_merge_modes():
     model = keras.Model([tokens, positions], outputs["sin_concat"])
     out = to_numpy(model([ids, ids]))
     assert out.shape == (2, 3, 10)
-    np.testing.assert_allclose(out[:, :, 4:], np.broadcast_to(numpy_sinusoidal(
-        np.arange(3)[None], 6), (2, 3, 6)), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        out[:, :, 4:],
+        np.broadcast_to(numpy_sinusoidal(np.arange(3)[None], 6), (2, 3, 6)),
+        rtol=0,
+        atol=1e-6,
+    )
 
 
-@pytest.mark.parametrize("cls,kwargs", [
-    (PositionEmbedding, dict(input_dim=6, output_dim=4, merge_mode="concat", hierarchical=0.3,
-                             custom_position_ids=True, embeddings_initializer="glorot_uniform")),
-    (SinusoidalPositionEmbedding, dict(output_dim=4, merge_mode="zero",
-                                       custom_position_ids=True)),
-])
+@pytest.mark.parametrize(
+    "cls,kwargs",
+    [
+        (
+            PositionEmbedding,
+            dict(
+                input_dim=6,
+                output_dim=4,
+                merge_mode="concat",
+                hierarchical=0.3,
+                custom_position_ids=True,
+                embeddings_initializer="glorot_uniform",
+            ),
+        ),
+        (
+            SinusoidalPositionEmbedding,
+            dict(output_dim=4, merge_mode="zero", custom_position_ids=True),
+        ),
+    ],
+)
 def test_get_config_round_trip(cls, kwargs):
     layer = cls(**kwargs, name="pos")
     x, ids = keras.Input((None, 4)), keras.Input((None,), dtype="int32")

@@ -18,21 +18,33 @@ from tests.utils import assert_close, batch, run, single_thread_torch, to_numpy 
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
-SMALL = dict(vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-             intermediate_size=24, max_position=16)
+SMALL = dict(
+    vocab_size=30,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=24,
+    max_position=16,
+)
 V, H = SMALL["vocab_size"], SMALL["hidden_size"]
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
 def build(model="bert", checkpoint=None, **kwargs):
-    return build_transformer_model(None, checkpoint_path=checkpoint, model=model,
-                                   **{**SMALL, **kwargs})
+    return build_transformer_model(
+        None, checkpoint_path=checkpoint, model=model, **{**SMALL, **kwargs}
+    )
 
 
 def random_checkpoint(model="bert", seed=0, **kwargs):
     """Random weights (std 0.2) in the original Google names, for every head of `model`."""
-    heads = dict(with_discriminator=True) if model == "electra" else \
-        dict(with_mlm=True) if model == "roformer_v2" else dict(with_nsp=True, with_mlm=True)
+    heads = (
+        dict(with_discriminator=True)
+        if model == "electra"
+        else dict(with_mlm=True)
+        if model == "roformer_v2"
+        else dict(with_nsp=True, with_mlm=True)
+    )
     transformer = build(model, return_keras_model=False, **{**heads, **kwargs})
     rng = np.random.RandomState(seed)
     out = {}
@@ -57,7 +69,7 @@ def names(model):
 
 def numpy_gelu(x, tanh=False):
     if tanh:
-        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
     return 0.5 * x * (1 + _erf(x / math.sqrt(2)))
 
 
@@ -112,10 +124,24 @@ def test_output_rules(ckpt):
 
 def test_public_layer_names():
     model = build(embedding_size=8, dropout_rate=0.1, with_nsp=True, with_mlm=True)
-    expected = ["Input-Token", "Input-Segment", "Embedding-Token", "Embedding-Segment",
-                "Embedding-Token-Segment", "Embedding-Position", "Embedding-Norm",
-                "Embedding-Dropout", "Embedding-Mapping", "Pooler", "Pooler-Dense",
-                "NSP-Proba", "MLM-Dense", "MLM-Norm", "MLM-Bias", "MLM-Activation"]
+    expected = [
+        "Input-Token",
+        "Input-Segment",
+        "Embedding-Token",
+        "Embedding-Segment",
+        "Embedding-Token-Segment",
+        "Embedding-Position",
+        "Embedding-Norm",
+        "Embedding-Dropout",
+        "Embedding-Mapping",
+        "Pooler",
+        "Pooler-Dense",
+        "NSP-Proba",
+        "MLM-Dense",
+        "MLM-Norm",
+        "MLM-Bias",
+        "MLM-Activation",
+    ]
     for i in range(SMALL["num_hidden_layers"]):
         for block in ("MultiHeadSelfAttention", "FeedForward"):
             base = f"Transformer-{i}-{block}"
@@ -131,15 +157,24 @@ def test_last_feed_forward_norm_is_the_sequence_output(ckpt):
     full = build(checkpoint=ckpt, with_mlm=True)
     last = full.get_layer(f"Transformer-{SMALL['num_hidden_layers'] - 1}-FeedForward-Norm")
     encoder = keras.Model(full.inputs, last.output)
-    assert_close(run(encoder, [ids, seg]), run(build(checkpoint=ckpt), [ids, seg]), mask,
-                 what="FeedForward-Norm output")
+    assert_close(
+        run(encoder, [ids, seg]),
+        run(build(checkpoint=ckpt), [ids, seg]),
+        mask,
+        what="FeedForward-Norm output",
+    )
 
 
 def test_albert_layer_names_are_unindexed_and_shared():
     model = build("albert", embedding_size=8, num_hidden_layers=2)
     layer_names = names(model)
-    for name in ("Transformer-MultiHeadSelfAttention", "Transformer-MultiHeadSelfAttention-Norm",
-                 "Transformer-FeedForward", "Transformer-FeedForward-Norm", "Embedding-Mapping"):
+    for name in (
+        "Transformer-MultiHeadSelfAttention",
+        "Transformer-MultiHeadSelfAttention-Norm",
+        "Transformer-FeedForward",
+        "Transformer-FeedForward-Norm",
+        "Embedding-Mapping",
+    ):
         assert name in layer_names
     assert not [n for n in layer_names if n.startswith("Transformer-0")]
     one_layer = build("albert", embedding_size=8, num_hidden_layers=1)
@@ -149,8 +184,10 @@ def test_albert_layer_names_are_unindexed_and_shared():
     assert len(unshared.weights) > len(model.weights)
 
 
-@pytest.mark.parametrize("key, kwargs", [("bert", {}), ("bert", dict(segment_vocab_size=0)),
-                                         ("albert", {}), ("roformer_v2", {})])
+@pytest.mark.parametrize(
+    "key, kwargs",
+    [("bert", {}), ("bert", dict(segment_vocab_size=0)), ("albert", {}), ("roformer_v2", {})],
+)
 def test_sequence_output_carries_the_padding_mask(key, kwargs):
     """Keras implicit masking reaches the output, as in bert4keras (masked pooling, losses)."""
     model = build(key, num_hidden_layers=1, **kwargs)
@@ -171,10 +208,15 @@ def test_segment_vocab_size_zero(ckpt):
     # = a two-segment model whose segment-0 row is zero, fed segment 0 everywhere
     zeroed = dict(ckpt)
     zeroed["bert/embeddings/token_type_embeddings"] = np.zeros_like(
-        ckpt["bert/embeddings/token_type_embeddings"])
+        ckpt["bert/embeddings/token_type_embeddings"]
+    )
     with_segments = build(checkpoint=zeroed)
-    assert_close(run(model, [ids]), run(with_segments, [ids, np.zeros_like(seg)]), mask,
-                 what="segment_vocab_size=0")
+    assert_close(
+        run(model, [ids]),
+        run(with_segments, [ids, np.zeros_like(seg)]),
+        mask,
+        what="segment_vocab_size=0",
+    )
 
 
 def test_keep_tokens(ckpt):
@@ -204,8 +246,9 @@ def test_compound_tokens(ckpt):
     np.testing.assert_allclose(table[V + 1], (emb[5] + 2 * emb[6] + emb[7]) / 4, atol=1e-6)
     bias = ckpt["cls/predictions/output_bias"].astype("float64")
     got = keras.ops.convert_to_numpy(model.get_layer("MLM-Bias").beta)
-    np.testing.assert_allclose(got[V:], [(bias[3] + bias[4]) / 2,
-                                         (bias[5] + 2 * bias[6] + bias[7]) / 4], atol=1e-6)
+    np.testing.assert_allclose(
+        got[V:], [(bias[3] + bias[4]) / 2, (bias[5] + 2 * bias[6] + bias[7]) / 4], atol=1e-6
+    )
     # with keep_tokens, compound ids index the kept vocabulary (bert4keras' order)
     both = build(checkpoint=ckpt, keep_tokens=[0, 1, 9, 12], compound_tokens=[[2, 3]])
     table = keras.ops.convert_to_numpy(both.get_layer("Embedding-Token").embeddings)
@@ -228,29 +271,43 @@ def test_attention_head_and_key_size():
     heads, head_size, key_size = 2, 12, 4
     model = build(num_hidden_layers=1, attention_head_size=head_size, attention_key_size=key_size)
     att = model.get_layer("Transformer-0-MultiHeadSelfAttention")
-    shapes = {n: tuple(getattr(att, n).kernel.shape)
-              for n in ("q_dense", "k_dense", "v_dense", "o_dense")}
-    assert shapes == {"q_dense": (H, heads * key_size), "k_dense": (H, heads * key_size),
-                      "v_dense": (H, heads * head_size), "o_dense": (heads * head_size, H)}
+    shapes = {
+        n: tuple(getattr(att, n).kernel.shape) for n in ("q_dense", "k_dense", "v_dense", "o_dense")
+    }
+    assert shapes == {
+        "q_dense": (H, heads * key_size),
+        "k_dense": (H, heads * key_size),
+        "v_dense": (H, heads * head_size),
+        "o_dense": (heads * head_size, H),
+    }
     # the maths: scores scaled by 1/sqrt(key_size), values of head_size
     rng = np.random.RandomState(0)
     for sub in (att.q_dense, att.k_dense, att.v_dense, att.o_dense):
         sub.kernel.assign(rng.randn(*sub.kernel.shape).astype("float32") * 0.3)
         sub.bias.assign(rng.randn(*sub.bias.shape).astype("float32") * 0.1)
     x = rng.randn(3, 9, H).astype("float32")
-    w = {n: (keras.ops.convert_to_numpy(getattr(att, n).kernel).astype("float64"),
-             keras.ops.convert_to_numpy(getattr(att, n).bias).astype("float64"))
-         for n in shapes}
-    q, k, v = ((x @ w[n][0] + w[n][1]).reshape(3, 9, heads, -1)
-               for n in ("q_dense", "k_dense", "v_dense"))
+    w = {
+        n: (
+            keras.ops.convert_to_numpy(getattr(att, n).kernel).astype("float64"),
+            keras.ops.convert_to_numpy(getattr(att, n).bias).astype("float64"),
+        )
+        for n in shapes
+    }
+    q, k, v = (
+        (x @ w[n][0] + w[n][1]).reshape(3, 9, heads, -1) for n in ("q_dense", "k_dense", "v_dense")
+    )
     probs = softmax(np.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(key_size))
     o = np.einsum("bhqk,bkhd->bqhd", probs, v).reshape(3, 9, -1)
-    assert_close(to_numpy(att([x, x, x])), o @ w["o_dense"][0] + w["o_dense"][1],
-                 what="attention with key_size != head_size")
+    assert_close(
+        to_numpy(att([x, x, x])),
+        o @ w["o_dense"][0] + w["o_dense"][1],
+        what="attention with key_size != head_size",
+    )
     ids, seg, _ = inputs()
     assert run(model, [ids, seg]).shape == ids.shape + (H,)
-    rotary = build("roformer", num_hidden_layers=1, attention_head_size=head_size,
-                   attention_key_size=key_size)
+    rotary = build(
+        "roformer", num_hidden_layers=1, attention_head_size=head_size, attention_key_size=key_size
+    )
     assert np.isfinite(run(rotary, [ids, seg])).all()
 
 
@@ -267,14 +324,23 @@ def test_custom_position_ids_bert(ckpt):
     b, n = ids.shape
     positions = np.tile(np.arange(n, dtype="int32"), (b, 1))
     plain = build(checkpoint=ckpt)
-    assert_close(run(model, [ids, seg, positions]), run(plain, [ids, seg]), mask,
-                 what="custom positions = arange")
+    assert_close(
+        run(model, [ids, seg, positions]),
+        run(plain, [ids, seg]),
+        mask,
+        what="custom positions = arange",
+    )
     # positions + 3 = the plain model whose position table is shifted by 3 rows
     shifted = dict(ckpt)
     shifted["bert/embeddings/position_embeddings"] = np.roll(
-        ckpt["bert/embeddings/position_embeddings"], -3, axis=0)
-    assert_close(run(model, [ids, seg, positions + 3]), run(build(checkpoint=shifted), [ids, seg]),
-                 mask, what="custom positions + 3")
+        ckpt["bert/embeddings/position_embeddings"], -3, axis=0
+    )
+    assert_close(
+        run(model, [ids, seg, positions + 3]),
+        run(build(checkpoint=shifted), [ids, seg]),
+        mask,
+        what="custom positions + 3",
+    )
     diff = np.abs(run(model, [ids, seg, positions + 3]) - run(plain, [ids, seg]))[mask]
     assert diff.max() > 1e-2
 
@@ -289,8 +355,9 @@ def test_custom_position_ids_roformer():
     plain = run(build("roformer", checkpoint=ckpt), [ids, seg])
     assert_close(run(model, [ids, seg, positions]), plain, mask, what="roformer arange")
     # RoPE only sees relative positions: a common shift changes nothing ...
-    assert_close(run(model, [ids, seg, positions + 5]), plain, mask, tol=2e-4,
-                 what="roformer positions + 5")
+    assert_close(
+        run(model, [ids, seg, positions + 5]), plain, mask, tol=2e-4, what="roformer positions + 5"
+    )
     # ... but changing the distances does
     stretched = run(model, [ids, seg, positions * 2])
     assert np.abs(stretched - plain)[mask].max() > 1e-2
@@ -311,20 +378,32 @@ def test_hierarchical_position(ckpt):
     for alpha, option in ((0.4, True), (0.2, 0.2)):
         # = a plain model with 20 learned positions holding the hierarchical table
         model = build(checkpoint=small, max_position=8, hierarchical_position=option)
-        unrolled = {**ckpt, "bert/embeddings/position_embeddings":
-                    hierarchical_table(table[:8], 20, alpha).astype("float32")}
+        unrolled = {
+            **ckpt,
+            "bert/embeddings/position_embeddings": hierarchical_table(table[:8], 20, alpha).astype(
+                "float32"
+            ),
+        }
         want = run(build(checkpoint=unrolled, max_position=20), [ids, seg])
         assert_close(run(model, [ids, seg]), want, mask, what=f"hierarchical alpha={alpha}")
     # causal, so the first 8 positions only see the first 8 tokens, where the
     # hierarchical positions are the learned ones: equal to the plain model
-    lm = build(checkpoint=small, max_position=8, hierarchical_position=True,
-               application="lm", with_mlm=False)
+    lm = build(
+        checkpoint=small,
+        max_position=8,
+        hierarchical_position=True,
+        application="lm",
+        with_mlm=False,
+    )
     out = run(lm, [ids, seg])
     assert out.shape == (3, 20, H) and np.isfinite(out).all()
-    other = {**ckpt, "bert/embeddings/position_embeddings":
-             np.concatenate([table[:8], table[:12][::-1]])}  # rows 8+ are not the hierarchical ones
-    plain = run(build(checkpoint=other, max_position=20, application="lm", with_mlm=False),
-                [ids, seg])
+    other = {
+        **ckpt,
+        "bert/embeddings/position_embeddings": np.concatenate([table[:8], table[:12][::-1]]),
+    }  # rows 8+ are not the hierarchical ones
+    plain = run(
+        build(checkpoint=other, max_position=20, application="lm", with_mlm=False), [ids, seg]
+    )
     assert_close(out[:, :8], plain[:, :8], what="hierarchical first 8 positions")
     assert np.abs(out[:, 8:] - plain[:, 8:])[mask[:, 8:]].max() > 1e-2
 
@@ -339,8 +418,10 @@ def test_residual_attention_scores(ckpt):
     assert np.abs(residual - plain)[mask].max() > 1e-2
     # the first layer has no previous scores: one layer is unchanged
     first = {k: v for k, v in ckpt.items() if "/layer_1/" not in k}
-    one = [run(build(checkpoint=first, num_hidden_layers=1, residual_attention_scores=r),
-               [ids, seg]) for r in (False, True)]
+    one = [
+        run(build(checkpoint=first, num_hidden_layers=1, residual_attention_scores=r), [ids, seg])
+        for r in (False, True)
+    ]
     assert_close(one[1], one[0], mask, what="residual scores, one layer")
 
 
@@ -348,11 +429,11 @@ def run_rows(model, rows, seg):
     """Run rows in batches of 3 x 9 (the shape every test uses: JAX compiles once)."""
     out = []
     for i in range(0, len(rows), 3):
-        chunk, seg_chunk = rows[i:i + 3], seg[i:i + 3]
+        chunk, seg_chunk = rows[i : i + 3], seg[i : i + 3]
         k = len(chunk)
         if k < 3:
-            chunk = np.concatenate([chunk, rows[:3 - k]])
-            seg_chunk = np.concatenate([seg_chunk, seg[:3 - k]])
+            chunk = np.concatenate([chunk, rows[: 3 - k]])
+            seg_chunk = np.concatenate([seg_chunk, seg[: 3 - k]])
         out.append(run(model, [chunk, seg_chunk])[:k])
     return np.concatenate(out)
 
@@ -404,8 +485,12 @@ def test_dropout_only_in_training(ckpt):
     assert "Embedding-Dropout" in names(model)
     infer = [to_numpy(model([ids, seg], training=False)) for _ in range(2)]
     np.testing.assert_array_equal(infer[0], infer[1])
-    assert_close(infer[0], run(build(checkpoint=ckpt), [ids, seg]), mask,
-                 what="dropout model at inference = no-dropout model")
+    assert_close(
+        infer[0],
+        run(build(checkpoint=ckpt), [ids, seg]),
+        mask,
+        what="dropout model at inference = no-dropout model",
+    )
     model = build(checkpoint=ckpt, dropout_rate=0.3)
     train = [to_numpy(model([ids, seg], training=True)) for _ in range(2)]
     assert np.abs(train[0] - infer[0])[mask].max() > 1e-2
@@ -420,10 +505,16 @@ def test_tanh_gelu(ckpt, act):
     tanh = build(checkpoint=ckpt, with_mlm="linear", hidden_act=act)
     grid = np.linspace(-4, 4, 81).astype("float32")
     for model, use_tanh in ((erf, False), (tanh, True)):
-        for fn in (model.get_layer("Transformer-0-FeedForward").input_dense[0].activation,
-                   model.get_layer("MLM-Dense").activation):
-            assert_close(to_numpy(fn(grid)), numpy_gelu(grid.astype("float64"), use_tanh),
-                         tol=1e-6, what=f"{act if use_tanh else 'gelu'} activation")
+        for fn in (
+            model.get_layer("Transformer-0-FeedForward").input_dense[0].activation,
+            model.get_layer("MLM-Dense").activation,
+        ):
+            assert_close(
+                to_numpy(fn(grid)),
+                numpy_gelu(grid.astype("float64"), use_tanh),
+                tol=1e-6,
+                what=f"{act if use_tanh else 'gelu'} activation",
+            )
     diff = np.abs(run(tanh, [ids, seg]) - run(erf, [ids, seg]))[mask].max()
     assert 1e-6 < diff < 0.1, diff
 
@@ -452,8 +543,9 @@ def test_transformer_subclass_as_model(ckpt):
         """A user subclass: mean over real tokens instead of any head."""
 
         def apply_final_layers(self, inputs):
-            return self.apply(inputs=inputs, layer=keras.layers.GlobalAveragePooling1D,
-                              name="Mean-Pooling")
+            return self.apply(
+                inputs=inputs, layer=keras.layers.GlobalAveragePooling1D, name="Mean-Pooling"
+            )
 
     ids, seg, mask = inputs()
     model = build(MeanPooledBERT, checkpoint=ckpt)
@@ -465,14 +557,17 @@ def test_transformer_subclass_as_model(ckpt):
     assert "Attention-LM-Mask" in names(lm)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(model="gpt9"), "gpt9"),
-    (dict(application="seq2seq"), "seq2seq"),
-    (dict(model="electra", application="lm"), "lm"),
-    (dict(model="electra", application="unilm"), "unilm"),
-    (dict(model="electra", with_mlm=True), "with_mlm"),
-    (dict(model="roformer_v2", with_pool=True), "with_pool"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(model="gpt9"), "gpt9"),
+        (dict(application="seq2seq"), "seq2seq"),
+        (dict(model="electra", application="lm"), "lm"),
+        (dict(model="electra", application="unilm"), "unilm"),
+        (dict(model="electra", with_mlm=True), "with_mlm"),
+        (dict(model="roformer_v2", with_pool=True), "with_pool"),
+    ],
+)
 def test_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build(**kwargs)
@@ -485,17 +580,34 @@ def test_missing_config_key_is_a_clear_error():
 
 
 # --------------------------------------------------------------- configs and directories
-GOOGLE_CONFIG = {"attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
-                 "hidden_dropout_prob": 0.1, "hidden_size": 16, "initializer_range": 0.02,
-                 "intermediate_size": 24, "max_position_embeddings": 16,
-                 "num_attention_heads": 2, "num_hidden_layers": 2, "type_vocab_size": 2,
-                 "vocab_size": 30, "directionality": "bidi", "pooler_type": "first_token_transform"}
-HF_CONFIG = {**{k: v for k, v in GOOGLE_CONFIG.items()
-                if k not in ("directionality", "pooler_type")},
-             "architectures": ["BertForMaskedLM"], "model_type": "bert", "layer_norm_eps": 1e-12,
-             "pad_token_id": 0, "position_embedding_type": "absolute", "use_cache": True,
-             "classifier_dropout": None, "dtype": "float32", "transformers_version": "5.0.0",
-             "tie_word_embeddings": True}
+GOOGLE_CONFIG = {
+    "attention_probs_dropout_prob": 0.1,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "hidden_size": 16,
+    "initializer_range": 0.02,
+    "intermediate_size": 24,
+    "max_position_embeddings": 16,
+    "num_attention_heads": 2,
+    "num_hidden_layers": 2,
+    "type_vocab_size": 2,
+    "vocab_size": 30,
+    "directionality": "bidi",
+    "pooler_type": "first_token_transform",
+}
+HF_CONFIG = {
+    **{k: v for k, v in GOOGLE_CONFIG.items() if k not in ("directionality", "pooler_type")},
+    "architectures": ["BertForMaskedLM"],
+    "model_type": "bert",
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+    "position_embedding_type": "absolute",
+    "use_cache": True,
+    "classifier_dropout": None,
+    "dtype": "float32",
+    "transformers_version": "5.0.0",
+    "tie_word_embeddings": True,
+}
 
 
 def test_google_and_hf_config_files_build_the_same_model(tmp_path, ckpt):
@@ -505,14 +617,21 @@ def test_google_and_hf_config_files_build_the_same_model(tmp_path, ckpt):
     hf.parent.mkdir()
     hf.write_text(json.dumps(HF_CONFIG))
     ids, seg, mask = inputs()
-    models = [build_transformer_model(str(path), checkpoint_path=ckpt, with_mlm="linear")
-              for path in (google, hf)]
+    models = [
+        build_transformer_model(str(path), checkpoint_path=ckpt, with_mlm="linear")
+        for path in (google, hf)
+    ]
     assert names(models[0]) == names(models[1])
     assert "Embedding-Dropout" in names(models[0])  # hidden_dropout_prob read
     shapes = [{w.path: tuple(w.shape) for w in m.weights} for m in models]
     assert shapes[0] == shapes[1]
-    assert_close(run(models[0], [ids, seg]), run(models[1], [ids, seg]), mask, tol=1e-6,
-                 what="google vs hf config")
+    assert_close(
+        run(models[0], [ids, seg]),
+        run(models[1], [ids, seg]),
+        mask,
+        tol=1e-6,
+        what="google vs hf config",
+    )
 
 
 @pytest.mark.parametrize("key", ["bert", "albert", "roformer", "electra"])
@@ -526,11 +645,19 @@ def test_hf_directory_gives_config_and_model(tmp_path, key):
     ids, seg, mask = inputs()
     model = build_transformer_model(checkpoint_path=folder, **heads)  # no config, no model
     assert sorted(names(model)) == sorted(names(source.model))
-    assert_close(run(model, [ids, seg]), run(source.model, [ids, seg]), mask, tol=1e-6,
-                 what=f"{key} from its HF directory")
+    assert_close(
+        run(model, [ids, seg]),
+        run(source.model, [ids, seg]),
+        mask,
+        tol=1e-6,
+        what=f"{key} from its HF directory",
+    )
     if key == "albert":  # an explicit model key still wins over the directory's
-        unshared = build_transformer_model(checkpoint_path=folder, model="albert_unshared",
-                                           **heads)
+        unshared = build_transformer_model(checkpoint_path=folder, model="albert_unshared", **heads)
         assert "Transformer-1-FeedForward-Norm" in names(unshared)
-        assert_close(run(unshared, [ids, seg]), run(source.model, [ids, seg]), mask,
-                     what="albert_unshared from albert's HF directory")
+        assert_close(
+            run(unshared, [ids, seg]),
+            run(source.model, [ids, seg]),
+            mask,
+            what="albert_unshared from albert's HF directory",
+        )

@@ -14,10 +14,16 @@ import pytest
 
 from kerasformers import build_transformer_model
 
-CONFIG = dict(model="gpt2", vocab_size=98,  # not a multiple of 8 (int8 kernels pad)
-              hidden_size=32, num_hidden_layers=2,
-              num_attention_heads=4, intermediate_size=64, final_activation="linear",
-              return_keras_model=False)
+CONFIG = dict(
+    model="gpt2",
+    vocab_size=98,  # not a multiple of 8 (int8 kernels pad)
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    final_activation="linear",
+    return_keras_model=False,
+)
 
 
 def randomized(dtype="float32"):
@@ -94,7 +100,7 @@ def test_int8_one_token_steps(act, rows):
     cache = obj.init_cache(rows, 16)
     outs = []
     for t in range(ids.shape[1]):  # one token at a time, as generation does
-        out, cache = obj.call_with_cache(ids[:, t:t + 1], cache, logits=True)
+        out, cache = obj.call_with_cache(ids[:, t : t + 1], cache, logits=True)
         outs.append(keras.ops.convert_to_numpy(out))
     np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=1e-5, rtol=0)
 
@@ -127,6 +133,7 @@ def test_packed_linear_equals_addmm(dtype, shape, bias, transposed):
     CPU) computes x @ kernel + b: float32 to summation order, bfloat16 to one
     rounding of the float32 sum. torch is a test dependency on every backend."""
     import torch
+
     from kerasformers.backends.torch import kernels
 
     if not kernels._PACKED:
@@ -140,12 +147,13 @@ def test_packed_linear_equals_addmm(dtype, shape, bias, transposed):
         # this CPU has no oneDNN bfloat16 linear: Dense layers must not take it (addmm)
         assert not kernels.PackedLinear.takes(kernel)
         return
-    packed = kernels.PackedLinear(kernel.t().contiguous() if transposed else kernel, b,
-                                  transposed=transposed)
+    packed = kernels.PackedLinear(
+        kernel.t().contiguous() if transposed else kernel, b, transposed=transposed
+    )
     got = packed(x).float()
-    want = (x.float() @ kernel.float() + (0 if b is None else b.float()))
+    want = x.float() @ kernel.float() + (0 if b is None else b.float())
     assert got.shape == (*shape[:-1], 40)
-    rtol = 1e-6 if dtype == "float32" else 2 ** -8  # bfloat16: half an ulp of rounding
+    rtol = 1e-6 if dtype == "float32" else 2**-8  # bfloat16: half an ulp of rounding
     assert ((got - want).abs() <= rtol * want.abs() + 1e-5).all()
 
 
@@ -153,6 +161,7 @@ def test_packed_kernels_follow_weight_changes():
     """A layer's packed copy is kept across Plans and remade when its tensors change
     (an optimizer step writes the variables in place)."""
     import torch
+
     from kerasformers.backends.torch import kernels
 
     kernel, bias = torch.randn(8, 4), torch.randn(4)

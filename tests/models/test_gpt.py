@@ -82,18 +82,29 @@ def norm_shapes(prefix, dim):
 # One set of sizes and two input shapes ([3, 12] padded, [1, 8] unpadded) for every
 # test: JAX compiles each op once per shape, so this keeps the file fast there.
 LENGTHS = (12, 8, 3)
-CFG = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-           intermediate_size=128, max_position_embeddings=64, hidden_act="gelu")
+CFG = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    max_position_embeddings=64,
+    hidden_act="gelu",
+)
 
 
 # ---------------------------------------------------------------- GPT (original names)
 def gpt_names(cfg):
     """The original checkpoint names: BERT's with bert/ -> gpt/, encoder -> transformer."""
-    V, H, I, P = (cfg[k] for k in ("vocab_size", "hidden_size", "intermediate_size",
-                                   "max_position_embeddings"))
-    shapes = {"gpt/embeddings/word_embeddings": (V, H),
-              "gpt/embeddings/token_type_embeddings": (2, H),
-              "gpt/embeddings/position_embeddings": (P, H)}
+    V, H, I, P = (
+        cfg[k]
+        for k in ("vocab_size", "hidden_size", "intermediate_size", "max_position_embeddings")
+    )
+    shapes = {
+        "gpt/embeddings/word_embeddings": (V, H),
+        "gpt/embeddings/token_type_embeddings": (2, H),
+        "gpt/embeddings/position_embeddings": (P, H),
+    }
     for i in range(cfg["num_hidden_layers"]):
         g = f"gpt/transformer/layer_{i}"
         for name in ("query", "key", "value"):
@@ -111,13 +122,21 @@ def gpt_numpy(w, cfg, ids, seg):
     BERT's), no embedding LN, causal mask with id 0 hidden, tied output."""
     w = {k: v.astype("float64") for k, v in w.items()}
     eps, n = 1e-12, ids.shape[1]
-    x = (w["gpt/embeddings/word_embeddings"][ids] + w["gpt/embeddings/token_type_embeddings"][seg]
-         + w["gpt/embeddings/position_embeddings"][:n][None])
+    x = (
+        w["gpt/embeddings/word_embeddings"][ids]
+        + w["gpt/embeddings/token_type_embeddings"][seg]
+        + w["gpt/embeddings/position_embeddings"][:n][None]
+    )
     for i in range(cfg["num_hidden_layers"]):
         g = f"gpt/transformer/layer_{i}"
-        a = causal_attention(x, w, ids, cfg["num_attention_heads"],
-                             *(f"{g}/attention/self/{n}" for n in ("query", "key", "value")),
-                             f"{g}/attention/output/dense")
+        a = causal_attention(
+            x,
+            w,
+            ids,
+            cfg["num_attention_heads"],
+            *(f"{g}/attention/self/{n}" for n in ("query", "key", "value")),
+            f"{g}/attention/output/dense",
+        )
         x = layer_norm(x + a, w, f"{g}/attention/output/LayerNorm", eps)
         h = dense(gelu(dense(x, w, f"{g}/intermediate/dense")), w, f"{g}/output/dense")
         x = layer_norm(x + h, w, f"{g}/output/LayerNorm", eps)
@@ -126,10 +145,15 @@ def gpt_numpy(w, cfg, ids, seg):
 
 # ---------------------------------------------------------------- GPT2_ML (original names)
 def gpt2_ml_names(cfg):
-    V, H, I, P = (cfg[k] for k in ("vocab_size", "hidden_size", "intermediate_size",
-                                   "max_position_embeddings"))
-    shapes = {"newslm/embeddings/word_embed": (V, H), "newslm/embeddings/pos_embed": (P, H),
-              **norm_shapes("newslm/embeddings/LayerNorm_embed_norm", H)}
+    V, H, I, P = (
+        cfg[k]
+        for k in ("vocab_size", "hidden_size", "intermediate_size", "max_position_embeddings")
+    )
+    shapes = {
+        "newslm/embeddings/word_embed": (V, H),
+        "newslm/embeddings/pos_embed": (P, H),
+        **norm_shapes("newslm/embeddings/LayerNorm_embed_norm", H),
+    }
     for i in range(cfg["num_hidden_layers"]):
         g = f"newslm/layer{i:02d}"
         for name in ("query_layer", "key_layer", "value_layer", "context_projection_layer"):
@@ -150,9 +174,16 @@ def gpt2_ml_numpy(w, cfg, ids):
     x = layer_norm(x, w, "newslm/embeddings/LayerNorm_embed_norm", eps)
     for i in range(cfg["num_hidden_layers"]):
         g = f"newslm/layer{i:02d}"
-        r = x + causal_attention(x, w, ids, cfg["num_attention_heads"], f"{g}/query_layer",
-                                 f"{g}/key_layer", f"{g}/value_layer",
-                                 f"{g}/context_projection_layer")
+        r = x + causal_attention(
+            x,
+            w,
+            ids,
+            cfg["num_attention_heads"],
+            f"{g}/query_layer",
+            f"{g}/key_layer",
+            f"{g}/value_layer",
+            f"{g}/context_projection_layer",
+        )
         h = layer_norm(r, w, f"{g}/LayerNorm_mlp_ln0", eps)
         h = dense(gelu(dense(h, w, f"{g}/intermediate")), w, f"{g}/output")
         x = layer_norm(r + h, w, f"{g}/LayerNorm_mlp_ln1", eps)
@@ -198,11 +229,15 @@ def test_tf_checkpoint_round_trip(key, names, tmp_path):
     assert set(written.keys()) == set(names(CFG))  # exactly the original names
     for name, value in w.items():
         np.testing.assert_array_equal(written.get(name), value, err_msg=name)
-    fresh = build_transformer_model(CFG, checkpoint_path=prefix, model=key,
-                                    return_keras_model=False)
+    fresh = build_transformer_model(
+        CFG, checkpoint_path=prefix, model=key, return_keras_model=False
+    )
     for path, variable in source.variables().items():
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(fresh.variables()[path]),
-                                      keras.ops.convert_to_numpy(variable), err_msg=path)
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(fresh.variables()[path]),
+            keras.ops.convert_to_numpy(variable),
+            err_msg=path,
+        )
     np.testing.assert_array_equal(run(fresh.model, inputs), run(source.model, inputs))
 
 
@@ -210,8 +245,16 @@ def test_tf_checkpoint_round_trip(key, names, tmp_path):
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-GPT2_CFG = dict(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+GPT2_CFG = dict(
+    vocab_size=99,
+    n_embd=32,
+    n_layer=2,
+    n_head=4,
+    n_positions=64,
+    resid_pdrop=0.0,
+    embd_pdrop=0.0,
+    attn_pdrop=0.0,
+)
 
 
 class GPT2Reference:
@@ -230,8 +273,11 @@ class GPT2Reference:
         self.folder = folder
 
     def logits(self, ids, lengths=None):
-        mask = None if lengths is None else torch.tensor(
-            np.arange(ids.shape[1])[None] < np.asarray(lengths)[:, None]).long()
+        mask = (
+            None
+            if lengths is None
+            else torch.tensor(np.arange(ids.shape[1])[None] < np.asarray(lengths)[:, None]).long()
+        )
         with torch.no_grad():
             return self.hf(input_ids=torch.tensor(ids).long(), attention_mask=mask).logits.numpy()
 
@@ -250,12 +296,30 @@ def gpt2_batch(pad, lengths=LENGTHS, seed=0):
 
 def test_gpt2_config_mapping(gpt2_ref):
     cfg = read_config(gpt2_ref.folder)
-    assert {k: cfg[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers",
-                                "num_attention_heads", "intermediate_size", "max_position",
-                                "hidden_act", "layer_norm_eps", "segment_vocab_size")} == dict(
-        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=128, max_position=64, hidden_act="gelu_new", layer_norm_eps=1e-5,
-        segment_vocab_size=0)
+    assert {
+        k: cfg[k]
+        for k in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position",
+            "hidden_act",
+            "layer_norm_eps",
+            "segment_vocab_size",
+        )
+    } == dict(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position=64,
+        hidden_act="gelu_new",
+        layer_norm_eps=1e-5,
+        segment_vocab_size=0,
+    )
     assert "pad_token_id" not in cfg and "n_embd" not in cfg
 
 
@@ -267,16 +331,18 @@ def test_gpt2_equals_transformers(gpt2_ref, pad):
     ids, mask = gpt2_batch(98, lengths)
     want = gpt2_ref.logits(ids, lengths)
     kwargs = {} if pad is None else dict(pad_token_id=pad)
-    model = build_transformer_model(checkpoint_path=gpt2_ref.folder, final_activation="linear",
-                                    **kwargs)
+    model = build_transformer_model(
+        checkpoint_path=gpt2_ref.folder, final_activation="linear", **kwargs
+    )
     assert [t.name for t in model.inputs] == ["Input-Token"]
     assert_close(run(model, [ids]), want, mask, what=f"gpt2 logits (pad {pad})")
     n = lengths[1]
     alone = ids[1:2, :n]
     assert_close(run(model, [alone]), gpt2_ref.logits(alone), what="gpt2 unpadded row")
     probs = build_transformer_model(checkpoint_path=gpt2_ref.folder, **kwargs)
-    assert_close(run(probs, [ids]), softmax(want.astype("float64")), mask,
-                 what="gpt2 probabilities")
+    assert_close(
+        run(probs, [ids]), softmax(want.astype("float64")), mask, what="gpt2 probabilities"
+    )
 
 
 def test_gpt2_hf_export_round_trip(gpt2_ref, tmp_path):
@@ -290,12 +356,17 @@ def test_gpt2_hf_export_round_trip(gpt2_ref, tmp_path):
     for name, value in original.items():
         np.testing.assert_array_equal(exported[name], value, err_msg=name)
     # GPT2Model-style names (no `transformer.` prefix, as on the hub) load the same
-    bare = build_transformer_model(gpt2_ref.folder, return_keras_model=False,
-                                   checkpoint_path={k.removeprefix("transformer."): v
-                                                    for k, v in original.items()})
+    bare = build_transformer_model(
+        gpt2_ref.folder,
+        return_keras_model=False,
+        checkpoint_path={k.removeprefix("transformer."): v for k, v in original.items()},
+    )
     for path, variable in ours.variables().items():
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(bare.variables()[path]),
-                                      keras.ops.convert_to_numpy(variable), err_msg=path)
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(bare.variables()[path]),
+            keras.ops.convert_to_numpy(variable),
+            err_msg=path,
+        )
     out = str(tmp_path / "hf")
     ours.save_weights_as_checkpoint(out, naming="hf")
     reloaded = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
@@ -307,14 +378,17 @@ def test_gpt2_hf_export_round_trip(gpt2_ref, tmp_path):
 
 def test_gpt2_google_names_round_trip(gpt2_ref, tmp_path):
     """HF -> ours -> original CPM-LM names (input/LayerNorm, gpt/output/LayerNorm) -> ours."""
-    ours = build_transformer_model(checkpoint_path=gpt2_ref.folder, return_keras_model=False,
-                                   final_activation="linear")
+    ours = build_transformer_model(
+        checkpoint_path=gpt2_ref.folder, return_keras_model=False, final_activation="linear"
+    )
     prefix = str(tmp_path / "gpt2.ckpt")
     ours.save_weights_as_checkpoint(prefix, naming="google")
     H, I = GPT2_CFG["n_embd"], 4 * GPT2_CFG["n_embd"]
-    want = {"gpt/embeddings/word_embeddings": (99, H),
-            "gpt/embeddings/position_embeddings": (64, H),
-            **norm_shapes("gpt/output/LayerNorm", H)}
+    want = {
+        "gpt/embeddings/word_embeddings": (99, H),
+        "gpt/embeddings/position_embeddings": (64, H),
+        **norm_shapes("gpt/output/LayerNorm", H),
+    }
     for i in range(GPT2_CFG["n_layer"]):
         g = f"gpt/transformer/layer_{i}"
         for name in ("query", "key", "value"):
@@ -326,15 +400,23 @@ def test_gpt2_google_names_round_trip(gpt2_ref, tmp_path):
         want.update(norm_shapes(f"{g}/input/LayerNorm", H))
     written = open_checkpoint(prefix)
     assert {k: written.shape(k) for k in written.keys()} == want
-    fresh = build_transformer_model(gpt2_ref.folder, checkpoint_path=prefix,
-                                    final_activation="linear")
+    fresh = build_transformer_model(
+        gpt2_ref.folder, checkpoint_path=prefix, final_activation="linear"
+    )
     ids, _ = gpt2_batch(98, (8,))
     np.testing.assert_array_equal(run(fresh, [ids]), run(ours.model, [ids]))
 
 
 # ---------------------------------------------------------------- causality, options
-SMALL = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-             intermediate_size=128, max_position=64, final_activation="linear")
+SMALL = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    max_position=64,
+    final_activation="linear",
+)
 
 
 @pytest.mark.parametrize("key", ["gpt", "gpt2", "gpt2_ml"])
@@ -390,7 +472,14 @@ def test_applications_on_gpt():
 
 def test_gpt_from_hf_checkpoint_is_refused(gpt2_ref):
     with pytest.raises(CheckpointError, match="no 'hf' weight names"):
-        build_transformer_model(None, checkpoint_path=f"{gpt2_ref.folder}/model.safetensors",
-                                model="gpt2_ml", vocab_size=99, hidden_size=32,
-                                num_hidden_layers=2, num_attention_heads=4,
-                                intermediate_size=128, max_position=64)
+        build_transformer_model(
+            None,
+            checkpoint_path=f"{gpt2_ref.folder}/model.safetensors",
+            model="gpt2_ml",
+            vocab_size=99,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position=64,
+        )

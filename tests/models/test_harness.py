@@ -37,8 +37,9 @@ from tests.utils import (
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
-SMALL = dict(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-             intermediate_size=48)
+SMALL = dict(
+    vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48
+)
 PADDING_TOL = 1e-5
 
 
@@ -70,24 +71,40 @@ CASES = {
     "gpt-unilm": case("gpt", "unilm", heads=GPT_LM),
     "gpt2": case("gpt2", heads=GPT_LM),
     "gpt2_ml": case("gpt2_ml", heads=GPT_LM),
-    **{key: case(key, heads=T5_LM)
-       for key in ("t5.1.0", "t5.1.1", "mt5.1.1", "t5.1.0_decoder", "t5.1.1_decoder",
-                   "mt5.1.1_decoder")},
+    **{
+        key: case(key, heads=T5_LM)
+        for key in (
+            "t5.1.0",
+            "t5.1.1",
+            "mt5.1.1",
+            "t5.1.0_decoder",
+            "t5.1.1_decoder",
+            "mt5.1.1_decoder",
+        )
+    },
     **{key: case(key) for key in ("t5.1.0_encoder", "t5.1.1_encoder", "mt5.1.1_encoder")},
     "t5.1.1_decoder-context_mask": case("t5.1.1_decoder", heads=T5_LM, context_mask=True),
 }
 #: registry keys that are another key's class under another name (same build)
 ALIASES = {"t5": "t5.1.0", "t5_encoder": "t5.1.0_encoder", "t5_decoder": "t5.1.0_decoder"}
 #: the default (probability) head behind each logits option, for mixed_bfloat16
-PROBABILITIES = dict(with_mlm=True, with_discriminator=True, with_lm=True,
-                     final_activation="softmax")
+PROBABILITIES = dict(
+    with_mlm=True, with_discriminator=True, with_lm=True, final_activation="softmax"
+)
 
 
 def build(name, probabilities=False, **kwargs):
     c = CASES[name]
     heads = {k: PROBABILITIES[k] for k in c["heads"]} if probabilities else c["heads"]
-    return build_transformer_model(None, model=c["model"], application=c["application"],
-                                   **SMALL, **c["kwargs"], **heads, **kwargs)
+    return build_transformer_model(
+        None,
+        model=c["model"],
+        application=c["application"],
+        **SMALL,
+        **c["kwargs"],
+        **heads,
+        **kwargs,
+    )
 
 
 # ------------------------------------------------------------------ inputs
@@ -205,13 +222,23 @@ def test_padding_does_not_change_real_positions(harness_case):
     x, row_lengths, out_lengths = inputs(model)
     padded = outputs(model, x)
     for i, p in enumerate(padded):  # once on the whole batch: one row alone may be short
-        assert_varied(p, real(out_lengths) if p.ndim >= 3 else None, tol=PADDING_TOL,
-                      what=f"{name} output {i}")
+        assert_varied(
+            p,
+            real(out_lengths) if p.ndim >= 3 else None,
+            tol=PADDING_TOL,
+            what=f"{name} output {i}",
+        )
     for row in range(len(out_lengths)):
-        alone = outputs(model, [a[row:row + 1, :r[row]] for a, r in zip(x, row_lengths)])
+        alone = outputs(model, [a[row : row + 1, : r[row]] for a, r in zip(x, row_lengths)])
         n = out_lengths[row]
-        compare(alone, [p[row:row + 1, :n] if p.ndim >= 3 else p[row:row + 1] for p in padded],
-                (n,), tol=PADDING_TOL, what=f"{name} row {row}", guard=False)
+        compare(
+            alone,
+            [p[row : row + 1, :n] if p.ndim >= 3 else p[row : row + 1] for p in padded],
+            (n,),
+            tol=PADDING_TOL,
+            what=f"{name} row {row}",
+            guard=False,
+        )
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -33,8 +33,9 @@ POLICIES = ("mixed_bfloat16", "mixed_float16")
 REL_TOL = {"mixed_bfloat16": 5e-2, "mixed_float16": 1e-2}
 HALF = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
 
-SMALL = dict(vocab_size=40, hidden_size=16, num_attention_heads=2, intermediate_size=24,
-             max_position=16)
+SMALL = dict(
+    vocab_size=40, hidden_size=16, num_attention_heads=2, intermediate_size=24, max_position=16
+)
 LENGTHS = (7, 4, 0)  # the last row is all padding
 N = max(LENGTHS)
 REAL = np.arange(N)[None, :] < np.array(LENGTHS)[:, None]  # [batch, n]
@@ -51,7 +52,7 @@ def token_ids(lengths=LENGTHS, seed=0, start_token=False):
 def segment_ids():
     seg = np.zeros((len(LENGTHS), N), "int32")
     for i, n in enumerate(LENGTHS):
-        seg[i, n // 2:n] = 1
+        seg[i, n // 2 : n] = 1
     return seg
 
 
@@ -66,12 +67,19 @@ def check(name, policy, mixed, reference, valid):
     worst = 0.0
     for i, (m, r) in enumerate(zip(mixed, reference)):
         assert np.isfinite(m).all(), f"{name} output {i}: non-finite under {policy} ({BACKEND})"
-        keep = np.ones(m.shape, bool) if valid[i] is None else np.broadcast_to(
-            valid[i].reshape(valid[i].shape + (1,) * (m.ndim - valid[i].ndim)), m.shape)
+        keep = (
+            np.ones(m.shape, bool)
+            if valid[i] is None
+            else np.broadcast_to(
+                valid[i].reshape(valid[i].shape + (1,) * (m.ndim - valid[i].ndim)), m.shape
+            )
+        )
         scale = np.abs(r[keep]).max()
         err = np.abs(m - r)[keep].max() / scale
-        assert err <= REL_TOL[policy], (f"{name} output {i}: max |diff| {err:.2%} of the output "
-                                        f"scale {scale:.3g} under {policy} ({BACKEND})")
+        assert err <= REL_TOL[policy], (
+            f"{name} output {i}: max |diff| {err:.2%} of the output "
+            f"scale {scale:.3g} under {policy} ({BACKEND})"
+        )
         worst = max(worst, err)
     assert worst > 0, f"{name}: identical to float32, {policy} was not applied"
     return worst
@@ -159,8 +167,11 @@ def test_model_under_mixed_precision(case, policy):
     model.set_weights(weights)
     assert all(v.dtype == "float32" for v in model.weights if "float" in v.dtype)
     outputs = model(x)
-    half = [o for o in (outputs if isinstance(outputs, list) else [outputs])
-            if keras.backend.standardize_dtype(o.dtype) == HALF[policy]]
+    half = [
+        o
+        for o in (outputs if isinstance(outputs, list) else [outputs])
+        if keras.backend.standardize_dtype(o.dtype) == HALF[policy]
+    ]
     assert half, f"{case}: no output in {HALF[policy]}"
     got = as_float32(outputs)
     check(case, policy, got, expected, position_masks(got, valid))
@@ -180,8 +191,11 @@ def test_training_step_on_padded_batch_stays_finite(case, policy):
     assert np.isfinite(loss)
     for v in model.weights:
         assert np.isfinite(ops.convert_to_numpy(ops.cast(v, "float32"))).all(), v.path
-    changed = [v.path for v, w in zip(model.weights, weights)
-               if not np.array_equal(ops.convert_to_numpy(v), w)]
+    changed = [
+        v.path
+        for v, w in zip(model.weights, weights)
+        if not np.array_equal(ops.convert_to_numpy(v), w)
+    ]
     assert changed, f"{case}: the step changed nothing"
 
 
@@ -212,56 +226,113 @@ def span_valid():
 
 def tagging_call(layer):
     """A CRF / MEMM on half-precision emissions: the loss (and the layer's output)."""
-    emissions = ops.cast(X[..., :5], layer.compute_dtype) if layer.compute_dtype != "float32" \
+    emissions = (
+        ops.cast(X[..., :5], layer.compute_dtype)
+        if layer.compute_dtype != "float32"
         else X[..., :5]
+    )
     return [layer(emissions), layer.sparse_loss(LABELS, emissions, mask=REAL)[None]]
 
 
 # name: (make(dtype), call(layer) -> outputs, valid masks per output (None = all))
 LAYERS = {
-    "AttentionMask": (lambda dtype: L.AttentionMask("unilm", dtype=dtype),
-                      lambda l: ops.cast(l([token_ids(), segment_ids()]), "float32"), [None]),
-    "Embedding": (lambda dtype: L.Embedding(40, 16, mask_zero=True, dtype=dtype),
-                  lambda l: [l(token_ids()), l(X, mode="dense")], [None, None]),
-    "PositionEmbedding": (lambda dtype: L.PositionEmbedding(4, 16, hierarchical=True,
-                                                            dtype=dtype), lambda l: l(X), [None]),
-    "SinusoidalPositionEmbedding": (lambda dtype: L.SinusoidalPositionEmbedding(16, dtype=dtype),
-                                    lambda l: l(X), [None]),
-    "RelativePositionEmbedding": (lambda dtype: L.RelativePositionEmbedding(9, 8, dtype=dtype),
-                                  lambda l: l([X, X]), [None]),
-    "RelativePositionEmbeddingT5": (lambda dtype: L.RelativePositionEmbeddingT5(32, 2, dtype=dtype),
-                                    lambda l: l([X, X]), [None]),
-    "LayerNormalization": (lambda dtype: L.LayerNormalization(epsilon=1e-12, dtype=dtype),
-                           lambda l: l(X), [None]),
-    "LayerNormalization-rms": (lambda dtype: L.LayerNormalization(
-        zero_mean=False, offset=False, epsilon=1e-6, dtype=dtype), lambda l: l(X), [None]),
-    "LayerNormalization-conditional": (lambda dtype: L.LayerNormalization(
-        conditional=True, hidden_units=4, dtype=dtype), lambda l: l([X, COND]), [None]),
+    "AttentionMask": (
+        lambda dtype: L.AttentionMask("unilm", dtype=dtype),
+        lambda l: ops.cast(l([token_ids(), segment_ids()]), "float32"),
+        [None],
+    ),
+    "Embedding": (
+        lambda dtype: L.Embedding(40, 16, mask_zero=True, dtype=dtype),
+        lambda l: [l(token_ids()), l(X, mode="dense")],
+        [None, None],
+    ),
+    "PositionEmbedding": (
+        lambda dtype: L.PositionEmbedding(4, 16, hierarchical=True, dtype=dtype),
+        lambda l: l(X),
+        [None],
+    ),
+    "SinusoidalPositionEmbedding": (
+        lambda dtype: L.SinusoidalPositionEmbedding(16, dtype=dtype),
+        lambda l: l(X),
+        [None],
+    ),
+    "RelativePositionEmbedding": (
+        lambda dtype: L.RelativePositionEmbedding(9, 8, dtype=dtype),
+        lambda l: l([X, X]),
+        [None],
+    ),
+    "RelativePositionEmbeddingT5": (
+        lambda dtype: L.RelativePositionEmbeddingT5(32, 2, dtype=dtype),
+        lambda l: l([X, X]),
+        [None],
+    ),
+    "LayerNormalization": (
+        lambda dtype: L.LayerNormalization(epsilon=1e-12, dtype=dtype),
+        lambda l: l(X),
+        [None],
+    ),
+    "LayerNormalization-rms": (
+        lambda dtype: L.LayerNormalization(
+            zero_mean=False, offset=False, epsilon=1e-6, dtype=dtype
+        ),
+        lambda l: l(X),
+        [None],
+    ),
+    "LayerNormalization-conditional": (
+        lambda dtype: L.LayerNormalization(conditional=True, hidden_units=4, dtype=dtype),
+        lambda l: l([X, COND]),
+        [None],
+    ),
     "ScaleOffset": (lambda dtype: L.ScaleOffset(dtype=dtype), lambda l: l(X), [None]),
-    "FeedForward": (lambda dtype: L.FeedForward(24, activation=["gelu", "linear"], dtype=dtype),
-                    lambda l: l(X), [None]),
+    "FeedForward": (
+        lambda dtype: L.FeedForward(24, activation=["gelu", "linear"], dtype=dtype),
+        lambda l: l(X),
+        [None],
+    ),
     "MaskedAdd": (lambda dtype: L.MaskedAdd(dtype=dtype), lambda l: l([X, X[::-1]]), [None]),
     "TokenSelect": (lambda dtype: L.TokenSelect(dtype=dtype), lambda l: l(X), [None]),
     "MultiHeadAttention": (mha(), attention_call(), [SEEN]),
-    "MultiHeadAttention-softmax_plus": (mha(normalization="softmax_plus"), attention_call(),
-                                        [SEEN]),
+    "MultiHeadAttention-softmax_plus": (
+        mha(normalization="softmax_plus"),
+        attention_call(),
+        [SEEN],
+    ),
     # (rotary, NEZHA, T5 and RealFormer attention run in the model cases,
     # squared_relu normalisation in GatedAttentionUnit)
     "MultiHeadAttention-bias": (mha(), attention_call(attention_bias=BIAS), [SEEN]),
-    "ConditionalRandomField": (lambda dtype: L.ConditionalRandomField(dtype=dtype), tagging_call,
-                               [REAL, None]),
-    "MaximumEntropyMarkovModel": (lambda dtype: L.MaximumEntropyMarkovModel(
-        hidden_dim=3, dtype=dtype), tagging_call, [REAL, None]),
-    "GlobalPointer": (lambda dtype: L.GlobalPointer(2, 8, dtype=dtype),
-                      lambda l: l(X, mask=REAL), [span_valid()]),
-    "EfficientGlobalPointer": (lambda dtype: L.EfficientGlobalPointer(2, 8, dtype=dtype),
-                               lambda l: l(X, mask=REAL), [span_valid()]),
-    "GatedAttentionUnit": (lambda dtype: L.GatedAttentionUnit(units=24, key_size=8, rope=True,
-                                                              dtype=dtype),
-                           lambda l: l(X, mask=REAL), [SEEN]),
-    **{f"GlobalPooling-{mode}": (lambda dtype, mode=mode: L.GlobalPooling(mode, dtype=dtype),
-                                 lambda l: l(X, mask=REAL), [None])
-       for mode in ("mean", "max", "last")},
+    "ConditionalRandomField": (
+        lambda dtype: L.ConditionalRandomField(dtype=dtype),
+        tagging_call,
+        [REAL, None],
+    ),
+    "MaximumEntropyMarkovModel": (
+        lambda dtype: L.MaximumEntropyMarkovModel(hidden_dim=3, dtype=dtype),
+        tagging_call,
+        [REAL, None],
+    ),
+    "GlobalPointer": (
+        lambda dtype: L.GlobalPointer(2, 8, dtype=dtype),
+        lambda l: l(X, mask=REAL),
+        [span_valid()],
+    ),
+    "EfficientGlobalPointer": (
+        lambda dtype: L.EfficientGlobalPointer(2, 8, dtype=dtype),
+        lambda l: l(X, mask=REAL),
+        [span_valid()],
+    ),
+    "GatedAttentionUnit": (
+        lambda dtype: L.GatedAttentionUnit(units=24, key_size=8, rope=True, dtype=dtype),
+        lambda l: l(X, mask=REAL),
+        [SEEN],
+    ),
+    **{
+        f"GlobalPooling-{mode}": (
+            lambda dtype, mode=mode: L.GlobalPooling(mode, dtype=dtype),
+            lambda l: l(X, mask=REAL),
+            [None],
+        )
+        for mode in ("mean", "max", "last")
+    },
 }
 # exact by construction (boolean output)
 EXACT = {"AttentionMask"}

@@ -51,6 +51,6 @@ def test_nezha_relative_positions_are_clipped():
     x = np.zeros((1, 150, 4), "float32")
     table = keras.ops.convert_to_numpy(layer([x, x]))
     assert table.shape == (150, 150, 8)
-    np.testing.assert_array_equal(table[0, 64], table[0, 149])     # +64 and +149 clip to +64
-    np.testing.assert_array_equal(table[149, 85], table[149, 0])   # -64 and -149 clip to -64
+    np.testing.assert_array_equal(table[0, 64], table[0, 149])  # +64 and +149 clip to +64
+    np.testing.assert_array_equal(table[149, 85], table[149, 0])  # -64 and -149 clip to -64
     assert not np.allclose(table[0, 63], table[0, 64])

@@ -32,11 +32,15 @@ def gelu(x):
 
 
 def gelu_tanh(x):
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
-ACTIVATIONS = {"gelu": gelu, "gelu_new": gelu_tanh, "relu": lambda x: np.maximum(x, 0.0),
-               "linear": lambda x: x}
+ACTIVATIONS = {
+    "gelu": gelu,
+    "gelu_new": gelu_tanh,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "linear": lambda x: x,
+}
 
 
 def softmax(x, axis=-1):
@@ -52,7 +56,7 @@ def layer_norm(x, gamma, beta, eps):
 
 def rms_norm(x, eps):
     """RoFormerV2's parameter-free norm: no centring, no scale, no offset."""
-    return x / np.sqrt((x ** 2).mean(-1, keepdims=True) + eps)
+    return x / np.sqrt((x**2).mean(-1, keepdims=True) + eps)
 
 
 def rope(x):
@@ -72,13 +76,15 @@ def rope(x):
 
 def attention(x, w, ids, heads, prefix, bias=True, rotary=False):
     """Multi-head self-attention; keys at padding (id 0) are hidden."""
+
     def dense(h, name):
         y = h @ w[f"{prefix}/{name}/kernel"]
         return y + w[f"{prefix}/{name}/bias"] if bias else y
 
     b, n, _ = x.shape
-    q, k, v = (dense(x, f"self/{name}").reshape(b, n, heads, -1)
-               for name in ("query", "key", "value"))
+    q, k, v = (
+        dense(x, f"self/{name}").reshape(b, n, heads, -1) for name in ("query", "key", "value")
+    )
     if rotary:
         q, k = rope(q), rope(k)
     scores = np.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
@@ -90,14 +96,20 @@ def attention(x, w, ids, heads, prefix, bias=True, rotary=False):
 # ---------------------------------------------------------------- RoFormerV2
 def roformer_v2_weights(cfg, seed=0, embedding_std=0.2):
     rng = np.random.RandomState(seed)
-    V, E, H, I = cfg["vocab_size"], cfg["embedding_size"], cfg["hidden_size"], \
-        cfg["intermediate_size"]
+    V, E, H, I = (
+        cfg["vocab_size"],
+        cfg["embedding_size"],
+        cfg["hidden_size"],
+        cfg["intermediate_size"],
+    )
 
     def normal(*shape, std=0.2):
         return (rng.randn(*shape) * std).astype("float32")
 
-    w = {"bert/embeddings/word_embeddings": normal(V, E, std=embedding_std),
-         "bert/embeddings/token_type_embeddings": normal(2, E, std=embedding_std)}
+    w = {
+        "bert/embeddings/word_embeddings": normal(V, E, std=embedding_std),
+        "bert/embeddings/token_type_embeddings": normal(2, E, std=embedding_std),
+    }
     if E != H:
         w["bert/encoder/embedding_hidden_mapping_in/kernel"] = normal(E, H)
         w["cls/predictions/transform/dense/kernel"] = normal(H, E)  # Output-Mapping
@@ -121,8 +133,13 @@ def roformer_v2_numpy(w, cfg, ids, seg, eps):
         x = x @ w["bert/encoder/embedding_hidden_mapping_in/kernel"]
     for i in range(cfg["num_hidden_layers"]):
         g = f"bert/encoder/layer_{i}"
-        x = rms_norm(x + attention(x, w, ids, cfg["num_attention_heads"], f"{g}/attention",
-                                   bias=False, rotary=True), eps)
+        x = rms_norm(
+            x
+            + attention(
+                x, w, ids, cfg["num_attention_heads"], f"{g}/attention", bias=False, rotary=True
+            ),
+            eps,
+        )
         h = act(x @ w[f"{g}/intermediate/dense/kernel"]) @ w[f"{g}/output/dense/kernel"]
         x = rms_norm(x + h, eps)
     y = x
@@ -143,8 +160,18 @@ ROFORMER_V2_CASES = {
 def test_roformer_v2_equals_numpy(case):
     extra = dict(ROFORMER_V2_CASES[case])
     embedding_std = extra.pop("embedding_std", 0.2)
-    cfg = {**dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=48, type_vocab_size=2, embedding_size=32), **extra}
+    cfg = {
+        **dict(
+            vocab_size=50,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=48,
+            type_vocab_size=2,
+            embedding_size=32,
+        ),
+        **extra,
+    }
     w = roformer_v2_weights(cfg, embedding_std=embedding_std)
     ids, seg = batch(vocab_size=cfg["vocab_size"], lengths=(11, 7, 4))
     mask = ids != 0
@@ -158,15 +185,27 @@ def test_roformer_v2_equals_numpy(case):
     assert_close(run(mlm, [ids, seg]), want_mlm, mask, what=f"roformer_v2 {case} MLM")
     # the default MLM activation is softmax over the same logits
     probs = build_transformer_model(cfg, checkpoint_path=w, model="roformer_v2", with_mlm=True)
-    assert_close(run(probs, [ids, seg]), softmax(want_mlm), mask,
-                 what=f"roformer_v2 {case} MLM probabilities")
+    assert_close(
+        run(probs, [ids, seg]),
+        softmax(want_mlm),
+        mask,
+        what=f"roformer_v2 {case} MLM probabilities",
+    )
 
 
 # ---------------------------------------------------------------- ALBERT (shared and not)
 def albert_weights(cfg, seed=0):
     rng = np.random.RandomState(seed)
-    V, E, H, I, P = (cfg[k] for k in ("vocab_size", "embedding_size", "hidden_size",
-                                     "intermediate_size", "max_position_embeddings"))
+    V, E, H, I, P = (
+        cfg[k]
+        for k in (
+            "vocab_size",
+            "embedding_size",
+            "hidden_size",
+            "intermediate_size",
+            "max_position_embeddings",
+        )
+    )
 
     def normal(*shape, std=0.2):
         return (rng.randn(*shape) * std).astype("float32")
@@ -179,9 +218,11 @@ def albert_weights(cfg, seed=0):
         w[f"{prefix}/kernel"] = normal(n_in, n_out)
         w[f"{prefix}/bias"] = normal(n_out, std=0.1)
 
-    w = {"bert/embeddings/word_embeddings": normal(V, E),
-         "bert/embeddings/token_type_embeddings": normal(2, E),
-         "bert/embeddings/position_embeddings": normal(P, E)}
+    w = {
+        "bert/embeddings/word_embeddings": normal(V, E),
+        "bert/embeddings/token_type_embeddings": normal(2, E),
+        "bert/embeddings/position_embeddings": normal(P, E),
+    }
     norm("bert/embeddings/LayerNorm", E)
     dense("bert/encoder/embedding_hidden_mapping_in", E, H)
     for name in ("query", "key", "value"):
@@ -212,18 +253,26 @@ def albert_numpy(w, cfg, ids, seg, eps):
         return x @ w[f"{prefix}/kernel"] + w[f"{prefix}/bias"]
 
     n = ids.shape[1]
-    x = (w["bert/embeddings/word_embeddings"][ids] + w["bert/embeddings/token_type_embeddings"][seg]
-         + w["bert/embeddings/position_embeddings"][np.arange(n)][None])
+    x = (
+        w["bert/embeddings/word_embeddings"][ids]
+        + w["bert/embeddings/token_type_embeddings"][seg]
+        + w["bert/embeddings/position_embeddings"][np.arange(n)][None]
+    )
     x = dense(ln(x, "bert/embeddings/LayerNorm"), "bert/encoder/embedding_hidden_mapping_in")
     for _ in range(cfg["num_hidden_layers"]):  # every layer: the same group_0 weights
-        x = ln(x + attention(x, w, ids, cfg["num_attention_heads"], f"{ALBERT}/attention_1"),
-               f"{ALBERT}/LayerNorm")
-        h = dense(act(dense(x, f"{ALBERT}/ffn_1/intermediate/dense")),
-                  f"{ALBERT}/ffn_1/intermediate/output/dense")
+        x = ln(
+            x + attention(x, w, ids, cfg["num_attention_heads"], f"{ALBERT}/attention_1"),
+            f"{ALBERT}/LayerNorm",
+        )
+        h = dense(
+            act(dense(x, f"{ALBERT}/ffn_1/intermediate/dense")),
+            f"{ALBERT}/ffn_1/intermediate/output/dense",
+        )
         x = ln(x + h, f"{ALBERT}/LayerNorm_1")
     pool = np.tanh(dense(x[:, 0], "bert/pooler/dense"))
-    nsp = softmax(pool @ w["cls/seq_relationship/output_weights"].T
-                  + w["cls/seq_relationship/output_bias"])
+    nsp = softmax(
+        pool @ w["cls/seq_relationship/output_weights"].T + w["cls/seq_relationship/output_bias"]
+    )
     y = ln(act(dense(x, "cls/predictions/transform/dense")), "cls/predictions/transform/LayerNorm")
     mlm = y @ w["bert/embeddings/word_embeddings"].T + w["cls/predictions/output_bias"]
     return x, nsp, mlm
@@ -232,9 +281,17 @@ def albert_numpy(w, cfg, ids, seg, eps):
 @pytest.fixture(params=["gelu", "gelu_new"])
 def albert_case(request):
     """A 2-layer factorised ALBERT config, its random weights and a padded batch."""
-    cfg = dict(vocab_size=60, embedding_size=16, hidden_size=32, num_hidden_layers=2,
-               num_attention_heads=4, intermediate_size=40, max_position_embeddings=32,
-               type_vocab_size=2, hidden_act=request.param)
+    cfg = dict(
+        vocab_size=60,
+        embedding_size=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=40,
+        max_position_embeddings=32,
+        type_vocab_size=2,
+        hidden_act=request.param,
+    )
     w = albert_weights(cfg)
     ids, seg = batch(vocab_size=cfg["vocab_size"], lengths=(12, 8, 3))
     return cfg, w, ids, seg
@@ -243,15 +300,18 @@ def albert_case(request):
 def test_albert_unshared_equals_numpy(albert_case):
     cfg, w, ids, seg = albert_case
     mask = ids != 0
-    want_seq, want_nsp, want_mlm = albert_numpy(w, cfg, ids, seg, ALBERT_Unshared.layer_norm_epsilon)
+    want_seq, want_nsp, want_mlm = albert_numpy(
+        w, cfg, ids, seg, ALBERT_Unshared.layer_norm_epsilon
+    )
 
     encoder = build_transformer_model(cfg, checkpoint_path=w, model="albert_unshared")
     names = [layer.name for layer in encoder.layers]
     assert "Transformer-1-FeedForward-Norm" in names  # one set of layers per block
     assert_close(run(encoder, [ids, seg]), want_seq, mask, what="albert_unshared sequence")
 
-    full = build_transformer_model(cfg, checkpoint_path=w, model="albert_unshared",
-                                   with_nsp=True, with_mlm="linear")
+    full = build_transformer_model(
+        cfg, checkpoint_path=w, model="albert_unshared", with_nsp=True, with_mlm="linear"
+    )
     nsp, mlm = run(full, [ids, seg])
     assert_close(nsp, want_nsp, what="albert_unshared NSP")
     assert_close(mlm, want_mlm, mask, what="albert_unshared MLM")
@@ -266,8 +326,13 @@ def test_albert_unshared_equals_albert(albert_case):
         model = build_transformer_model(cfg, checkpoint_path=w, model=key, with_mlm="linear")
         outputs[key] = run(model, [ids, seg])
         assert_close(outputs[key], want_mlm, mask, what=f"{key} MLM vs NumPy")
-    assert_close(outputs["albert_unshared"], outputs["albert"], mask, tol=1e-5,
-                 what="albert_unshared vs albert")
+    assert_close(
+        outputs["albert_unshared"],
+        outputs["albert"],
+        mask,
+        tol=1e-5,
+        what="albert_unshared vs albert",
+    )
 
 
 def test_albert_unshared_layers_are_untied_after_loading(albert_case):
@@ -275,8 +340,10 @@ def test_albert_unshared_layers_are_untied_after_loading(albert_case):
     cfg, w, _, _ = albert_case
     model = build_transformer_model(cfg, checkpoint_path=w, model="albert_unshared")
     shared = w[f"{ALBERT}/ffn_1/intermediate/output/dense/kernel"]
-    kernels = [model.get_layer(f"Transformer-{i}-FeedForward").o_dense.kernel
-               for i in range(cfg["num_hidden_layers"])]
+    kernels = [
+        model.get_layer(f"Transformer-{i}-FeedForward").o_dense.kernel
+        for i in range(cfg["num_hidden_layers"])
+    ]
     for kernel in kernels:
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(kernel), shared)
     kernels[0].assign(np.zeros(kernels[0].shape, "float32"))

@@ -29,8 +29,13 @@ from tests.utils import BACKEND, single_thread_torch, to_numpy  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
-SMALL = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-             intermediate_size=128)
+SMALL = dict(
+    vocab_size=100,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+)
 CASES = {
     "bert-mlm": dict(model="bert", with_mlm="linear"),
     "gpt2": dict(model="gpt2", final_activation="linear"),
@@ -102,8 +107,10 @@ def test_every_dense_and_token_table_is_quantized(case):
         assert layer.quantization_mode == "int8", layer.path
     int8 = {v.path for v in model.weights if v.dtype == "int8"}
     assert f"{tables[0].name}/embeddings" in int8
-    assert "Transformer-0-MultiHeadSelfAttention/q_dense/kernel" in int8 or \
-        "Encoder-Transformer-0-MultiHeadSelfAttention/q_dense/kernel" in int8
+    assert (
+        "Transformer-0-MultiHeadSelfAttention/q_dense/kernel" in int8
+        or "Encoder-Transformer-0-MultiHeadSelfAttention/q_dense/kernel" in int8
+    )
     leaves = [l for l in layers if len(list(l._flatten_layers())) == 1]
     in_float = [v for l in leaves if l.quantization_mode is None for v in l.weights]
     assert in_float and all(v.dtype == "float32" for v in in_float)  # norms, positions
@@ -128,7 +135,8 @@ COMPOSITE = {
     "EfficientGlobalPointer": lambda x, c: L.EfficientGlobalPointer(2, 8)(x),
     "GatedAttentionUnit": lambda x, c: L.GatedAttentionUnit(units=24, key_size=8)(x),
     "LayerNormalization-conditional": lambda x, c: L.LayerNormalization(
-        conditional=True, hidden_units=4)([x, c]),
+        conditional=True, hidden_units=4
+    )([x, c]),
 }
 
 
@@ -141,7 +149,10 @@ def test_layers_with_dense_sublayers_save_and_load_quantized(case, tmp_path):
         w.assign((0.3 * rng.normal(size=w.shape)).astype("float32"))
     quantize(model)
     assert any(v.dtype == "int8" for v in model.weights)
-    data = [rng.normal(size=(2, 6, 16)).astype("float32"), rng.normal(size=(2, 8)).astype("float32")]
+    data = [
+        rng.normal(size=(2, 6, 16)).astype("float32"),
+        rng.normal(size=(2, 8)).astype("float32"),
+    ]
     path = str(tmp_path / "model.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)
@@ -181,7 +192,8 @@ def test_other_modes_keep_the_token_table_in_float_with_a_clear_warning():
     messages = [str(w.message) for w in caught]
     assert any("supports quantize('int8') only, not 'int4'" in m for m in messages), messages
     assert model.get_layer("Embedding-Token").quantization_mode is None
-    assert model.get_layer("Transformer-0-MultiHeadSelfAttention").q_dense.quantization_mode \
-        == "int4"
+    assert (
+        model.get_layer("Transformer-0-MultiHeadSelfAttention").q_dense.quantization_mode == "int4"
+    )
     got = to_numpy(model(x))
     assert np.isfinite(got).all() and (got.argmax(-1) == expected.argmax(-1)).mean() >= 0.5

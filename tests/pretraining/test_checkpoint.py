@@ -7,16 +7,28 @@ import numpy as np
 import pytest
 
 from kerasformers import build_transformer_model
-from kerasformers.pretraining.checkpoint import (TrainingCheckpoint, latest_checkpoint,
-                                                 list_checkpoints, restore_checkpoint,
-                                                 save_checkpoint)
+from kerasformers.pretraining.checkpoint import (
+    TrainingCheckpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    restore_checkpoint,
+    save_checkpoint,
+)
 
 
 def _model(hidden=16, seed=0):
     keras.utils.set_random_seed(seed)
-    model = build_transformer_model(None, model="bert", vocab_size=40, hidden_size=hidden,
-                                    num_hidden_layers=1, num_attention_heads=2,
-                                    intermediate_size=32, with_mlm="linear", dropout_rate=0.1)
+    model = build_transformer_model(
+        None,
+        model="bert",
+        vocab_size=40,
+        hidden_size=hidden,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        with_mlm="linear",
+        dropout_rate=0.1,
+    )
     model.compile(keras.optimizers.AdamW(1e-2), "sparse_categorical_crossentropy")
     return model
 
@@ -28,8 +40,10 @@ def _batches(n=4):
 
 
 def _state(model):
-    return [keras.ops.convert_to_numpy(v.value).copy()
-            for v in [*model.variables, *model.optimizer.variables]]
+    return [
+        keras.ops.convert_to_numpy(v.value).copy()
+        for v in [*model.variables, *model.optimizer.variables]
+    ]
 
 
 def _assert_state(model, expected):
@@ -40,8 +54,14 @@ def _assert_state(model, expected):
 def test_save_restore_round_trip_and_keep(tmp_path):
     model = _model()
     x, y = _batches()
-    model.fit(x, y, batch_size=2, epochs=3, verbose=0,
-              callbacks=[TrainingCheckpoint(tmp_path, save_every=2, keep=2)])
+    model.fit(
+        x,
+        y,
+        batch_size=2,
+        epochs=3,
+        verbose=0,
+        callbacks=[TrainingCheckpoint(tmp_path, save_every=2, keep=2)],
+    )
     # 6 steps: saved at 2, 4, 6; only the newest two kept, no temporary directories left
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000004", "step-00000006"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000004", "step-00000006"]
@@ -77,9 +97,17 @@ def test_other_optimizer_and_uncompiled_model_are_refused(tmp_path):
     other.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy")
     with pytest.raises(ValueError, match="optimizer AdamW"):
         restore_checkpoint(other, tmp_path)
-    bare = build_transformer_model(None, model="bert", vocab_size=40, hidden_size=16,
-                                   num_hidden_layers=1, num_attention_heads=2,
-                                   intermediate_size=32, with_mlm="linear", dropout_rate=0.1)
+    bare = build_transformer_model(
+        None,
+        model="bert",
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        with_mlm="linear",
+        dropout_rate=0.1,
+    )
     with pytest.raises(ValueError, match="not compiled"):
         restore_checkpoint(bare, tmp_path)
 
@@ -102,7 +130,7 @@ def test_damaged_checkpoint_is_refused_and_changes_nothing(tmp_path):
 def test_incomplete_checkpoint_directory_is_ignored(tmp_path):
     model = _model()
     save_checkpoint(model, tmp_path, 2)
-    (tmp_path / "step-00000004").mkdir()        # a kill before meta.json: not a checkpoint
+    (tmp_path / "step-00000004").mkdir()  # a kill before meta.json: not a checkpoint
     assert latest_checkpoint(tmp_path).name == "step-00000002"
     meta = json.loads((tmp_path / "step-00000002" / "meta.json").read_text())
     assert meta["step"] == 2 and meta["data_state"] is None

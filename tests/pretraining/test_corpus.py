@@ -12,8 +12,14 @@ import os
 import pytest
 
 from kerasformers.pretraining.corpus import (
-    document_instances, pack_document, read_documents, resolve_word_segment, split_sentences,
-    strip_pos_tags, tokenize_words)
+    document_instances,
+    pack_document,
+    read_documents,
+    resolve_word_segment,
+    split_sentences,
+    strip_pos_tags,
+    tokenize_words,
+)
 from kerasformers.tokenizers import Tokenizer
 
 
@@ -36,7 +42,7 @@ def tokenizer():
 
 def lines(path, start=0, count=300):
     with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f][start:start + count]
+        return [line.rstrip("\n") for line in f][start : start + count]
 
 
 def reviews(count=300, start=0):
@@ -68,25 +74,35 @@ def test_strip_pos_tags_on_peoples_daily():
 def test_read_text_lines_and_blank_line_blocks(tmp_path):
     texts = reviews(20)
     path = tmp_path / "corpus.txt"
-    path.write_text("\n".join(texts[:5]) + "\n\n  \n" + "\n".join(texts[5:]) + "\n",
-                    encoding="utf-8")
+    path.write_text(
+        "\n".join(texts[:5]) + "\n\n  \n" + "\n".join(texts[5:]) + "\n", encoding="utf-8"
+    )
     assert list(read_documents(str(path))) == texts
     assert list(read_documents(path)) == texts  # a PathLike
     assert list(read_documents(path, document_separator="blank_line")) == [
-        "\n".join(texts[:5]), "\n".join(texts[5:])]
+        "\n".join(texts[:5]),
+        "\n".join(texts[5:]),
+    ]
 
 
 def test_read_jsonl_gz_and_several_paths_in_order(tmp_path):
     texts = reviews(30)
     jsonl = tmp_path / "a.jsonl"
-    jsonl.write_text("".join(json.dumps({"id": i, "content": t}, ensure_ascii=False) + "\n"
-                             for i, t in enumerate(texts[:10])) + "\n", encoding="utf-8")
+    jsonl.write_text(
+        "".join(
+            json.dumps({"id": i, "content": t}, ensure_ascii=False) + "\n"
+            for i, t in enumerate(texts[:10])
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     with gzip.open(tmp_path / "b.jsonl.gz", "wt", encoding="utf-8") as f:
         for t in texts[10:20]:
             f.write(json.dumps({"content": t}) + "\n")
     plain = tmp_path / "c.data"
-    plain.write_text("".join(json.dumps({"content": t}) + "\n" for t in texts[20:]),
-                     encoding="utf-8")
+    plain.write_text(
+        "".join(json.dumps({"content": t}) + "\n" for t in texts[20:]), encoding="utf-8"
+    )
     paths = [str(jsonl), str(tmp_path / "b.jsonl.gz"), str(plain)]
     read = list(read_documents(paths[:2], text_field="content"))
     assert read == texts[:20]
@@ -119,8 +135,11 @@ def test_read_errors_name_the_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"bad.jsonl:3: a JSON line must be an object .*list"):
         list(read_documents(bad))
     bad.write_text('{"text": "好"}\n{"body": "好", "title": "t"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: the object has no 'text' field "
-                                         r"\(fields: \['body', 'title'\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"bad.jsonl:2: the object has no 'text' field "
+        r"\(fields: \['body', 'title'\]\)",
+    ):
         list(read_documents(bad))
     bad.write_text('{"text": 3}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad.jsonl:1: field 'text' is a int"):
@@ -223,8 +242,9 @@ def test_word_segment_options():
         tokenize_words(tok, "中国", "pkuseg")
     with pytest.raises(TypeError, match="word_segment must be .* got int"):
         tokenize_words(tok, "中国", 3)
-    assert resolve_word_segment(characters)[1].endswith("test_word_segment_options."
-                                                        "<locals>.characters")
+    assert resolve_word_segment(characters)[1].endswith(
+        "test_word_segment_options.<locals>.characters"
+    )
 
 
 # -- packing ----------------------------------------------------------------------------------
@@ -232,7 +252,7 @@ def bert4keras_paragraph_process(sentences, sequence_length, cls_id, sep_id):
     """bert4keras' paragraph_process on ids (no padding; sentences cut to seq_len - 2)."""
     instances, instance = [], [cls_id]
     for ids in sentences:
-        ids = ids[:sequence_length - 2]
+        ids = ids[: sequence_length - 2]
         if len(instance) + len(ids) > sequence_length - 1:
             instances.append(instance + [sep_id])
             instance = [cls_id]
@@ -252,8 +272,9 @@ def test_packing_equals_bert4keras_when_sentences_fit():
     for sentences in _sentences(tok, documents):
         assert max(len(ids) for ids, _ in sentences) <= 254
         packed = pack_document(sentences, 256, tok.cls_id, tok.sep_id)
-        expected = bert4keras_paragraph_process([ids for ids, _ in sentences], 256,
-                                                tok.cls_id, tok.sep_id)
+        expected = bert4keras_paragraph_process(
+            [ids for ids, _ in sentences], 256, tok.cls_id, tok.sep_id
+        )
         assert [ids for ids, _ in packed] == expected
         count += len(packed)
         flags = [f for _, starts in packed for f in starts[1:-1]]

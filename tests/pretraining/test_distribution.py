@@ -22,17 +22,22 @@ import numpy as np
 import pytest
 
 from kerasformers import build_transformer_model
-from kerasformers.pretraining.distribution import (data_parallel, get_layout_map,
-                                                   initialize_multiprocess, model_parallel)
+from kerasformers.pretraining.distribution import (
+    data_parallel,
+    get_layout_map,
+    initialize_multiprocess,
+    model_parallel,
+)
 from tests.pretraining import distributed_worker
 
 WORKER = Path(distributed_worker.__file__)
-TIMEOUT = 900        # seconds for all runs together, on a busy 2-core machine
-TOLERANCE = 1e-5     # max |difference| of losses and final weights
-MOVED = 1e-3         # training must move the weights by more than this (not a vacuous test)
+TIMEOUT = 900  # seconds for all runs together, on a busy 2-core machine
+TOLERANCE = 1e-5  # max |difference| of losses and final weights
+MOVED = 1e-3  # training must move the weights by more than this (not a vacuous test)
 
 
 # --- the JAX runs, in subprocesses --------------------------------------------------------------
+
 
 def _free_port():
     with socket.socket() as s:
@@ -41,11 +46,17 @@ def _free_port():
 
 
 def _start(out, name, args, devices):
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="jax",
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    )
     with open(out / f"{name}.log", "w") as log:
-        return subprocess.Popen([sys.executable, str(WORKER), *args], env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, str(WORKER), *args], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
 
 
 def _run_all(out):
@@ -58,8 +69,9 @@ def _run_all(out):
     coordinator = f"127.0.0.1:{_free_port()}"
     procs = {"single": _start(out, "single", ["single", str(out)], 4)}
     for pid in range(2):
-        procs[f"multi-{pid}"] = _start(out, f"multi-{pid}",
-                                       ["multi", str(out), coordinator, "2", str(pid)], 2)
+        procs[f"multi-{pid}"] = _start(
+            out, f"multi-{pid}", ["multi", str(out), coordinator, "2", str(pid)], 2
+        )
     status = {}
     deadline = time.monotonic() + TIMEOUT
     while len(status) < len(procs) and time.monotonic() < deadline:
@@ -108,7 +120,7 @@ def runs(tmp_path_factory):
     try:
         os.close(os.open(out / "claimed", os.O_CREAT | os.O_EXCL))
         _run_all(out)
-    except FileExistsError:     # another worker runs them; wait for its status file
+    except FileExistsError:  # another worker runs them; wait for its status file
         deadline = time.monotonic() + TIMEOUT + 60
         while not (out / "status.json").exists():
             if time.monotonic() > deadline:
@@ -126,12 +138,17 @@ def _assert_same_training(reference, other, label):
     for a, b in zip(_weights(reference, "i"), _weights(other, "i")):
         np.testing.assert_array_equal(a, b, err_msg=f"{label}: initial weights differ")
     loss_delta = float(np.abs(reference["losses"] - other["losses"]).max())
-    weight_delta = max(float(np.abs(a - b).max())
-                       for a, b in zip(_weights(reference, "w"), _weights(other, "w")))
-    moved = max(float(np.abs(a - b).max())
-                for a, b in zip(_weights(reference, "w"), _weights(reference, "i")))
-    print(f"{label}: max |dloss| {loss_delta:.3g}, max |dweight| {weight_delta:.3g} "
-          f"(weights moved up to {moved:.3g})")
+    weight_delta = max(
+        float(np.abs(a - b).max()) for a, b in zip(_weights(reference, "w"), _weights(other, "w"))
+    )
+    moved = max(
+        float(np.abs(a - b).max())
+        for a, b in zip(_weights(reference, "w"), _weights(reference, "i"))
+    )
+    print(
+        f"{label}: max |dloss| {loss_delta:.3g}, max |dweight| {weight_delta:.3g} "
+        f"(weights moved up to {moved:.3g})"
+    )
     assert len(reference["losses"]) == len(other["losses"]) == 5
     assert loss_delta <= TOLERANCE
     assert weight_delta <= TOLERANCE
@@ -151,25 +168,37 @@ def test_model_parallel_on_a_2x2_mesh_trains_as_one_device_with_sharded_weights(
     split = {path for path, (spec, pieces) in report["weights"].items() if "model" in spec}
     for path, (spec, pieces) in report["weights"].items():
         assert pieces == (2 if path in split else 1), (path, spec, pieces)
-    layer = [f"Transformer-{i}-{name}" for i in range(2) for name in (
-        "MultiHeadSelfAttention/q_dense/kernel", "MultiHeadSelfAttention/q_dense/bias",
-        "MultiHeadSelfAttention/k_dense/kernel", "MultiHeadSelfAttention/k_dense/bias",
-        "MultiHeadSelfAttention/v_dense/kernel", "MultiHeadSelfAttention/v_dense/bias",
-        "MultiHeadSelfAttention/o_dense/kernel", "FeedForward/i0_dense/kernel",
-        "FeedForward/i0_dense/bias", "FeedForward/o_dense/kernel")]
+    layer = [
+        f"Transformer-{i}-{name}"
+        for i in range(2)
+        for name in (
+            "MultiHeadSelfAttention/q_dense/kernel",
+            "MultiHeadSelfAttention/q_dense/bias",
+            "MultiHeadSelfAttention/k_dense/kernel",
+            "MultiHeadSelfAttention/k_dense/bias",
+            "MultiHeadSelfAttention/v_dense/kernel",
+            "MultiHeadSelfAttention/v_dense/bias",
+            "MultiHeadSelfAttention/o_dense/kernel",
+            "FeedForward/i0_dense/kernel",
+            "FeedForward/i0_dense/bias",
+            "FeedForward/o_dense/kernel",
+        )
+    ]
     assert split == {"Embedding-Token/embeddings", "MLM-Bias/beta", *layer}
 
 
 def test_two_processes_with_two_devices_each_train_as_one_process_with_four(runs):
     runs.check("single", "multi-0", "multi-1")
-    _assert_same_training(runs.load("data_parallel"), runs.load("multi"),
-                          "2 processes x DataParallel(2)")
+    _assert_same_training(
+        runs.load("data_parallel"), runs.load("multi"), "2 processes x DataParallel(2)"
+    )
 
 
 # --- the layout map, on the current backend ------------------------------------------------------
 
-TINY = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=64)
+TINY = dict(
+    vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+)
 # One model per family of layer names (NEZHA, GPT, ALBERT unshared and T5.1.0
 # use a subset of the names below).
 MODELS = [
@@ -185,17 +214,21 @@ MODELS = [
 ]
 
 
-@pytest.mark.parametrize("model_name, options", MODELS,
-                         ids=[m + ("-prefixed" if "prefix" in o else "") for m, o in MODELS])
+@pytest.mark.parametrize(
+    "model_name, options",
+    MODELS,
+    ids=[m + ("-prefixed" if "prefix" in o else "") for m, o in MODELS],
+)
 def test_every_weight_has_exactly_one_layout_of_its_rank(model_name, options):
     """No weight falls through to Keras' silent default: each is split or listed as replicated."""
-    mesh = keras.distribution.DeviceMesh((2, 2), ("batch", "model"),
-                                         devices=[f"cpu:{i}" for i in range(4)])
+    mesh = keras.distribution.DeviceMesh(
+        (2, 2), ("batch", "model"), devices=[f"cpu:{i}" for i in range(4)]
+    )
     model = build_transformer_model(None, model=model_name, **TINY, **options)
     for data_axis in (None, "batch"):
         layout_map = get_layout_map(mesh, data_axis=data_axis)
         for v in model.weights:
-            layout = layout_map[v.path]        # LayoutMap raises if two rules match
+            layout = layout_map[v.path]  # LayoutMap raises if two rules match
             assert layout is not None, f"{model_name}: {v.path} matches no rule"
             assert len(layout.axes) == len(v.shape), (v.path, layout.axes, v.shape)
             for axis, size in zip(layout.axes, v.shape):
@@ -211,7 +244,9 @@ def test_t5_1_1_splits_both_gated_inputs_and_the_untied_lm_head():
     layout_map = get_layout_map(mesh)
     assert layout_map["Decoder-Transformer-3-FeedForward/i1_dense/kernel"].axes == (None, "model")
     assert layout_map["Decoder-Transformer-0-MultiHeadCrossAttention/o_dense/kernel"].axes == (
-        "model", None)
+        "model",
+        None,
+    )
     assert layout_map["Decoder-Output-LM/kernel"].axes == (None, "model")
     assert layout_map["Encoder-Embedding-Relative-Position/embeddings"].axes == (None, None)
 
@@ -241,8 +276,9 @@ def test_clear_errors():
 def test_initialize_multiprocess_refuses_other_backends_and_bad_process_ids(monkeypatch):
     for backend in ("torch", "tensorflow"):
         monkeypatch.setattr(keras.backend, "backend", lambda backend=backend: backend)
-        with pytest.raises(RuntimeError, match=f"KERAS_BACKEND={backend} kerasformers trains "
-                                               "on a single device"):
+        with pytest.raises(
+            RuntimeError, match=f"KERAS_BACKEND={backend} kerasformers trains on a single device"
+        ):
             initialize_multiprocess("127.0.0.1:1234", 2, 0)
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     with pytest.raises(ValueError, match=r"process_id must lie in \[0, 2\), got 2"):

@@ -42,8 +42,9 @@ def review_instances(n_reviews=300, sequence_length=SEQ):
 
     def flush():
         if ids:
-            instances.append((np.array([CLS, *ids, SEP], np.int32),
-                              np.array([1, *starts, 1], bool)))
+            instances.append(
+                (np.array([CLS, *ids, SEP], np.int32), np.array([1, *starts, 1], bool))
+            )
         ids.clear()
         starts.clear()
 
@@ -101,7 +102,7 @@ def test_masked_lm_statistics_on_reviews():
         assert token_ids.shape == labels.shape == (SEQ,) and not segment_ids.any()
         assert not token_ids[n:].any() and (labels[n:] == -100).all()
         on = labels[:n] != -100
-        np.testing.assert_array_equal(labels[:n][on], ids[on])       # labels = original ids
+        np.testing.assert_array_equal(labels[:n][on], ids[on])  # labels = original ids
         np.testing.assert_array_equal(token_ids[:n][~on], ids[~on])  # the rest untouched
         assert not np.isin(ids[on], SPECIAL).any()
         for begin, end in word_spans(starts):
@@ -144,22 +145,30 @@ def test_masked_lm_is_a_function_of_the_rng():
 
 def test_masked_lm_settings_and_errors():
     mlm = MaskedLM(VOCAB, MASK, SPECIAL, SEQ, mask_rate=0.3, mask_prob=0.5, random_prob=0.2)
-    assert mlm.get_config() == {"class": "MaskedLM", "vocab_size": VOCAB, "mask_id": MASK,
-                                "special_ids": SPECIAL, "sequence_length": SEQ,
-                                "mask_rate": 0.3, "mask_prob": 0.5, "random_prob": 0.2}
+    assert mlm.get_config() == {
+        "class": "MaskedLM",
+        "vocab_size": VOCAB,
+        "mask_id": MASK,
+        "special_ids": SPECIAL,
+        "sequence_length": SEQ,
+        "mask_rate": 0.3,
+        "mask_prob": 0.5,
+        "random_prob": 0.2,
+    }
     assert repr(mlm).startswith("MaskedLM(vocab_size=21128, mask_id=103")
     # mask_rate 0: nothing labelled; an empty record is padding only
     none = MaskedLM(VOCAB, MASK, SPECIAL, 8, mask_rate=0.0)
-    assert (none(np.array([CLS, 7, SEP]), np.ones(3, bool), np.random.default_rng(0))[2]
-            == -100).all()
-    token_ids, _, labels = none(np.zeros(0, np.int32), np.zeros(0, bool),
-                                np.random.default_rng(0))
+    assert (
+        none(np.array([CLS, 7, SEP]), np.ones(3, bool), np.random.default_rng(0))[2] == -100
+    ).all()
+    token_ids, _, labels = none(np.zeros(0, np.int32), np.zeros(0, bool), np.random.default_rng(0))
     assert not token_ids.any() and (labels == -100).all()
     with pytest.raises(ValueError, match="longer than sequence_length=4"):
         MaskedLM(VOCAB, MASK, SPECIAL, 4)(np.arange(5), np.ones(5, bool), np.random.default_rng())
     with pytest.raises(ValueError, match="outside \\[0, vocab_size=21128\\)"):
-        MaskedLM(VOCAB, MASK, SPECIAL, 8)(np.array([CLS, VOCAB, SEP]), np.ones(3, bool),
-                                          np.random.default_rng())
+        MaskedLM(VOCAB, MASK, SPECIAL, 8)(
+            np.array([CLS, VOCAB, SEP]), np.ones(3, bool), np.random.default_rng()
+        )
     with pytest.raises(ValueError, match="one length"):
         MaskedLM(VOCAB, MASK, SPECIAL, 8)(np.array([CLS, SEP]), np.ones(3, bool), None)
     with pytest.raises(ValueError, match="mask_prob \\+ random_prob must be <= 1"):
@@ -183,16 +192,27 @@ def test_causal_lm_exact():
     lm = CausalLM(SEQ)
     for ids, starts in review_instances()[:50]:
         token_ids, _, labels = lm(ids, starts, None)
-        np.testing.assert_array_equal(labels[:ids.size - 1], token_ids[1:ids.size])
-        assert (labels[ids.size - 1:] == -100).all()
+        np.testing.assert_array_equal(labels[: ids.size - 1], token_ids[1 : ids.size])
+        assert (labels[ids.size - 1 :] == -100).all()
 
 
-@pytest.mark.parametrize("split, tokens, segments, labels", [
-    (1, [CLS, 5, SEP, 6, 7, SEP, 0, 0], [0, 0, 0, 1, 1, 1, 0, 0],
-     [-100, -100, 6, 7, SEP, -100, -100, -100]),
-    (2, [CLS, 5, 6, SEP, 7, SEP, 0, 0], [0, 0, 0, 0, 1, 1, 0, 0],
-     [-100, -100, -100, 7, SEP, -100, -100, -100]),
-])
+@pytest.mark.parametrize(
+    "split, tokens, segments, labels",
+    [
+        (
+            1,
+            [CLS, 5, SEP, 6, 7, SEP, 0, 0],
+            [0, 0, 0, 1, 1, 1, 0, 0],
+            [-100, -100, 6, 7, SEP, -100, -100, -100],
+        ),
+        (
+            2,
+            [CLS, 5, 6, SEP, 7, SEP, 0, 0],
+            [0, 0, 0, 0, 1, 1, 0, 0],
+            [-100, -100, -100, 7, SEP, -100, -100, -100],
+        ),
+    ],
+)
 def test_unilm_exact(split, tokens, segments, labels):
     out = UniLM(SEP, 8)(np.array([CLS, 5, 6, 7, SEP]), np.ones(5, bool), FixedRng(split))
     assert [x.tolist() for x in out] == [tokens, segments, labels]
@@ -201,8 +221,11 @@ def test_unilm_exact(split, tokens, segments, labels):
 def test_unilm_full_length_drops_the_last_content_token():
     # 6 tokens in a sequence of 6: the inserted [SEP] needs room, so 8 is dropped
     out = UniLM(SEP, 6)(np.array([CLS, 5, 6, 7, 8, SEP]), np.ones(6, bool), FixedRng(1))
-    assert [x.tolist() for x in out] == [[CLS, 5, SEP, 6, 7, SEP], [0, 0, 0, 1, 1, 1],
-                                         [-100, -100, 6, 7, SEP, -100]]
+    assert [x.tolist() for x in out] == [
+        [CLS, 5, SEP, 6, 7, SEP],
+        [0, 0, 0, 1, 1, 1],
+        [-100, -100, 6, 7, SEP, -100],
+    ]
 
 
 def test_unilm_too_short_records_take_no_loss():
@@ -213,8 +236,11 @@ def test_unilm_too_short_records_take_no_loss():
         assert not segment_ids.any() and (labels == -100).all()
     # the shortest sequence_length (5) still splits a full-length record (7 is dropped)
     out = UniLM(SEP, 5)(np.array([CLS, 5, 6, 7, SEP]), np.ones(5, bool), FixedRng(1))
-    assert [x.tolist() for x in out] == [[CLS, 5, SEP, 6, SEP], [0, 0, 0, 1, 1],
-                                         [-100, -100, 6, SEP, -100]]
+    assert [x.tolist() for x in out] == [
+        [CLS, 5, SEP, 6, SEP],
+        [0, 0, 0, 1, 1],
+        [-100, -100, 6, SEP, -100],
+    ]
 
 
 def test_unilm_errors():
@@ -237,10 +263,9 @@ def test_unilm_on_reviews():
         assert token_ids[0] == CLS and token_ids[n - 1] == SEP and not token_ids[n:].any()
         split = int(np.flatnonzero(token_ids[:n] == SEP)[0]) - 1  # tokens before the [SEP]
         splits.append(split / content.size)
-        np.testing.assert_array_equal(np.delete(token_ids[:n - 1], split + 1)[1:], content)
-        assert segment_ids.tolist() == [0] * (split + 2) + [1] * (n - split - 2) + \
-            [0] * (SEQ - n)
-        np.testing.assert_array_equal(labels[split + 1:n - 1], token_ids[split + 2:n])
+        np.testing.assert_array_equal(np.delete(token_ids[: n - 1], split + 1)[1:], content)
+        assert segment_ids.tolist() == [0] * (split + 2) + [1] * (n - split - 2) + [0] * (SEQ - n)
+        np.testing.assert_array_equal(labels[split + 1 : n - 1], token_ids[split + 2 : n])
         assert (np.delete(labels, np.arange(split + 1, n - 1)) == -100).all()
     splits = np.array(splits)
     assert 0.0 < splits.min() and splits.max() < 1.0 and abs(splits.mean() - 0.5) < 0.05

@@ -24,8 +24,7 @@ from kerasformers.pretraining.losses import MaskedAccuracy, MaskedLMLoss
 from kerasformers.pretraining.objectives import CausalLM, MaskedLM, UniLM
 from kerasformers.pretraining.pipeline import PretrainingData
 from kerasformers.pretraining.records import encode_record
-from tests.pretraining.test_objectives import (MASK, SEP, SPECIAL, VOCAB, review_instances,
-                                               tokenizer)
+from tests.pretraining.test_objectives import MASK, SEP, SPECIAL, VOCAB, review_instances, tokenizer
 from tests.tokenizer_data import minilm_dir, reviews
 from tests.utils import BACKEND, single_thread_torch  # noqa: F401 (fixture)
 
@@ -45,10 +44,17 @@ def write_shards(directory, instances, num_shards=3, manifest=True, sequence_len
         listed.append({"file": name, "instances": len(instances[s::num_shards])})
     if manifest:
         with open(os.path.join(directory, "manifest.json"), "w") as f:
-            json.dump({"format": shards_lib.FORMAT, "format_version": shards_lib.FORMAT_VERSION,
-                       "sequence_length": sequence_length, "instances": len(instances),
-                       "tokenizer": shards_lib.tokenizer_info(tokenizer()),
-                       "shards": listed}, f)
+            json.dump(
+                {
+                    "format": shards_lib.FORMAT,
+                    "format_version": shards_lib.FORMAT_VERSION,
+                    "sequence_length": sequence_length,
+                    "instances": len(instances),
+                    "tokenizer": shards_lib.tokenizer_info(tokenizer()),
+                    "shards": listed,
+                },
+                f,
+            )
     return str(directory)
 
 
@@ -104,32 +110,43 @@ def test_epochs_reshuffle_and_remask(shards):
     examples = data.examples()
     epochs = [[examples[e * n + i] for i in range(n)] for e in range(2)]
     keys = [[originals(t, l).tobytes() for (t, _), l in epoch] for epoch in epochs]
-    records = sorted(np.pad(ids, (0, SEQ - ids.size)).astype(np.int32).tobytes()
-                     for ids, _ in review_instances(300, SEQ))
+    records = sorted(
+        np.pad(ids, (0, SEQ - ids.size)).astype(np.int32).tobytes()
+        for ids, _ in review_instances(300, SEQ)
+    )
     # every epoch is a permutation of all records, in another order than the previous one
     assert sorted(keys[0]) == sorted(keys[1]) == records
     assert keys[0] != keys[1]
     # the same record gets a new mask in the next epoch
     where = {k: i for i, k in enumerate(keys[1])}
-    changed = sum(not np.array_equal(epochs[0][i][1], epochs[1][where[k]][1])
-                  for i, k in enumerate(keys[0]))
+    changed = sum(
+        not np.array_equal(epochs[0][i][1], epochs[1][where[k]][1]) for i, k in enumerate(keys[0])
+    )
     assert changed > 0.9 * n
     # shuffle=False reads the shards in order (shard 0's records first)
     plain = PretrainingData(shards, mlm(), batch_size=8, shuffle=False).examples()
     ids0, _ = review_instances(300, SEQ)[0]
     (token_ids, _), labels = plain[0]
-    np.testing.assert_array_equal(originals(token_ids, labels)[:ids0.size], ids0)
+    np.testing.assert_array_equal(originals(token_ids, labels)[: ids0.size], ids0)
 
 
 @pytest.mark.parametrize("count", [2, 4])
 def test_process_rows_concatenate_to_the_global_batch(shards, count):
     whole = take(PretrainingData(shards, mlm(), batch_size=8, seed=5).batches(), 4)
-    parts = [take(PretrainingData(shards, mlm(), batch_size=8, seed=5, process_index=p,
-                                  process_count=count).batches(), 4) for p in range(count)]
+    parts = [
+        take(
+            PretrainingData(
+                shards, mlm(), batch_size=8, seed=5, process_index=p, process_count=count
+            ).batches(),
+            4,
+        )
+        for p in range(count)
+    ]
     for step, batch in enumerate(whole):
         for k in range(3):
             np.testing.assert_array_equal(
-                np.concatenate([part[step][k] for part in parts]), batch[k])
+                np.concatenate([part[step][k] for part in parts]), batch[k]
+            )
     with pytest.raises(ValueError, match="batch_size 8 is not divisible by process_count=3"):
         PretrainingData(shards, mlm(), batch_size=8, process_index=0, process_count=3)
     with pytest.raises(ValueError, match="0 <= process_index < process_count"):
@@ -154,7 +171,7 @@ def test_resume_yields_the_tail(shards):
     for start in (1, steps - 1, steps + 2):
         assert_same(take(data.batches(start), steps + 4 - start), full[start:])
     two = PretrainingData(shards, mlm(), batch_size=16, seed=1, process_index=1, process_count=2)
-    for (token_ids, _, _), whole in zip(take(two.batches(steps - 1), 2), full[steps - 1:]):
+    for (token_ids, _, _), whole in zip(take(two.batches(steps - 1), 2), full[steps - 1 :]):
         np.testing.assert_array_equal(token_ids, whole[0][8:])
 
 
@@ -187,16 +204,19 @@ def test_state_round_trip_and_refusals(shards, tmp_path):
     data = PretrainingData(shards, mlm(), batch_size=8, seed=7)
     state = json.loads(json.dumps(data.state(42)))
     assert state["step"] == 42 and state["seed"] == 7 and state["batch_size"] == 8
-    assert [s["name"] for s in state["shards"]] == [f"shard-{i:05d}.array_record"
-                                                    for i in range(3)]
+    assert [s["name"] for s in state["shards"]] == [f"shard-{i:05d}.array_record" for i in range(3)]
     assert sum(s["records"] for s in state["shards"]) == data.num_records
     assert len(state["manifest_sha256"]) == 64
     assert state["objective"]["class"] == "MaskedLM"
     assert (state["process_index"], state["process_count"]) == (0, 1)
     assert data.check_state(state) == 42
     # another process (or process count) resumes the same global stream
-    assert PretrainingData(shards, mlm(), batch_size=8, seed=7, process_index=1,
-                           process_count=2).check_state(state) == 42
+    assert (
+        PretrainingData(
+            shards, mlm(), batch_size=8, seed=7, process_index=1, process_count=2
+        ).check_state(state)
+        == 42
+    )
     with pytest.raises(ValueError, match="seed: saved 7, now 8.*batch_size: saved 8, now 16"):
         PretrainingData(shards, mlm(), batch_size=16, seed=8).check_state(state)
     with pytest.raises(ValueError, match="objective: saved"):
@@ -216,8 +236,10 @@ def test_bad_inputs_are_refused(shards, tmp_path):
     stray = tmp_path / "stray"
     write_shards(stray, review_instances(300, SEQ)[:40], num_shards=1)
     (stray / "notes.tfrecord").write_bytes(b"x")
-    with pytest.raises(ValueError, match="neither \\*.array_record shards nor manifest.json: "
-                                         "\\['notes.tfrecord'\\]"):
+    with pytest.raises(
+        ValueError,
+        match="neither \\*.array_record shards nor manifest.json: \\['notes.tfrecord'\\]",
+    ):
         PretrainingData(stray, mlm(), batch_size=8)
     garbage = tmp_path / "garbage.array_record"
     garbage.write_bytes(b"not an array record" * 10)
@@ -255,8 +277,11 @@ def test_check_vocab(shards, tmp_path):
     data = PretrainingData(shards, mlm(), batch_size=8)
     data.check_vocab(vocab_size=VOCAB, tokenizer=tokenizer())
     data.check_vocab(vocab_size=VOCAB + 100)  # a padded embedding is fine
-    with pytest.raises(ValueError, match="vocab_size=21000 is smaller than the shards' "
-                                         "tokenizer vocabulary \\(21128 tokens\\)"):
+    with pytest.raises(
+        ValueError,
+        match="vocab_size=21000 is smaller than the shards' "
+        "tokenizer vocabulary \\(21128 tokens\\)",
+    ):
         data.check_vocab(vocab_size=21000)
     english = Tokenizer(os.path.join(minilm_dir(), "vocab.txt"), do_lower_case=True)
     with pytest.raises(ValueError, match="tokenizer with 21128 tokens; this tokenizer has 30522"):
@@ -268,8 +293,11 @@ def test_check_vocab(shards, tmp_path):
     with pytest.raises(ValueError, match="written by another tokenizer: vocabulary sha256"):
         data.check_vocab(tokenizer=swapped)
     # without a manifest: the largest id in the records decides
-    bare = PretrainingData(write_shards(tmp_path / "bare", review_instances(300, SEQ)[:50],
-                                        manifest=False), CausalLM(SEQ), batch_size=8)
+    bare = PretrainingData(
+        write_shards(tmp_path / "bare", review_instances(300, SEQ)[:50], manifest=False),
+        CausalLM(SEQ),
+        batch_size=8,
+    )
     high = max(int(ids.max()) for ids, _ in review_instances(300, SEQ)[:50])
     assert bare.max_id() == high
     bare.check_vocab(vocab_size=high + 1)
@@ -277,8 +305,10 @@ def test_check_vocab(shards, tmp_path):
         bare.check_vocab(vocab_size=high)
     # MaskedLM draws random replacements from its whole vocabulary
     bare_mlm = PretrainingData(bare.files, mlm(), batch_size=8)
-    with pytest.raises(ValueError, match="objective draws ids below 21128, more than the "
-                                         f"model's vocab_size={high + 1}"):
+    with pytest.raises(
+        ValueError,
+        match=f"objective draws ids below 21128, more than the model's vocab_size={high + 1}",
+    ):
         bare_mlm.check_vocab(vocab_size=high + 1)
 
 
@@ -302,8 +332,9 @@ def test_manifest_must_match_the_shards(tmp_path):
 def test_reads_write_shards_output(tmp_path):
     """The shard writer's directory (sidecars, manifest) is read as is."""
     out = tmp_path / "written"
-    shards_lib.write_shards(iter(reviews()[:60]), out, tokenizer(), sequence_length=64,
-                            progress=False)
+    shards_lib.write_shards(
+        iter(reviews()[:60]), out, tokenizer(), sequence_length=64, progress=False
+    )
     manifest = shards_lib.read_manifest(out)
     data = PretrainingData(out, MaskedLM(VOCAB, MASK, SPECIAL, 64), batch_size=4)
     assert data.num_records == manifest["instances"]
@@ -323,22 +354,33 @@ def fit_instances():
 
 @pytest.fixture(scope="module")
 def fit_shards(tmp_path_factory):
-    return write_shards(tmp_path_factory.mktemp("fit"), fit_instances(), num_shards=2,
-                        sequence_length=FIT_SEQ)
+    return write_shards(
+        tmp_path_factory.mktemp("fit"), fit_instances(), num_shards=2, sequence_length=FIT_SEQ
+    )
 
 
 @pytest.mark.usefixtures("single_thread_torch")
-@pytest.mark.parametrize("application, objective", [
-    ("encoder", lambda: MaskedLM(VOCAB, MASK, SPECIAL, FIT_SEQ)),
-    ("lm", lambda: CausalLM(FIT_SEQ)),
-    ("unilm", lambda: UniLM(SEP, FIT_SEQ)),
-])
+@pytest.mark.parametrize(
+    "application, objective",
+    [
+        ("encoder", lambda: MaskedLM(VOCAB, MASK, SPECIAL, FIT_SEQ)),
+        ("lm", lambda: CausalLM(FIT_SEQ)),
+        ("unilm", lambda: UniLM(SEP, FIT_SEQ)),
+    ],
+)
 def test_fit_tiny_bert_loss_decreases(fit_shards, application, objective):
     keras.utils.set_random_seed(0)
-    model = build_transformer_model(None, model="bert", application=application,
-                                    vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1,
-                                    num_attention_heads=2, intermediate_size=64,
-                                    with_mlm="linear")
+    model = build_transformer_model(
+        None,
+        model="bert",
+        application=application,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        with_mlm="linear",
+    )
     model.compile(keras.optimizers.Adam(1e-2), loss=MaskedLMLoss(), metrics=[MaskedAccuracy()])
     data = PretrainingData(fit_shards, objective(), batch_size=8, seed=0)
     data.check_vocab(vocab_size=VOCAB, tokenizer=tokenizer())

@@ -20,8 +20,10 @@ def np_loss(labels, logits, weights=None):
     valid = labels != -100
     w = valid.astype("float64")
     if weights is not None:
-        w = w * np.broadcast_to(np.reshape(weights, weights.shape + (1,) * (
-            labels.ndim - np.ndim(weights))), labels.shape)
+        w = w * np.broadcast_to(
+            np.reshape(weights, weights.shape + (1,) * (labels.ndim - np.ndim(weights))),
+            labels.shape,
+        )
     m = logits.max(-1, keepdims=True)
     lse = np.log(np.exp(logits - m).sum(-1)) + m[..., 0]
     picked = np.take_along_axis(logits, np.where(valid, labels, 0)[..., None], -1)[..., 0]
@@ -128,10 +130,12 @@ def test_accuracy_accumulates_tokens_and_resets():
 
 def test_serialization_round_trip():
     loss = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(MaskedLMLoss(name="mlm")))
+        keras.saving.serialize_keras_object(MaskedLMLoss(name="mlm"))
+    )
     assert isinstance(loss, MaskedLMLoss) and loss.name == "mlm"
     metric = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(MaskedAccuracy(name="acc")))
+        keras.saving.serialize_keras_object(MaskedAccuracy(name="acc"))
+    )
     assert isinstance(metric, MaskedAccuracy) and metric.name == "acc"
     assert keras.saving.get_registered_object("kerasformers>MaskedLMLoss") is MaskedLMLoss
     assert keras.saving.get_registered_object("kerasformers>MaskedAccuracy") is MaskedAccuracy
@@ -146,8 +150,7 @@ def test_compiled_evaluate_matches_numpy():
     model = keras.Model(inputs, logits)
     model.compile(loss=MaskedLMLoss(), metrics=[MaskedAccuracy()])
     ids = np.random.RandomState(1).randint(0, V, (B, L)).astype("int32")
-    out = model.evaluate(ids, labels.astype("int32"), batch_size=B, verbose=0,
-                         return_dict=True)
+    out = model.evaluate(ids, labels.astype("int32"), batch_size=B, verbose=0, return_dict=True)
     predicted = to_numpy(model(ids))
     assert out["loss"] == pytest.approx(np_loss(labels, predicted), rel=1e-5)
     assert out["masked_accuracy"] == pytest.approx(np_accuracy([labels], [predicted]))

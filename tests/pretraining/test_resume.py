@@ -7,6 +7,7 @@ Weights, optimizer state, dropout seed states and the data position are restored
 final weights and every epoch's loss equal the uninterrupted run's (measured: identical,
 max |delta| 0 on jax, torch and tensorflow).
 """
+
 import collections
 import json
 import os
@@ -49,15 +50,24 @@ def shards(tmp_path_factory):
 
 
 def _env():
-    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), PYTHONHASHSEED="0",
-               TF_CPP_MIN_LOG_LEVEL="3")
+    env = dict(
+        os.environ,
+        KERAS_BACKEND=keras.backend.backend(),
+        PYTHONHASHSEED="0",
+        TF_CPP_MIN_LOG_LEVEL="3",
+    )
     env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
     return env
 
 
 def _run(*args, timeout=600):
-    proc = subprocess.run([sys.executable, WORKER, *map(str, args)], env=_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, WORKER, *map(str, args)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -71,9 +81,13 @@ def test_resume_after_sigkill_is_exact(shards, tmp_path):
     _run(shards, straight, 20)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, WORKER, str(shards), str(killed), "20",
-                             "--stall-after", "10"], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, WORKER, str(shards), str(killed), "20", "--stall-after", "10"],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 600
         line = ""
@@ -93,8 +107,9 @@ def test_resume_after_sigkill_is_exact(shards, tmp_path):
     _run(shards, killed, 20)  # the same command again: resumes at step 10
     a, b = np.load(straight / "final.npz"), np.load(killed / "final.npz")
     assert a.files == b.files
-    worst = max(float(np.max(np.abs(a[k].astype("float64") - b[k]))) if a[k].size else 0.0
-                for k in a.files)
+    worst = max(
+        float(np.max(np.abs(a[k].astype("float64") - b[k]))) if a[k].size else 0.0 for k in a.files
+    )
     assert worst <= 1e-6, worst
     # the loss curve: epochs 0-1 from the killed process, 2-3 from the resumed one
     curve_a, curve_b = _epochs(straight), _epochs(killed)

@@ -14,7 +14,12 @@ import pytest
 from kerasformers.pretraining.corpus import document_instances, split_sentences
 from kerasformers.pretraining.records import decode_record
 from kerasformers.pretraining.shards import (
-    MANIFEST, read_manifest, tokenizer_info, vocab_hash, write_shards)
+    MANIFEST,
+    read_manifest,
+    tokenizer_info,
+    vocab_hash,
+    write_shards,
+)
 from kerasformers.tokenizers import Tokenizer
 from tests.pretraining.test_corpus import VOCAB, peoples_daily, reviews, tokenizer
 
@@ -70,7 +75,8 @@ def test_records_are_the_packed_documents_read_back_with_grain(reference):
     assert manifest["tokens"] == sum(len(ids) for ids, _ in expected)
     assert manifest["documents"] == 300
     source = grain.sources.ArrayRecordDataSource(
-        [os.path.join(out, shard["file"]) for shard in manifest["shards"]])
+        [os.path.join(out, shard["file"]) for shard in manifest["shards"]]
+    )
     assert len(source) == len(expected)
     order = list(range(len(source)))
     random.Random(0).shuffle(order)
@@ -91,15 +97,26 @@ def test_manifest(reference):
     assert manifest["tokenizer"]["do_lower_case"] is True
     assert manifest["tokenizer"]["vocab_size"] == 21128
     assert manifest["tokenizer"]["special_ids"] == {
-        "cls": 101, "sep": 102, "pad": 0, "unk": 100, "mask": 103}
+        "cls": 101,
+        "sep": 102,
+        "pad": 0,
+        "unk": 100,
+        "mask": 103,
+    }
     assert [s["file"] for s in manifest["shards"]] == [
-        "shard-00000.array_record", "shard-00001.array_record", "shard-00002.array_record"]
+        "shard-00000.array_record",
+        "shard-00001.array_record",
+        "shard-00002.array_record",
+    ]
     assert [s["documents"] for s in manifest["shards"]] == [100, 100, 100]
     for key in ("instances", "tokens"):
         assert sum(s[key] for s in manifest["shards"]) == manifest[key]
-    assert sorted(os.listdir(out)) == [".shard-00000.json", ".shard-00001.json",
-                                       ".shard-00002.json", MANIFEST] + \
-        [s["file"] for s in manifest["shards"]]
+    assert sorted(os.listdir(out)) == [
+        ".shard-00000.json",
+        ".shard-00001.json",
+        ".shard-00002.json",
+        MANIFEST,
+    ] + [s["file"] for s in manifest["shards"]]
     sidecar = json.load(open(os.path.join(out, ".shard-00001.json")))
     assert sidecar["instances"] == manifest["shards"][1]["instances"]
     assert sidecar["file_bytes"] == os.path.getsize(os.path.join(out, "shard-00001.array_record"))
@@ -149,17 +166,29 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(reference, tmp_path)
     out = tmp_path / "out"
     # the segmenter runs once per sentence: kill the writer inside the third shard
     sentences_before_shard_2 = sum(len(split_sentences(d)) for d in documents()[:200])
-    script = ("import sys; from kerasformers.pretraining.shards import write_shards; "
-              "from tests.pretraining.test_shards import counting_segment, tokenizer; "
-              "write_shards(sys.argv[1], sys.argv[2], tokenizer(), sequence_length=128, "
-              "documents_per_shard=100, progress=False, word_segment=counting_segment)")
+    script = (
+        "import sys; from kerasformers.pretraining.shards import write_shards; "
+        "from tests.pretraining.test_shards import counting_segment, tokenizer; "
+        "write_shards(sys.argv[1], sys.argv[2], tokenizer(), sequence_length=128, "
+        "documents_per_shard=100, progress=False, word_segment=counting_segment)"
+    )
     env = dict(os.environ, KF_KILL_AFTER=str(sentences_before_shard_2 + 20))
-    done = subprocess.run([sys.executable, "-c", script, str(corpus), str(out)], cwd=ROOT,
-                          env=env, capture_output=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(corpus), str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
     left = sorted(os.listdir(out))
-    assert left == [".shard-00000.json", ".shard-00001.json", ".shard-00002.array_record.tmp",
-                    "shard-00000.array_record", "shard-00001.array_record"]
+    assert left == [
+        ".shard-00000.json",
+        ".shard-00001.json",
+        ".shard-00002.array_record.tmp",
+        "shard-00000.array_record",
+        "shard-00001.array_record",
+    ]
     before = inodes(out)
 
     manifest = write(str(corpus), out, word_segment=counting_segment)
@@ -175,8 +204,11 @@ def test_stale_shards_are_removed_and_resume_false_starts_over(tmp_path):
     manifest = write(iter(texts[:30]), tmp_path, word_segment=None, documents_per_shard=20)
     assert len(manifest["shards"]) == 2
     assert sorted(n for n in os.listdir(tmp_path) if "shard" in n) == [
-        ".shard-00000.json", ".shard-00001.json", "shard-00000.array_record",
-        "shard-00001.array_record"]
+        ".shard-00000.json",
+        ".shard-00001.json",
+        "shard-00000.array_record",
+        "shard-00001.array_record",
+    ]
     before = inodes(tmp_path)
     write(iter(texts[:30]), tmp_path, word_segment=None, documents_per_shard=20, resume=False)
     assert inodes(tmp_path)["shard-00000.array_record"] != before["shard-00000.array_record"]
@@ -186,23 +218,44 @@ def test_resume_refuses_other_settings(tmp_path):
     texts = reviews(30)
     write(iter(texts), tmp_path, word_segment=None)
     other = Tokenizer(VOCAB, do_lower_case=False)
-    with pytest.raises(ValueError, match=r"other settings .*do_lower_case=True.*this run has .*"
-                                         r"do_lower_case=False"):
-        write_shards(iter(texts), str(tmp_path), other, sequence_length=128, word_segment=None,
-                     progress=False)
+    with pytest.raises(
+        ValueError,
+        match=r"other settings .*do_lower_case=True.*this run has .*"
+        r"do_lower_case=False",
+    ):
+        write_shards(
+            iter(texts),
+            str(tmp_path),
+            other,
+            sequence_length=128,
+            word_segment=None,
+            progress=False,
+        )
     smaller = Tokenizer({t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"])})
-    with pytest.raises(ValueError, match=r"21128 tokens, vocab sha256 .*this run has .*"
-                                         r"4 tokens, vocab sha256"):
-        write_shards(iter(texts), str(tmp_path), smaller, sequence_length=128,
-                     word_segment=None, progress=False)
+    with pytest.raises(
+        ValueError,
+        match=r"21128 tokens, vocab sha256 .*this run has .*"
+        r"4 tokens, vocab sha256",
+    ):
+        write_shards(
+            iter(texts),
+            str(tmp_path),
+            smaller,
+            sequence_length=128,
+            word_segment=None,
+            progress=False,
+        )
     with pytest.raises(ValueError, match=r"sequence_length=128.*this run has sequence_length=64"):
         write(iter(texts), tmp_path, word_segment=None, sequence_length=64)
     with pytest.raises(ValueError, match=r"word_segment='none'.*this run has .*'jieba'"):
         write(iter(texts), tmp_path, word_segment="jieba")
     # the sidecars alone are enough to refuse (a run killed before its manifest)
     os.remove(tmp_path / MANIFEST)
-    with pytest.raises(ValueError, match=r"\.shard-00000\.json.*sequence_length=128.*"
-                                         r"this run has sequence_length=64"):
+    with pytest.raises(
+        ValueError,
+        match=r"\.shard-00000\.json.*sequence_length=128.*"
+        r"this run has sequence_length=64",
+    ):
         write(iter(texts), tmp_path, word_segment=None, sequence_length=64)
     manifest = write(iter(texts), tmp_path, word_segment=None, sequence_length=64, resume=False)
     assert manifest["sequence_length"] == 64
@@ -235,10 +288,18 @@ def test_errors(tmp_path):
 
 def test_jsonl_corpus_with_a_progress_bar(tmp_path, capfd):
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"content": t}, ensure_ascii=False) + "\n"
-                              for t in reviews(40)), encoding="utf-8")
-    manifest = write(str(corpus), tmp_path / "out", word_segment=None, text_field="content",
-                     progress=True, documents_per_shard=15)
+    corpus.write_text(
+        "".join(json.dumps({"content": t}, ensure_ascii=False) + "\n" for t in reviews(40)),
+        encoding="utf-8",
+    )
+    manifest = write(
+        str(corpus),
+        tmp_path / "out",
+        word_segment=None,
+        text_field="content",
+        progress=True,
+        documents_per_shard=15,
+    )
     assert manifest["documents"] == 40 and len(manifest["shards"]) == 3
     assert "write_shards" in capfd.readouterr().err
 
@@ -254,20 +315,32 @@ def test_errors_in_worker_processes_reach_the_caller(tmp_path):
         raise RuntimeError("the segmenter failed")
 
     with pytest.raises(RuntimeError, match="the segmenter failed"):
-        write(iter(reviews(30)), tmp_path / "b", word_segment=failing, workers=2,
-              documents_per_shard=5)
+        write(
+            iter(reviews(30)),
+            tmp_path / "b",
+            word_segment=failing,
+            workers=2,
+            documents_per_shard=5,
+        )
 
     def dying(text):
         os._exit(3)
 
     with pytest.raises(RuntimeError, match="a write_shards worker process died"):
-        write(iter(reviews(30)), tmp_path / "c", word_segment=dying, workers=2,
-              documents_per_shard=5)
+        write(
+            iter(reviews(30)), tmp_path / "c", word_segment=dying, workers=2, documents_per_shard=5
+        )
 
 
 def test_spawned_workers_write_the_same_bytes(tmp_path):
     texts = reviews(40)
     write(iter(texts), tmp_path / "fork", word_segment="jieba", documents_per_shard=10)
-    write(iter(texts), tmp_path / "spawn", word_segment="jieba", documents_per_shard=10,
-          workers=2, start_method="spawn")  # the tokenizer is pickled to each process
+    write(
+        iter(texts),
+        tmp_path / "spawn",
+        word_segment="jieba",
+        documents_per_shard=10,
+        workers=2,
+        start_method="spawn",
+    )  # the tokenizer is pickled to each process
     assert files(tmp_path / "spawn") == files(tmp_path / "fork")

@@ -14,8 +14,10 @@ def desensitized(texts):
     import jieba
 
     ids = {}
-    return [" ".join(str(ids.setdefault(w, 1000 + 7 * len(ids))) for w in jieba.lcut(t)
-                     if w.strip()) for t in texts]
+    return [
+        " ".join(str(ids.setdefault(w, 1000 + 7 * len(ids))) for w in jieba.lcut(t) if w.strip())
+        for t in texts
+    ]
 
 
 def test_build_vocab_on_a_desensitized_corpus():

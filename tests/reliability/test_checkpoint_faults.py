@@ -15,8 +15,14 @@ import pytest
 
 from kerasformers import CheckpointError, build_transformer_model
 
-CONFIG = dict(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-              intermediate_size=48, max_position=32)
+CONFIG = dict(
+    vocab_size=40,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=48,
+    max_position=32,
+)
 Q0 = "bert/encoder/layer_0/attention/self/query/kernel"
 HF_Q0 = "bert.encoder.layer.0.attention.self.query.weight"
 
@@ -125,8 +131,9 @@ def test_overflow_into_a_float16_model_is_refused(google):
 
 
 def test_float64_and_float16_data_load_into_float32(model, google):
-    tensors = {k: v.astype(np.float64 if i % 2 else np.float16) for i, (k, v) in
-               enumerate(google.items())}
+    tensors = {
+        k: v.astype(np.float64 if i % 2 else np.float16) for i, (k, v) in enumerate(google.items())
+    }
     model.load_weights_from_checkpoint(tensors)
     out = model.export_weights("google")
     for k, v in tensors.items():
@@ -190,8 +197,11 @@ def _write_bin(folder, tensors):
     return path
 
 
-WRITERS = {"safetensors": ("hf", _write_safetensors), "tf": ("google", _write_tf),
-           "bin": ("hf", _write_bin)}
+WRITERS = {
+    "safetensors": ("hf", _write_safetensors),
+    "tf": ("google", _write_tf),
+    "bin": ("hf", _write_bin),
+}
 
 
 @pytest.mark.parametrize("kind", ["int32", "uint8", "bool", "str"])
@@ -211,6 +221,7 @@ def test_non_float_tensor_in_a_file_is_refused(fmt, kind, model, google, hf, tmp
 
 # ------------------------------------------------- 7. savers refuse what they cannot write
 
+
 @pytest.mark.parametrize("naming", ["HF", "Google", "tf", "", None])
 def test_unknown_naming_lists_the_valid_ones(naming, model, tmp_path):
     with pytest.raises(ValueError, match=r"unknown naming .*valid namings are 'google', 'hf'"):
@@ -219,8 +230,13 @@ def test_unknown_naming_lists_the_valid_ones(naming, model, tmp_path):
         model.export_weights(naming)
     assert not os.path.exists(tmp_path / "x")
     if naming:  # a falsy naming on load means "detect it"
-        fails(model, {Q0: np.zeros((32, 32), "float32")}, "valid namings", error=ValueError,
-              naming=naming)
+        fails(
+            model,
+            {Q0: np.zeros((32, 32), "float32")},
+            "valid namings",
+            error=ValueError,
+            naming=naming,
+        )
 
 
 @pytest.mark.parametrize("dtype", ["int8", "int32", "int64", "uint8", "bool", "complex64"])
@@ -240,8 +256,9 @@ def test_float_save_dtypes_reload_equal(naming, dtype, model, tmp_path):
     copy = make()
     copy.load_weights_from_checkpoint(path)
     for k, v in model.export_weights(naming).items():
-        np.testing.assert_array_equal(copy.export_weights(naming)[k],
-                                      v.astype(dtype).astype("float32"), err_msg=k)
+        np.testing.assert_array_equal(
+            copy.export_weights(naming)[k], v.astype(dtype).astype("float32"), err_msg=k
+        )
 
 
 def _listing(folder):
@@ -283,7 +300,8 @@ GOOGLE_FAULTS = sorted(_google_faults())
 @pytest.mark.parametrize("old", [True, False], ids=["over-old", "fresh"])
 @pytest.mark.parametrize("fault", GOOGLE_FAULTS)
 def test_interrupted_google_save_keeps_the_old_checkpoint_and_no_temp_files(
-        fault, old, model, google, tmp_path, monkeypatch):
+    fault, old, model, google, tmp_path, monkeypatch
+):
     """A save that fails at any step: the directory is byte-for-byte as before."""
     if fault == "link" and not old:
         pytest.skip("nothing to keep: no hard link is made")
@@ -304,8 +322,11 @@ def test_interrupted_google_save_keeps_the_old_checkpoint_and_no_temp_files(
         copy.load_weights_from_checkpoint(prefix)
         np.testing.assert_array_equal(copy.export_weights("google")[Q0], google[Q0])
     model.save_weights_as_checkpoint(prefix)  # and the next save works
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint", "model.ckpt.data-00000-of-00001",
-                                            "model.ckpt.index"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "checkpoint",
+        "model.ckpt.data-00000-of-00001",
+        "model.ckpt.index",
+    ]
 
 
 @pytest.mark.parametrize("n", [1, 2])
@@ -327,12 +348,14 @@ def test_interrupted_hf_save_keeps_the_old_files(n, model, google, tmp_path, mon
 
 # ------------------------------------------------- 2. sharded checkpoints and safetensors headers
 
+
 def _shard(folder, shards, hf, index, fmt="safetensors"):
     """Write shards {file: [names, or (name, array)]} of `hf` and an index (dict or raw text)."""
     for file, names in shards.items():
         arrays = dict(item if isinstance(item, tuple) else (item, hf[item]) for item in names)
         if fmt == "safetensors":
             from safetensors.numpy import save_file
+
             save_file(arrays, str(folder / file))
         else:
             torch = pytest.importorskip("torch")
@@ -352,8 +375,10 @@ def test_weight_map_decides_which_shard_a_tensor_is_read_from(home, fmt, hf, tmp
     one, two = f"model-1.{ext}", f"model-2.{ext}"
     other = (HF_Q0, -hf[HF_Q0])
     rest = [k for k in names if k != HF_Q0]
-    shards = {one: rest[::2] + ([HF_Q0] if home == 1 else [other]),
-              two: rest[1::2] + ([other] if home == 1 else [HF_Q0])}
+    shards = {
+        one: rest[::2] + ([HF_Q0] if home == 1 else [other]),
+        two: rest[1::2] + ([other] if home == 1 else [HF_Q0]),
+    }
     weight_map = {k: one for k in rest[::2]} | {k: two for k in rest[1::2]}
     weight_map[HF_Q0] = one if home == 1 else two
     path = _shard(tmp_path, shards, hf, {"weight_map": weight_map}, fmt)
@@ -366,8 +391,9 @@ def test_unlisted_tensor_in_two_shards_is_refused(hf, model, tmp_path):
     names = sorted(hf)
     extra = ("extra", np.zeros(3, "float32"))
     shards = {"a.safetensors": names[::2] + [extra], "b.safetensors": names[1::2] + [extra]}
-    weight_map = ({k: "a.safetensors" for k in names[::2]}
-                  | {k: "b.safetensors" for k in names[1::2]})
+    weight_map = {k: "a.safetensors" for k in names[::2]} | {
+        k: "b.safetensors" for k in names[1::2]
+    }
     path = _shard(tmp_path, shards, hf, {"weight_map": weight_map})
     fails(model, path, r"tensor 'extra' is in 2 shards .*a\.safetensors.*b\.safetensors")
 
@@ -403,8 +429,12 @@ def test_shard_outside_the_model_directory_is_refused(escape, hf, model, tmp_pat
     (folder / "linkdir").symlink_to(tmp_path)
     shard = ESCAPES[escape].format(outside=outside)
     path = _shard(folder, {}, hf, {"weight_map": dict.fromkeys(hf, shard)})
-    fails(model, path, r"shard '.*outside\.safetensors'|shard 'link\.safetensors'.* leads outside"
-                       r"|outside the model directory")
+    fails(
+        model,
+        path,
+        r"shard '.*outside\.safetensors'|shard 'link\.safetensors'.* leads outside"
+        r"|outside the model directory",
+    )
 
 
 def test_symlinked_shard_inside_the_directory_loads(hf, tmp_path):
@@ -444,8 +474,10 @@ def test_malformed_index_is_refused_clearly(case, model, hf, tmp_path):
 def _st_file(entries, data, metadata=None, raw_header=None):
     """safetensors bytes from (name, dtype, shape, [start, end]) rows (duplicates allowed)."""
     if raw_header is None:
-        items = [json.dumps(n) + ": " + json.dumps({"dtype": d, "shape": s, "data_offsets": o})
-                 for n, d, s, o in entries]
+        items = [
+            json.dumps(n) + ": " + json.dumps({"dtype": d, "shape": s, "data_offsets": o})
+            for n, d, s, o in entries
+        ]
         if metadata is not None:
             items.insert(0, '"__metadata__": ' + json.dumps(metadata))
         raw_header = ("{" + ", ".join(items) + "}").encode()
@@ -453,8 +485,11 @@ def _st_file(entries, data, metadata=None, raw_header=None):
 
 
 GOOD = [("a", "F32", [2, 3], [0, 24]), ("b", "F16", [4], [24, 32]), ("c", "I64", [1], [32, 40])]
-GOOD_DATA = (np.arange(6, dtype="<f4").tobytes() + np.arange(4, dtype="<f2").tobytes()
-             + np.array([7], "<i8").tobytes())
+GOOD_DATA = (
+    np.arange(6, dtype="<f4").tobytes()
+    + np.arange(4, dtype="<f2").tobytes()
+    + np.array([7], "<i8").tobytes()
+)
 
 
 def _with(name, **change):
@@ -467,15 +502,21 @@ def _with(name, **change):
 
 
 BAD_HEADERS = {
-    "overlap": (_with("b", offsets=[20, 28]) , GOOD_DATA, r"tensors 'a' and 'b' overlap"),
-    "overflow-file": (_with("c", offsets=[32, 48], shape=[2]), GOOD_DATA,
-                      r"truncated: tensor 'c' ends at byte 48 .* 40 bytes"),
+    "overlap": (_with("b", offsets=[20, 28]), GOOD_DATA, r"tensors 'a' and 'b' overlap"),
+    "overflow-file": (
+        _with("c", offsets=[32, 48], shape=[2]),
+        GOOD_DATA,
+        r"truncated: tensor 'c' ends at byte 48 .* 40 bytes",
+    ),
     "huge-shape": (_with("a", shape=[2**40, 2**40]), GOOD_DATA, r"tensor 'a': data_offsets"),
     "duplicate-key": (GOOD + [("a", "F32", [2, 3], [0, 24])], GOOD_DATA, r"duplicate key 'a'"),
     "unknown-dtype": (_with("b", dtype="F8_E9"), GOOD_DATA, r"tensor 'b': unknown dtype 'F8_E9'"),
     "dtype-int": (_with("b", dtype=4), GOOD_DATA, r"tensor 'b': unknown dtype 4"),
-    "size-mismatch": (_with("a", shape=[2, 2]), GOOD_DATA,
-                      r"tensor 'a': data_offsets \[0, 24\] hold 24 bytes, but shape \(2, 2\)"),
+    "size-mismatch": (
+        _with("a", shape=[2, 2]),
+        GOOD_DATA,
+        r"tensor 'a': data_offsets \[0, 24\] hold 24 bytes, but shape \(2, 2\)",
+    ),
     "itemsize-mismatch": (_with("a", dtype="F64"), GOOD_DATA, r"tensor 'a': .*of F64 needs 48"),
     "negative-start": (_with("a", offsets=[-8, 16]), GOOD_DATA, r"tensor 'a': data_offsets must"),
     "start-after-end": (_with("c", offsets=[40, 32]), GOOD_DATA, r"tensor 'c': data_offsets must"),
@@ -500,13 +541,16 @@ def test_inconsistent_safetensors_header_is_refused(case, tmp_path):
         open_checkpoint(str(path))
 
 
-@pytest.mark.parametrize("raw, match", [
-    (b'{"a": 1}', r"tensor 'a': header entry needs dtype, shape and data_offsets"),
-    (b'{"a": {"dtype": "F32", "shape": []}}', r"tensor 'a': header entry needs"),
-    (b'{"__metadata__": [1]}', r"__metadata__ is a list"),
-    (b'\xff\xfe{}', r"corrupt safetensors header"),
-    (b"[" * 100000 + b"]" * 100000, r"corrupt safetensors header"),
-])
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        (b'{"a": 1}', r"tensor 'a': header entry needs dtype, shape and data_offsets"),
+        (b'{"a": {"dtype": "F32", "shape": []}}', r"tensor 'a': header entry needs"),
+        (b'{"__metadata__": [1]}', r"__metadata__ is a list"),
+        (b"\xff\xfe{}", r"corrupt safetensors header"),
+        (b"[" * 100000 + b"]" * 100000, r"corrupt safetensors header"),
+    ],
+)
 def test_malformed_header_entries_are_refused(raw, match, tmp_path):
     from kerasformers.checkpoints.sources import open_checkpoint
 
@@ -552,39 +596,71 @@ def test_file_changing_after_open_does_not_kill_the_process(change, model, hf, t
 
 # ------------------------------------------------- fuzz: random mutations of a valid header
 
+
 def _reference_read(blob):
     """What the bytes say, by an independent minimal reader (None if it cannot tell)."""
     n = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8:8 + n])
-    codes = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "I64": "<i8", "I32": "<i4",
-             "I16": "<i2", "I8": "i1", "U8": "u1", "U16": "<u2", "U32": "<u4", "U64": "<u8",
-             "BOOL": "?"}
+    header = json.loads(blob[8 : 8 + n])
+    codes = {
+        "F32": "<f4",
+        "F16": "<f2",
+        "F64": "<f8",
+        "I64": "<i8",
+        "I32": "<i4",
+        "I16": "<i2",
+        "I8": "i1",
+        "U8": "u1",
+        "U16": "<u2",
+        "U32": "<u4",
+        "U64": "<u8",
+        "BOOL": "?",
+    }
     out = {}
     for key, info in header.items():
         if key == "__metadata__" or info["dtype"] == "BF16":
             continue
         start, end = info["data_offsets"]
-        raw = blob[8 + n + start:8 + n + end]
+        raw = blob[8 + n + start : 8 + n + end]
         out[key] = np.frombuffer(raw, codes[info["dtype"]]).reshape(info["shape"])
     return out
 
 
 def _mutate(rng, entries):
     """One random structural mutation of header rows [(name, dtype, shape, offsets)]."""
+
     def copy(x):
         return list(x) if isinstance(x, list) else x
 
     rows = [(n, d, copy(s), copy(o)) for n, d, s, o in entries]
     i = rng.randrange(len(rows))
     n, d, s, o = rows[i]
-    ints = all(isinstance(x, list) and len(x) == 2 and all(type(v) is int for v in x)
-               for x in (o,)) and isinstance(s, list) and all(type(v) is int for v in s)
+    ints = (
+        all(isinstance(x, list) and len(x) == 2 and all(type(v) is int for v in x) for x in (o,))
+        and isinstance(s, list)
+        and all(type(v) is int for v in s)
+    )
     pick = rng.randrange(12)
     if not ints and pick in (1, 2, 3, 4, 6, 8, 9):
         pick = 0
     if pick == 0:
-        d = rng.choice(["F32", "F16", "F64", "BF16", "I64", "I32", "I8", "U8", "BOOL", "F8",
-                        "f32", "", None, 32])
+        d = rng.choice(
+            [
+                "F32",
+                "F16",
+                "F64",
+                "BF16",
+                "I64",
+                "I32",
+                "I8",
+                "U8",
+                "BOOL",
+                "F8",
+                "f32",
+                "",
+                None,
+                32,
+            ]
+        )
     elif pick == 1 and s:
         s[rng.randrange(len(s))] += rng.choice([-1, 1, -100, 2**31, 2**63])
     elif pick == 2:
@@ -593,8 +669,19 @@ def _mutate(rng, entries):
     elif pick == 3:
         o[rng.randrange(2)] += rng.choice([-8, -4, -2, -1, 1, 2, 4, 8, 2**40])
     elif pick == 4:
-        o = copy(rng.choice([[o[1], o[0]], [o[0]], [], [-1, o[1]], None, [o[0], o[1], o[1]],
-                             [float(o[0]), o[1]]]))
+        o = copy(
+            rng.choice(
+                [
+                    [o[1], o[0]],
+                    [o[0]],
+                    [],
+                    [-1, o[1]],
+                    None,
+                    [o[0], o[1], o[1]],
+                    [float(o[0]), o[1]],
+                ]
+            )
+        )
     elif pick == 5:
         rows.append((n, d, s, o))  # duplicate name
     elif pick == 6:
@@ -605,9 +692,17 @@ def _mutate(rng, entries):
         return rows, "drop"
     elif pick == 8:
         shift = rng.choice([-4, 4, 8])
-        rows = [(n2, d2, s2, [o2[0] + shift, o2[1] + shift] if isinstance(o2, list)
-                 and len(o2) == 2 and all(type(v) is int for v in o2) else o2)
-                for n2, d2, s2, o2 in rows]
+        rows = [
+            (
+                n2,
+                d2,
+                s2,
+                [o2[0] + shift, o2[1] + shift]
+                if isinstance(o2, list) and len(o2) == 2 and all(type(v) is int for v in o2)
+                else o2,
+            )
+            for n2, d2, s2, o2 in rows
+        ]
         return rows, "shift"
     elif pick == 9:
         d = {"F32": "I32", "I64": "F64", "F16": "BF16"}.get(d, "U8")  # same bytes, new meaning
@@ -631,7 +726,7 @@ def _fuzz_case(seed):
         n = int.from_bytes(blob[:8], "little") + rng.choice([-3, -1, 1, 5, 2**20, 2**63])
         blob[:8] = (n % 2**64).to_bytes(8, "little")
     elif kind == "truncate":
-        del blob[rng.randrange(len(blob)):]
+        del blob[rng.randrange(len(blob)) :]
     elif rng.random() < 0.1:  # and a random byte of the header changed
         j = rng.randrange(8, 8 + int.from_bytes(blob[:8], "little"))
         blob[j] = rng.randrange(256)
@@ -673,10 +768,10 @@ def test_fuzzed_headers_through_the_model_leave_it_unchanged(model, hf, tmp_path
     path = _write_safetensors(str(tmp_path / "good"), dict(hf))
     blob = open(path, "rb").read()
     n = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8:8 + n])
+    header = json.loads(blob[8 : 8 + n])
     header.pop("__metadata__", None)
     rows = [(k, v["dtype"], v["shape"], v["data_offsets"]) for k, v in header.items()]
-    data = blob[8 + n:]
+    data = blob[8 + n :]
     rng = random.Random(18)
     refused = 0
     for case in range(30):
@@ -707,8 +802,9 @@ def test_sharded_pytorch_bin_never_runs_a_pickle(hf, model, tmp_path):
 
     names = sorted(hf)
     torch.save({k: torch.from_numpy(hf[k]) for k in names[::2]}, tmp_path / "a.bin")
-    torch.save({**{k: torch.from_numpy(hf[k]) for k in names[1::2]}, "x": Evil()},
-               tmp_path / "b.bin")
+    torch.save(
+        {**{k: torch.from_numpy(hf[k]) for k in names[1::2]}, "x": Evil()}, tmp_path / "b.bin"
+    )
     weight_map = {k: "a.bin" for k in names[::2]} | {k: "b.bin" for k in names[1::2]}
     (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
     fails(model, str(tmp_path), r"b\.bin: cannot read PyTorch checkpoint")

@@ -25,13 +25,20 @@ from kerasformers import config as config_lib
 from kerasformers.models import BERT, MODELS, T5, T5_Decoder
 from kerasformers.models.t5 import _DECODER_OPTIONS
 
-TINY = dict(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-            intermediate_size=24, max_position=16)
+TINY = dict(
+    vocab_size=30,
+    hidden_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=24,
+    max_position=16,
+)
 
 
 def build(model="bert", **kwargs):
-    return build_transformer_model(None, model=model, return_keras_model=False,
-                                   **{**TINY, **kwargs})
+    return build_transformer_model(
+        None, model=model, return_keras_model=False, **{**TINY, **kwargs}
+    )
 
 
 def names(transformer):
@@ -93,8 +100,9 @@ WRONG_MODEL = [  # a real keyword of another model: refused, not silently droppe
 ]
 
 
-@pytest.mark.parametrize("model, kwargs", WRONG_MODEL,
-                         ids=[f"{m}-{next(iter(k))}" for m, k in WRONG_MODEL])
+@pytest.mark.parametrize(
+    "model, kwargs", WRONG_MODEL, ids=[f"{m}-{next(iter(k))}" for m, k in WRONG_MODEL]
+)
 def test_a_keyword_of_another_model_is_refused(model, kwargs):
     with pytest.raises(TypeError, match=f"unexpected keyword argument '{next(iter(kwargs))}'"):
         build(model, **kwargs)
@@ -105,14 +113,20 @@ def test_every_unknown_keyword_is_named_at_once():
         build(with_mlmm=True, layer_norm_cond=None, zzz=1)
     message = str(info.value)
     assert "arguments" in message
-    for part in ("'with_mlmm' (did you mean 'with_mlm'?)", "'layer_norm_cond' (bert4keras)",
-                 "'zzz'"):
+    for part in (
+        "'with_mlmm' (did you mean 'with_mlm'?)",
+        "'layer_norm_cond' (bert4keras)",
+        "'zzz'",
+    ):
         assert part in message
 
 
 def test_direct_construction_is_checked_too():
-    with pytest.raises(TypeError, match="BERT\\(\\) got an unexpected keyword argument "
-                                        "'with_mlmm' \\(did you mean 'with_mlm'\\?\\)"):
+    with pytest.raises(
+        TypeError,
+        match="BERT\\(\\) got an unexpected keyword argument "
+        "'with_mlmm' \\(did you mean 'with_mlm'\\?\\)",
+    ):
         BERT(**TINY, with_mlmm=True)
     with pytest.raises(TypeError, match="with_mlm"):
         T5(**TINY, with_mlm=True)
@@ -130,8 +144,14 @@ def test_model_classes_accept_what_they_document():
         accepted = cls.accepted_arguments()
         assert {"vocab_size", "hidden_size", "dtype", "remat", "pad_token_id"} <= accepted, key
         assert not accepted & set(config_lib.NOT_SUPPORTED), key
-    assert BERT.accepted_arguments() >= {"with_mlm", "with_pool", "with_nsp", "max_position",
-                                         "segment_vocab_size", "custom_position_ids"}
+    assert BERT.accepted_arguments() >= {
+        "with_mlm",
+        "with_pool",
+        "with_nsp",
+        "max_position",
+        "segment_vocab_size",
+        "custom_position_ids",
+    }
     # the joint T5 passes the decoder's own options to its decoder only
     own = set(inspect.signature(T5_Decoder.__init__).parameters) - {"self", "kwargs"}
     assert set(_DECODER_OPTIONS) == own
@@ -151,16 +171,18 @@ def test_t5_takes_max_position_without_a_limit():
     assert not hasattr(t5, "max_position")
 
 
-@pytest.mark.parametrize("alias, ours, value", [
-    ("type_vocab_size", "segment_vocab_size", 0),
-    ("max_position_embeddings", "max_position", 8),
-    ("hidden_dropout_prob", "dropout_rate", 0.25),
-    ("attention_probs_dropout_prob", "attention_dropout_rate", 0.25),
-])
+@pytest.mark.parametrize(
+    "alias, ours, value",
+    [
+        ("type_vocab_size", "segment_vocab_size", 0),
+        ("max_position_embeddings", "max_position", 8),
+        ("hidden_dropout_prob", "dropout_rate", 0.25),
+        ("attention_probs_dropout_prob", "attention_dropout_rate", 0.25),
+    ],
+)
 def test_bert4keras_config_spellings_are_keywords_too(alias, ours, value):
     base = {k: v for k, v in TINY.items() if k != ours}
-    transformer = build_transformer_model(None, return_keras_model=False, **base,
-                                          **{alias: value})
+    transformer = build_transformer_model(None, return_keras_model=False, **base, **{alias: value})
     assert getattr(transformer, ours) == value
     if ours == "segment_vocab_size":
         assert [t.name for t in transformer.model.inputs] == ["Input-Token"]
@@ -169,33 +191,67 @@ def test_bert4keras_config_spellings_are_keywords_too(alias, ours, value):
     assert getattr(both, ours) == default
 
 
-HF_BERT = {"model_type": "bert", "vocab_size": 30, "hidden_size": 16, "num_hidden_layers": 1,
-           "num_attention_heads": 2, "intermediate_size": 24, "max_position_embeddings": 16,
-           "type_vocab_size": 2, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-           "attention_probs_dropout_prob": 0.1, "layer_norm_eps": 1e-12, "pad_token_id": 0}
+HF_BERT = {
+    "model_type": "bert",
+    "vocab_size": 30,
+    "hidden_size": 16,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 24,
+    "max_position_embeddings": 16,
+    "type_vocab_size": 2,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "layer_norm_eps": 1e-12,
+    "pad_token_id": 0,
+}
 
 
 def test_unused_config_file_keys_are_tolerated(tmp_path):
-    extra = {"initializer_range": 0.02, "architectures": ["BertForMaskedLM"],
-             "transformers_version": "5.0.0", "use_cache": True, "classifier_dropout": None,
-             "position_embedding_type": "absolute", "gradient_checkpointing": False,
-             "some_future_key": {"nested": [1, 2]}, "with_mlmm": True, "directionality": "bidi"}
+    extra = {
+        "initializer_range": 0.02,
+        "architectures": ["BertForMaskedLM"],
+        "transformers_version": "5.0.0",
+        "use_cache": True,
+        "classifier_dropout": None,
+        "position_embedding_type": "absolute",
+        "gradient_checkpointing": False,
+        "some_future_key": {"nested": [1, 2]},
+        "with_mlmm": True,
+        "directionality": "bidi",
+    }
     path = tmp_path / "config.json"
     path.write_text(json.dumps({**HF_BERT, **extra}))
     plain = build_transformer_model(HF_BERT, return_keras_model=False)
     noisy = build_transformer_model(str(path), return_keras_model=False)
     assert names(noisy) == names(plain)
-    assert {w.path: tuple(w.shape) for w in noisy.model.weights} == \
-        {w.path: tuple(w.shape) for w in plain.model.weights}
+    assert {w.path: tuple(w.shape) for w in noisy.model.weights} == {
+        w.path: tuple(w.shape) for w in plain.model.weights
+    }
 
 
 # ================================================================ point 3: values
 BAD_VALUES = [  # (model, key, value, exception)
-    *[("bert", key, value, error)
-      for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                  "intermediate_size", "max_position")
-      for value, error in ((0, ValueError), (-1, ValueError), ("16", TypeError),
-                           (1.5, TypeError), (None, TypeError), (True, TypeError))],
+    *[
+        ("bert", key, value, error)
+        for key in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position",
+        )
+        for value, error in (
+            (0, ValueError),
+            (-1, ValueError),
+            ("16", TypeError),
+            (1.5, TypeError),
+            (None, TypeError),
+            (True, TypeError),
+        )
+    ],
     ("bert", "embedding_size", 0, ValueError),
     ("bert", "attention_head_size", -8, ValueError),
     ("bert", "attention_key_size", 0, ValueError),
@@ -205,13 +261,27 @@ BAD_VALUES = [  # (model, key, value, exception)
     ("bert", "segment_vocab_size", None, TypeError),
     ("bert", "pad_token_id", -1, ValueError),
     ("bert", "pad_token_id", 0.5, TypeError),
-    *[("bert", key, value, error)
-      for key in ("dropout_rate", "attention_dropout_rate")
-      for value, error in ((-0.1, ValueError), (1.0, ValueError), (1.5, ValueError),
-                           ("0.1", TypeError), (True, TypeError))],
-    *[("bert", "layer_norm_eps", value, error)
-      for value, error in ((0, ValueError), (-1e-12, ValueError), (math.inf, ValueError),
-                           (math.nan, ValueError), ("1e-12", TypeError))],
+    *[
+        ("bert", key, value, error)
+        for key in ("dropout_rate", "attention_dropout_rate")
+        for value, error in (
+            (-0.1, ValueError),
+            (1.0, ValueError),
+            (1.5, ValueError),
+            ("0.1", TypeError),
+            (True, TypeError),
+        )
+    ],
+    *[
+        ("bert", "layer_norm_eps", value, error)
+        for value, error in (
+            (0, ValueError),
+            (-1e-12, ValueError),
+            (math.inf, ValueError),
+            (math.nan, ValueError),
+            ("1e-12", TypeError),
+        )
+    ],
     *[("bert", "hidden_act", value, ValueError) for value in ("nope", None, 3, [], {})],
     ("bert", "with_mlm", "nope", ValueError),
     ("bert", "with_pool", 3, ValueError),
@@ -233,8 +303,9 @@ BAD_VALUES = [  # (model, key, value, exception)
 ]
 
 
-@pytest.mark.parametrize("model, key, value, error", BAD_VALUES,
-                         ids=[f"{m}-{k}-{v!r}" for m, k, v, _ in BAD_VALUES])
+@pytest.mark.parametrize(
+    "model, key, value, error", BAD_VALUES, ids=[f"{m}-{k}-{v!r}" for m, k, v, _ in BAD_VALUES]
+)
 def test_a_bad_value_names_key_and_value(model, key, value, error):
     with pytest.raises(error) as info:
         build(model, **{key: value})
@@ -262,8 +333,9 @@ def test_every_bad_value_is_named_at_once():
 
 
 def test_heads_must_divide_hidden_unless_the_head_size_is_given():
-    with pytest.raises(ValueError, match="hidden_size 16 is not divisible by "
-                                         "num_attention_heads 3"):
+    with pytest.raises(
+        ValueError, match="hidden_size 16 is not divisible by num_attention_heads 3"
+    ):
         build(num_attention_heads=3)
     transformer = build(num_attention_heads=3, attention_head_size=8, with_mlm=True)
     layer = transformer.model.get_layer("Transformer-0-MultiHeadSelfAttention")
@@ -304,8 +376,9 @@ def _checkpoint(**kwargs):
 
 
 def test_segment_vocab_size_zero_with_segment_embeddings_in_the_checkpoint_warns():
-    with pytest.warns(UserWarning, match="token_type_embeddings' \\(2, 16\\), but "
-                                         "segment_vocab_size=0") as record:
+    with pytest.warns(
+        UserWarning, match="token_type_embeddings' \\(2, 16\\), but segment_vocab_size=0"
+    ) as record:
         build(segment_vocab_size=0).load_weights_from_checkpoint(_checkpoint())
     messages = [str(r.message) for r in record if issubclass(r.category, UserWarning)]
     assert len(messages) == 1 and "Pass segment_vocab_size=2" in messages[0]
@@ -325,36 +398,76 @@ def test_no_segment_warning_when_nothing_is_dropped():
 # ================================================================ fuzz: whole config files
 BASES = {
     "bert": HF_BERT,
-    "roberta": {**HF_BERT, "model_type": "roberta", "max_position_embeddings": 18,
-                "type_vocab_size": 1, "pad_token_id": 1},
+    "roberta": {
+        **HF_BERT,
+        "model_type": "roberta",
+        "max_position_embeddings": 18,
+        "type_vocab_size": 1,
+        "pad_token_id": 1,
+    },
     "albert": {**HF_BERT, "model_type": "albert", "embedding_size": 8},
     "nezha": {**HF_BERT, "model_type": "nezha", "max_relative_position": 8},
-    "gpt2": {"model_type": "gpt2", "vocab_size": 30, "n_embd": 16, "n_layer": 1, "n_head": 2,
-             "n_inner": 24, "n_positions": 16, "activation_function": "gelu_new",
-             "layer_norm_epsilon": 1e-5, "resid_pdrop": 0.1, "attn_pdrop": 0.1,
-             "embd_pdrop": 0.1, "initializer_range": 0.02},
-    "t5": {"model_type": "t5", "vocab_size": 30, "d_model": 16, "d_ff": 24, "d_kv": 8,
-           "num_layers": 1, "num_decoder_layers": 1, "num_heads": 2,
-           "relative_attention_num_buckets": 8, "relative_attention_max_distance": 16,
-           "dropout_rate": 0.1, "layer_norm_epsilon": 1e-6, "feed_forward_proj": "gated-gelu",
-           "initializer_factor": 1.0},
+    "gpt2": {
+        "model_type": "gpt2",
+        "vocab_size": 30,
+        "n_embd": 16,
+        "n_layer": 1,
+        "n_head": 2,
+        "n_inner": 24,
+        "n_positions": 16,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+        "resid_pdrop": 0.1,
+        "attn_pdrop": 0.1,
+        "embd_pdrop": 0.1,
+        "initializer_range": 0.02,
+    },
+    "t5": {
+        "model_type": "t5",
+        "vocab_size": 30,
+        "d_model": 16,
+        "d_ff": 24,
+        "d_kv": 8,
+        "num_layers": 1,
+        "num_decoder_layers": 1,
+        "num_heads": 2,
+        "relative_attention_num_buckets": 8,
+        "relative_attention_max_distance": 16,
+        "dropout_rate": 0.1,
+        "layer_norm_epsilon": 1e-6,
+        "feed_forward_proj": "gated-gelu",
+        "initializer_factor": 1.0,
+    },
 }
 #: file key -> the model attribute it sets (checked on every model that builds)
 ATTRIBUTES = {
-    "vocab_size": "vocab_size", "hidden_size": "hidden_size", "n_embd": "hidden_size",
-    "d_model": "hidden_size", "num_hidden_layers": "num_hidden_layers",
-    "n_layer": "num_hidden_layers", "num_layers": "num_hidden_layers",
-    "num_attention_heads": "num_attention_heads", "n_head": "num_attention_heads",
-    "num_heads": "num_attention_heads", "intermediate_size": "intermediate_size",
-    "n_inner": "intermediate_size", "d_ff": "intermediate_size", "d_kv": "attention_head_size",
-    "num_decoder_layers": "num_decoder_layers", "n_positions": "max_position",
-    "type_vocab_size": "segment_vocab_size", "embedding_size": "embedding_size",
+    "vocab_size": "vocab_size",
+    "hidden_size": "hidden_size",
+    "n_embd": "hidden_size",
+    "d_model": "hidden_size",
+    "num_hidden_layers": "num_hidden_layers",
+    "n_layer": "num_hidden_layers",
+    "num_layers": "num_hidden_layers",
+    "num_attention_heads": "num_attention_heads",
+    "n_head": "num_attention_heads",
+    "num_heads": "num_attention_heads",
+    "intermediate_size": "intermediate_size",
+    "n_inner": "intermediate_size",
+    "d_ff": "intermediate_size",
+    "d_kv": "attention_head_size",
+    "num_decoder_layers": "num_decoder_layers",
+    "n_positions": "max_position",
+    "type_vocab_size": "segment_vocab_size",
+    "embedding_size": "embedding_size",
     "max_relative_position": "max_relative_position",
     "relative_attention_num_buckets": "relative_attention_num_buckets",
     "relative_attention_max_distance": "relative_attention_max_distance",
-    "layer_norm_eps": "layer_norm_eps", "layer_norm_epsilon": "layer_norm_eps",
-    "hidden_dropout_prob": "dropout_rate", "resid_pdrop": "dropout_rate",
-    "dropout_rate": "dropout_rate", "attention_probs_dropout_prob": "attention_dropout_rate",
+    "layer_norm_eps": "layer_norm_eps",
+    "layer_norm_epsilon": "layer_norm_eps",
+    "hidden_dropout_prob": "dropout_rate",
+    "resid_pdrop": "dropout_rate",
+    "dropout_rate": "dropout_rate",
+    "attention_probs_dropout_prob": "attention_dropout_rate",
     "attn_pdrop": "attention_dropout_rate",
 }
 MUTATIONS = [0, -1, -0.5, 1.5, 2.0, "abc", "12", None, True, False, [], {}, math.nan, 3, 1]
@@ -381,8 +494,12 @@ def _fuzz_case(seed):
 def _expected(family, config, key):
     if key == "max_position_embeddings":
         value = config[key]
-        if family == "roberta" and isinstance(config.get("pad_token_id"), int) \
-                and not isinstance(config["pad_token_id"], bool) and config["pad_token_id"] > 0:
+        if (
+            family == "roberta"
+            and isinstance(config.get("pad_token_id"), int)
+            and not isinstance(config["pad_token_id"], bool)
+            and config["pad_token_id"] > 0
+        ):
             value -= config["pad_token_id"] + 1
         return "max_position", value
     if key == "type_vocab_size" and family == "gpt2":
@@ -421,14 +538,20 @@ def test_the_fuzz_covers_every_family_and_kind_of_change():
     assert kinds >= {"delete", "int", "float", "str", "NoneType", "bool", "list", "dict"}
 
 
-@pytest.mark.parametrize("model, kwargs, message", [
-    ("nezha", dict(hidden_size=15, num_attention_heads=3), "must be even"),
-    ("roformer", dict(attention_key_size=5), "must be even"),
-    ("roformer_v2", dict(num_attention_heads=3, attention_head_size=7), "must be even"),
-    ("t5.1.1", dict(relative_attention_num_buckets=2), "num_buckets 2 must be >= 4"),
-    ("t5.1.1", dict(relative_attention_num_buckets=32, relative_attention_max_distance=16),
-     "max_distance 16"),
-])
+@pytest.mark.parametrize(
+    "model, kwargs, message",
+    [
+        ("nezha", dict(hidden_size=15, num_attention_heads=3), "must be even"),
+        ("roformer", dict(attention_key_size=5), "must be even"),
+        ("roformer_v2", dict(num_attention_heads=3, attention_head_size=7), "must be even"),
+        ("t5.1.1", dict(relative_attention_num_buckets=2), "num_buckets 2 must be >= 4"),
+        (
+            "t5.1.1",
+            dict(relative_attention_num_buckets=32, relative_attention_max_distance=16),
+            "max_distance 16",
+        ),
+    ],
+)
 def test_architecture_rules_are_checked_before_building(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         build(model, **kwargs)

@@ -1,4 +1,5 @@
 """tf.data conversion of a `kerasformers.data.DataGenerator` (imports tensorflow)."""
+
 import tensorflow as tf
 
 
@@ -11,12 +12,15 @@ def to_dataset(data_generator, types, shapes, names=None, padded_batch=False):
         generator = data_generator.forfit
     else:
         if isinstance(names, str):
+
             def wraps(k, v):
                 return {k: v}
         elif isinstance(names[0], str):
+
             def wraps(k, v):
                 return dict(zip(k, v))
         else:
+
             def wraps(k, v):
                 return tuple(dict(zip(i, j)) for i, j in zip(k, v))
 
@@ -30,6 +34,5 @@ def to_dataset(data_generator, types, shapes, names=None, padded_batch=False):
     if padded_batch:
         dataset = tf.data.Dataset.from_generator(generator, output_types=types)
         return dataset.padded_batch(data_generator.batch_size, shapes)
-    dataset = tf.data.Dataset.from_generator(generator, output_types=types,
-                                             output_shapes=shapes)
+    dataset = tf.data.Dataset.from_generator(generator, output_types=types, output_shapes=shapes)
     return dataset.batch(data_generator.batch_size)

@@ -19,8 +19,13 @@ import importlib
 import keras
 
 #: public names -> the module of this room that defines them (imported on first use)
-_LAZY = {"Plan": "plan", "release": "kernels", "PackedLinear": "kernels",
-         "Int8Matmul": "kernels", "slice_update": "ops"}
+_LAZY = {
+    "Plan": "plan",
+    "release": "kernels",
+    "PackedLinear": "kernels",
+    "Int8Matmul": "kernels",
+    "slice_update": "ops",
+}
 
 
 def available():

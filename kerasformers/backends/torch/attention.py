@@ -31,8 +31,11 @@ def _concatenated(owner, denses):
         scales = [_raw(d.kernel_scale) for d in denses]
     elif all(_plain(d) for d in denses):
         epsilon, scales = None, None
-        if (len({k.dtype for k in kernels}) > 1 or not PackedLinear.takes(kernels[0])
-                or any(_activation(d.activation) is not None for d in denses)):
+        if (
+            len({k.dtype for k in kernels}) > 1
+            or not PackedLinear.takes(kernels[0])
+            or any(_activation(d.activation) is not None for d in denses)
+        ):
             return None
     else:
         return None
@@ -40,12 +43,20 @@ def _concatenated(owner, denses):
     def build():
         kernel = torch.cat(kernels, 1)
         dtype = kernel.dtype if scales is None else torch.float32  # int8: a float bias
-        bias = None if all(b is None for b in biases) else torch.cat(
-            [torch.zeros(k.shape[1], dtype=dtype) if b is None else b.to(dtype)
-             for k, b in zip(kernels, biases)])
+        bias = (
+            None
+            if all(b is None for b in biases)
+            else torch.cat(
+                [
+                    torch.zeros(k.shape[1], dtype=dtype) if b is None else b.to(dtype)
+                    for k, b in zip(kernels, biases)
+                ]
+            )
+        )
         if scales is None:
             return PackedLinear(kernel, bias)
         return Int8Matmul(kernel, torch.cat(scales), bias, epsilon=epsilon)
+
     tensors = [t for t in kernels + biases + (scales or []) if t is not None]
     matmul = _kept(owner, _KEPT[2], tensors, epsilon, build)
     return matmul, [k.shape[1] for k in kernels]
@@ -55,15 +66,18 @@ def prepare_attention(layer):
     """`fn(inputs, arguments, cache, cache_index, inplace, masks)` for a
     MultiHeadAttention, or NotImplemented."""
     denses = (layer.q_dense, layer.k_dense, layer.v_dense)
-    if (layer.return_attention_scores or layer.normalization != "softmax"
-            or layer.key_size != layer.head_size
-            or not all(_dense_ok(d) for d in (*denses, layer.o_dense))):
+    if (
+        layer.return_attention_scores
+        or layer.normalization != "softmax"
+        or layer.key_size != layer.head_size
+        or not all(_dense_ok(d) for d in (*denses, layer.o_dense))
+    ):
         return NotImplemented
     q_dense, k_dense, v_dense = (_lazy(lambda d=d: _linear(d)) for d in denses)
     o_dense = _linear(layer.o_dense)
     fused = _concatenated(layer, denses)
     h, d, head_size = layer.heads, layer.key_size, layer.head_size
-    scale = d ** -0.5 if layer.attention_scale else 1.0
+    scale = d**-0.5 if layer.attention_scale else 1.0
 
     def attention(inputs, arguments, cache, cache_index, inplace, masks):
         if arguments and (len(arguments) > 1 or "attention_mask" not in arguments):
@@ -97,6 +111,7 @@ def prepare_attention(layer):
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
         o = o.transpose(1, 2).reshape(b, n, h * head_size)
         return o_dense(o), (keys, values)
+
     return attention
 
 

@@ -6,6 +6,7 @@ import torch
 
 def compile_fn(fn, variables):
     """`fn(*tensors)` without autograd bookkeeping (`variables` are unused)."""
+
     def call(*args):
         with torch.no_grad():
             return fn(*args)

@@ -24,13 +24,16 @@ import torch.nn.functional as F
 #: oneDNN's int8 linear (torch builds with oneDNN; without it, torch._int_mm only).
 #: Exact only on CPUs with VNNI: without it oneDNN sums pairs of u8 x s8 products in
 #: saturating int16 (measured: 0.26 off on an AVX2-only EPYC), so there _int_mm stays.
-_QLINEAR = (hasattr(torch.ops.onednn, "qlinear_pointwise")
-            and getattr(torch.cpu, "_is_vnni_supported", lambda: False)())
+_QLINEAR = (
+    hasattr(torch.ops.onednn, "qlinear_pointwise")
+    and getattr(torch.cpu, "_is_vnni_supported", lambda: False)()
+)
 _ZERO_POINT = torch.tensor(128)
 _qlinear = torch.ops.onednn.qlinear_pointwise.tensor if _QLINEAR else None
 #: oneDNN's prepacked float linear (torch builds with oneDNN on CPU)
-_PACKED = (torch.backends.mkldnn.is_available()
-           and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+_PACKED = torch.backends.mkldnn.is_available() and hasattr(
+    torch.ops.mkldnn, "_reorder_linear_weight"
+)
 #: ... in bfloat16 too: needs AVX512-BW/VL/DQ or AVX-NE-CONVERT (else addmm)
 _PACKED_BF16 = _PACKED and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 #: attributes under which layers keep their prepared kernels (see `release`)
@@ -51,26 +54,27 @@ class PackedLinear:
     def __init__(self, kernel, bias=None, transposed=False):
         rows = kernel if transposed else kernel.t()  # [out, in]
         with torch.no_grad():
-            self.weight = torch.ops.mkldnn._reorder_linear_weight(
-                rows.detach().contiguous(), 1)
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(rows.detach().contiguous(), 1)
         self.bias = None if bias is None else bias.detach().to(kernel.dtype)
         self.dtype = kernel.dtype
 
     @staticmethod
     def takes(kernel):
-        return _PACKED and kernel.device.type == "cpu" and (
-            kernel.dtype == torch.float32
-            or (kernel.dtype == torch.bfloat16 and _PACKED_BF16))
+        return (
+            _PACKED
+            and kernel.device.type == "cpu"
+            and (kernel.dtype == torch.float32 or (kernel.dtype == torch.bfloat16 and _PACKED_BF16))
+        )
 
     @classmethod
     def of(cls, owner, kernel, bias=None, transposed=False):
         """The owner layer's PackedLinear, rebuilt only when its tensors changed."""
-        return _kept(owner, _KEPT[0], (kernel, bias), None,
-                     lambda: cls(kernel, bias, transposed))
+        return _kept(owner, _KEPT[0], (kernel, bias), None, lambda: cls(kernel, bias, transposed))
 
     def __call__(self, x):
-        return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.weight, self.bias,
-                                                  "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(
+            x.to(self.dtype), self.weight, self.bias, "none", [], ""
+        )
 
 
 def release(model):
@@ -135,8 +139,13 @@ class Int8Matmul:
     def of(cls, owner, kernel, kernel_scale, bias=None, transposed=False):
         """The owner layer's Int8Matmul, rebuilt only when its tensors changed."""
         epsilon = owner.inputs_quantizer.epsilon
-        return _kept(owner, _KEPT[1], (kernel, kernel_scale, bias), epsilon,
-                     lambda: cls(kernel, kernel_scale, bias, transposed, epsilon))
+        return _kept(
+            owner,
+            _KEPT[1],
+            (kernel, kernel_scale, bias),
+            epsilon,
+            lambda: cls(kernel, kernel_scale, bias, transposed, epsilon),
+        )
 
     def __call__(self, x, post=None, activation=None):
         """x (float32: int8 layers compute in float32) @ kernel + bias, then
@@ -147,14 +156,29 @@ class Int8Matmul:
         q, scale = _quantize_rows(x2, self.epsilon)
         if x2.shape[0] == 1 and _QLINEAR:
             if self._packed is None:
-                self._packed = (torch.ops.onednn.qlinear_prepack(self.rows.contiguous(),
-                                                                 [1, self.rows.shape[1]]),
-                                torch.zeros(self.units, dtype=torch.int64))
+                self._packed = (
+                    torch.ops.onednn.qlinear_prepack(
+                        self.rows.contiguous(), [1, self.rows.shape[1]]
+                    ),
+                    torch.zeros(self.units, dtype=torch.int64),
+                )
             packed, zeros = self._packed
             name, algorithm = post or ("none", "")
-            y = _qlinear(q.add_(128).to(torch.uint8), scale.reciprocal(), _ZERO_POINT, packed,
-                         self.w_scale, zeros, self.bias, 1.0, 0, torch.float32, name, [],
-                         algorithm)
+            y = _qlinear(
+                q.add_(128).to(torch.uint8),
+                scale.reciprocal(),
+                _ZERO_POINT,
+                packed,
+                self.w_scale,
+                zeros,
+                self.bias,
+                1.0,
+                0,
+                torch.float32,
+                name,
+                [],
+                algorithm,
+            )
         else:
             y = self._int_mm(q.to(torch.int8)).float() / (self.kernel_scale * scale)
             if self.bias is not None:
@@ -168,5 +192,5 @@ class Int8Matmul:
             pad = -self.units % 8
             self._padded = F.pad(self.rows.t(), (0, pad)).contiguous()
         if q.shape[1] % 8:  # shapes the int8 kernel does not take
-            return torch.matmul(q.to(torch.int32), self._padded.to(torch.int32))[:, :self.units]
-        return torch._int_mm(q, self._padded)[:, :self.units]
+            return torch.matmul(q.to(torch.int32), self._padded.to(torch.int32))[:, : self.units]
+        return torch._int_mm(q, self._padded)[:, : self.units]

@@ -25,10 +25,12 @@ def prepares(*classes, subclasses=False):
     """Register the decorated function as the preparer of `classes`: of exactly
     these classes (a subclass may call differently), or with `subclasses=True`
     of their subclasses too (the preparer then checks what it needs)."""
+
     def register(preparer):
         for cls in classes:
             _PREPARERS[cls] = (preparer, subclasses)
         return preparer
+
     return register
 
 
@@ -48,8 +50,11 @@ def prepare(layer):
 def _plain(layer):
     """A layer whose call is plain float math on its stored variables."""
     policy = layer.dtype_policy
-    return (policy.quantization_mode is None and not getattr(layer, "lora_enabled", False)
-            and policy.variable_dtype == policy.compute_dtype)
+    return (
+        policy.quantization_mode is None
+        and not getattr(layer, "lora_enabled", False)
+        and policy.variable_dtype == policy.compute_dtype
+    )
 
 
 def _int8(layer):
@@ -57,11 +62,15 @@ def _int8(layer):
     layer, without LoRA."""
     policy = layer.dtype_policy
     quantizer = getattr(layer, "inputs_quantizer", None)
-    return (policy.quantization_mode == "int8" and policy.compute_dtype == "float32"
-            and not getattr(layer, "lora_enabled", False)
-            and type(quantizer) is keras.quantizers.AbsMaxQuantizer
-            and tuple(quantizer.value_range) == (-127, 127) and quantizer.output_dtype == "int8"
-            and quantizer.axis in (None, -1, (-1,)))  # Keras' calls pass axis=-1
+    return (
+        policy.quantization_mode == "int8"
+        and policy.compute_dtype == "float32"
+        and not getattr(layer, "lora_enabled", False)
+        and type(quantizer) is keras.quantizers.AbsMaxQuantizer
+        and tuple(quantizer.value_range) == (-127, 127)
+        and quantizer.output_dtype == "int8"
+        and quantizer.axis in (None, -1, (-1,))
+    )  # Keras' calls pass axis=-1
 
 
 def _raw(variable):
@@ -85,8 +94,11 @@ def _activation(fn):
 
 
 #: activations oneDNN's int8 linear applies itself (a post-op): name, algorithm
-_POST_OPS = {K.gelu_erf: ("gelu", "none"), K.gelu_tanh: ("gelu", "tanh"),
-             keras.activations.relu: ("relu", "")}
+_POST_OPS = {
+    K.gelu_erf: ("gelu", "none"),
+    K.gelu_tanh: ("gelu", "tanh"),
+    keras.activations.relu: ("relu", ""),
+}
 
 
 def _then(act, fn):
@@ -104,12 +116,16 @@ def _lazy(build):
         if fn is None:
             fn = build()
         return fn(x)
+
     return call
 
 
 def _dense_ok(layer):
-    return (isinstance(layer, keras.layers.Dense) and type(layer).call is keras.layers.Dense.call
-            and (_plain(layer) or _int8(layer)))
+    return (
+        isinstance(layer, keras.layers.Dense)
+        and type(layer).call is keras.layers.Dense.call
+        and (_plain(layer) or _int8(layer))
+    )
 
 
 def _linear(layer):
@@ -133,6 +149,7 @@ def _linear(layer):
             return torch.addmm(bias, x, kernel)
         y = torch.addmm(bias, x.reshape(-1, x.shape[-1]), kernel)
         return y.view(*x.shape[:-1], y.shape[-1])
+
     return _then(act, linear)
 
 
@@ -148,8 +165,11 @@ def _dense(layer):
 
 @prepares(LayerNormalization)
 def _layer_norm(layer):
-    if layer.conditional or layer.scale not in (True, False, None) or \
-            layer.offset not in (True, False, None):
+    if (
+        layer.conditional
+        or layer.scale not in (True, False, None)
+        or layer.offset not in (True, False, None)
+    ):
         return NotImplemented
     gamma = _raw(layer.gamma).float() if layer.scale is True else None
     beta = _raw(layer.beta).float() if layer.offset is True else None
@@ -171,6 +191,7 @@ def _layer_norm(layer):
             y = x if gamma is None else x * gamma
             y = y if beta is None else y + beta
         return y.to(dtype)
+
     return norm
 
 
@@ -188,6 +209,7 @@ def _feed_forward(layer):
         for gate in gates:
             h = h * gate(x)
         return out(h)
+
     return ffn
 
 
@@ -197,8 +219,7 @@ def _embedding(layer):
         if not hasattr(layer, "embeddings_scale"):
             return NotImplemented
         table, scale = _raw(layer._embeddings), _raw(layer.embeddings_scale)
-        head = Int8Matmul.of(layer, table, scale, transposed=True) \
-            if _int8(layer) else None
+        head = Int8Matmul.of(layer, table, scale, transposed=True) if _int8(layer) else None
 
         def embed(x, mode="embedding"):
             if mode == "dense":
@@ -207,13 +228,17 @@ def _embedding(layer):
             return table[ids].to(torch.float32) / scale[ids][..., None]
     else:
         table = _raw(layer.embeddings)
-        head = _lazy(lambda: PackedLinear.of(layer, table, transposed=True)) \
-            if PackedLinear.takes(table) else (lambda x: torch.matmul(x.to(table.dtype), table.t()))
+        head = (
+            _lazy(lambda: PackedLinear.of(layer, table, transposed=True))
+            if PackedLinear.takes(table)
+            else (lambda x: torch.matmul(x.to(table.dtype), table.t()))
+        )
 
         def embed(x, mode="embedding"):
             if mode == "dense":
                 return head(x)
             return F.embedding(x.long(), table)
+
     return lambda x, arguments: embed(x, **arguments)
 
 
@@ -233,6 +258,7 @@ def _position_embedding(layer):
         if positions.dim() == 2:
             positions = positions.clamp_(min=0)
         return x + table[positions].to(x.dtype)
+
     return add_positions
 
 
@@ -245,6 +271,7 @@ def _add(layer):
         for x in inputs[1:]:
             out = out + x
         return out
+
     return add
 
 

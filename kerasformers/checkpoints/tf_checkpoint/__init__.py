@@ -50,6 +50,7 @@ from kerasformers.checkpoints.tf_checkpoint.reader import TFCheckpointReader
 from kerasformers.checkpoints.tf_checkpoint.writer import save_tf_checkpoint
 
 __all__ = [
+    "CRC32C_BACKEND",
     "CheckpointError",
     "TFCheckpointReader",
     "crc32c",

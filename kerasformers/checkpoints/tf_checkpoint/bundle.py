@@ -85,7 +85,6 @@ def _encode_header(num_shards=1):
     return _field_varint(1, num_shards) + _field_bytes(3, version)  # endianness LITTLE (0) omitted
 
 
-
 def _string_lengths_for_crc(lengths, byteorder="<"):
     """The bytes TF feeds to CRC32C for string lengths: uint32 each, uint64 if too big."""
     return b"".join(struct.pack(byteorder + ("I" if n <= _U32 else "Q"), n) for n in lengths)

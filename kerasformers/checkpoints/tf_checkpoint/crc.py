@@ -241,4 +241,3 @@ def mask_crc32c(crc):
 def unmask_crc32c(masked):
     rot = (masked - _CRC_MASK_DELTA) & _U32
     return ((rot >> 17) | (rot << 15)) & _U32
-

@@ -14,7 +14,6 @@ import numpy as np
 
 from kerasformers.checkpoints.bfloat16 import numpy_bfloat16
 
-
 # TF DataType enum value -> (name, little-endian NumPy dtype string or None for special cases)
 _TF_DTYPES = {
     1: ("float32", "<f4"),
@@ -78,4 +77,3 @@ def _numpy_dtype_for(enum):
     if enum == _DT_BFLOAT16:
         return numpy_bfloat16()
     return np.dtype(_TF_DTYPES[enum][1]).newbyteorder("=")
-

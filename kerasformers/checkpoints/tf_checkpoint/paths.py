@@ -1,4 +1,5 @@
-"""Checkpoint file names: prefix <-> ``.index`` / ``.data-NNNNN-of-MMMMM`` and the ``checkpoint`` state file.
+"""Checkpoint file names: prefix <-> ``.index`` / ``.data-NNNNN-of-MMMMM`` and the
+``checkpoint`` state file.
 
 ``<prefix>.data-NNNNN-of-MMMMM`` shards hold raw tensor bytes, tensor after
 tensor, little-endian, with no padding; ``<prefix>.index`` says where each
@@ -12,7 +13,6 @@ import os
 import re
 
 from kerasformers.checkpoints.errors import CheckpointError
-
 
 _DATA_SUFFIX_RE = re.compile(r"\.data-\d{5}-of-\d{5}$")
 _STATE_RE = re.compile(r'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"', re.MULTILINE)
@@ -88,4 +88,3 @@ def resolve_checkpoint_prefix(path):
             f"{index_path}: {hint}; not a TensorFlow checkpoint (resolved from {path!r})"
         )
     return prefix
-

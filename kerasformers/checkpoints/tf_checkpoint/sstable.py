@@ -22,7 +22,6 @@ import struct
 from kerasformers.checkpoints.tf_checkpoint.crc import crc32c, mask_crc32c, unmask_crc32c
 from kerasformers.checkpoints.tf_checkpoint.wire import _decode_varint, _encode_varint, _FormatError
 
-
 _TABLE_MAGIC = 0xDB4775248B80FB57
 _FOOTER_LEN = 48  # 2 * max BlockHandle length (2 * 10 bytes each) + 8-byte magic
 _BLOCK_TRAILER_LEN = 5  # compression type byte + masked crc32c
@@ -182,4 +181,3 @@ def _build_sstable(records, block_size=_DEFAULT_BLOCK_SIZE):
     footer = (meta_handle + index_handle).ljust(40, b"\x00") + struct.pack("<Q", _TABLE_MAGIC)
     out.extend(footer)
     return bytes(out)
-

@@ -124,4 +124,3 @@ def _field_bytes(number, payload):
 
 def _field_fixed32(number, value):
     return _encode_varint((number << 3) | 5) + struct.pack("<I", value)
-
