@@ -24,6 +24,7 @@ ONCE = [
     "tests/pretraining/test_shards.py",
     "tests/pretraining/test_vocab.py",
     "tests/pretraining/test_distribution.py",
+    "tests/reliability/test_tokenizer_faults.py",
     "--doctest-modules",
     "kerasformers/tokenizers",
     "kerasformers/data",
