@@ -315,10 +315,6 @@ def write_t5(model):
 
 #: bert4keras arguments not implemented yet: refused by name, never swallowed
 NOT_SUPPORTED = {
-    "layer_norm_cond": "conditional LayerNorm (issue #13)",
-    "layer_norm_cond_hidden_size": "conditional LayerNorm (issue #13)",
-    "layer_norm_cond_hidden_act": "conditional LayerNorm (issue #13)",
-    "additional_input_layers": "extra model inputs (issue #13)",
     "attention_caches": "use init_cache / call_with_cache for cached decoding",
     "autoresize_weights": "checkpoint shapes must fit; keep_tokens / compound_tokens "
     "resize the vocabulary",
@@ -357,6 +353,7 @@ KINDS = {
             "num_decoder_layers",
             "relative_attention_num_buckets",
             "relative_attention_max_distance",
+            "layer_norm_cond_hidden_size",
         ),
         "size",
     ),
@@ -366,6 +363,7 @@ KINDS = {
     "attention_dropout_rate": "rate",
     "layer_norm_eps": "epsilon",
     "hidden_act": "activation",
+    "layer_norm_cond_hidden_act": "activation",
     **dict.fromkeys(
         ("with_pool", "with_mlm", "with_discriminator", "with_lm", "final_activation"), "head"
     ),
@@ -380,6 +378,7 @@ KINDS = {
             "tie_word_embeddings",
             "cross_position_bias",
             "context_mask",
+            "scale_decoder_outputs",
         ),
         "flag",
     ),

@@ -21,7 +21,12 @@ import numpy as np
 from kerasformers import config as config_lib
 from kerasformers.backends import torch as torch_backend
 from kerasformers.checkpoints import loader
-from kerasformers.layers import AttentionMask, FeedForward, MultiHeadAttention
+from kerasformers.layers import (
+    AttentionMask,
+    FeedForward,
+    LayerNormalization,
+    MultiHeadAttention,
+)
 from kerasformers.models import cache as cache_lib
 
 
@@ -46,8 +51,11 @@ class Transformer:
         names are a TypeError with the closest valid name, bad values an error
         naming key and value (`config.check_arguments`)."""
         init = next(k.__dict__["__init__"] for k in cls.__mro__ if "__init__" in k.__dict__)
-        params = [p.name for p in inspect.signature(init).parameters.values()
-                  if p.kind is p.POSITIONAL_OR_KEYWORD][1:]
+        params = [
+            p.name
+            for p in inspect.signature(init).parameters.values()
+            if p.kind is p.POSITIONAL_OR_KEYWORD
+        ][1:]
         arguments = {**dict(zip(params, args)), **kwargs}
         config_lib.refuse_unknown(kwargs, cls.accepted_arguments(), f"{cls.__name__}()")
         cls.check_arguments(arguments)
@@ -63,10 +71,14 @@ class Transformer:
         """{argument: default} over the constructors of the class and its bases."""
         defaults = {}
         for klass in cls.__mro__:
-            for p in inspect.signature(klass.__dict__.get("__init__", object.__init__)) \
-                    .parameters.values():
-                if klass is not object and p.name != "self" and p.kind in (
-                        p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            for p in inspect.signature(
+                klass.__dict__.get("__init__", object.__init__)
+            ).parameters.values():
+                if (
+                    klass is not object
+                    and p.name != "self"
+                    and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                ):
                     defaults.setdefault(p.name, p.default)
         return defaults
 
@@ -76,6 +88,7 @@ class Transformer:
         None is accepted where the constructor's default is None."""
         optional = {k for k, v in cls._defaults().items() if v is None} | {"pad_token_id"}
         config_lib.check_arguments(arguments, cls.__name__, optional)
+        cls.check_condition_arguments(arguments)
         hidden, heads = arguments.get("hidden_size"), arguments.get("num_attention_heads")
         if arguments.get("attention_head_size") is None and hidden and heads and hidden % heads:
             names = config_lib.FILE_NAMES
@@ -83,15 +96,75 @@ class Transformer:
                 f"{cls.__name__}: hidden_size {hidden} is not divisible by num_attention_heads "
                 f"{heads} (in config files: {names['hidden_size']}; "
                 f"{names['num_attention_heads']}); pass attention_head_size to choose the "
-                "size of each head")
+                "size of each head"
+            )
 
-    def __init__(self, vocab_size, hidden_size, num_hidden_layers, num_attention_heads,
-                 intermediate_size, hidden_act="gelu", dropout_rate=None,
-                 attention_dropout_rate=None, embedding_size=None, attention_head_size=None,
-                 attention_key_size=None, sequence_length=None, keep_tokens=None,
-                 compound_tokens=None, residual_attention_scores=False,
-                 ignore_invalid_weights=False, layer_norm_eps=None, pad_token_id=0,
-                 dtype=None, remat=False, layers=None, prefix=None, name=None):
+    #: False where the model's norms have no scale or offset for a condition to change
+    supports_layer_norm_cond = True
+
+    @classmethod
+    def check_condition_arguments(cls, arguments):
+        """layer_norm_cond must be a Keras tensor (a functional-API output, e.g.
+        of an Embedding of a class-label Input); its options need it; extra
+        inputs must be Keras tensors."""
+        cond = arguments.get("layer_norm_cond")
+        where = f"{cls.__name__}: layer_norm_cond"
+        if cond is not None:
+            if not cls.supports_layer_norm_cond:
+                raise ValueError(
+                    f"{where} is not available: {cls.__name__}'s norms have no scale or offset "
+                    "for a condition to change (bert4keras ignored it silently)"
+                )
+            if not isinstance(cond, keras.KerasTensor):
+                raise TypeError(
+                    f"{where} must be a Keras tensor of shape (batch, size) (e.g. "
+                    f"keras.layers.Embedding(...)(keras.Input((1,)))), got {type(cond).__name__}; "
+                    "its inputs go into additional_input_layers"
+                )
+        else:
+            for option in ("layer_norm_cond_hidden_size", "layer_norm_cond_hidden_act"):
+                if arguments.get(option) is not None:
+                    raise ValueError(f"{cls.__name__}: {option} needs layer_norm_cond")
+        extra = arguments.get("additional_input_layers")
+        if extra is not None:
+            items = extra if isinstance(extra, (list, tuple)) else [extra]
+            bad = [type(t).__name__ for t in items if not isinstance(t, keras.KerasTensor)]
+            if bad:
+                raise TypeError(
+                    f"{cls.__name__}: additional_input_layers must be Keras inputs "
+                    f"(keras.Input), got {', '.join(bad)}"
+                )
+
+    def __init__(
+        self,
+        vocab_size,
+        hidden_size,
+        num_hidden_layers,
+        num_attention_heads,
+        intermediate_size,
+        hidden_act="gelu",
+        dropout_rate=None,
+        attention_dropout_rate=None,
+        embedding_size=None,
+        attention_head_size=None,
+        attention_key_size=None,
+        sequence_length=None,
+        keep_tokens=None,
+        compound_tokens=None,
+        residual_attention_scores=False,
+        ignore_invalid_weights=False,
+        layer_norm_eps=None,
+        pad_token_id=0,
+        dtype=None,
+        remat=False,
+        layer_norm_cond=None,
+        layer_norm_cond_hidden_size=None,
+        layer_norm_cond_hidden_act=None,
+        additional_input_layers=None,
+        layers=None,
+        prefix=None,
+        name=None,
+    ):
         if keep_tokens is not None:
             vocab_size = len(keep_tokens)
         if compound_tokens is not None:
@@ -116,6 +189,14 @@ class Transformer:
         self.pad_token_id = pad_token_id
         self.dtype = dtype
         self.remat = remat
+        self.layer_norm_cond = layer_norm_cond
+        self.layer_norm_cond_hidden_size = layer_norm_cond_hidden_size
+        self.layer_norm_cond_hidden_act = layer_norm_cond_hidden_act or "linear"
+        if additional_input_layers is None:
+            additional_input_layers = []
+        elif not isinstance(additional_input_layers, (list, tuple)):
+            additional_input_layers = [additional_input_layers]
+        self.additional_input_layers = list(additional_input_layers)
         self.layers = {} if layers is None else layers
         self.prefix = prefix or ""
         self.name = name
@@ -136,7 +217,7 @@ class Transformer:
         self.inputs = inputs
         outputs = self.call(inputs)
         self.outputs = outputs
-        self.model = keras.Model(inputs, outputs, name=self.name)
+        self.model = keras.Model(self.model_inputs(inputs), outputs, name=self.name)
         self.built = True
         return self.model
 
@@ -145,6 +226,26 @@ class Transformer:
         for i in range(self.num_hidden_layers):
             x = self.apply_main_layers(x, i)
         return self.apply_final_layers(x)
+
+    def model_inputs(self, inputs):
+        """The Keras model's inputs: `inputs` and then `additional_input_layers`
+        (bert4keras' `set_inputs`)."""
+        return list(inputs) + self.additional_input_layers
+
+    def apply_layer_norm(self, x, name, **kwargs):
+        """The LayerNormalization named `name` on `x`; conditional on
+        `layer_norm_cond` when the model has one (bert4keras' Conditional
+        LayerNorm: zero-initialised `beta_dense`/`gamma_dense` of the condition,
+        optionally through `hidden_dense`, are added to beta/gamma)."""
+        if self.layer_norm_cond is not None:
+            x = [x, self.layer_norm_cond]
+            kwargs.update(
+                conditional=True,
+                hidden_units=self.layer_norm_cond_hidden_size,
+                hidden_activation=self.layer_norm_cond_hidden_act,
+                hidden_initializer=self.initializer,
+            )
+        return self.apply(inputs=x, layer=LayerNormalization, name=name, **kwargs)
 
     def prefixed(self, name):
         return None if name is None else self.prefix + name
@@ -199,12 +300,19 @@ class Transformer:
         if self._step is not None:
             return self._step.attention_mask
         if self.attention_bias is None:
-            names = {"padding": "Attention-Mask", "lm": "Attention-LM-Mask",
-                     "unilm": "Attention-UniLM-Mask"}
+            names = {
+                "padding": "Attention-Mask",
+                "lm": "Attention-LM-Mask",
+                "unilm": "Attention-UniLM-Mask",
+            }
             ids = self.inputs[:2] if self.attention_mode == "unilm" else self.inputs[0]
             self.attention_bias = self.apply(
-                inputs=ids, layer=AttentionMask, mode=self.attention_mode,
-                pad_token_id=self.pad_token_id, name=names[self.attention_mode])
+                inputs=ids,
+                layer=AttentionMask,
+                mode=self.attention_mode,
+                pad_token_id=self.pad_token_id,
+                name=names[self.attention_mode],
+            )
         return self.attention_bias
 
     def compute_position_bias(self, inputs=None):
@@ -232,15 +340,24 @@ class Transformer:
         """
         self._check_incremental()
         dtype = dtype or cache_lib.compute_dtype_of(self.layers)
-        return cache_lib.empty_cache(batch_size, max_length, self.cached_attention_shapes(),
-                                     dtype, unilm=self.step_attention_mode == "unilm")
+        return cache_lib.empty_cache(
+            batch_size,
+            max_length,
+            self.cached_attention_shapes(),
+            dtype,
+            unilm=self.step_attention_mode == "unilm",
+        )
 
     #: layers whose activation `call_with_cache(logits=True)` skips (the LM heads)
-    logit_layer_names = ("MLM-Activation", "LM-Activation", "Output-MLM-Activation",
-                         "Decoder-Output-LM-Activation", "Decoder-Output-LM")
+    logit_layer_names = (
+        "MLM-Activation",
+        "LM-Activation",
+        "Output-MLM-Activation",
+        "Decoder-Output-LM-Activation",
+        "Decoder-Output-LM",
+    )
 
-    def call_with_cache(self, inputs, cache, mask=None, logits=False, inplace=False,
-                        plan=None):
+    def call_with_cache(self, inputs, cache, mask=None, logits=False, inplace=False, plan=None):
         """Run the model on new tokens only, attending to everything cached.
 
         inputs: the model's inputs for the new positions (token ids, plus segment
@@ -274,13 +391,18 @@ class Transformer:
         inputs = self.step_inputs(cache_lib.as_int_inputs(inputs), cache)
         with self._step_lock:
             step = cache_lib.Step(
-                inputs[self.step_token_input:], cache, self.step_attention_mode,
-                self.step_pad_token_id, mask=mask,
+                inputs[self.step_token_input :],
+                cache,
+                self.step_attention_mode,
+                self.step_pad_token_id,
+                mask=mask,
                 logit_layers=[self.prefixed(n) for n in self.logit_layer_names] if logits else (),
-                plan=plan if plan is not None or not torch_backend.available()
-                else torch_backend.Plan(), inplace=inplace)
-            saved = (self.inputs, self.attention_bias, self.position_bias,
-                     self.attention_scores)
+                plan=plan
+                if plan is not None or not torch_backend.available()
+                else torch_backend.Plan(),
+                inplace=inplace,
+            )
+            saved = (self.inputs, self.attention_bias, self.position_bias, self.attention_scores)
             self._step = step
             self.inputs = inputs
             self.attention_bias = self.position_bias = self.attention_scores = None
@@ -288,8 +410,9 @@ class Transformer:
                 outputs = self.call(inputs)
             finally:
                 self._step = None
-                (self.inputs, self.attention_bias, self.position_bias,
-                 self.attention_scores) = saved
+                (self.inputs, self.attention_bias, self.position_bias, self.attention_scores) = (
+                    saved
+                )
         return outputs, step.updated_cache(inputs[self.step_token_input].shape[1])
 
     #: index of the token ids among the step inputs
@@ -304,11 +427,23 @@ class Transformer:
         return inputs
 
     def _check_incremental(self):
+        self._refuse_conditional_cache()
         if self.step_attention_mode is None:
-            raise ValueError(f"{type(self).__name__} is not causal: incremental decoding "
-                             "needs application='lm' or 'unilm' (or a decoder model)")
+            raise ValueError(
+                f"{type(self).__name__} is not causal: incremental decoding "
+                "needs application='lm' or 'unilm' (or a decoder model)"
+            )
         if not self.built:
             self.build()
+
+    def _refuse_conditional_cache(self):
+        if self.layer_norm_cond is not None:
+            raise ValueError(
+                f"{type(self).__name__} has a conditional LayerNorm (layer_norm_cond): cached "
+                "decoding (init_cache / call_with_cache / generate) does not feed the "
+                "condition; decode with the full model instead (AutoRegressiveDecoder with "
+                "model.predict, as bert4keras' task_conditional_language_model.py does)"
+            )
 
     reorder_cache = staticmethod(cache_lib.reorder_cache)
 
@@ -335,8 +470,11 @@ class Transformer:
         if self.compound_tokens is not None:
             rows = []
             for item in self.compound_tokens:
-                if isinstance(item, (list, tuple)) and len(item) == 2 and \
-                        isinstance(item[0], (list, tuple)):
+                if (
+                    isinstance(item, (list, tuple))
+                    and len(item) == 2
+                    and isinstance(item[0], (list, tuple))
+                ):
                     ids, weights = item
                 else:
                     ids, weights = item, [1.0] * len(item)
@@ -344,7 +482,8 @@ class Transformer:
                 weights = weights / weights.sum()
                 rows.append(np.einsum("n,n...->...", weights, embeddings[np.asarray(ids)]))
             embeddings = np.concatenate(
-                [embeddings, np.asarray(rows, dtype=embeddings.dtype)], axis=0)
+                [embeddings, np.asarray(rows, dtype=embeddings.dtype)], axis=0
+            )
         return embeddings
 
     def load_weights_from_checkpoint(self, checkpoint, naming=None):
@@ -357,10 +496,15 @@ class Transformer:
         if not self.built:
             self.build()
         return loader.load_weights(
-            self.variables(), self.weight_table(), checkpoint, naming=naming,
-            prefixes=self.hf_prefixes, vocab_fn=self.load_embeddings,
+            self.variables(),
+            self.weight_table(),
+            checkpoint,
+            naming=naming,
+            prefixes=self.hf_prefixes,
+            vocab_fn=self.load_embeddings,
             vocab_paths=self.vocab_paths(),
-            ignore_invalid_weights=self.ignore_invalid_weights)
+            ignore_invalid_weights=self.ignore_invalid_weights,
+        )
 
     def export_weights(self, naming="google"):
         """{checkpoint key: array} in the original ('google') or HF ('hf') names."""

@@ -17,7 +17,6 @@ from kerasformers.checkpoints.sources import open_checkpoint
 from kerasformers.layers import (
     Embedding,
     FeedForward,
-    LayerNormalization,
     MaskedAdd,
     MultiHeadAttention,
     PositionEmbedding,
@@ -140,12 +139,7 @@ class BERT(Transformer):
         )
 
     def finish_embeddings(self, x):
-        x = self.apply(
-            inputs=x,
-            layer=LayerNormalization,
-            epsilon=self.embedding_norm_eps,
-            name="Embedding-Norm",
-        )
+        x = self.apply_layer_norm(x, "Embedding-Norm", epsilon=self.embedding_norm_eps)
         x = self.apply(
             inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate, name="Embedding-Dropout"
         )
@@ -217,9 +211,7 @@ class BERT(Transformer):
         return self.apply(inputs=[xi, x], layer=keras.layers.Add, name=f"{name}-Add")
 
     def apply_norm(self, x, name):
-        return self.apply(
-            inputs=x, layer=LayerNormalization, epsilon=self.layer_norm_eps, name=name
-        )
+        return self.apply_layer_norm(x, name, epsilon=self.layer_norm_eps)
 
     def apply_final_layers(self, inputs):
         x = inputs
@@ -263,9 +255,7 @@ class BERT(Transformer):
             kernel_initializer=self.initializer,
             name="MLM-Dense",
         )
-        x = self.apply(
-            inputs=x, layer=LayerNormalization, epsilon=self.layer_norm_eps, name="MLM-Norm"
-        )
+        x = self.apply_layer_norm(x, "MLM-Norm", epsilon=self.layer_norm_eps)
         x = self.apply(
             inputs=x, layer=Embedding, arguments={"mode": "dense"}, name="Embedding-Token"
         )

@@ -64,6 +64,9 @@ class RoFormer(NEZHA):
 class RoFormerV2(RoFormer):
     """RoFormer without biases, with a parameter-free RMS-style norm, post-norm."""
 
+    #: a parameter-free norm has nothing for a condition to change
+    supports_layer_norm_cond = False
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         if self.with_pool or self.with_nsp:

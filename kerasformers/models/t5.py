@@ -28,7 +28,6 @@ from kerasformers.layers import (
     AttentionMask,
     Embedding,
     FeedForward,
-    LayerNormalization,
     MultiHeadAttention,
     RelativePositionEmbeddingT5,
     ScaleOffset,
@@ -54,7 +53,8 @@ class T5_Base(Transformer):
         transformers ('gated-gelu' = gelu_new) compute; pass 'gelu_erf' for erf.
     tie_word_embeddings: the LM head is the transposed shared embedding and the
         decoder output is first scaled by hidden_size**-0.5 (default: only for
-        t5.1.0). Untied (t5.1.1, mT5): a separate `Decoder-Output-LM`, no scaling.
+        t5.1.0). Untied (t5.1.1, mT5): a separate `Decoder-Output-LM`, no scaling
+        (bert4keras scaled every version: T5_Decoder's scale_decoder_outputs).
     relative_attention_num_buckets (32), relative_attention_max_distance (128).
     num_decoder_layers: decoder depth (default num_hidden_layers).
     max_position: accepted, so that one dict of arguments builds every model,
@@ -80,11 +80,20 @@ class T5_Base(Transformer):
             raise ValueError(
                 f"{cls.__name__}: relative_attention_num_buckets {buckets} must be >= 4 and "
                 f"relative_attention_max_distance {distance} greater than half of it "
-                "(T5 uses 32 and 128)")
+                "(T5 uses 32 and 128)"
+            )
 
-    def __init__(self, version="t5.1.0", hidden_act=None, tie_word_embeddings=None,
-                 relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                 num_decoder_layers=None, max_position=None, **kwargs):
+    def __init__(
+        self,
+        version="t5.1.0",
+        hidden_act=None,
+        tie_word_embeddings=None,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        num_decoder_layers=None,
+        max_position=None,
+        **kwargs,
+    ):
         version = (version or "t5.1.0").lower()
         if version not in VERSIONS:
             raise ValueError(f"Unknown T5 version {version!r}; use one of {', '.join(VERSIONS)}")
@@ -92,8 +101,9 @@ class T5_Base(Transformer):
             hidden_act = "relu" if version == "t5.1.0" else ["gelu", "linear"]
         super().__init__(hidden_act=_t5_activation(hidden_act), **kwargs)
         self.version = version
-        self.tie_word_embeddings = (version == "t5.1.0" if tie_word_embeddings is None
-                                    else bool(tie_word_embeddings))
+        self.tie_word_embeddings = (
+            version == "t5.1.0" if tie_word_embeddings is None else bool(tie_word_embeddings)
+        )
         self.relative_attention_num_buckets = relative_attention_num_buckets
         self.relative_attention_max_distance = relative_attention_max_distance
         self.num_encoder_layers = self.num_hidden_layers
@@ -105,49 +115,85 @@ class T5_Base(Transformer):
 
     # ------------------------------------------------------------- pieces
     def apply_token_embedding(self, x, stack):
-        x = self.apply(inputs=x, layer=Embedding, input_dim=self.vocab_size,
-                       output_dim=self.embedding_size, embeddings_initializer=self.initializer,
-                       mask_zero=True, pad_token_id=self.pad_token_id, first_token_valid=True,
-                       name="Embedding-Token")
-        x = self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
-                       name=f"{stack}-Embedding-Dropout")
+        x = self.apply(
+            inputs=x,
+            layer=Embedding,
+            input_dim=self.vocab_size,
+            output_dim=self.embedding_size,
+            embeddings_initializer=self.initializer,
+            mask_zero=True,
+            pad_token_id=self.pad_token_id,
+            first_token_valid=True,
+            name="Embedding-Token",
+        )
+        x = self.apply(
+            inputs=x,
+            layer=keras.layers.Dropout,
+            rate=self.dropout_rate,
+            name=f"{stack}-Embedding-Dropout",
+        )
         if self.embedding_size != self.hidden_size:
-            x = self.apply(inputs=x, layer=keras.layers.Dense, units=self.hidden_size,
-                           kernel_initializer=self.initializer, name=f"{stack}-Embedding-Mapping")
+            x = self.apply(
+                inputs=x,
+                layer=keras.layers.Dense,
+                units=self.hidden_size,
+                kernel_initializer=self.initializer,
+                name=f"{stack}-Embedding-Mapping",
+            )
         return x
 
     def apply_norm(self, x, name):
-        return self.apply(inputs=x, layer=LayerNormalization, zero_mean=False, offset=False,
-                          epsilon=self.layer_norm_eps, name=name)
+        return self.apply_layer_norm(
+            x, name, zero_mean=False, offset=False, epsilon=self.layer_norm_eps
+        )
 
     def apply_attention(self, inputs, name, arguments):
-        return self.apply(inputs=inputs, layer=MultiHeadAttention, arguments=arguments,
-                          heads=self.num_attention_heads, head_size=self.attention_head_size,
-                          out_dim=self.hidden_size, key_size=self.attention_key_size,
-                          use_bias=False, attention_scale=False,
-                          attention_dropout=self.attention_dropout_rate,
-                          kernel_initializer=self.initializer, name=name)
+        return self.apply(
+            inputs=inputs,
+            layer=MultiHeadAttention,
+            arguments=arguments,
+            heads=self.num_attention_heads,
+            head_size=self.attention_head_size,
+            out_dim=self.hidden_size,
+            key_size=self.attention_key_size,
+            use_bias=False,
+            attention_scale=False,
+            attention_dropout=self.attention_dropout_rate,
+            kernel_initializer=self.initializer,
+            name=name,
+        )
 
     def residual(self, xi, x, name):
-        x = self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
-                       name=f"{name}-Dropout")
+        x = self.apply(
+            inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate, name=f"{name}-Dropout"
+        )
         return self.apply(inputs=[xi, x], layer=keras.layers.Add, name=f"{name}-Add")
 
     def apply_feed_forward(self, x, name):
         xi = x
         x = self.apply_norm(x, f"{name}-Norm")
-        x = self.apply(inputs=x, layer=FeedForward, units=self.intermediate_size,
-                       activation=self.hidden_act, use_bias=False,
-                       kernel_initializer=self.initializer, name=name)
+        x = self.apply(
+            inputs=x,
+            layer=FeedForward,
+            units=self.intermediate_size,
+            activation=self.hidden_act,
+            use_bias=False,
+            kernel_initializer=self.initializer,
+            name=name,
+        )
         return self.residual(xi, x, name)
 
     def apply_relative_position(self, inputs, name, bidirectional):
-        return self.apply(inputs=inputs, layer=RelativePositionEmbeddingT5,
-                          input_dim=self.relative_attention_num_buckets,
-                          output_dim=self.num_attention_heads,
-                          max_distance=self.relative_attention_max_distance,
-                          bidirectional=bidirectional, embeddings_initializer=self.initializer,
-                          name=name)
+        return self.apply(
+            inputs=inputs,
+            layer=RelativePositionEmbeddingT5,
+            input_dim=self.relative_attention_num_buckets,
+            output_dim=self.num_attention_heads,
+            max_distance=self.relative_attention_max_distance,
+            bidirectional=bidirectional,
+            embeddings_initializer=self.initializer,
+            name=name,
+        )
 
     # ------------------------------------------------------------- weights
     @property
@@ -155,8 +201,10 @@ class T5_Base(Transformer):
         return "rms_norm" if self.version == "mt5.1.1" else "layer_norm"
 
     def _attention_rows(self, layer, google, hf):
-        return [(f"{self.prefixed(layer)}/{n}_dense/kernel", f"{google}/{n}", T(f"{hf}.{n}.weight"))
-                for n in "qkvo"]
+        return [
+            (f"{self.prefixed(layer)}/{n}_dense/kernel", f"{google}/{n}", T(f"{hf}.{n}.weight"))
+            for n in "qkvo"
+        ]
 
     def _norm_row(self, layer, google, hf):
         return (f"{self.prefixed(layer)}/gamma", f"{google}/scale", f"{hf}.weight")
@@ -169,15 +217,24 @@ class T5_Base(Transformer):
         for j, (ours, mesh, torch_name) in enumerate(sublayers):
             gj, hj = f"{g}/layer_{j:03d}", f"{h}.layer.{j}"
             name = f"{stack}-Transformer-{i}-{ours}"
-            rows.append(self._norm_row(f"{name}-Norm", f"{gj}/{self.norm_name}",
-                                       f"{hj}.layer_norm"))
+            rows.append(
+                self._norm_row(f"{name}-Norm", f"{gj}/{self.norm_name}", f"{hj}.layer_norm")
+            )
             if ours == "FeedForward":
                 p = self.prefixed(name)
-                wi = [("i0_dense", "wi_0"), ("i1_dense", "wi_1")] if self.gated else \
-                    [("i0_dense", "wi")]
+                wi = (
+                    [("i0_dense", "wi_0"), ("i1_dense", "wi_1")]
+                    if self.gated
+                    else [("i0_dense", "wi")]
+                )
                 for ours_w, w in wi + [("o_dense", "wo")]:
-                    rows.append((f"{p}/{ours_w}/kernel", f"{gj}/{mesh}/{w}/kernel",
-                                 T(f"{hj}.{torch_name}.{w}.weight")))
+                    rows.append(
+                        (
+                            f"{p}/{ours_w}/kernel",
+                            f"{gj}/{mesh}/{w}/kernel",
+                            T(f"{hj}.{torch_name}.{w}.weight"),
+                        )
+                    )
             else:
                 rows += self._attention_rows(name, f"{gj}/{mesh}", f"{hj}.{torch_name}")
         return rows
@@ -189,31 +246,45 @@ class T5_Base(Transformer):
 
     def _relative_row(self, stack):
         s = stack.lower()
-        return (f"{self.prefixed(stack + '-Embedding-Relative-Position')}/embeddings",
-                T(f"{s}/block_000/layer_000/SelfAttention/relative_attention_bias"),
-                f"{s}.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+        return (
+            f"{self.prefixed(stack + '-Embedding-Relative-Position')}/embeddings",
+            T(f"{s}/block_000/layer_000/SelfAttention/relative_attention_bias"),
+            f"{s}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+        )
 
     def shared_rows(self):
-        return [(self.prefixed("Embedding-Token/embeddings"), "shared/embedding", "shared.weight"),
-                # transformers' tied copies of the shared embedding: read silently, never written
-                ("(tied) encoder.embed_tokens", None, "encoder.embed_tokens.weight"),
-                ("(tied) decoder.embed_tokens", None, "decoder.embed_tokens.weight")]
+        return [
+            (self.prefixed("Embedding-Token/embeddings"), "shared/embedding", "shared.weight"),
+            # transformers' tied copies of the shared embedding: read silently, never written
+            ("(tied) encoder.embed_tokens", None, "encoder.embed_tokens.weight"),
+            ("(tied) decoder.embed_tokens", None, "decoder.embed_tokens.weight"),
+        ]
 
     def encoder_rows(self):
         rows = [self._relative_row("Encoder")]
         for i in range(self.num_encoder_layers):
-            rows += self._block_rows("Encoder", i, [
-                ("MultiHeadSelfAttention", "SelfAttention", "SelfAttention"),
-                ("FeedForward", "DenseReluDense", "DenseReluDense")])
+            rows += self._block_rows(
+                "Encoder",
+                i,
+                [
+                    ("MultiHeadSelfAttention", "SelfAttention", "SelfAttention"),
+                    ("FeedForward", "DenseReluDense", "DenseReluDense"),
+                ],
+            )
         return rows + [self._final_norm_row("Encoder")]
 
     def decoder_rows(self):
         rows = [self._relative_row("Decoder")]
         for i in range(self.num_decoder_layers):
-            rows += self._block_rows("Decoder", i, [
-                ("MultiHeadSelfAttention", "SelfAttention", "SelfAttention"),
-                ("MultiHeadCrossAttention", "EncDecAttention", "EncDecAttention"),
-                ("FeedForward", "DenseReluDense", "DenseReluDense")])
+            rows += self._block_rows(
+                "Decoder",
+                i,
+                [
+                    ("MultiHeadSelfAttention", "SelfAttention", "SelfAttention"),
+                    ("MultiHeadCrossAttention", "EncDecAttention", "EncDecAttention"),
+                    ("FeedForward", "DenseReluDense", "DenseReluDense"),
+                ],
+            )
         rows.append(self._final_norm_row("Decoder"))
         lm_google, lm_hf = Key("decoder/logits/kernel"), T("lm_head.weight")
         if self.keep_tokens is not None or self.compound_tokens is not None:
@@ -224,8 +295,13 @@ class T5_Base(Transformer):
         else:
             rows.append((self.prefixed("Decoder-Output-LM/kernel"), lm_google, lm_hf))
         # Old transformers checkpoints may hold a cross-attention bias nobody uses.
-        rows.append(("(unused) cross-attention bias", None,
-                     "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"))
+        rows.append(
+            (
+                "(unused) cross-attention bias",
+                None,
+                "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",
+            )
+        )
         return rows
 
     def weight_table(self):
@@ -241,9 +317,12 @@ class T5_Base(Transformer):
             self.build()
         source = open_checkpoint(checkpoint)
         needs_head = self.prefixed("Decoder-Output-LM/kernel") in self.variables()
-        if (needs_head and (naming or source.naming) == "hf"
-                and loader.resolve(source, "lm_head.weight") is None
-                and loader.resolve(source, "shared.weight") is not None):
+        if (
+            needs_head
+            and (naming or source.naming) == "hf"
+            and loader.resolve(source, "lm_head.weight") is None
+            and loader.resolve(source, "shared.weight") is not None
+        ):
             source = AliasedSource(source, {"lm_head.weight": "shared.weight"})
         return super().load_weights_from_checkpoint(source, naming=naming)
 
@@ -266,13 +345,20 @@ class T5_Encoder(T5_Base):
         if not self.built:
             self.inputs = self.get_inputs()
             self.outputs = self.call(self.inputs)
-            self.model = keras.Model(self.inputs[0], self.outputs, name=self.name)
+            inputs = self.model_inputs(self.inputs)
+            inputs = inputs[0] if len(inputs) == 1 else inputs
+            self.model = keras.Model(inputs, self.outputs, name=self.name)
             self.built = True
         return self.model
 
     def get_inputs(self):
-        return [keras.Input(shape=(self.sequence_length,), dtype="int32",
-                            name=self.prefixed("Encoder-Input-Token"))]
+        return [
+            keras.Input(
+                shape=(self.sequence_length,),
+                dtype="int32",
+                name=self.prefixed("Encoder-Input-Token"),
+            )
+        ]
 
     def apply_embeddings(self, inputs):
         return self.apply_token_embedding(inputs[0], "Encoder")
@@ -284,23 +370,33 @@ class T5_Encoder(T5_Base):
         position_bias = self.compute_position_bias(x)
         xi = x
         x = self.apply_norm(x, f"{name}-Norm")
-        x = self.apply_attention([x, x, x], name, {
-            "attention_mask": self.compute_attention_bias(), "position_bias": position_bias,
-            "p_bias": "t5_relative"})
+        x = self.apply_attention(
+            [x, x, x],
+            name,
+            {
+                "attention_mask": self.compute_attention_bias(),
+                "position_bias": position_bias,
+                "p_bias": "t5_relative",
+            },
+        )
         x = self.residual(xi, x, name)
         return self.apply_feed_forward(x, f"Encoder-Transformer-{index}-FeedForward")
 
     def apply_final_layers(self, inputs):
         x = self.apply_norm(inputs, "Encoder-Output-Norm")
-        return self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
-                          name="Encoder-Output-Dropout")
+        return self.apply(
+            inputs=x,
+            layer=keras.layers.Dropout,
+            rate=self.dropout_rate,
+            name="Encoder-Output-Dropout",
+        )
 
     def compute_position_bias(self, inputs=None):
         if self.position_bias is None:
             self.position_bias = self.apply_relative_position(
-                [inputs, inputs], "Encoder-Embedding-Relative-Position", bidirectional=True)
+                [inputs, inputs], "Encoder-Embedding-Relative-Position", bidirectional=True
+            )
         return self.position_bias
-
 
     def hf_architecture(self, mt5):
         return "MT5EncoderModel" if mt5 else "T5EncoderModel"
@@ -310,7 +406,8 @@ class T5_Decoder(T5_Base):
     """T5 decoder: inputs [`Input-Context` (encoder states), `Decoder-Input-Token`].
 
     with_lm: True (softmax probabilities), an activation ('linear' = logits), or
-        False (the decoder states after `Decoder-Output-Norm`, unscaled).
+        False (the decoder states after `Decoder-Output-Norm`, unscaled unless
+        scale_decoder_outputs=True).
         `final_activation`, if given, is taken as the LM activation (GPT spelling).
     cross_position_bias: False (default) = no position bias in cross-attention,
         as in transformers' T5, which reproduces the released checkpoints.
@@ -322,19 +419,37 @@ class T5_Decoder(T5_Base):
         cross-attention. Without it (the original's inputs) every context
         position is attended, which is right for unpadded contexts only. The
         joint `T5` model always masks by the encoder token ids.
-    Output scaling: the tied head (t5.1.0) multiplies the decoder output by
-        hidden_size**-0.5 (`Decoder-Output-Scale`) before the transposed
-        embedding; untied heads (t5.1.1, mT5) do not, as in Mesh TF and
-        transformers. bert4keras scaled every version (same argmax, different
-        probabilities for t5.1.1/mT5).
+    scale_decoder_outputs: multiply the decoder output by hidden_size**-0.5
+        (`Decoder-Output-Scale`, after `Decoder-Output-Dropout`).
+        None (default, as Mesh TF and transformers): only before a tied head
+        (t5.1.0, or tie_word_embeddings=True); untied heads (t5.1.1, mT5) and
+        with_lm=False are unscaled.
+        True (bert4keras <= 0.11.5, every version): always, also before an
+        untied `Decoder-Output-LM` and for with_lm=False. Use it to rebuild
+        models trained with bert4keras (T5-PEGASUS, its mT5 fine-tunes), whose
+        LM head learned the scaled states; with cross_position_bias=True the
+        decoder then equals the original's.
+        False: never (not even before a tied head).
     Self-attention is causal only: the first decoder token is the start token,
     id 0 = pad, and trailing padding cannot reach earlier positions. The Keras
     mask of the output marks position 0 and the non-pad tokens (loss masking).
     """
 
-    def __init__(self, with_lm=True, final_activation=None, cross_position_bias=False,
-                 context_mask=False, **kwargs):
+    def __init__(
+        self,
+        with_lm=True,
+        final_activation=None,
+        cross_position_bias=False,
+        context_mask=False,
+        scale_decoder_outputs=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
+        self.scale_decoder_outputs = (
+            bool(with_lm) and self.tie_word_embeddings
+            if scale_decoder_outputs is None
+            else bool(scale_decoder_outputs)
+        )
         if final_activation is not None and with_lm is True:
             with_lm = final_activation
         self.with_lm = with_lm
@@ -345,14 +460,23 @@ class T5_Decoder(T5_Base):
 
     def get_inputs(self):
         inputs = [
-            keras.Input(shape=(self.sequence_length, self.hidden_size),
-                        name=self.prefixed("Input-Context")),
-            keras.Input(shape=(self.sequence_length,), dtype="int32",
-                        name=self.prefixed("Decoder-Input-Token")),
+            keras.Input(
+                shape=(self.sequence_length, self.hidden_size), name=self.prefixed("Input-Context")
+            ),
+            keras.Input(
+                shape=(self.sequence_length,),
+                dtype="int32",
+                name=self.prefixed("Decoder-Input-Token"),
+            ),
         ]
         if self.context_mask:
-            inputs.append(keras.Input(shape=(self.sequence_length,), dtype="int32",
-                                      name=self.prefixed("Input-Context-Mask")))
+            inputs.append(
+                keras.Input(
+                    shape=(self.sequence_length,),
+                    dtype="int32",
+                    name=self.prefixed("Input-Context-Mask"),
+                )
+            )
         return inputs
 
     def apply_embeddings(self, inputs):
@@ -368,9 +492,15 @@ class T5_Decoder(T5_Base):
 
         xi = x
         x = self.apply_norm(x, f"{self_name}-Norm")
-        x = self.apply_attention([x, x, x], self_name, {
-            "attention_mask": self.compute_attention_bias(), "position_bias": self_bias,
-            "p_bias": "t5_relative"})
+        x = self.apply_attention(
+            [x, x, x],
+            self_name,
+            {
+                "attention_mask": self.compute_attention_bias(),
+                "position_bias": self_bias,
+                "p_bias": "t5_relative",
+            },
+        )
         x = self.residual(xi, x, self_name)
 
         xi = x
@@ -387,25 +517,50 @@ class T5_Decoder(T5_Base):
     def apply_final_layers(self, inputs):
         c, x = inputs
         x = self.apply_norm(x, "Decoder-Output-Norm")
-        x = self.apply(inputs=x, layer=keras.layers.Dropout, rate=self.dropout_rate,
-                       name="Decoder-Output-Dropout")
+        x = self.apply(
+            inputs=x,
+            layer=keras.layers.Dropout,
+            rate=self.dropout_rate,
+            name="Decoder-Output-Dropout",
+        )
+        if self.scale_decoder_outputs:
+            x = self.apply(
+                inputs=x,
+                layer=ScaleOffset,
+                scale=self.hidden_size**-0.5,
+                offset=False,
+                name="Decoder-Output-Scale",
+            )
         if not self.with_lm:
             return x
         lm_activation = "softmax" if self.with_lm is True else self.with_lm
-        if self.tie_word_embeddings:
-            x = self.apply(inputs=x, layer=ScaleOffset, scale=self.hidden_size ** -0.5,
-                           offset=False, name="Decoder-Output-Scale")
         if self.embedding_size != self.hidden_size:
-            x = self.apply(inputs=x, layer=keras.layers.Dense, units=self.embedding_size,
-                           kernel_initializer=self.initializer, name="Decoder-Output-Mapping")
+            x = self.apply(
+                inputs=x,
+                layer=keras.layers.Dense,
+                units=self.embedding_size,
+                kernel_initializer=self.initializer,
+                name="Decoder-Output-Mapping",
+            )
         if self.tie_word_embeddings:
-            x = self.apply(inputs=x, layer=Embedding, arguments={"mode": "dense"},
-                           name="Embedding-Token")
-            return self.apply(inputs=x, layer=keras.layers.Activation,
-                              activation=lm_activation, name="Decoder-Output-LM-Activation")
-        return self.apply(inputs=x, layer=keras.layers.Dense, units=self.vocab_size,
-                          activation=lm_activation, use_bias=False,
-                          kernel_initializer=self.initializer, name="Decoder-Output-LM")
+            x = self.apply(
+                inputs=x, layer=Embedding, arguments={"mode": "dense"}, name="Embedding-Token"
+            )
+            return self.apply(
+                inputs=x,
+                layer=keras.layers.Activation,
+                activation=lm_activation,
+                name="Decoder-Output-LM-Activation",
+            )
+        return self.apply(
+            inputs=x,
+            layer=keras.layers.Dense,
+            units=self.vocab_size,
+            activation=lm_activation,
+            use_bias=False,
+            kernel_initializer=self.initializer,
+            name="Decoder-Output-LM",
+        )
 
     def compute_attention_bias(self, inputs=None):
         """Causal mask from the decoder tokens (no padding mask: token 0 starts)."""
@@ -413,8 +568,12 @@ class T5_Decoder(T5_Base):
             return self._step.attention_mask
         if self.attention_bias is None:
             self.attention_bias = self.apply(
-                inputs=self.inputs[1], layer=AttentionMask, mode="lm", pad_token_id=None,
-                name="Attention-LM-Mask")
+                inputs=self.inputs[1],
+                layer=AttentionMask,
+                mode="lm",
+                pad_token_id=None,
+                name="Attention-LM-Mask",
+            )
         return self.attention_bias
 
     def compute_context_mask(self):
@@ -423,8 +582,12 @@ class T5_Decoder(T5_Base):
             return self._step.context_mask
         if self.context_attention_mask is None and self.context_mask:
             self.context_attention_mask = self.apply(
-                inputs=self.inputs[2], layer=AttentionMask, mode="padding", pad_token_id=0,
-                name="Context-Attention-Mask")
+                inputs=self.inputs[2],
+                layer=AttentionMask,
+                mode="padding",
+                pad_token_id=0,
+                name="Context-Attention-Mask",
+            )
         return self.context_attention_mask
 
     def compute_position_bias(self, inputs=None):
@@ -498,9 +661,14 @@ class T5_Decoder(T5_Base):
         return [ops.zeros((ops.shape(token_ids)[0], length, 1)), token_ids]
 
 
-
 #: T5_Decoder's own arguments, which the joint T5 passes to its decoder only
-_DECODER_OPTIONS = ("with_lm", "final_activation", "cross_position_bias", "context_mask")
+_DECODER_OPTIONS = (
+    "with_lm",
+    "final_activation",
+    "cross_position_bias",
+    "context_mask",
+    "scale_decoder_outputs",
+)
 
 
 class T5(T5_Base):
@@ -511,7 +679,7 @@ class T5(T5_Base):
     `.decoder_transformer` (a T5_Decoder) objects; `.model` maps [encoder ids,
     decoder ids] to the LM output, with encoder padding hidden from self- and
     cross-attention. Decoder options (with_lm, final_activation,
-    cross_position_bias, context_mask) as T5_Decoder.
+    cross_position_bias, context_mask, scale_decoder_outputs) as T5_Decoder.
 
     Seq2seq (`is_seq2seq = True`): `init_cache(encoder_token_ids, max_length)`
     encodes once, then `call_with_cache(decoder_token_ids, cache)` decodes.
@@ -536,6 +704,7 @@ class T5(T5_Base):
         self.decoder_transformer = T5_Decoder(name=d_name, **kwargs, **decoder_options)
         self.with_lm = self.decoder_transformer.with_lm
         self.cross_position_bias = self.decoder_transformer.cross_position_bias
+        self.scale_decoder_outputs = self.decoder_transformer.scale_decoder_outputs
         self.encoder = self.decoder = None
 
     def build(self, **kwargs):
@@ -552,8 +721,8 @@ class T5(T5_Base):
             self.outputs = decoder.call([self.encoder.outputs[0], token])
         finally:
             decoder.context_attention_mask = saved
-        self.inputs = [self.encoder.inputs[0], token]
-        self.model = keras.Model(self.inputs, self.outputs, name=self.name)
+        self.inputs = [self.encoder_transformer.inputs[0], token]
+        self.model = keras.Model(self.model_inputs(self.inputs), self.outputs, name=self.name)
         self.built = True
         return self.model
 
@@ -571,18 +740,19 @@ class T5(T5_Base):
         >>> tuple(probs.shape)
         (1, 1, 50)
         """
+        self._refuse_conditional_cache()
         if not self.built:
             self.build()
         ids = ops.convert_to_tensor(encoder_token_ids, dtype="int32")
         context = self.encoder(ids, training=False)
         return self.decoder_transformer.init_cache(
-            context, max_length, context_mask=ops.not_equal(ids, self.pad_token_id), dtype=dtype)
+            context, max_length, context_mask=ops.not_equal(ids, self.pad_token_id), dtype=dtype
+        )
 
-    def call_with_cache(self, decoder_token_ids, cache, logits=False, inplace=False,
-                        plan=None):
+    def call_with_cache(self, decoder_token_ids, cache, logits=False, inplace=False, plan=None):
         """(LM output for the new decoder tokens, updated cache); see Transformer."""
-        return self.decoder_transformer.call_with_cache(decoder_token_ids, cache, logits=logits,
-                                                        inplace=inplace, plan=plan)
+        return self.decoder_transformer.call_with_cache(
+            decoder_token_ids, cache, logits=logits, inplace=inplace, plan=plan
+        )
 
     reorder_cache = staticmethod(T5_Base.reorder_cache)
-

@@ -21,14 +21,19 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 V, H, L, HEADS, DKV, FF = 99, 32, 2, 4, 8, 37
-SMALL = dict(vocab_size=V, d_model=H, d_ff=FF, num_layers=L, num_heads=HEADS, d_kv=DKV,
-             dropout_rate=0.0)
+SMALL = dict(
+    vocab_size=V, d_model=H, d_ff=FF, num_layers=L, num_heads=HEADS, d_kv=DKV, dropout_rate=0.0
+)
 
 # our model key: (config class, model class, config overrides, untie the LM head)
 CASES = {
     "t5.1.0": ("T5Config", "T5ForConditionalGeneration", dict(feed_forward_proj="relu"), False),
-    "t5.1.1": ("T5Config", "T5ForConditionalGeneration",
-               dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False), True),
+    "t5.1.1": (
+        "T5Config",
+        "T5ForConditionalGeneration",
+        dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+        True,
+    ),
     "mt5.1.1": ("MT5Config", "MT5ForConditionalGeneration", dict(tie_word_embeddings=False), True),
 }
 
@@ -73,12 +78,16 @@ class Reference:
         self.ids, self.dec = encoder_batch(), decoder_batch()
         self.mask = self.ids != 0
         with torch.no_grad():
-            out = self.hf(input_ids=torch.tensor(self.ids, dtype=torch.long),
-                          attention_mask=torch.tensor(self.mask),
-                          decoder_input_ids=torch.tensor(self.dec, dtype=torch.long))
-            states = self.hf.decoder(input_ids=torch.tensor(self.dec, dtype=torch.long),
-                                     encoder_hidden_states=out.encoder_last_hidden_state,
-                                     encoder_attention_mask=torch.tensor(self.mask))
+            out = self.hf(
+                input_ids=torch.tensor(self.ids, dtype=torch.long),
+                attention_mask=torch.tensor(self.mask),
+                decoder_input_ids=torch.tensor(self.dec, dtype=torch.long),
+            )
+            states = self.hf.decoder(
+                input_ids=torch.tensor(self.dec, dtype=torch.long),
+                encoder_hidden_states=out.encoder_last_hidden_state,
+                encoder_attention_mask=torch.tensor(self.mask),
+            )
         self.logits = out.logits.numpy()
         self.encoded = out.encoder_last_hidden_state.numpy()
         self.decoded = states.last_hidden_state.numpy()
@@ -117,8 +126,13 @@ def test_config_mapping(ref):
     t5 = loaded(ref)
     assert t5.version == ref.key
     assert t5.tie_word_embeddings is (ref.key == "t5.1.0")
-    assert (t5.hidden_size, t5.intermediate_size, t5.num_hidden_layers,
-            t5.num_attention_heads, t5.attention_head_size) == (H, FF, L, HEADS, DKV)
+    assert (
+        t5.hidden_size,
+        t5.intermediate_size,
+        t5.num_hidden_layers,
+        t5.num_attention_heads,
+        t5.attention_head_size,
+    ) == (H, FF, L, HEADS, DKV)
     assert t5.layer_norm_eps == 1e-6
     names = {layer.name for layer in t5.model.layers}
     assert ("Decoder-Output-Scale" in names) is (ref.key == "t5.1.0")
@@ -135,8 +149,9 @@ def test_encoder_output(ref):
     assert_close(to_numpy(t5.encoder(ref.ids)), ref.encoded, ref.mask, what=f"{ref.key} encoder")
     encoder = build_transformer_model(checkpoint_path=ref.folder, model=f"{ref.key}_encoder")
     assert [t.name for t in encoder.inputs] == ["Encoder-Input-Token"]
-    assert_close(to_numpy(encoder(ref.ids)), ref.encoded, ref.mask,
-                 what=f"{ref.key} standalone encoder")
+    assert_close(
+        to_numpy(encoder(ref.ids)), ref.encoded, ref.mask, what=f"{ref.key} standalone encoder"
+    )
 
 
 def test_decoder_alone_equals_joint_model(ref):
@@ -144,12 +159,16 @@ def test_decoder_alone_equals_joint_model(ref):
     joint = to_numpy(t5.model([ref.ids, ref.dec]))
     context = to_numpy(t5.encoder(ref.ids))
     assert [t.name for t in t5.decoder.inputs] == [
-        "Input-Context", "Decoder-Input-Token", "Input-Context-Mask"]
+        "Input-Context",
+        "Decoder-Input-Token",
+        "Input-Context-Mask",
+    ]
     alone = to_numpy(t5.decoder([context, ref.dec, ref.mask.astype("int32")]))
     assert_close(alone, joint, what=f"{ref.key} decoder alone (context mask)")
     # the original two inputs: right for an unpadded context
-    decoder = build_transformer_model(checkpoint_path=ref.folder, model=f"{ref.key}_decoder",
-                                      with_lm="linear")
+    decoder = build_transformer_model(
+        checkpoint_path=ref.folder, model=f"{ref.key}_decoder", with_lm="linear"
+    )
     assert [t.name for t in decoder.inputs] == ["Input-Context", "Decoder-Input-Token"]
     alone = to_numpy(decoder([context[:1], ref.dec[:1]]))
     assert_close(alone, joint[:1], what=f"{ref.key} standalone decoder")
@@ -157,8 +176,9 @@ def test_decoder_alone_equals_joint_model(ref):
 
 
 def test_decoder_states(ref):
-    decoder = build_transformer_model(checkpoint_path=ref.folder, model=f"{ref.key}_decoder",
-                                      with_lm=False, context_mask=True)
+    decoder = build_transformer_model(
+        checkpoint_path=ref.folder, model=f"{ref.key}_decoder", with_lm=False, context_mask=True
+    )
     out = to_numpy(decoder([ref.encoded, ref.dec, ref.mask.astype("int32")]))
     assert_close(out, ref.decoded, what=f"{ref.key} decoder states (unscaled)")
 
@@ -179,11 +199,14 @@ def spec_google_names(key):
     norm = "rms_norm" if key == "mt5.1.1" else "layer_norm"
     wi = ["wi_0", "wi_1"] if key != "t5.1.0" else ["wi"]
     names = {"shared/embedding"}
-    for stack, subs in (("encoder", ["SelfAttention"]),
-                        ("decoder", ["SelfAttention", "EncDecAttention"])):
+    for stack, subs in (
+        ("encoder", ["SelfAttention"]),
+        ("decoder", ["SelfAttention", "EncDecAttention"]),
+    ):
         names.add(f"{stack}/block_000/layer_000/SelfAttention/relative_attention_bias")
-        names.add(f"{stack}/rms_norm/scale" if key == "mt5.1.1"
-                  else f"{stack}/final_layer_norm/scale")
+        names.add(
+            f"{stack}/rms_norm/scale" if key == "mt5.1.1" else f"{stack}/final_layer_norm/scale"
+        )
         for i in range(L):
             for j, sub in enumerate(subs):
                 prefix = f"{stack}/block_{i:03d}/layer_{j:03d}"
@@ -229,9 +252,11 @@ def test_hf_export_round_trip(ref, tmp_path):
     cls = type(ref.hf)
     hf = cls.from_pretrained(folder).eval()
     with torch.no_grad():
-        logits = hf(input_ids=torch.tensor(ref.ids, dtype=torch.long),
-                    attention_mask=torch.tensor(ref.mask),
-                    decoder_input_ids=torch.tensor(ref.dec, dtype=torch.long)).logits.numpy()
+        logits = hf(
+            input_ids=torch.tensor(ref.ids, dtype=torch.long),
+            attention_mask=torch.tensor(ref.mask),
+            decoder_input_ids=torch.tensor(ref.dec, dtype=torch.long),
+        ).logits.numpy()
     assert_close(logits, ref.logits, tol=1e-5, what=f"{ref.key} exported to transformers")
 
 
@@ -243,16 +268,19 @@ def test_keep_tokens(ref, tmp_path):
     dec = np.where(ref.dec > 0, ref.dec % 41 + 1, 0).astype("int32")
     dec[:, 0] = 0
     with torch.no_grad():
-        expected = ref.hf(input_ids=torch.tensor(old[ids], dtype=torch.long),
-                          attention_mask=torch.tensor(ids != 0),
-                          decoder_input_ids=torch.tensor(old[dec], dtype=torch.long)).logits
+        expected = ref.hf(
+            input_ids=torch.tensor(old[ids], dtype=torch.long),
+            attention_mask=torch.tensor(ids != 0),
+            decoder_input_ids=torch.tensor(old[dec], dtype=torch.long),
+        ).logits
     expected = expected.numpy()[..., old]
     t5 = ours(ref, keep_tokens=keep, with_lm="linear")
     assert_close(to_numpy(t5.model([ids, dec])), expected, what=f"{ref.key} keep_tokens (hf)")
     prefix = str(tmp_path / "model.ckpt")
     loaded(ref).save_weights_as_checkpoint(prefix, naming="google")
-    t5 = build_transformer_model(ref.folder, prefix, model=ref.key, keep_tokens=keep,
-                                 with_lm="linear")
+    t5 = build_transformer_model(
+        ref.folder, prefix, model=ref.key, keep_tokens=keep, with_lm="linear"
+    )
     assert_close(to_numpy(t5([ids, dec])), expected, what=f"{ref.key} keep_tokens (google)")
 
 
@@ -265,9 +293,11 @@ def test_tied_lm_head_saved_by_transformers5(tmp_path):
     hf.save_pretrained(str(tmp_path))
     ids, dec = encoder_batch(), decoder_batch()
     with torch.no_grad():
-        expected = hf(input_ids=torch.tensor(ids, dtype=torch.long),
-                      attention_mask=torch.tensor(ids != 0),
-                      decoder_input_ids=torch.tensor(dec, dtype=torch.long)).logits.numpy()
+        expected = hf(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(ids != 0),
+            decoder_input_ids=torch.tensor(dec, dtype=torch.long),
+        ).logits.numpy()
     model = build_transformer_model(checkpoint_path=str(tmp_path), with_lm="linear")
     assert_close(to_numpy(model([ids, dec])), expected, what="mT5 with tied lm_head")
 
@@ -280,29 +310,38 @@ def test_keras_save_and_load(tmp_path_factory, tmp_path):
     model = loaded(ref).model
     model.save(str(tmp_path / "t5.keras"))
     again = keras.saving.load_model(str(tmp_path / "t5.keras"))
-    assert_close(to_numpy(again([ref.ids, ref.dec])), to_numpy(model([ref.ids, ref.dec])),
-                 tol=0, what="saved and loaded")
+    assert_close(
+        to_numpy(again([ref.ids, ref.dec])),
+        to_numpy(model([ref.ids, ref.dec])),
+        tol=0,
+        what="saved and loaded",
+    )
 
 
 # ------------------------------------------------------------------ pieces
 def test_bucket_ids_match_transformers():
     """Every distance in +-300, both directions, incl. the float boundaries 16/32/64/128."""
     import keras
-
     from transformers.models.t5.modeling_t5 import T5Attention
 
     rel = np.arange(-300, 301)
     for buckets, max_distance in [(32, 128), (16, 20), (64, 256)]:
         for bidirectional in (True, False):
             expected = T5Attention._relative_position_bucket(
-                torch.tensor(rel), bidirectional=bidirectional, num_buckets=buckets,
-                max_distance=max_distance).numpy()
-            layer = RelativePositionEmbeddingT5(buckets, HEADS, max_distance=max_distance,
-                                                bidirectional=bidirectional)
-            got = keras.ops.convert_to_numpy(layer.compute_position_ids(
-                keras.ops.convert_to_tensor(rel.astype("int32"))))
-            np.testing.assert_array_equal(got, expected,
-                                          err_msg=f"{buckets} {max_distance} {bidirectional}")
+                torch.tensor(rel),
+                bidirectional=bidirectional,
+                num_buckets=buckets,
+                max_distance=max_distance,
+            ).numpy()
+            layer = RelativePositionEmbeddingT5(
+                buckets, HEADS, max_distance=max_distance, bidirectional=bidirectional
+            )
+            got = keras.ops.convert_to_numpy(
+                layer.compute_position_ids(keras.ops.convert_to_tensor(rel.astype("int32")))
+            )
+            np.testing.assert_array_equal(
+                got, expected, err_msg=f"{buckets} {max_distance} {bidirectional}"
+            )
 
 
 def test_relative_position_layer_output():
@@ -347,16 +386,29 @@ def test_decoder_self_attention_is_causal(ref):
 def test_lm_and_unilm_refused():
     for application in ("lm", "unilm"):
         with pytest.raises(ValueError, match="not available"):
-            build_transformer_model(None, model="t5", application=application, vocab_size=V,
-                                    hidden_size=H, num_hidden_layers=1,
-                                    num_attention_heads=HEADS, intermediate_size=FF)
+            build_transformer_model(
+                None,
+                model="t5",
+                application=application,
+                vocab_size=V,
+                hidden_size=H,
+                num_hidden_layers=1,
+                num_attention_heads=HEADS,
+                intermediate_size=FF,
+            )
 
 
 def test_model_keys_and_versions():
     from kerasformers.models import MODELS, T5, T5_Decoder, T5_Encoder
 
-    small = dict(vocab_size=V, hidden_size=H, num_hidden_layers=1, num_attention_heads=HEADS,
-                 intermediate_size=FF, return_keras_model=False)
+    small = dict(
+        vocab_size=V,
+        hidden_size=H,
+        num_hidden_layers=1,
+        num_attention_heads=HEADS,
+        intermediate_size=FF,
+        return_keras_model=False,
+    )
     for version in ("t5", "t5.1.0", "t5.1.1", "mt5.1.1"):
         for suffix, cls in (("", T5), ("_encoder", T5_Encoder), ("_decoder", T5_Decoder)):
             assert MODELS[version + suffix] is cls
@@ -379,9 +431,16 @@ def test_public_seq2seq_surface():
 
     assert T5.is_seq2seq and not T5_Encoder.is_seq2seq and not T5_Decoder.is_seq2seq
     assert not BERT.is_seq2seq
-    t5 = build_transformer_model(None, model="t5.1.1", vocab_size=V, hidden_size=H,
-                                 num_hidden_layers=L, num_attention_heads=HEADS,
-                                 intermediate_size=FF, return_keras_model=False)
+    t5 = build_transformer_model(
+        None,
+        model="t5.1.1",
+        vocab_size=V,
+        hidden_size=H,
+        num_hidden_layers=L,
+        num_attention_heads=HEADS,
+        intermediate_size=FF,
+        return_keras_model=False,
+    )
     assert isinstance(t5.encoder_transformer, T5_Encoder)
     assert isinstance(t5.decoder_transformer, T5_Decoder)
     assert t5.encoder is t5.encoder_transformer.model
@@ -397,3 +456,57 @@ def test_public_seq2seq_surface():
     layer = t5.layers["Decoder-Transformer-0-MultiHeadCrossAttention"]
     expected_k = to_numpy(layer.k_dense(context)).reshape(3, 9, HEADS, DKV)
     assert_close(to_numpy(kv[0][0]), expected_k, tol=0, what="k projection")
+
+
+@pytest.mark.parametrize("key", ["t5.1.1", "mt5.1.1", "t5.1.0"])
+def test_scale_decoder_outputs_option(key):
+    """scale_decoder_outputs=True (bert4keras: every version) multiplies the
+    decoder states by hidden_size**-0.5 before the LM head; the default scales
+    only before a tied head (t5.1.0), as transformers."""
+    small = dict(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=24,
+    )
+    tied = key == "t5.1.0"
+
+    def build(**kwargs):
+        return build_transformer_model(None, model=key, return_keras_model=False, **small, **kwargs)
+
+    default, scaled, states = build(), build(scale_decoder_outputs=True), build(with_lm=False)
+    scaled_states = build(with_lm=False, scale_decoder_outputs=True)
+    unscaled = build(scale_decoder_outputs=False)
+    rng = np.random.RandomState(0)
+    values = {
+        w.path: 0.2 * rng.normal(size=w.shape).astype("float32") for w in default.model.weights
+    }
+    for t in (default, scaled, states, scaled_states, unscaled):
+        for w in t.model.weights:
+            w.assign(values[w.path])
+    names = [layer.name for layer in default.decoder.layers]
+    assert ("Decoder-Output-Scale" in names) == tied
+    assert "Decoder-Output-Scale" in [layer.name for layer in scaled.decoder.layers]
+    assert "Decoder-Output-Scale" not in [layer.name for layer in unscaled.decoder.layers]
+    assert default.decoder_transformer.scale_decoder_outputs is tied
+
+    enc = np.array([[5, 6, 7, 8], [9, 10, 1, 0]], "int32")
+    dec = np.array([[0, 11, 12], [0, 13, 0]], "int32")
+    h = to_numpy(states.model.predict([enc, dec], verbose=0)).astype("float64")
+    hs = to_numpy(scaled_states.model.predict([enc, dec], verbose=0))
+    assert_close(hs, h * 16**-0.5, tol=1e-5)
+
+    if tied:
+        kernel = values["Embedding-Token/embeddings"].T
+    else:
+        kernel = values["Decoder-Output-LM/kernel"]
+
+    def softmax(z):
+        z = z - z.max(-1, keepdims=True)
+        return np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+
+    expected = {True: softmax(h * 16**-0.5 @ kernel), False: softmax(h @ kernel)}
+    for t, scale in ((default, tied), (scaled, True), (unscaled, False)):
+        got = to_numpy(t.model.predict([enc, dec], verbose=0))
+        assert_close(got, expected[scale], tol=1e-5)

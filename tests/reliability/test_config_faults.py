@@ -110,12 +110,12 @@ def test_a_keyword_of_another_model_is_refused(model, kwargs):
 
 def test_every_unknown_keyword_is_named_at_once():
     with pytest.raises(TypeError) as info:
-        build(with_mlmm=True, layer_norm_cond=None, zzz=1)
+        build(with_mlmm=True, attention_caches=None, zzz=1)
     message = str(info.value)
     assert "arguments" in message
     for part in (
         "'with_mlmm' (did you mean 'with_mlm'?)",
-        "'layer_norm_cond' (bert4keras)",
+        "'attention_caches' (bert4keras)",
         "'zzz'",
     ):
         assert part in message
