@@ -112,8 +112,12 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
         with_discriminator; keep_tokens, compound_tokens, dropout_rate, ...).
         Unlike config-file keys, every keyword must be an argument of the
         model's constructor: anything else is a TypeError naming it and the
-        closest valid name (bert4keras' layer_norm_cond, additional_input_layers,
-        attention_caches and autoresize_weights say "not supported yet").
+        closest valid name (bert4keras' attention_caches and
+        autoresize_weights say "not supported yet").
+        layer_norm_cond (a Keras tensor, e.g. an Embedding of a class-label
+        Input), layer_norm_cond_hidden_size, layer_norm_cond_hidden_act and
+        additional_input_layers (Inputs appended to the model's inputs): every
+        LayerNorm conditional on it, as bert4keras (see `Transformer`).
         bert4keras' spellings max_position_embeddings, hidden_dropout_prob,
         attention_probs_dropout_prob and type_vocab_size are accepted.
         dtype: a Keras dtype policy for every layer, e.g. 'mixed_bfloat16'.
