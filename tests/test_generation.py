@@ -350,6 +350,9 @@ def test_streamed_text_never_splits_a_character():
         def needs_equal_lengths(self, lengths):
             return False
 
+        def check(self, lengths, max_new_tokens, copies=1):
+            pass  # no model: no positions or cache to bound
+
         def prefill(self, prompts, n):
             return self.logits(0), 0
 
@@ -417,10 +420,13 @@ def test_generation_config_and_overrides(gpt2):
         generate(gpt2.ours, PROMPTS, loop="gpu")
 
 
-def test_keras_model_is_refused(gpt2):
+def test_the_default_keras_model_generates_and_a_foreign_one_is_refused(gpt2):
     model = build_transformer_model(checkpoint_path=gpt2.folder)
-    with pytest.raises(TypeError, match="return_keras_model=False"):
-        generate(model, PROMPTS)
+    np.testing.assert_array_equal(generate(model, PROMPTS, max_new_tokens=4),
+                                  generate(gpt2.ours, PROMPTS, max_new_tokens=4))
+    foreign = keras.Model(model.inputs, model.outputs)
+    with pytest.raises(TypeError, match="build_transformer_model"):
+        generate(foreign, PROMPTS)
 
 
 

@@ -13,8 +13,8 @@ and bert4keras' `AutoRegressiveDecoder`.
 from kerasformers.generation import processors
 from kerasformers.generation.autoregressive import AutoRegressiveDecoder
 from kerasformers.generation.config import GenerationConfig
-from kerasformers.generation.generate import generate, stream_generate
+from kerasformers.generation.generate import check_prompts, generate, stream_generate
 from kerasformers.generation.runner import Runner
 
 __all__ = ["generate", "stream_generate", "GenerationConfig", "AutoRegressiveDecoder",
-           "Runner", "processors"]
+           "Runner", "check_prompts", "processors"]

@@ -29,11 +29,18 @@ LOOPS = ("device", "host")
 def generate(model, inputs, config=None, *, return_scores=False, loop="device", **overrides):
     """Generate new tokens for each prompt.
 
-    model: a model object from `build_transformer_model(..., return_keras_model=False)`:
-        causal LM (gpt, gpt2, gpt2_ml, BERT-family application='lm'), UniLM
+    model: the Keras model `build_transformer_model(...)` returns, or its model
+        object (`return_keras_model=False`): causal LM (gpt, gpt2, gpt2_ml,
+        BERT-family application='lm'), UniLM
         (application='unilm'; prompts are the sources, e.g. [CLS] ... [SEP]) or T5/mT5
         (prompts are encoder inputs; the decoder starts from token 0).
-    inputs: a list of prompts (token id lists, any lengths) or a 2-D array.
+    inputs: a list of prompts (token id lists, any lengths), a 2-D array, or one
+        prompt (a flat list or 1-D array). Checked on the host before anything is
+        compiled (`check_prompts`): integer ids in [0, vocab_size), no empty or nested
+        prompt, and prompt + max_new_tokens within the model's `max_position`
+        (GPT-2: 1024); a key/value cache of more than `Runner.max_cache_elements`
+        (2**31) is refused too, which bounds T5 (no position limit). A ValueError
+        names the prompt, the position and the value.
     config: a `GenerationConfig` (default: its defaults); keyword `overrides` replace
         its fields (`max_new_tokens=`, `num_beams=`, ...: see `GenerationConfig`).
     loop: "device" runs the whole search as one compiled loop (no_repeat_ngram_size
@@ -43,6 +50,11 @@ def generate(model, inputs, config=None, *, return_scores=False, loop="device", 
     the new tokens only (eos included, then padding); with return_scores=True
     also the sequence scores (beam search: transformers' length-penalised sum of
     log-probabilities; otherwise None).
+
+    Compiled loops (jax, tensorflow) are made for max_new_tokens and the batch
+    rounded up to powers of two (the extra rows copy the first prompt and are
+    dropped), at most `Runner.max_loops` kept: 30 different max_new_tokens compile
+    a handful of loops, with the same tokens.
 
     Speed: the first call compiles (jax, tensorflow) or prepares (torch) the
     model's steps, later calls reuse them. On torch (CPU) the layers keep a
@@ -59,13 +71,18 @@ def generate(model, inputs, config=None, *, return_scores=False, loop="device", 
 def stream_generate(model, inputs, tokenizer=None, config=None, **overrides):
     """Yield the new tokens as they are generated (greedy or sampling, on the host).
 
-    Without a tokenizer: one int array [rows] per step (finished rows repeat the
-    pad id). With one (anything with `decode(ids)`), one list of text pieces per
-    step: each row's newly completed text, never a split multi-byte character.
+    model and inputs: as `generate`. Without a tokenizer: one int array [rows] per
+    step (finished rows repeat the pad id). With one (anything with `decode(ids)`),
+    one list of text pieces per step: each row's newly completed text, never a
+    split multi-byte character. A tokenizer with a `vocab_size` smaller than the
+    model's is a ValueError naming both, before the first step (ids it has no
+    token for could be generated).
     """
     config = _config(config, overrides)
     if config.num_beams != 1:
         raise ValueError("streaming needs num_beams=1 (beam search decides at the end)")
+    if tokenizer is not None:
+        _check_tokenizer(tokenizer, _runner(model).vocab_size)
     steps = _generate(model, inputs, config, "host", stream=True)
     if tokenizer is None:
         yield from steps
@@ -96,17 +113,81 @@ def _config(config, overrides):
     return config.replace(**overrides) if overrides else config
 
 
-def _as_prompts(inputs):
-    if isinstance(inputs, np.ndarray) and inputs.ndim == 1:
-        inputs = [inputs]
-    prompts = [np.asarray(p, "int64").reshape(-1) for p in inputs]
-    if not prompts:
+def _runner(model):
+    return model if isinstance(model, Runner) else Runner.of(model)
+
+
+def _check_tokenizer(tokenizer, vocab_size):
+    size = getattr(tokenizer, "vocab_size", None)
+    if size is not None and int(size) < vocab_size:
+        raise ValueError(f"the tokenizer's vocabulary ({int(size)} tokens) is smaller than "
+                         f"the model's ({vocab_size}): ids {int(size)}..{vocab_size - 1} "
+                         "could be generated and have no text; use the model's tokenizer "
+                         "(or build the model with keep_tokens / vocab_size to match)")
+
+
+def check_prompts(inputs, vocab_size):
+    """The prompts as a list of int64 arrays, each checked on the host: integer ids
+    (not float, bool, NaN or text), in [0, vocab_size), none empty or nested. A
+    ValueError (TypeError for text) names the prompt, the position and the value.
+
+    >>> check_prompts([[5, 6], [7]], vocab_size=50)[1]
+    array([7])
+    >>> check_prompts([[5, 60]], vocab_size=50)
+    Traceback (most recent call last):
+    ...
+    ValueError: prompt 0 has token id 60 at position 1: ids must be in [0, 50) (the vocabulary)
+    """
+    if isinstance(inputs, (str, bytes)):
+        raise TypeError("inputs are token ids, not text: encode the text with a tokenizer")
+    if hasattr(inputs, "shape") and not isinstance(inputs, np.ndarray):
+        inputs = np.asarray(inputs)  # a backend tensor
+    if isinstance(inputs, np.ndarray):
+        if inputs.ndim not in (1, 2):
+            raise ValueError(f"inputs must be [rows, length] token ids, got shape "
+                             f"{inputs.shape}")
+        inputs = [inputs] if inputs.ndim == 1 else list(inputs)
+    else:
+        inputs = list(inputs)
+        if inputs and all(isinstance(p, (int, float, np.number)) for p in inputs):
+            inputs = [inputs]  # one prompt, as a 1-D array
+    if not inputs:
         raise ValueError("no inputs: pass a list of prompts (token id lists)")
-    for i, p in enumerate(prompts):
-        if p.size == 0:
-            raise ValueError(f"prompt {i} is empty: generation needs at least one token "
-                             "(e.g. a start token)")
-    return prompts
+    return [_check_prompt(i, p, vocab_size) for i, p in enumerate(inputs)]
+
+
+def _check_prompt(i, prompt, vocab_size):
+    if isinstance(prompt, (str, bytes)):
+        raise TypeError(f"prompt {i} is text ({prompt[:20]!r}): pass token ids "
+                        "(encode the text with a tokenizer)")
+    try:
+        p = np.asarray(prompt)
+    except ValueError:  # numpy refuses ragged nesting
+        raise ValueError(f"prompt {i} is not a flat list of token ids (it nests lists of "
+                         "different lengths)") from None
+    if p.ndim != 1:
+        raise ValueError(f"prompt {i} must be a flat list of token ids, got shape {p.shape}")
+    if p.size == 0:
+        raise ValueError(f"prompt {i} is empty: generation needs at least one token "
+                         "(e.g. a start token)")
+    if p.dtype.kind not in "iu":
+        if p.dtype.kind == "f":
+            nan = np.flatnonzero(np.isnan(p))
+            if nan.size:
+                raise ValueError(f"prompt {i} has NaN at position {nan[0]}: token ids "
+                                 "are integers")
+            j = np.flatnonzero(p != np.round(p))
+            j = j[0] if j.size else 0
+            raise ValueError(f"prompt {i} has {p.dtype} value {p[j].item()!r} at position {j}: "
+                             "token ids must be an integer type (e.g. int32)")
+        raise ValueError(f"prompt {i} has {p.dtype} values ({p[0].item()!r} at position 0): token "
+                         "ids must be integers")
+    bad = np.flatnonzero((p < 0) | (p >= vocab_size))
+    if bad.size:
+        j = bad[0]
+        raise ValueError(f"prompt {i} has token id {int(p[j])} at position {j}: ids must be "
+                         f"in [0, {vocab_size}) (the vocabulary)")
+    return p.astype("int64")
 
 
 class _Search:
@@ -139,9 +220,11 @@ class _Search:
 
 
 def _generate(model, inputs, config, loop, stream):
-    runner = model if isinstance(model, Runner) else Runner.of(model)
-    prompts = _as_prompts(inputs)
+    runner = _runner(model)
+    prompts = check_prompts(inputs, runner.vocab_size)
     config.check_vocabulary(runner.vocab_size)
+    copies = config.num_beams if config.num_beams > 1 else config.num_return_sequences
+    runner.check([len(p) for p in prompts], config.max_new_tokens, copies)
     search = _Search(config, loop)
     # the tokens the processors see: decoder-only and UniLM models see the prompt, T5's
     # decoder its own tokens (from the start token)
@@ -197,10 +280,16 @@ def _prefill(runner, prompts, start, search):
 def _search(runner, prompts, start, search):
     """Greedy, sampling or beam search, compiled on the device or step by step on the
     host; returns (sequences, scores or None)."""
+    n = len(prompts)
+    if not search.on_host():  # a compiled loop per power-of-two batch: pad with row 0
+        extra = runner.batch_rows(n) - n
+        prompts, start = prompts + prompts[:1] * extra, start + start[:1] * extra
     search, cfg, logits, state, seen, start = _prefill(runner, prompts, start, search)
     c = search.config
     if not search.on_host():
         first, second = runner.run_loop(cfg, logits, state, seen, seed=search.seed32)
+        if cfg.num_beams == 1:
+            first = first[:n * c.num_return_sequences]
     elif cfg.num_beams > 1:
         first, second = _beam_steps(runner, search, cfg, logits, state, seen, start)
     else:
@@ -209,7 +298,7 @@ def _search(runner, prompts, start, search):
     if cfg.num_beams == 1:
         return _pad_rows([_until_eos(row, cfg.eos) for row in first], cfg.pad), None
     out, scores = [], []
-    for b in range(len(prompts)):
+    for b in range(n):
         for j in range(c.num_return_sequences):
             out.append(_until_eos(first[b, j], cfg.eos))
             scores.append(second[b, j])

@@ -64,11 +64,14 @@ def picker(cfg, seed=0):
 
 
 # ------------------------------------------------------------- greedy / sampling
-def token_loop(cfg, pick, ban=None):
+def token_loop(cfg, pick, ban=None, limit=None):
     """The body of greedy search / sampling, one token per row and step:
     (start, choose, more). start(logits) -> (tokens [rows, max_new_tokens] of pad,
     finished [rows]); choose(i, tokens, finished, logits, seen) -> (tokens,
-    finished, seen, next tokens [rows]); more(i, finished) -> another model step?"""
+    finished, seen, next tokens [rows]); more(i, finished) -> another model step?
+    `limit` (a tensor <= cfg.max_new_tokens; default cfg.max_new_tokens): the
+    tokens to make, so one compiled loop serves every length up to its width."""
+    limit = cfg.max_new_tokens if limit is None else limit
     def start(logits):
         rows = ops.shape(logits)[0]
         return (ops.full((rows, cfg.max_new_tokens), cfg.pad, dtype="int32"),
@@ -88,13 +91,13 @@ def token_loop(cfg, pick, ban=None):
         return tokens, finished, seen, nxt
 
     def more(i, finished):
-        return ops.logical_and(i < cfg.max_new_tokens - 1, ops.logical_not(ops.all(finished)))
+        return ops.logical_and(i < limit - 1, ops.logical_not(ops.all(finished)))
 
     return start, choose, more
 
 
-def _token_device(step_fn, logits, cache, seen, cfg, pick):
-    start, choose, more = token_loop(cfg, pick)
+def _token_device(step_fn, logits, cache, seen, cfg, pick, limit=None):
+    start, choose, more = token_loop(cfg, pick, limit=limit)
 
     def cond(i, tokens, finished, logits, cache, seen):
         return more(i, finished)
@@ -112,19 +115,19 @@ def _token_device(step_fn, logits, cache, seen, cfg, pick):
     return tokens, i + 1
 
 
-def greedy(step_fn, logits, cache, seen, cfg):
+def greedy(step_fn, logits, cache, seen, cfg, limit=None):
     """Greedy search on the device. logits [rows, vocab] (the prompt's next-token
     logits), seen [rows, vocab] bool (tokens for the repetition penalty; any
     [rows, 1] placeholder without one), step_fn(tokens [rows], cache) -> (logits,
     cache). Returns (tokens [rows, max_new_tokens] with pad after each row's end,
-    steps taken)."""
-    return _token_device(step_fn, logits, cache, seen, cfg, picker(cfg))
+    steps taken); `limit`: see `token_loop`."""
+    return _token_device(step_fn, logits, cache, seen, cfg, picker(cfg), limit)
 
 
-def sample(step_fn, logits, cache, seen, cfg, seed):
+def sample(step_fn, logits, cache, seen, cfg, seed, limit=None):
     """Sampling on the device: Gumbel-max over the warped scores. Same arguments and
     returns as `greedy`, plus an int32 `seed`."""
-    return _token_device(step_fn, logits, cache, seen, cfg, picker(cfg, seed))
+    return _token_device(step_fn, logits, cache, seen, cfg, picker(cfg, seed), limit)
 
 
 def token_steps(step_fn, logits, cache, seen, cfg, pick, ban=None):
@@ -149,15 +152,16 @@ def token_steps(step_fn, logits, cache, seen, cfg, pick, ban=None):
 
 
 # ------------------------------------------------------------------ beam search
-def beam_loop(cfg, top=None, ban=None):
+def beam_loop(cfg, top=None, ban=None, limit=None):
     """The body of transformers' (v5) beam search: (start, select, advance).
     start(logits) -> the search state; select(cur, *state, logits, seen) -> (state,
     done, rows, tokens): the step's hypotheses, whether the search is over, the
     cache rows and tokens of the next step; advance(rows, tokens, cache, seen,
     step_fn, reorder_fn) -> (logits, cache, seen). `top(log_probs [batch, beams *
     vocab], keep)` -> (scores, indices) of the candidates, best first (default
-    `ops.top_k`)."""
+    `ops.top_k`). `limit`: the tokens to make (see `token_loop`)."""
     batch, beams, length = cfg.batch, cfg.num_beams, cfg.max_new_tokens
+    limit = length if limit is None else limit
     keep = max(2, 1 + len(cfg.eos)) * beams
     top_mask = ops.arange(keep) < beams
     offsets = ops.arange(batch, dtype="int32")[:, None] * beams
@@ -185,7 +189,7 @@ def beam_loop(cfg, top=None, ban=None):
         source_beam, token = candidates // vocab, candidates % vocab
         top_sequences = ops.take_along_axis(running, source_beam[:, :, None], axis=1)
         top_sequences = K.slice_update(top_sequences, (0, 0, cur), token[:, :, None])
-        hits = ops.logical_or(P.is_any(token, cfg.eos), cur + 1 >= length)
+        hits = ops.logical_or(P.is_any(token, cfg.eos), cur + 1 >= limit)
         # the running beams for the next step: the best unfinished continuations
         run_scores = top_scores + ops.cast(hits, "float32") * _NEG
         running_scores, nxt = ops.top_k(run_scores, beams)
@@ -208,7 +212,7 @@ def beam_loop(cfg, top=None, ban=None):
         finished = ops.take_along_axis(merged_done, best, axis=-1)
         # stop?
         if cfg.early_stopping == "never" and cfg.length_penalty > 0.0:
-            best_len = ops.convert_to_tensor(float(length))
+            best_len = ops.cast(limit, "float32")
         else:
             best_len = ops.cast(cur + 1, "float32")
         best_running = running_scores[:, :1] / ops.power(best_len, cfg.length_penalty)
@@ -233,12 +237,12 @@ def beam_loop(cfg, top=None, ban=None):
     return start, select, advance
 
 
-def beam_search(step_fn, reorder_fn, logits, cache, seen, cfg):
+def beam_search(step_fn, reorder_fn, logits, cache, seen, cfg, limit=None):
     """Beam search on the device. logits [batch * beams, vocab], cache and seen
     already repeated per beam; reorder_fn(cache, rows) selects cache rows.
     Returns (sequences [batch, beams, max_new_tokens], scores [batch, beams]),
-    best first."""
-    start, select, advance = beam_loop(cfg)
+    best first; `limit`: see `token_loop`."""
+    start, select, advance = beam_loop(cfg, limit=limit)
 
     def cond(cur, *state):
         return ops.logical_not(state[6])

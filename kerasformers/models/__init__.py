@@ -186,6 +186,8 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
                          f"(config_path={config_path!r})")
     transformer = MODEL(**configs)
     transformer.build()
+    # the way back from the Keras model to its Transformer (generate, stream_generate)
+    transformer.model._kerasformers_transformer = transformer
     if checkpoint_path is not None:
         transformer.load_weights_from_checkpoint(checkpoint_path)
     return transformer.model if return_keras_model else transformer
