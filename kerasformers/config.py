@@ -280,6 +280,13 @@ def write_t5(model):
     >>> read_config(config)["hidden_act"]
     ['gelu_new', 'linear']
     """
+    scale = getattr(model, "scale_decoder_outputs", None)  # decoders and the joint model
+    if scale is not None and scale != (model.tie_word_embeddings and bool(model.with_lm)):
+        raise ValueError(
+            f"scale_decoder_outputs={scale} with tie_word_embeddings="
+            f"{model.tie_word_embeddings} has no transformers config (transformers scales "
+            "exactly when the head is tied); save with naming='google' instead"
+        )
     proj = _t5_feed_forward_proj(model.hidden_act, model.gated)
     mt5 = model.version == "mt5.1.1" and not model.tie_word_embeddings
     config = {

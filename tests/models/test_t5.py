@@ -510,3 +510,6 @@ def test_scale_decoder_outputs_option(key):
     for t, scale in ((default, tied), (scaled, True), (unscaled, False)):
         got = to_numpy(t.model.predict([enc, dec], verbose=0))
         assert_close(got, expected[scale], tol=1e-5)
+    with pytest.raises(ValueError, match="no transformers config"):
+        (unscaled if tied else scaled).hf_config()
+    assert default.hf_config()["tie_word_embeddings"] is tied
