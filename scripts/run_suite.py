@@ -78,6 +78,26 @@ def pytest(args, backend, label):
     return proc.returncode, counts
 
 
+STYLE_PATHS = ["kerasformers", "tests", "examples", "benchmarks", "scripts"]
+
+
+def style():
+    """The house style (ruff, configured in pyproject.toml): lint, then formatting."""
+    print("\n=== style (ruff check, ruff format --check) ===", flush=True)
+    worst = 0
+    for args in (["check"], ["format", "--check"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "ruff", *args, *STYLE_PATHS],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        lines = proc.stdout.strip().splitlines()
+        print("\n".join(lines[-30:]) if proc.returncode else (lines[-1] if lines else "ok"))
+        worst = max(worst, proc.returncode)
+    return worst
+
+
 def main():
     extra = sys.argv[1:]
     once = ONCE
@@ -89,7 +109,7 @@ def main():
     runs = [(once + extra, "jax", "backend-independent tests")]
     runs += [(per_backend + extra, b, f"models and layers on {b}") for b in BACKENDS]
     total = {"passed": 0, "failed": 0, "skipped": 0}
-    worst = 0
+    worst = style()
     for args, backend, label in runs:
         code, counts = pytest(args, backend, label)
         worst = max(worst, code if code != 5 else 1)

@@ -34,8 +34,16 @@ def gpt2(tmp_path_factory):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64,
-                        resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    config = GPT2Config(
+        vocab_size=V,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=64,
+        resid_pdrop=0,
+        embd_pdrop=0,
+        attn_pdrop=0,
+    )
     hf = randomize_torch(GPT2LMHeadModel(config), seed=3)
     folder = str(tmp_path_factory.mktemp("gpt2"))
     hf.save_pretrained(folder)
@@ -51,9 +59,19 @@ def t5(request, tmp_path_factory):
     torch.manual_seed(0)
     name = "MT5" if request.param == "mt5" else "T5"
     config = getattr(transformers, f"{name}Config")(
-        vocab_size=V, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        dropout_rate=0.0, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+        vocab_size=V,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        dropout_rate=0.0,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     hf = getattr(transformers, f"{name}ForConditionalGeneration")(config)
     hf = randomize_torch(hf, seed=4)
     folder = str(tmp_path_factory.mktemp(request.param))
@@ -70,11 +88,16 @@ def hf_generate_decoder_only(hf, prompts, **kwargs):
     ids = torch.zeros((len(prompts), width), dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
     with torch.no_grad():
-        out = hf.generate(input_ids=ids, attention_mask=mask, return_dict_in_generate=True,
-                          output_scores=True, **kwargs)
+        out = hf.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            return_dict_in_generate=True,
+            output_scores=True,
+            **kwargs,
+        )
     return out.sequences[:, width:].numpy(), getattr(out, "sequences_scores", None)
 
 
@@ -84,10 +107,15 @@ def hf_generate_seq2seq(hf, prompts, **kwargs):
     width = max(len(p) for p in prompts)
     ids = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, :len(p)] = torch.tensor(p)
+        ids[i, : len(p)] = torch.tensor(p)
     with torch.no_grad():
-        out = hf.generate(input_ids=ids, attention_mask=(ids != 0).long(),
-                          return_dict_in_generate=True, output_scores=True, **kwargs)
+        out = hf.generate(
+            input_ids=ids,
+            attention_mask=(ids != 0).long(),
+            return_dict_in_generate=True,
+            output_scores=True,
+            **kwargs,
+        )
     return out.sequences[:, 1:].numpy(), getattr(out, "sequences_scores", None)
 
 
@@ -103,7 +131,7 @@ def same_tokens(ours, theirs, pad, eos=None):
             for row in a:
                 hits = np.flatnonzero(row == eos)
                 if hits.size:
-                    row[hits[0] + 1:] = pad
+                    row[hits[0] + 1 :] = pad
         return a
 
     np.testing.assert_array_equal(padded(ours), padded(theirs))
@@ -119,25 +147,26 @@ def test_gpt2_greedy_equals_transformers(gpt2):
     same_tokens(ours, theirs, 0)
     # an eos the model actually emits: rows stop there and are padded after it
     eos = int(theirs[0, 3])
-    theirs, _ = hf_generate_decoder_only(gpt2.hf, PROMPTS, max_new_tokens=10,
-                                         eos_token_id=eos, **COMMON)
+    theirs, _ = hf_generate_decoder_only(
+        gpt2.hf, PROMPTS, max_new_tokens=10, eos_token_id=eos, **COMMON
+    )
     ours = generate(gpt2.ours, PROMPTS, max_new_tokens=10, eos_token_id=eos, pad_token_id=0)
     same_tokens(ours, theirs, 0)
     stop = list(ours[0]).index(eos)
-    assert stop <= 3 and (ours[0, stop + 1:] == 0).all()
+    assert stop <= 3 and (ours[0, stop + 1 :] == 0).all()
 
 
 def test_gpt2_batch_equals_one_by_one(gpt2):
     together = generate(gpt2.ours, PROMPTS, max_new_tokens=6)
     for i, prompt in enumerate(PROMPTS):
-        np.testing.assert_array_equal(generate(gpt2.ours, [prompt], max_new_tokens=6)[0],
-                                      together[i])
+        np.testing.assert_array_equal(
+            generate(gpt2.ours, [prompt], max_new_tokens=6)[0], together[i]
+        )
 
 
 def test_t5_greedy_equals_transformers(t5):
     prompts = [[5, 9, 14, 22, 1], [7, 7, 30, 1], [40, 41, 42, 43, 44, 45, 46, 1]]
-    theirs, _ = hf_generate_seq2seq(t5.hf, prompts, max_new_tokens=9, eos_token_id=1,
-                                    **COMMON)
+    theirs, _ = hf_generate_seq2seq(t5.hf, prompts, max_new_tokens=9, eos_token_id=1, **COMMON)
     ours = generate(t5.ours, prompts, max_new_tokens=9, eos_token_id=1, pad_token_id=0)
     same_tokens(ours, theirs, 0)
 
@@ -147,11 +176,15 @@ def test_t5_greedy_equals_transformers(t5):
 def test_gpt2_beam_search_equals_transformers(gpt2, length_penalty):
     greedy, _ = hf_generate_decoder_only(gpt2.hf, PROMPTS, max_new_tokens=8, **COMMON)
     eos = int(greedy[1, 2])  # an eos some beams reach
-    kwargs = dict(max_new_tokens=8, num_beams=4, length_penalty=length_penalty,
-                  eos_token_id=eos, num_return_sequences=2)
+    kwargs = dict(
+        max_new_tokens=8,
+        num_beams=4,
+        length_penalty=length_penalty,
+        eos_token_id=eos,
+        num_return_sequences=2,
+    )
     theirs, their_scores = hf_generate_decoder_only(gpt2.hf, PROMPTS, **COMMON, **kwargs)
-    ours, our_scores = generate(gpt2.ours, PROMPTS, pad_token_id=0, return_scores=True,
-                                **kwargs)
+    ours, our_scores = generate(gpt2.ours, PROMPTS, pad_token_id=0, return_scores=True, **kwargs)
     same_tokens(ours, theirs, 0, eos)
     np.testing.assert_allclose(our_scores, their_scores.numpy(), atol=1e-4, rtol=0)
 
@@ -159,11 +192,9 @@ def test_gpt2_beam_search_equals_transformers(gpt2, length_penalty):
 def test_t5_beam_search_equals_transformers(t5):
     prompts = [[5, 9, 14, 22, 1], [7, 7, 30, 1]]
     for length_penalty in (1.0, 0.6):
-        kwargs = dict(max_new_tokens=7, num_beams=4, length_penalty=length_penalty,
-                      eos_token_id=1)
+        kwargs = dict(max_new_tokens=7, num_beams=4, length_penalty=length_penalty, eos_token_id=1)
         theirs, their_scores = hf_generate_seq2seq(t5.hf, prompts, **COMMON, **kwargs)
-        ours, our_scores = generate(t5.ours, prompts, pad_token_id=0, return_scores=True,
-                                    **kwargs)
+        ours, our_scores = generate(t5.ours, prompts, pad_token_id=0, return_scores=True, **kwargs)
         same_tokens(ours, theirs, 0, 1)
         np.testing.assert_allclose(our_scores, their_scores.numpy(), atol=1e-4, rtol=0)
 
@@ -181,26 +212,53 @@ def test_penalties_inside_generate_equal_transformers(gpt2):
 
 def test_repetition_penalty_in_device_loops_equals_transformers(gpt2):
     """Without no_repeat_ngram the penalty runs inside the compiled loop (greedy and beam)."""
-    for kwargs in (dict(max_new_tokens=12, repetition_penalty=1.8),
-                   dict(max_new_tokens=8, repetition_penalty=1.5, num_beams=3,
-                        length_penalty=0.6)):
+    for kwargs in (
+        dict(max_new_tokens=12, repetition_penalty=1.8),
+        dict(max_new_tokens=8, repetition_penalty=1.5, num_beams=3, length_penalty=0.6),
+    ):
         theirs, _ = hf_generate_decoder_only(gpt2.hf, PROMPTS, **COMMON, **kwargs)
         ours = generate(gpt2.ours, PROMPTS, pad_token_id=0, **kwargs)
         same_tokens(ours, theirs, 0)
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(max_new_tokens=9, min_new_tokens=4),
-    dict(max_new_tokens=9, repetition_penalty=1.3),
-    dict(max_new_tokens=8, num_beams=3, early_stopping=True, num_return_sequences=3),
-    dict(max_new_tokens=8, num_beams=4, early_stopping="never", length_penalty=0.6),
-    dict(max_new_tokens=8, num_beams=2, early_stopping=False, length_penalty=-0.5,
-         min_new_tokens=3, repetition_penalty=1.4),
-    dict(max_new_tokens=8, do_sample=True, top_k=20, top_p=0.9, temperature=1.3, seed=3,
-         min_new_tokens=2, repetition_penalty=1.2, num_return_sequences=2),
-    dict(max_new_tokens=8, do_sample=True, seed=11),
-], ids=["greedy-min", "greedy-penalty", "beam-early", "beam-never", "beam-negative-lp",
-        "sample-warped", "sample"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(max_new_tokens=9, min_new_tokens=4),
+        dict(max_new_tokens=9, repetition_penalty=1.3),
+        dict(max_new_tokens=8, num_beams=3, early_stopping=True, num_return_sequences=3),
+        dict(max_new_tokens=8, num_beams=4, early_stopping="never", length_penalty=0.6),
+        dict(
+            max_new_tokens=8,
+            num_beams=2,
+            early_stopping=False,
+            length_penalty=-0.5,
+            min_new_tokens=3,
+            repetition_penalty=1.4,
+        ),
+        dict(
+            max_new_tokens=8,
+            do_sample=True,
+            top_k=20,
+            top_p=0.9,
+            temperature=1.3,
+            seed=3,
+            min_new_tokens=2,
+            repetition_penalty=1.2,
+            num_return_sequences=2,
+        ),
+        dict(max_new_tokens=8, do_sample=True, seed=11),
+    ],
+    ids=[
+        "greedy-min",
+        "greedy-penalty",
+        "beam-early",
+        "beam-never",
+        "beam-negative-lp",
+        "sample-warped",
+        "sample",
+    ],
+)
 def test_device_loops_equal_host_loops(gpt2, kwargs):
     """The compiled loops give the host loops' sequences and scores (eos hit early)."""
     greedy = generate(gpt2.ours, PROMPTS, max_new_tokens=6)
@@ -227,12 +285,12 @@ def test_processors_on_given_logits():
     histories = list(ids)
     seen = processors.seen_mask(histories, 50)
     cases = [
-        (lp.RepetitionPenaltyLogitsProcessor(1.5),
-         lambda s: processors.repetition_penalty(s, seen, 1.5)),
-        (lp.NoRepeatNGramLogitsProcessor(2),
-         lambda s: processors.no_repeat_ngram(s, histories, 2)),
-        (lp.NoRepeatNGramLogitsProcessor(3),
-         lambda s: processors.no_repeat_ngram(s, histories, 3)),
+        (
+            lp.RepetitionPenaltyLogitsProcessor(1.5),
+            lambda s: processors.repetition_penalty(s, seen, 1.5),
+        ),
+        (lp.NoRepeatNGramLogitsProcessor(2), lambda s: processors.no_repeat_ngram(s, histories, 2)),
+        (lp.NoRepeatNGramLogitsProcessor(3), lambda s: processors.no_repeat_ngram(s, histories, 3)),
         (lp.TemperatureLogitsWarper(0.7), lambda s: processors.temperature_scale(s, 0.7)),
         (lp.TopKLogitsWarper(5), lambda s: processors.top_k_filter(s, 5)),
         (lp.TopPLogitsWarper(0.8), lambda s: processors.top_p_filter(s, 0.8)),
@@ -241,8 +299,7 @@ def test_processors_on_given_logits():
     for theirs, ours in cases:
         expected = theirs(t_ids, t_scores.clone()).numpy()
         got = keras.ops.convert_to_numpy(ours(scores.copy()))
-        np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0,
-                                   err_msg=type(theirs).__name__)
+        np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0, err_msg=type(theirs).__name__)
 
 
 # ---------------------------------------------------------------- sampling, limits
@@ -277,12 +334,20 @@ def test_gumbel_max_draws_follow_the_softmax():
     logits = np.log(np.array([0.5, 0.25, 0.15, 0.1], "float32"))
     noise = keras.ops.convert_to_numpy(draws.uniform(7, 0, (20000, 4)))
     picks = (logits - np.log(-np.log(noise))).argmax(-1)
-    np.testing.assert_allclose(np.bincount(picks, minlength=4) / 20000,
-                               [0.5, 0.25, 0.15, 0.1], atol=0.012)
+    np.testing.assert_allclose(
+        np.bincount(picks, minlength=4) / 20000, [0.5, 0.25, 0.15, 0.1], atol=0.012
+    )
 
 
-@pytest.mark.parametrize("warpers", [dict(temperature=0.7), dict(top_k=7), dict(top_p=0.8),
-                                     dict(temperature=1.3, top_k=20, top_p=0.9)])
+@pytest.mark.parametrize(
+    "warpers",
+    [
+        dict(temperature=0.7),
+        dict(top_k=7),
+        dict(top_p=0.8),
+        dict(temperature=1.3, top_k=20, top_p=0.9),
+    ],
+)
 def test_warp_equals_transformers_warpers(warpers):
     """`warp` (top-p over top-k's values only, as in the loops) equals the processors
     one by one and transformers' warpers in its order."""
@@ -294,13 +359,16 @@ def test_warp_equals_transformers_warpers(warpers):
     scores = (np.random.RandomState(1).normal(size=(4, 50)) * 3).astype("float32")
     temperature, top_k, top_p = (warpers.get(k) for k in ("temperature", "top_k", "top_p"))
     theirs = torch.from_numpy(scores.copy())
-    for warper in ([lp.TemperatureLogitsWarper(temperature)] if temperature else []) + (
-            [lp.TopKLogitsWarper(top_k)] if top_k else []) + (
-            [lp.TopPLogitsWarper(top_p)] if top_p else []):
+    for warper in (
+        ([lp.TemperatureLogitsWarper(temperature)] if temperature else [])
+        + ([lp.TopKLogitsWarper(top_k)] if top_k else [])
+        + ([lp.TopPLogitsWarper(top_p)] if top_p else [])
+    ):
         theirs = warper(None, theirs)
     theirs = theirs.numpy()
-    one_by_one = P.top_p_filter(P.top_k_filter(P.temperature_scale(scores, temperature),
-                                               top_k), top_p)
+    one_by_one = P.top_p_filter(
+        P.top_k_filter(P.temperature_scale(scores, temperature), top_k), top_p
+    )
     for ours in (P.warp(scores, temperature or 1.0, top_k, top_p), one_by_one):
         ours = keras.ops.convert_to_numpy(ours)
         np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(theirs))
@@ -322,11 +390,13 @@ def test_sampling_is_reproducible_with_a_seed(gpt2):
 def test_min_new_tokens(gpt2):
     first = generate(gpt2.ours, PROMPTS, max_new_tokens=1)[:, 0]
     eos = int(first[0])  # the most likely first token of row 0
-    out = generate(gpt2.ours, PROMPTS, max_new_tokens=6, min_new_tokens=4, eos_token_id=eos,
-                   pad_token_id=0)
+    out = generate(
+        gpt2.ours, PROMPTS, max_new_tokens=6, min_new_tokens=4, eos_token_id=eos, pad_token_id=0
+    )
     assert (out[:, :4] != eos).all()
-    theirs, _ = hf_generate_decoder_only(gpt2.hf, PROMPTS, max_new_tokens=6, min_new_tokens=4,
-                                         eos_token_id=eos, **COMMON)
+    theirs, _ = hf_generate_decoder_only(
+        gpt2.hf, PROMPTS, max_new_tokens=6, min_new_tokens=4, eos_token_id=eos, **COMMON
+    )
     same_tokens(out, theirs, 0)
 
 
@@ -374,26 +444,37 @@ def test_streamed_text_never_splits_a_character():
 
 
 def test_unilm_batch_equals_one_by_one():
-    unilm = build_transformer_model(None, model="bert", application="unilm", vocab_size=V,
-                                    hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                    intermediate_size=48, return_keras_model=False)
+    unilm = build_transformer_model(
+        None,
+        model="bert",
+        application="unilm",
+        vocab_size=V,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        return_keras_model=False,
+    )
     sources = [[2, 11, 12, 13, 3], [2, 20, 3], [2, 30, 31, 32, 33, 34, 3]]
     together = generate(unilm, sources, max_new_tokens=5, num_beams=3)
     for i, source in enumerate(sources):
         alone = generate(unilm, [source], max_new_tokens=5, num_beams=3)
-        np.testing.assert_array_equal(alone[0], together[i][:alone.shape[1]])
+        np.testing.assert_array_equal(alone[0], together[i][: alone.shape[1]])
 
 
 # ---------------------------------------------------------------- bad input
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(inputs=[[]]), "prompt 0 is empty"),
-    (dict(inputs=[[1] * 60], max_new_tokens=10), "exceed the model's 64 positions"),
-    (dict(num_beams=0), "num_beams must be >= 1"),
-    (dict(top_p=1.5, do_sample=True), "top_p must be in"),
-    (dict(top_p=0.0, do_sample=True), "top_p must be in"),
-    (dict(eos_token_id=V + 5), "not in the vocabulary"),
-    (dict(max_new_tokens=0), "max_new_tokens must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(inputs=[[]]), "prompt 0 is empty"),
+        (dict(inputs=[[1] * 60], max_new_tokens=10), "exceed the model's 64 positions"),
+        (dict(num_beams=0), "num_beams must be >= 1"),
+        (dict(top_p=1.5, do_sample=True), "top_p must be in"),
+        (dict(top_p=0.0, do_sample=True), "top_p must be in"),
+        (dict(eos_token_id=V + 5), "not in the vocabulary"),
+        (dict(max_new_tokens=0), "max_new_tokens must be"),
+    ],
+)
 def test_bad_input_is_a_clear_error(gpt2, kwargs, message):
     kwargs = {"inputs": PROMPTS, **kwargs}
     with pytest.raises(ValueError, match=message):
@@ -407,7 +488,8 @@ def test_generation_config_and_overrides(gpt2):
     assert config.eos_ids == [4, 7] and config.pad == 4
     np.testing.assert_array_equal(
         generate(gpt2.ours, PROMPTS, config, num_beams=2),
-        generate(gpt2.ours, PROMPTS, max_new_tokens=5, num_beams=2, eos_token_id=[4, 7]))
+        generate(gpt2.ours, PROMPTS, max_new_tokens=5, num_beams=2, eos_token_id=[4, 7]),
+    )
     with pytest.raises(TypeError, match="unknown generation arguments: beams, topk"):
         generate(gpt2.ours, PROMPTS, beams=2, topk=3)
     with pytest.raises(TypeError, match="unknown generation arguments: beams"):
@@ -422,12 +504,12 @@ def test_generation_config_and_overrides(gpt2):
 
 def test_the_default_keras_model_generates_and_a_foreign_one_is_refused(gpt2):
     model = build_transformer_model(checkpoint_path=gpt2.folder)
-    np.testing.assert_array_equal(generate(model, PROMPTS, max_new_tokens=4),
-                                  generate(gpt2.ours, PROMPTS, max_new_tokens=4))
+    np.testing.assert_array_equal(
+        generate(model, PROMPTS, max_new_tokens=4), generate(gpt2.ours, PROMPTS, max_new_tokens=4)
+    )
     foreign = keras.Model(model.inputs, model.outputs)
     with pytest.raises(TypeError, match="build_transformer_model"):
         generate(foreign, PROMPTS)
-
 
 
 # ---------------------------------------------------------------- bert4keras-style API
@@ -436,9 +518,17 @@ def test_autoregressive_decoder_equals_generate():
     step) gives generate's tokens: greedy beam search (topk=1) and topk=1 sampling."""
     from kerasformers.generation import AutoRegressiveDecoder
 
-    unilm = build_transformer_model(None, model="bert", application="unilm", vocab_size=V,
-                                    hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                    intermediate_size=48, return_keras_model=False)
+    unilm = build_transformer_model(
+        None,
+        model="bert",
+        application="unilm",
+        vocab_size=V,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        return_keras_model=False,
+    )
     source = [2, 11, 12, 13, 3]
     expected = list(generate(unilm, [source], max_new_tokens=6, eos_token_id=3)[0])
     end = expected[-1] if 3 in expected else None

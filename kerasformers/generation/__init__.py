@@ -16,5 +16,12 @@ from kerasformers.generation.config import GenerationConfig
 from kerasformers.generation.generate import check_prompts, generate, stream_generate
 from kerasformers.generation.runner import Runner
 
-__all__ = ["generate", "stream_generate", "GenerationConfig", "AutoRegressiveDecoder",
-           "Runner", "check_prompts", "processors"]
+__all__ = [
+    "generate",
+    "stream_generate",
+    "GenerationConfig",
+    "AutoRegressiveDecoder",
+    "Runner",
+    "check_prompts",
+    "processors",
+]

@@ -87,9 +87,10 @@ class AutoRegressiveDecoder:
         from kerasformers.layers import TokenSelect
 
         if model not in self.models:
-            outputs = [TokenSelect(index=-1)(output)
-                       for output in (model.outputs if len(model.outputs) > 1 else
-                                      [model.output])]
+            outputs = [
+                TokenSelect(index=-1)(output)
+                for output in (model.outputs if len(model.outputs) > 1 else [model.output])
+            ]
             outputs = outputs[0] if len(outputs) == 1 else outputs
             self.models[model] = keras.Model(model.inputs, outputs)
         return self.models[model]
@@ -125,8 +126,9 @@ class AutoRegressiveDecoder:
                     topk = int(flag.sum())
         return output_ids[output_scores.argmax()]
 
-    def random_sample(self, inputs, n, topk=None, topp=None, states=None, temperature=1,
-                      min_ends=1, seed=None):
+    def random_sample(
+        self, inputs, n, topk=None, topp=None, states=None, temperature=1, min_ends=1, seed=None
+    ):
         """n samples (top-k and/or nucleus filtering); returns a list of output ids.
         `seed` (an addition) makes the draws reproducible."""
         rng = np.random.default_rng(seed)

@@ -29,6 +29,7 @@ class GenerationConfig:
     the rest (default: the first eos id, else 0). early_stopping (beam search):
     False, True or "never", as transformers. seed: sampling's seed (None: random).
     """
+
     max_new_tokens: int = 20
     min_new_tokens: int = 0
     do_sample: bool = False
@@ -80,8 +81,7 @@ def _check(c, vocab_size=None):
     if c.max_new_tokens is None or int(c.max_new_tokens) < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {c.max_new_tokens!r}")
     if c.min_new_tokens < 0 or c.min_new_tokens > c.max_new_tokens:
-        raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got "
-                         f"{c.min_new_tokens}")
+        raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got {c.min_new_tokens}")
     if c.num_beams is None or int(c.num_beams) < 1:
         raise ValueError(f"num_beams must be >= 1, got {c.num_beams!r}")
     if c.top_p is not None and not 0.0 < c.top_p <= 1.0:
@@ -95,9 +95,9 @@ def _check(c, vocab_size=None):
     if vocab_size is not None:
         for e in c.eos_ids:
             if not 0 <= e < vocab_size:
-                raise ValueError(f"eos_token_id {e} is not in the vocabulary "
-                                 f"(size {vocab_size})")
+                raise ValueError(f"eos_token_id {e} is not in the vocabulary (size {vocab_size})")
     k = c.num_return_sequences
     if k < 1 or (not c.do_sample and k > c.num_beams):
-        raise ValueError(f"num_return_sequences ({k}) must be in "
-                         f"[1, num_beams ({c.num_beams})] without sampling")
+        raise ValueError(
+            f"num_return_sequences ({k}) must be in [1, num_beams ({c.num_beams})] without sampling"
+        )

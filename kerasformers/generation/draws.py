@@ -27,8 +27,9 @@ def uniform(seed, step, shape):
     """Uniform floats in (0, 1), [rows, columns] = shape, a pure function of (seed,
     step, row, column)."""
     rows, columns = shape
-    key = _hash(ops.bitwise_xor(_hash(ops.cast(step, "int32") + 0x632BE5AB),
-                                ops.cast(seed, "int32")))
+    key = _hash(
+        ops.bitwise_xor(_hash(ops.cast(step, "int32") + 0x632BE5AB), ops.cast(seed, "int32"))
+    )
     counter = ops.reshape(ops.arange(rows * columns, dtype="int32"), (rows, columns))
     bits = _hash(_hash(ops.bitwise_xor(counter, key)) + key)
     return (ops.cast(_shr(bits, 8), "float32") + 0.5) / 16777216.0

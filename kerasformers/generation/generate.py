@@ -10,9 +10,12 @@
 >>> out.shape
 (2, 4)
 >>> config = GenerationConfig(max_new_tokens=4, num_beams=2)
->>> generate(gpt, [[5, 6, 7]], config).shape == generate(gpt, [[5, 6, 7]], config, loop="host").shape
+>>> device = generate(gpt, [[5, 6, 7]], config)
+>>> device.shape == generate(gpt, [[5, 6, 7]], config, loop="host").shape
 True
 """
+
+import warnings
 
 import numpy as np
 from keras import ops
@@ -75,14 +78,14 @@ def stream_generate(model, inputs, tokenizer=None, config=None, **overrides):
     step (finished rows repeat the pad id). With one (anything with `decode(ids)`),
     one list of text pieces per step: each row's newly completed text, never a
     split multi-byte character. A tokenizer with a `vocab_size` smaller than the
-    model's is a ValueError naming both, before the first step (ids it has no
-    token for could be generated).
+    model's (real T5 checkpoints pad their embedding past the SentencePiece vocabulary)
+    gives a warning naming both sizes at the start, and a ValueError naming the id if
+    one it has no text for is generated.
     """
     config = _config(config, overrides)
     if config.num_beams != 1:
         raise ValueError("streaming needs num_beams=1 (beam search decides at the end)")
-    if tokenizer is not None:
-        _check_tokenizer(tokenizer, _runner(model).vocab_size)
+    limit = None if tokenizer is None else _check_tokenizer(tokenizer, _runner(model).vocab_size)
     steps = _generate(model, inputs, config, "host", stream=True)
     if tokenizer is None:
         yield from steps
@@ -94,12 +97,17 @@ def stream_generate(model, inputs, tokenizer=None, config=None, **overrides):
         pieces = []
         for row, token in enumerate(step):
             if token is not None:
+                if limit is not None and int(token) >= limit:
+                    raise ValueError(
+                        f"row {row} generated id {int(token)}, which the "
+                        f"tokenizer ({limit} tokens) has no text for"
+                    )
                 tokens[row].append(int(token))
             text = tokenizer.decode(tokens[row])
             if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for more bytes
                 pieces.append("")
                 continue
-            pieces.append(text[len(emitted[row]):])
+            pieces.append(text[len(emitted[row]) :])
             emitted[row] = text
         yield pieces
 
@@ -108,8 +116,10 @@ def _config(config, overrides):
     if config is None:
         config = GenerationConfig()
     elif not isinstance(config, GenerationConfig):
-        raise TypeError(f"config must be a GenerationConfig, got {type(config).__name__} "
-                        "(pass the settings by keyword: max_new_tokens=...)")
+        raise TypeError(
+            f"config must be a GenerationConfig, got {type(config).__name__} "
+            "(pass the settings by keyword: max_new_tokens=...)"
+        )
     return config.replace(**overrides) if overrides else config
 
 
@@ -118,12 +128,19 @@ def _runner(model):
 
 
 def _check_tokenizer(tokenizer, vocab_size):
+    """The tokenizer's size if it is smaller than the model's vocabulary (with a warning:
+    real T5/mT5 checkpoints pad their embedding past the SentencePiece vocabulary), else
+    None."""
     size = getattr(tokenizer, "vocab_size", None)
-    if size is not None and int(size) < vocab_size:
-        raise ValueError(f"the tokenizer's vocabulary ({int(size)} tokens) is smaller than "
-                         f"the model's ({vocab_size}): ids {int(size)}..{vocab_size - 1} "
-                         "could be generated and have no text; use the model's tokenizer "
-                         "(or build the model with keep_tokens / vocab_size to match)")
+    if size is None or int(size) >= vocab_size:
+        return None
+    warnings.warn(
+        f"the tokenizer's vocabulary ({int(size)} tokens) is smaller than the "
+        f"model's ({vocab_size}): if one of the ids {int(size)}..{vocab_size - 1} "
+        "is generated, stream_generate raises (it has no text)",
+        stacklevel=3,
+    )
+    return int(size)
 
 
 def check_prompts(inputs, vocab_size):
@@ -144,8 +161,7 @@ def check_prompts(inputs, vocab_size):
         inputs = np.asarray(inputs)  # a backend tensor
     if isinstance(inputs, np.ndarray):
         if inputs.ndim not in (1, 2):
-            raise ValueError(f"inputs must be [rows, length] token ids, got shape "
-                             f"{inputs.shape}")
+            raise ValueError(f"inputs must be [rows, length] token ids, got shape {inputs.shape}")
         inputs = [inputs] if inputs.ndim == 1 else list(inputs)
     else:
         inputs = list(inputs)
@@ -158,35 +174,44 @@ def check_prompts(inputs, vocab_size):
 
 def _check_prompt(i, prompt, vocab_size):
     if isinstance(prompt, (str, bytes)):
-        raise TypeError(f"prompt {i} is text ({prompt[:20]!r}): pass token ids "
-                        "(encode the text with a tokenizer)")
+        raise TypeError(
+            f"prompt {i} is text ({prompt[:20]!r}): pass token ids "
+            "(encode the text with a tokenizer)"
+        )
     try:
         p = np.asarray(prompt)
     except ValueError:  # numpy refuses ragged nesting
-        raise ValueError(f"prompt {i} is not a flat list of token ids (it nests lists of "
-                         "different lengths)") from None
+        raise ValueError(
+            f"prompt {i} is not a flat list of token ids (it nests lists of different lengths)"
+        ) from None
     if p.ndim != 1:
         raise ValueError(f"prompt {i} must be a flat list of token ids, got shape {p.shape}")
     if p.size == 0:
-        raise ValueError(f"prompt {i} is empty: generation needs at least one token "
-                         "(e.g. a start token)")
+        raise ValueError(
+            f"prompt {i} is empty: generation needs at least one token (e.g. a start token)"
+        )
     if p.dtype.kind not in "iu":
         if p.dtype.kind == "f":
             nan = np.flatnonzero(np.isnan(p))
             if nan.size:
-                raise ValueError(f"prompt {i} has NaN at position {nan[0]}: token ids "
-                                 "are integers")
+                raise ValueError(f"prompt {i} has NaN at position {nan[0]}: token ids are integers")
             j = np.flatnonzero(p != np.round(p))
             j = j[0] if j.size else 0
-            raise ValueError(f"prompt {i} has {p.dtype} value {p[j].item()!r} at position {j}: "
-                             "token ids must be an integer type (e.g. int32)")
-        raise ValueError(f"prompt {i} has {p.dtype} values ({p[0].item()!r} at position 0): token "
-                         "ids must be integers")
+            raise ValueError(
+                f"prompt {i} has {p.dtype} value {p[j].item()!r} at position {j}: "
+                "token ids must be an integer type (e.g. int32)"
+            )
+        raise ValueError(
+            f"prompt {i} has {p.dtype} values ({p[0].item()!r} at position 0): token "
+            "ids must be integers"
+        )
     bad = np.flatnonzero((p < 0) | (p >= vocab_size))
     if bad.size:
         j = bad[0]
-        raise ValueError(f"prompt {i} has token id {int(p[j])} at position {j}: ids must be "
-                         f"in [0, {vocab_size}) (the vocabulary)")
+        raise ValueError(
+            f"prompt {i} has token id {int(p[j])} at position {j}: ids must be "
+            f"in [0, {vocab_size}) (the vocabulary)"
+        )
     return p.astype("int64")
 
 
@@ -202,21 +227,27 @@ class _Search:
 
     def on_host(self):
         c = self.config
-        return (self.loop == "host" or bool(c.no_repeat_ngram_size)
-                or (c.do_sample and c.num_beams > 1))
+        return (
+            self.loop == "host" or bool(c.no_repeat_ngram_size) or (c.do_sample and c.num_beams > 1)
+        )
 
     def loop_config(self, batch):
         c = self.config
-        return LoopConfig(max_new_tokens=int(c.max_new_tokens),
-                          min_new_tokens=int(c.min_new_tokens),
-                          repetition_penalty=float(c.repetition_penalty),
-                          eos=tuple(c.eos_ids), pad=int(c.pad), num_beams=int(c.num_beams),
-                          length_penalty=float(c.length_penalty),
-                          early_stopping=c.early_stopping, batch=batch,
-                          do_sample=bool(c.do_sample) and int(c.num_beams) == 1,
-                          temperature=float(c.temperature or 1.0),
-                          top_k=int(c.top_k) if c.top_k else None,
-                          top_p=None if c.top_p is None else float(c.top_p))
+        return LoopConfig(
+            max_new_tokens=int(c.max_new_tokens),
+            min_new_tokens=int(c.min_new_tokens),
+            repetition_penalty=float(c.repetition_penalty),
+            eos=tuple(c.eos_ids),
+            pad=int(c.pad),
+            num_beams=int(c.num_beams),
+            length_penalty=float(c.length_penalty),
+            early_stopping=c.early_stopping,
+            batch=batch,
+            do_sample=bool(c.do_sample) and int(c.num_beams) == 1,
+            temperature=float(c.temperature or 1.0),
+            top_k=int(c.top_k) if c.top_k else None,
+            top_p=None if c.top_p is None else float(c.top_p),
+        )
 
 
 def _generate(model, inputs, config, loop, stream):
@@ -235,8 +266,10 @@ def _generate(model, inputs, config, loop, stream):
     lengths = [len(p) for p in prompts]
     if runner.needs_equal_lengths(lengths):
         if stream:
-            raise ValueError("streaming a batch of different prompt lengths needs a model "
-                             "without relative positions; stream one prompt at a time")
+            raise ValueError(
+                "streaming a batch of different prompt lengths needs a model "
+                "without relative positions; stream one prompt at a time"
+            )
         groups = {}
         for i, n in enumerate(lengths):
             groups.setdefault(n, []).append(i)
@@ -244,13 +277,14 @@ def _generate(model, inputs, config, loop, stream):
         scores = [None] * len(prompts)
         k = config.num_return_sequences
         for rows in groups.values():
-            seq, sc = _search(runner, [prompts[i] for i in rows], [start[i] for i in rows],
-                              search)
+            seq, sc = _search(runner, [prompts[i] for i in rows], [start[i] for i in rows], search)
             for j, i in enumerate(rows):
-                results[i] = seq[j * k:(j + 1) * k]
-                scores[i] = None if sc is None else sc[j * k:(j + 1) * k]
-        yield _pad_rows([r for rs in results for r in rs], config.pad), (
-            None if scores[0] is None else np.concatenate(scores))
+                results[i] = seq[j * k : (j + 1) * k]
+                scores[i] = None if sc is None else sc[j * k : (j + 1) * k]
+        yield (
+            _pad_rows([r for rs in results for r in rs], config.pad),
+            (None if scores[0] is None else np.concatenate(scores)),
+        )
         return
     if stream:
         for _, tokens, before in _token_steps(runner, *_prefill(runner, prompts, start, search)):
@@ -289,7 +323,7 @@ def _search(runner, prompts, start, search):
     if not search.on_host():
         first, second = runner.run_loop(cfg, logits, state, seen, seed=search.seed32)
         if cfg.num_beams == 1:
-            first = first[:n * c.num_return_sequences]
+            first = first[: n * c.num_return_sequences]
     elif cfg.num_beams > 1:
         first, second = _beam_steps(runner, search, cfg, logits, state, seen, start)
     else:
@@ -324,38 +358,59 @@ def _ngram_ban(n, start):
 
 
 def _token_steps(runner, search, cfg, logits, state, seen, start):
-    return loops.token_steps(_host_step(runner), logits, state, seen, cfg,
-                             loops.picker(cfg, search.seed32),
-                             _ngram_ban(search.config.no_repeat_ngram_size, start))
+    return loops.token_steps(
+        _host_step(runner),
+        logits,
+        state,
+        seen,
+        cfg,
+        loops.picker(cfg, search.seed32),
+        _ngram_ban(search.config.no_repeat_ngram_size, start),
+    )
 
 
 def _beam_steps(runner, search, cfg, logits, state, seen, start):
     top = None
     if search.config.do_sample:  # beam sampling: `keep` candidates drawn without replacement
+
         def top(log_probs, keep):
             log_probs = ops.convert_to_numpy(log_probs)
             probs = ops.convert_to_numpy(ops.softmax(log_probs, axis=-1))
-            picks = np.stack([search.rng.choice(probs.shape[-1], keep, replace=False,
-                                                p=p / p.sum()) for p in probs])
-            return (ops.convert_to_tensor(np.take_along_axis(log_probs, picks, axis=-1)),
-                    ops.convert_to_tensor(picks))
+            picks = np.stack(
+                [
+                    search.rng.choice(probs.shape[-1], keep, replace=False, p=p / p.sum())
+                    for p in probs
+                ]
+            )
+            return (
+                ops.convert_to_tensor(np.take_along_axis(log_probs, picks, axis=-1)),
+                ops.convert_to_tensor(picks),
+            )
 
     def reorder(state, rows):
         return runner.reorder(state, ops.convert_to_numpy(rows))
 
-    return loops.beam_steps(_host_step(runner), reorder, logits, state, seen, cfg, top=top,
-                            ban=_ngram_ban(search.config.no_repeat_ngram_size, start))
+    return loops.beam_steps(
+        _host_step(runner),
+        reorder,
+        logits,
+        state,
+        seen,
+        cfg,
+        top=top,
+        ban=_ngram_ban(search.config.no_repeat_ngram_size, start),
+    )
 
 
 def _until_eos(row, eos):
     """The tokens up to and including the first eos id (all of them without one)."""
     hits = np.flatnonzero(np.isin(row, eos)) if eos else []
-    return list(row[:hits[0] + 1] if len(hits) else row)
+    return list(row[: hits[0] + 1] if len(hits) else row)
 
 
 def _pad_rows(rows, pad):
     width = max([len(r) for r in rows] + [1])
     out = np.full((len(rows), width), pad, "int64")
     for i, r in enumerate(rows):
-        out[i, :len(r)] = r
+        out[i, : len(r)] = r
     return out

@@ -32,10 +32,25 @@ from kerasformers.generation import processors as P
 from kerasformers.generation.draws import gumbel_max, uniform  # noqa: F401 (uniform: API)
 
 #: the static settings a loop is specialised for (a compiled loop per value)
-LoopConfig = namedtuple("LoopConfig", [
-    "max_new_tokens", "min_new_tokens", "repetition_penalty", "eos", "pad", "num_beams",
-    "length_penalty", "early_stopping", "batch", "do_sample", "temperature", "top_k",
-    "top_p"], defaults=(False, 1.0, None, None))
+LoopConfig = namedtuple(
+    "LoopConfig",
+    [
+        "max_new_tokens",
+        "min_new_tokens",
+        "repetition_penalty",
+        "eos",
+        "pad",
+        "num_beams",
+        "length_penalty",
+        "early_stopping",
+        "batch",
+        "do_sample",
+        "temperature",
+        "top_k",
+        "top_p",
+    ],
+    defaults=(False, 1.0, None, None),
+)
 
 _NEG = -1e9
 
@@ -59,8 +74,9 @@ def picker(cfg, seed=0):
     Gumbel-max draw from the warped scores."""
     if not cfg.do_sample:
         return lambda scores, i: ops.argmax(scores, axis=-1)
-    return lambda scores, i: gumbel_max(P.warp(scores, cfg.temperature, cfg.top_k, cfg.top_p),
-                                        seed, i)
+    return lambda scores, i: gumbel_max(
+        P.warp(scores, cfg.temperature, cfg.top_k, cfg.top_p), seed, i
+    )
 
 
 # ------------------------------------------------------------- greedy / sampling
@@ -72,10 +88,13 @@ def token_loop(cfg, pick, ban=None, limit=None):
     `limit` (a tensor <= cfg.max_new_tokens; default cfg.max_new_tokens): the
     tokens to make, so one compiled loop serves every length up to its width."""
     limit = cfg.max_new_tokens if limit is None else limit
+
     def start(logits):
         rows = ops.shape(logits)[0]
-        return (ops.full((rows, cfg.max_new_tokens), cfg.pad, dtype="int32"),
-                ops.zeros((rows,), dtype="bool"))
+        return (
+            ops.full((rows, cfg.max_new_tokens), cfg.pad, dtype="int32"),
+            ops.zeros((rows,), dtype="bool"),
+        )
 
     def choose(i, tokens, finished, logits, seen):
         scores = _process(ops.cast(logits, "float32"), seen, i, cfg)
@@ -109,7 +128,8 @@ def _token_device(step_fn, logits, cache, seen, cfg, pick, limit=None):
 
     i = ops.convert_to_tensor(0, dtype="int32")
     i, tokens, finished, logits, cache, seen = ops.while_loop(
-        cond, body, (i, *start(logits), logits, cache, seen))
+        cond, body, (i, *start(logits), logits, cache, seen)
+    )
     # the last token needs no model call (if every row has ended it writes padding)
     tokens, _, _, _ = choose(i, tokens, finished, logits, seen)
     return tokens, i + 1
@@ -143,8 +163,11 @@ def token_steps(step_fn, logits, cache, seen, cfg, pick, ban=None):
             return
         before = finished
         tokens, finished, seen, nxt = choose(i, tokens, finished, logits, seen)
-        yield (ops.convert_to_numpy(tokens), ops.convert_to_numpy(nxt),
-               ops.convert_to_numpy(before))
+        yield (
+            ops.convert_to_numpy(tokens),
+            ops.convert_to_numpy(nxt),
+            ops.convert_to_numpy(before),
+        )
         if not go_on:
             return
         logits, cache = step_fn(nxt, cache)
@@ -171,17 +194,25 @@ def beam_loop(cfg, top=None, ban=None, limit=None):
         running = ops.full((batch, beams, length), cfg.pad, dtype="int32")
         first = ops.cast(ops.arange(beams) == 0, "float32")
         running_scores = ops.tile(((1.0 - first) * _NEG)[None, :], (batch, 1))
-        return (running, running_scores, running, ops.full((batch, beams), _NEG, "float32"),
-                ops.zeros((batch, beams), dtype="bool"), ops.ones((batch, 1), dtype="bool"))
+        return (
+            running,
+            running_scores,
+            running,
+            ops.full((batch, beams), _NEG, "float32"),
+            ops.zeros((batch, beams), dtype="bool"),
+            ops.ones((batch, 1), dtype="bool"),
+        )
 
-    def select(cur, running, running_scores, sequences, beam_scores, finished, improvable,
-               logits, seen):
+    def select(
+        cur, running, running_scores, sequences, beam_scores, finished, improvable, logits, seen
+    ):
         vocab = ops.shape(logits)[-1]
         log_probs = ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
         log_probs = _process(log_probs, seen, cur, cfg)
         if ban is not None:
             log_probs = ops.convert_to_tensor(
-                ban(log_probs, cur, ops.reshape(running, (batch * beams, length))))
+                ban(log_probs, cur, ops.reshape(running, (batch * beams, length)))
+            )
         log_probs = ops.reshape(log_probs, (batch, beams, vocab)) + running_scores[:, :, None]
         log_probs = ops.reshape(log_probs, (batch, beams * vocab))
         top_scores, candidates = top(log_probs, keep)
@@ -218,7 +249,8 @@ def beam_loop(cfg, top=None, ban=None, limit=None):
         best_running = running_scores[:, :1] / ops.power(best_len, cfg.length_penalty)
         worst_done = ops.where(finished, ops.min(beam_scores, axis=-1, keepdims=True), _NEG)
         improvable = ops.logical_and(
-            improvable, ops.any(best_running > worst_done, axis=-1, keepdims=True))
+            improvable, ops.any(best_running > worst_done, axis=-1, keepdims=True)
+        )
         keep_going = ops.logical_and(ops.any(improvable), ops.logical_not(ops.all(hits)))
         if cfg.early_stopping is True:
             keep_going = ops.logical_and(keep_going, ops.logical_not(ops.all(finished)))
@@ -255,8 +287,9 @@ def beam_search(step_fn, reorder_fn, logits, cache, seen, cfg, limit=None):
         return (cur + 1, *state, done, logits, cache, seen)
 
     cur = ops.convert_to_tensor(0, dtype="int32")
-    state = ops.while_loop(cond, body, (cur, *start(logits), ops.convert_to_tensor(False),
-                                        logits, cache, seen))
+    state = ops.while_loop(
+        cond, body, (cur, *start(logits), ops.convert_to_tensor(False), logits, cache, seen)
+    )
     return state[3], state[4]
 
 

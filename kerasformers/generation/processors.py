@@ -64,10 +64,10 @@ def banned_ngram_tokens(history, n):
     history = list(history)
     if n <= 0 or len(history) + 1 < n:
         return []
-    prefix = tuple(history[len(history) - n + 1:]) if n > 1 else ()
+    prefix = tuple(history[len(history) - n + 1 :]) if n > 1 else ()
     banned = []
     for i in range(len(history) - n + 1):
-        if tuple(history[i:i + n - 1]) == prefix:
+        if tuple(history[i : i + n - 1]) == prefix:
             banned.append(history[i + n - 1])
     return banned
 
@@ -96,7 +96,7 @@ def _top_k(scores, top_k):
     scores = ops.convert_to_tensor(scores)
     k = min(int(top_k), ops.shape(scores)[-1])
     top = ops.top_k(scores, k)[0]
-    return ops.where(scores < top[:, k - 1:k], float("-inf"), scores), top
+    return ops.where(scores < top[:, k - 1 : k], float("-inf"), scores), top
 
 
 def top_k_filter(scores, top_k):

@@ -24,9 +24,11 @@ from kerasformers.layers import RelativePositionEmbedding
 
 #: backend -> the module whose `compile_fn(fn, variables)` compiles generation's calls
 #: (imported on first use: no backend imports another's framework)
-_COMPILERS = {"jax": "kerasformers.backends.jax.compile",
-              "tensorflow": "kerasformers.backends.tensorflow.compile",
-              "torch": "kerasformers.backends.torch.compile"}
+_COMPILERS = {
+    "jax": "kerasformers.backends.jax.compile",
+    "tensorflow": "kerasformers.backends.tensorflow.compile",
+    "torch": "kerasformers.backends.torch.compile",
+}
 
 
 def _bucket(n, size):
@@ -49,7 +51,8 @@ def transformer_of(model):
                 f"generation needs a model built by build_transformer_model: the Keras model "
                 f"{model.name!r} has no kerasformers Transformer attached (a model loaded "
                 "from a .keras file, cloned or built by hand); build it with "
-                "build_transformer_model(...) and load its weights into that model")
+                "build_transformer_model(...) and load its weights into that model"
+            )
         return transformer
     return model
 
@@ -67,7 +70,7 @@ class Runner:
     #: a generate call whose key/value cache would hold more elements than this is
     #: refused before anything is allocated (2**31: 8 GiB in float32). T5 has no
     #: position limit (relative position buckets): this bounds it
-    max_cache_elements = 2 ** 31
+    max_cache_elements = 2**31
 
     @classmethod
     def of(cls, model):
@@ -94,16 +97,19 @@ class Runner:
         elif getattr(transformer, "step_attention_mode", None) == "lm":
             self.kind = "causal"
         else:
-            raise ValueError(f"{type(transformer).__name__} cannot generate: use a causal LM "
-                             "(gpt, gpt2, gpt2_ml, application='lm'), application='unilm' "
-                             "or a T5 model")
+            raise ValueError(
+                f"{type(transformer).__name__} cannot generate: use a causal LM "
+                "(gpt, gpt2, gpt2_ml, application='lm'), application='unilm' "
+                "or a T5 model"
+            )
         if not transformer.built:
             transformer.build()
         model = transformer.model
         self.segments = self.kind != "seq2seq" and len(model.inputs) > 1
         self.max_position = getattr(transformer, "max_position", None)
-        self.relative = any(isinstance(layer, RelativePositionEmbedding)
-                            for layer in transformer.layers.values())
+        self.relative = any(
+            isinstance(layer, RelativePositionEmbedding) for layer in transformer.layers.values()
+        )
         self.vocab_size = transformer.vocab_size
         self._plan = None  # torch: torch_backend.Plan of the current generate call
         self._compiled = self._compile(self._call)
@@ -115,10 +121,12 @@ class Runner:
         t = self.transformer
         inplace = keras.backend.backend() == "torch"  # the runner owns its caches
         if self.kind == "seq2seq":
-            return t.call_with_cache(inputs[0], cache, logits=True, inplace=inplace,
-                                     plan=self._plan)
-        return t.call_with_cache(inputs, cache, mask=mask, logits=True, inplace=inplace,
-                                 plan=self._plan)
+            return t.call_with_cache(
+                inputs[0], cache, logits=True, inplace=inplace, plan=self._plan
+            )
+        return t.call_with_cache(
+            inputs, cache, mask=mask, logits=True, inplace=inplace, plan=self._plan
+        )
 
     def _compile(self, fn):
         """`fn(*tensors)` compiled for this backend (one trace per input shapes) by the
@@ -169,9 +177,11 @@ class Runner:
         than `max_cache_elements` (T5, which has no position limit, included)."""
         longest, max_new_tokens = max(lengths), int(max_new_tokens)
         if self.max_position is not None and longest + max_new_tokens > self.max_position:
-            raise ValueError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) "
-                             f"exceed the model's {self.max_position} positions: ask for at "
-                             f"most {max(self.max_position - longest, 0)} new tokens")
+            raise ValueError(
+                f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) "
+                f"exceed the model's {self.max_position} positions: ask for at "
+                f"most {max(self.max_position - longest, 0)} new tokens"
+            )
         t = getattr(self.transformer, "decoder_transformer", self.transformer)
         per_position = sum(h * (k + v) for h, k, v in t.cached_attention_shapes())
         rows = len(lengths) * copies
@@ -182,7 +192,8 @@ class Runner:
                 f"max_new_tokens={max_new_tokens} needs a key/value cache of {elements:,} "
                 f"elements ({rows} rows x {length} positions x {per_position} per position), "
                 f"more than Runner.max_cache_elements ({self.max_cache_elements:,}): ask for "
-                "fewer new tokens or rows (or raise Runner.max_cache_elements)")
+                "fewer new tokens or rows (or raise Runner.max_cache_elements)"
+            )
 
     def prefill(self, prompts, max_new_tokens):
         """Encode the prompts; returns (next-token logits [rows, vocab], state) with a
@@ -199,7 +210,7 @@ class Runner:
         if self.kind == "seq2seq":
             ids = np.zeros((rows, width), "int32")  # T5 pads with 0, hidden from attention
             for i, p in enumerate(prompts):
-                ids[i, :len(p)] = p
+                ids[i, : len(p)] = p
             t = self.transformer
             cache = t.init_cache(ids, cache_length)
             start = np.full((rows, 1), t.pad_token_id, "int32")
@@ -209,8 +220,8 @@ class Runner:
         ids = np.full((rows, width), pad, "int32")
         mask = np.zeros((rows, width), bool)
         for i, p in enumerate(prompts):
-            ids[i, :len(p)] = p
-            mask[i, :len(p)] = True
+            ids[i, : len(p)] = p
+            mask[i, : len(p)] = True
         cache = self.transformer.init_cache(rows, cache_length)
         inputs = [ids] + ([np.zeros_like(ids)] if self.segments else [])
         logits, cache = self.call(inputs, cache, mask)
@@ -223,8 +234,9 @@ class Runner:
     def step(self, tokens, state):
         """Feed one token per row; returns (next-token logits, state)."""
         tokens = np.asarray(tokens, "int32")[:, None]
-        logits, cache = self.call(self._step_inputs(tokens), state["cache"],
-                                  np.ones(tokens.shape, bool))
+        logits, cache = self.call(
+            self._step_inputs(tokens), state["cache"], np.ones(tokens.shape, bool)
+        )
         return logits[:, -1], {"cache": cache}
 
     def _step_inputs(self, tokens):
@@ -237,8 +249,9 @@ class Runner:
     def _device_step(self, tokens, cache):
         """One token per row [rows] -> (next-token logits [rows, vocab] float32, cache)."""
         tokens = ops.expand_dims(ops.cast(tokens, "int32"), 1)
-        logits, cache = self._call(self._step_inputs(tokens), cache,
-                                   ops.ones(ops.shape(tokens), dtype="bool"))
+        logits, cache = self._call(
+            self._step_inputs(tokens), cache, ops.ones(ops.shape(tokens), dtype="bool")
+        )
         return ops.cast(logits[:, -1], "float32"), cache
 
     def run_loop(self, cfg, logits, state, seen, seed=0):
@@ -263,20 +276,32 @@ class Runner:
                 self._loops.popitem(last=False)
         else:
             self._loops.move_to_end(key)
-        a, b = loop(logits, state["cache"], seen, ops.convert_to_tensor(seed, dtype="int32"),
-                    ops.convert_to_tensor(limit, dtype="int32"))
+        a, b = loop(
+            logits,
+            state["cache"],
+            seen,
+            ops.convert_to_tensor(seed, dtype="int32"),
+            ops.convert_to_tensor(limit, dtype="int32"),
+        )
         return ops.convert_to_numpy(a)[..., :limit], ops.convert_to_numpy(b)
 
     def _loop_fn(self, cfg):
         def run(logits, cache, seen, seed, limit):
             self.loop_traces += 1  # jax, tensorflow: runs once per trace
             if cfg.num_beams > 1:
-                return loops.beam_search(self._device_step, self.transformer.reorder_cache,
-                                         logits, cache, seen, cfg, limit=limit)
+                return loops.beam_search(
+                    self._device_step,
+                    self.transformer.reorder_cache,
+                    logits,
+                    cache,
+                    seen,
+                    cfg,
+                    limit=limit,
+                )
             if cfg.do_sample:
-                return loops.sample(self._device_step, logits, cache, seen, cfg, seed,
-                                    limit=limit)
+                return loops.sample(self._device_step, logits, cache, seen, cfg, seed, limit=limit)
             return loops.greedy(self._device_step, logits, cache, seen, cfg, limit=limit)
+
         return run
 
     def compiled_loops(self):

@@ -33,9 +33,11 @@ MODELS = {
     "gpt": GPT,
     "gpt2": GPT2,
     "gpt2_ml": GPT2_ML,
-    **{f"{version}{part}": cls
-       for version in ("t5", "t5.1.0", "t5.1.1", "mt5.1.1")
-       for part, cls in (("", T5), ("_encoder", T5_Encoder), ("_decoder", T5_Decoder))},
+    **{
+        f"{version}{part}": cls
+        for version in ("t5", "t5.1.0", "t5.1.1", "mt5.1.1")
+        for part, cls in (("", T5), ("_encoder", T5_Encoder), ("_decoder", T5_Decoder))
+    },
 }
 
 
@@ -68,21 +70,36 @@ def extend_with_unified_language_model(BaseModel):
 
 def _resolve_paths(config_path, checkpoint_path):
     """Given an HF/Google model directory as checkpoint_path, find its config."""
-    if config_path is None and checkpoint_path is not None and not isinstance(checkpoint_path, dict):
-        folder = checkpoint_path if os.path.isdir(checkpoint_path) else os.path.dirname(checkpoint_path)
+    if (
+        config_path is None
+        and checkpoint_path is not None
+        and not isinstance(checkpoint_path, dict)
+    ):
+        folder = (
+            checkpoint_path if os.path.isdir(checkpoint_path) else os.path.dirname(checkpoint_path)
+        )
         if folder and os.path.isdir(folder):
             config_path = config_lib.find_config(folder)
     return config_path, checkpoint_path
 
 
 #: bert4keras spellings of arguments, accepted as keywords (our name wins if both given)
-KEYWORD_ALIASES = {"max_position_embeddings": "max_position", "hidden_dropout_prob": "dropout_rate",
-                   "attention_probs_dropout_prob": "attention_dropout_rate",
-                   "type_vocab_size": "segment_vocab_size"}
+KEYWORD_ALIASES = {
+    "max_position_embeddings": "max_position",
+    "hidden_dropout_prob": "dropout_rate",
+    "attention_probs_dropout_prob": "attention_dropout_rate",
+    "type_vocab_size": "segment_vocab_size",
+}
 
 
-def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
-                            application="encoder", return_keras_model=True, **kwargs):
+def build_transformer_model(
+    config_path=None,
+    checkpoint_path=None,
+    model=None,
+    application="encoder",
+    return_keras_model=True,
+    **kwargs,
+):
     """Build a Transformer from a config, optionally loading a checkpoint.
 
     config_path: Google `bert_config.json`, HF `config.json`, a directory, a dict,
@@ -149,8 +166,10 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
     if isinstance(model, str):
         key = model.lower()
         if key not in MODELS:
-            raise ValueError(f"Unknown model {model!r}; available: {', '.join(sorted(MODELS))} "
-                             "(or pass a Transformer subclass)")
+            raise ValueError(
+                f"Unknown model {model!r}; available: {', '.join(sorted(MODELS))} "
+                "(or pass a Transformer subclass)"
+            )
         MODEL = MODELS[key]
     elif isinstance(model, type) and issubclass(model, Transformer):
         MODEL, key = model, None
@@ -179,11 +198,19 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
     elif application == "unilm":
         MODEL = extend_with_unified_language_model(MODEL)
 
-    missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers",
-                           "num_attention_heads", "intermediate_size") if k not in configs]
+    missing = [
+        k
+        for k in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+        )
+        if k not in configs
+    ]
     if missing:
-        raise ValueError(f"config is missing {', '.join(missing)} "
-                         f"(config_path={config_path!r})")
+        raise ValueError(f"config is missing {', '.join(missing)} (config_path={config_path!r})")
     transformer = MODEL(**configs)
     transformer.build()
     # the way back from the Keras model to its Transformer (generate, stream_generate)
@@ -193,8 +220,24 @@ def build_transformer_model(config_path=None, checkpoint_path=None, model=None,
     return transformer.model if return_keras_model else transformer
 
 
-__all__ = ["MODELS", "Transformer", "BERT", "RoBERTa", "ALBERT", "ALBERT_Unshared", "NEZHA",
-           "RoFormer", "RoFormerV2", "ELECTRA", "GPT", "GPT2", "GPT2_ML",
-           "T5", "T5_Encoder", "T5_Decoder",
-           "build_transformer_model",
-           "extend_with_language_model", "extend_with_unified_language_model"]
+__all__ = [
+    "MODELS",
+    "Transformer",
+    "BERT",
+    "RoBERTa",
+    "ALBERT",
+    "ALBERT_Unshared",
+    "NEZHA",
+    "RoFormer",
+    "RoFormerV2",
+    "ELECTRA",
+    "GPT",
+    "GPT2",
+    "GPT2_ML",
+    "T5",
+    "T5_Encoder",
+    "T5_Decoder",
+    "build_transformer_model",
+    "extend_with_language_model",
+    "extend_with_unified_language_model",
+]

@@ -55,9 +55,12 @@ def empty_cache(batch_size, max_length, attention_shapes, dtype, unilm=False):
         "index": ops.convert_to_tensor(0, dtype="int32"),
         "key_mask": ops.zeros((batch_size, max_length), dtype="bool"),
         "self": tuple(
-            (ops.zeros((batch_size, max_length, heads, key_size), dtype=dtype),
-             ops.zeros((batch_size, max_length, heads, head_size), dtype=dtype))
-            for heads, key_size, head_size in attention_shapes),
+            (
+                ops.zeros((batch_size, max_length, heads, key_size), dtype=dtype),
+                ops.zeros((batch_size, max_length, heads, head_size), dtype=dtype),
+            )
+            for heads, key_size, head_size in attention_shapes
+        ),
     }
     if unilm:
         cache["segment"] = ops.zeros((batch_size, max_length), dtype="int32")
@@ -73,8 +76,9 @@ def reorder_cache(cache, indices):
         if key == "index":
             out[key] = value
         elif key in ("self", "cross"):
-            out[key] = tuple((ops.take(k, indices, axis=0), ops.take(v, indices, axis=0))
-                             for k, v in value)
+            out[key] = tuple(
+                (ops.take(k, indices, axis=0), ops.take(v, indices, axis=0)) for k, v in value
+            )
         else:
             out[key] = ops.take(value, indices, axis=0)
     return out
@@ -83,16 +87,27 @@ def reorder_cache(cache, indices):
 class Step:
     """The state of one cached call: masks, position offset, cache slots."""
 
-    def __init__(self, inputs, cache, mode, pad_token_id, mask=None, logit_layers=(),
-                 plan=None, inplace=False):
+    def __init__(
+        self,
+        inputs,
+        cache,
+        mode,
+        pad_token_id,
+        mask=None,
+        logit_layers=(),
+        plan=None,
+        inplace=False,
+    ):
         token_ids = inputs[0]
         length = token_ids.shape[1]
         max_length = cache["key_mask"].shape[1]
         index = ops.cast(cache["index"], "int32")
         start = _concrete_int(index)
         if start is not None and start + length > max_length:
-            raise ValueError(f"the cache holds {max_length} positions: {start} are written "
-                             f"and {length} more do not fit (init_cache(max_length=...))")
+            raise ValueError(
+                f"the cache holds {max_length} positions: {start} are written "
+                f"and {length} more do not fit (init_cache(max_length=...))"
+            )
         self.cache = cache
         self.index = index
         self.start = start  # the index as a Python int (None while tracing)
@@ -113,7 +128,8 @@ class Step:
             if len(inputs) < 2:
                 raise ValueError("application='unilm' needs [token_ids, segment_ids]")
             sums = cache["segment_total"][:, None] + ops.cumsum(
-                ops.cast(inputs[1], "int32"), axis=1)
+                ops.cast(inputs[1], "int32"), axis=1
+            )
             self.segment = K.slice_update(cache["segment"], (0, index), sums)
             self.segment_total = sums[:, -1]
             visible = self.segment[:, None, :] <= sums[:, :, None]
@@ -124,8 +140,9 @@ class Step:
         self.logit_layers = set(logit_layers)
         shift = cache.get("position_shift")
         self.shift = shift
-        self.position_offset = index if shift is None else (
-            index - ops.cast(shift, "int32")[:, None])
+        self.position_offset = (
+            index if shift is None else (index - ops.cast(shift, "int32")[:, None])
+        )
         self.new_self = []
         self.cross_count = 0
         self.context_mask = cache.get("context_mask")
@@ -138,8 +155,10 @@ class Step:
             slots = self.cache["self"]
             position = len(self.new_self)
             if position >= len(slots):
-                raise ValueError(f"the model made more self-attention calls than the cache "
-                                 f"has slots ({len(slots)})")
+                raise ValueError(
+                    f"the model made more self-attention calls than the cache "
+                    f"has slots ({len(slots)})"
+                )
             return {"cache": slots[position], "cache_index": self.index}, True
         slots = self.cache.get("cross", ())
         if self.cross_count >= len(slots):
@@ -150,9 +169,11 @@ class Step:
     def position_arguments(self, layer, inputs):
         if isinstance(layer, RelativePositionEmbedding):
             if self.shift is not None:
-                raise ValueError("position_shift (rows with a gap of padding) is not supported "
-                                 f"by relative positions ({layer.name}); decode such rows "
-                                 "one at a time")
+                raise ValueError(
+                    "position_shift (rows with a gap of padding) is not supported "
+                    f"by relative positions ({layer.name}); decode such rows "
+                    "one at a time"
+                )
             arguments = {"offset": self.index}
             if _is_self_attention(inputs):
                 arguments["key_length"] = self.max_length
@@ -167,8 +188,14 @@ class Step:
             extra, is_self = self.attention_arguments(inputs)
             result = NotImplemented
             if self.plan is not None:
-                result = self.plan.attention(layer, inputs, arguments, extra["cache"],
-                                             self.start if is_self else None, self.inplace)
+                result = self.plan.attention(
+                    layer,
+                    inputs,
+                    arguments,
+                    extra["cache"],
+                    self.start if is_self else None,
+                    self.inplace,
+                )
             if result is NotImplemented:
                 result = layer(inputs, **arguments, **extra)
             outputs, kv = result
@@ -193,8 +220,10 @@ class Step:
 
     def updated_cache(self, length):
         if len(self.new_self) != len(self.cache["self"]):
-            raise ValueError(f"the step used {len(self.new_self)} self-attention calls, the "
-                             f"cache has {len(self.cache['self'])} slots")
+            raise ValueError(
+                f"the step used {len(self.new_self)} self-attention calls, the "
+                f"cache has {len(self.cache['self'])} slots"
+            )
         cache = dict(self.cache)
         cache["index"] = self.index + length
         cache["key_mask"] = self.key_mask

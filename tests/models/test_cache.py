@@ -16,16 +16,20 @@ from tests.utils import randomize_keras as randomize
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
-CONFIG = dict(vocab_size=61, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-              intermediate_size=48)
+CONFIG = dict(
+    vocab_size=61, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48
+)
 
 
 def build(model, application="encoder", **kwargs):
-    logits = {"final_activation": "linear"} if model.startswith("gpt") else \
-        {"with_mlm": "linear"}
-    transformer = build_transformer_model(None, model=model, application=application,
-                                          return_keras_model=False,
-                                          **{**CONFIG, **logits, **kwargs})
+    logits = {"final_activation": "linear"} if model.startswith("gpt") else {"with_mlm": "linear"}
+    transformer = build_transformer_model(
+        None,
+        model=model,
+        application=application,
+        return_keras_model=False,
+        **{**CONFIG, **logits, **kwargs},
+    )
     randomize(transformer.model)
     return transformer
 
@@ -44,8 +48,9 @@ def decode(transformer, inputs, chunks, max_length=None):
     cache = transformer.init_cache(inputs[0].shape[0], max_length or n)
     outputs, start = [], 0
     for size in chunks:
-        out, cache = transformer.call_with_cache([x[:, start:start + size] for x in inputs],
-                                                 cache)
+        out, cache = transformer.call_with_cache(
+            [x[:, start : start + size] for x in inputs], cache
+        )
         outputs.append(to_numpy(out))
         start += size
     assert start == n and int(to_numpy(cache["index"])) == n
@@ -57,9 +62,15 @@ def full_forward(transformer, inputs):
 
 
 CAUSAL = [
-    ("bert", "lm", {}), ("roberta", "lm", {}), ("albert", "lm", {}),
-    ("albert_unshared", "lm", {}), ("nezha", "lm", {}), ("roformer", "lm", {}),
-    ("roformer_v2", "lm", {}), ("gpt", "encoder", {}), ("gpt2", "encoder", {}),
+    ("bert", "lm", {}),
+    ("roberta", "lm", {}),
+    ("albert", "lm", {}),
+    ("albert_unshared", "lm", {}),
+    ("nezha", "lm", {}),
+    ("roformer", "lm", {}),
+    ("roformer_v2", "lm", {}),
+    ("gpt", "encoder", {}),
+    ("gpt2", "encoder", {}),
     ("gpt2_ml", "encoder", {}),
     # options that change positions or attention: hierarchical positions, RealFormer
     ("bert", "lm", {"hierarchical_position": True, "max_position": 8}),
@@ -68,8 +79,11 @@ CAUSAL = [
 ]
 
 
-@pytest.mark.parametrize("model,application,kwargs", CAUSAL,
-                         ids=[f"{m}-{a}-{'-'.join(k) or 'plain'}" for m, a, k in CAUSAL])
+@pytest.mark.parametrize(
+    "model,application,kwargs",
+    CAUSAL,
+    ids=[f"{m}-{a}-{'-'.join(k) or 'plain'}" for m, a, k in CAUSAL],
+)
 @pytest.mark.parametrize("chunks", [[1] * 10, [4, 1, 2, 3]], ids=["token-by-token", "chunks"])
 def test_causal_cache_equals_full_forward(model, application, kwargs, chunks):
     transformer = build(model, application, **kwargs)
@@ -91,7 +105,7 @@ def test_unilm_source_once_then_target_tokens(model):
     transformer = build(model, "unilm")
     source, target = 6, 5
     ids = token_batch(source + target)
-    ids[1, source - 2:source] = 0  # row 1: a shorter source, padded (and a padded target)
+    ids[1, source - 2 : source] = 0  # row 1: a shorter source, padded (and a padded target)
     segments = np.zeros_like(ids)
     segments[:, source:] = 1
     expected = full_forward(transformer, [ids, segments])
@@ -100,15 +114,21 @@ def test_unilm_source_once_then_target_tokens(model):
     np.testing.assert_allclose(got[real], expected[real], atol=TOL, rtol=0)
 
 
-T5_CASES = [("t5.1.0", {}), ("t5.1.1", {}), ("mt5.1.1", {}),
-            ("t5.1.1", {"cross_position_bias": True})]
+T5_CASES = [
+    ("t5.1.0", {}),
+    ("t5.1.1", {}),
+    ("mt5.1.1", {}),
+    ("t5.1.1", {"cross_position_bias": True}),
+]
 
 
-@pytest.mark.parametrize("version,kwargs", T5_CASES,
-                         ids=[v + ("-cross-bias" if k else "") for v, k in T5_CASES])
+@pytest.mark.parametrize(
+    "version,kwargs", T5_CASES, ids=[v + ("-cross-bias" if k else "") for v, k in T5_CASES]
+)
 def test_t5_decoder_cache_equals_full_forward(version, kwargs):
-    t5 = build_transformer_model(None, model=version, return_keras_model=False,
-                                 with_lm="linear", **CONFIG, **kwargs)
+    t5 = build_transformer_model(
+        None, model=version, return_keras_model=False, with_lm="linear", **CONFIG, **kwargs
+    )
     randomize(t5.model)
     encoder_ids = token_batch(9, seed=2)[:, :7]
     encoder_ids[1, 4:] = 0  # padded encoder input
@@ -119,7 +139,7 @@ def test_t5_decoder_cache_equals_full_forward(version, kwargs):
     cache = t5.init_cache(encoder_ids, max_length=8)
     outputs = []
     for i in range(decoder_ids.shape[1]):
-        out, cache = t5.call_with_cache(decoder_ids[:, i:i + 1], cache)
+        out, cache = t5.call_with_cache(decoder_ids[:, i : i + 1], cache)
         outputs.append(to_numpy(out))
     got = np.concatenate(outputs, axis=1)
     assert np.abs(expected).std() > 0.1
@@ -127,8 +147,14 @@ def test_t5_decoder_cache_equals_full_forward(version, kwargs):
 
 
 def test_t5_decoder_alone_with_context_mask():
-    decoder = build_transformer_model(None, model="t5.1.1_decoder", return_keras_model=False,
-                                      with_lm="linear", context_mask=True, **CONFIG)
+    decoder = build_transformer_model(
+        None,
+        model="t5.1.1_decoder",
+        return_keras_model=False,
+        with_lm="linear",
+        context_mask=True,
+        **CONFIG,
+    )
     randomize(decoder.model)
     rng = np.random.RandomState(4)
     context = rng.normal(size=(2, 5, CONFIG["hidden_size"])).astype("float32")
@@ -167,8 +193,7 @@ def test_cache_overflow_is_an_error():
 
 @pytest.mark.parametrize("model", ["bert", "t5.1.1_encoder"])
 def test_encoders_refuse_incremental_decoding(model):
-    transformer = build_transformer_model(None, model=model, return_keras_model=False,
-                                          **CONFIG)
+    transformer = build_transformer_model(None, model=model, return_keras_model=False, **CONFIG)
     with pytest.raises(ValueError, match="not causal"):
         transformer.init_cache(1, 4)
 
@@ -185,16 +210,18 @@ def test_model_is_unchanged_after_cached_calls():
     np.testing.assert_array_equal(full_forward(transformer, [ids, segments]), before)
 
 
-@pytest.mark.parametrize("model,application", [("gpt2", "encoder"), ("bert", "lm"),
-                                               ("roformer", "unilm")])
+@pytest.mark.parametrize(
+    "model,application", [("gpt2", "encoder"), ("bert", "lm"), ("roformer", "unilm")]
+)
 def test_padding_gap_and_logits(model, application):
     """A prompt followed by padding, then `position_shift` = the pad count: the next
     tokens are computed as if the padding were not there. `logits=True` returns the
     LM head before its softmax."""
     import keras
 
-    transformer = build_transformer_model(None, model=model, application=application,
-                                          return_keras_model=False, **CONFIG)
+    transformer = build_transformer_model(
+        None, model=model, application=application, return_keras_model=False, **CONFIG
+    )
     randomize(transformer.model)
     ids = token_batch(7)[:1]
     segments = np.zeros_like(ids)
@@ -204,10 +231,12 @@ def test_padding_gap_and_logits(model, application):
     expected = full_forward(transformer, inputs(ids, segments))
     padded = np.concatenate([ids[:, :3], np.zeros((1, 2), "int32")], axis=1)
     cache = transformer.init_cache(1, 9)
-    _, cache = transformer.call_with_cache(inputs(padded, np.zeros_like(padded)), cache,
-                                           mask=np.array([[1, 1, 1, 0, 0]]))
+    _, cache = transformer.call_with_cache(
+        inputs(padded, np.zeros_like(padded)), cache, mask=np.array([[1, 1, 1, 0, 0]])
+    )
     cache["position_shift"] = keras.ops.convert_to_tensor(np.array([2], "int32"))
-    logits, cache = transformer.call_with_cache(inputs(ids[:, 3:], segments[:, 3:]), cache,
-                                                logits=True)
+    logits, cache = transformer.call_with_cache(
+        inputs(ids[:, 3:], segments[:, 3:]), cache, logits=True
+    )
     probs = to_numpy(keras.ops.softmax(logits, axis=-1))
     np.testing.assert_allclose(probs, expected[:, 3:], atol=TOL, rtol=0)

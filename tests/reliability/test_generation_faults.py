@@ -22,12 +22,15 @@ from kerasformers import build_transformer_model
 from kerasformers.generation import Runner, check_prompts, generate, stream_generate
 
 V = 50
-SIZES = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-             intermediate_size=64)
-KINDS = {"gpt2": dict(model="gpt2", max_position=64),
-         "unilm": dict(model="bert", application="unilm", max_position=64),
-         "t5": dict(model="t5.1.1"),
-         "roformer": dict(model="roformer", application="lm")}
+SIZES = dict(
+    vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+)
+KINDS = {
+    "gpt2": dict(model="gpt2", max_position=64),
+    "unilm": dict(model="bert", application="unilm", max_position=64),
+    "t5": dict(model="t5.1.1"),
+    "roformer": dict(model="roformer", application="lm"),
+}
 PROMPTS = [[5, 17, 33, 2], [9, 3], [40, 41, 42]]
 
 
@@ -60,8 +63,10 @@ def test_the_default_keras_model_generates_like_its_model_object(kind):
     transformer = build(kind, return_keras_model=False)
     transformer.model.set_weights(keras_model.get_weights())
     for kwargs in (dict(max_new_tokens=5), dict(max_new_tokens=4, num_beams=2)):
-        np.testing.assert_array_equal(generate(keras_model, PROMPTS[:1], **kwargs),
-                                      generate(transformer, PROMPTS[:1], **kwargs))
+        np.testing.assert_array_equal(
+            generate(keras_model, PROMPTS[:1], **kwargs),
+            generate(transformer, PROMPTS[:1], **kwargs),
+        )
     streamed = np.stack(list(stream_generate(keras_model, PROMPTS[:1], max_new_tokens=5)), 1)
     np.testing.assert_array_equal(streamed, generate(transformer, PROMPTS[:1], max_new_tokens=5))
 
@@ -69,10 +74,14 @@ def test_the_default_keras_model_generates_like_its_model_object(kind):
 def test_a_keras_model_not_built_by_us_is_a_clear_type_error():
     keras_model = build("gpt2")
     foreign = keras.Model(keras_model.inputs, keras_model.outputs, name="mine")
-    for call in (lambda: generate(foreign, PROMPTS),
-                 lambda: next(stream_generate(foreign, PROMPTS))):
-        with pytest.raises(TypeError, match="'mine' has no kerasformers Transformer attached.*"
-                                            "build_transformer_model"):
+    for call in (
+        lambda: generate(foreign, PROMPTS),
+        lambda: next(stream_generate(foreign, PROMPTS)),
+    ):
+        with pytest.raises(
+            TypeError,
+            match="'mine' has no kerasformers Transformer attached.*build_transformer_model",
+        ):
             call()
 
 
@@ -80,26 +89,35 @@ def test_a_keras_model_not_built_by_us_is_a_clear_type_error():
 BAD_IDS = [
     ([[5, -1, 7]], ValueError, r"prompt 0 has token id -1 at position 1: ids must be in \[0, 50\)"),
     ([[5, 6], [7, 50]], ValueError, r"prompt 1 has token id 50 at position 1"),
-    ([[5, 10 ** 12]], ValueError, r"prompt 0 has token id 1000000000000 at position 1"),
-    (np.array([[5, 2 ** 31]], "uint64"), ValueError, r"token id 2147483648 at position 1"),
-    ([[5.0, 6.5]], ValueError, r"prompt 0 has float64 value 6.5 at position 1: token ids must "
-                               r"be an integer type"),
+    ([[5, 10**12]], ValueError, r"prompt 0 has token id 1000000000000 at position 1"),
+    (np.array([[5, 2**31]], "uint64"), ValueError, r"token id 2147483648 at position 1"),
+    (
+        [[5.0, 6.5]],
+        ValueError,
+        r"prompt 0 has float64 value 6.5 at position 1: token ids must "
+        r"be an integer type",
+    ),
     (np.array([[5.0, 6.0]], "float32"), ValueError, r"float32 value 5.0 at position 0"),
     ([[5, float("nan")]], ValueError, r"prompt 0 has NaN at position 1"),
     ([[True, False]], ValueError, r"prompt 0 has bool values"),
     ([[5], []], ValueError, r"prompt 1 is empty"),
     ([], ValueError, r"no inputs"),
     ([[5, 6], [[7, 8], [9]]], ValueError, r"prompt 1 is not a flat list"),
-    ([[[5, 6], [7, 8]]], ValueError, r"prompt 0 must be a flat list of token ids, got shape "
-                                     r"\(2, 2\)"),
+    (
+        [[[5, 6], [7, 8]]],
+        ValueError,
+        r"prompt 0 must be a flat list of token ids, got shape "
+        r"\(2, 2\)",
+    ),
     (np.zeros((1, 2, 3), "int32"), ValueError, r"inputs must be \[rows, length\].*\(1, 2, 3\)"),
     ("hello", TypeError, r"token ids, not text"),
     (["hello"], TypeError, r"prompt 0 is text"),
 ]
 
 
-@pytest.mark.parametrize("inputs,error,message", BAD_IDS,
-                         ids=[f"bad{i}" for i in range(len(BAD_IDS))])
+@pytest.mark.parametrize(
+    "inputs,error,message", BAD_IDS, ids=[f"bad{i}" for i in range(len(BAD_IDS))]
+)
 def test_bad_ids_are_refused_on_the_host_before_any_compiled_call(model, inputs, error, message):
     runner = Runner.of(model)
     traces, loops = runner.loop_traces, runner.compiled_loops()
@@ -110,12 +128,15 @@ def test_bad_ids_are_refused_on_the_host_before_any_compiled_call(model, inputs,
     assert (runner.loop_traces, runner.compiled_loops()) == (traces, loops)
 
 
-@pytest.mark.parametrize("inputs,expected", [
-    ([5, 6, 7], [[5, 6, 7]]),  # a flat list is one prompt, like a 1-D array
-    (np.array([5, 6, 7], "int32"), [[5, 6, 7]]),
-    (np.array([[5, 6], [7, 8]], "uint8"), [[5, 6], [7, 8]]),
-    ([[5, 6], (7,)], [[5, 6], [7]]),
-])
+@pytest.mark.parametrize(
+    "inputs,expected",
+    [
+        ([5, 6, 7], [[5, 6, 7]]),  # a flat list is one prompt, like a 1-D array
+        (np.array([5, 6, 7], "int32"), [[5, 6, 7]]),
+        (np.array([[5, 6], [7, 8]], "uint8"), [[5, 6], [7, 8]]),
+        ([[5, 6], (7,)], [[5, 6], [7]]),
+    ],
+)
 def test_good_ids_pass_as_int64(inputs, expected):
     prompts = check_prompts(inputs, V)
     assert [p.tolist() for p in prompts] == expected
@@ -125,8 +146,11 @@ def test_good_ids_pass_as_int64(inputs, expected):
 @pytest.mark.parametrize("kind", ["gpt2", "unilm"])
 def test_positions_beyond_the_model_are_refused(kind):
     model = build(kind)
-    with pytest.raises(ValueError, match=r"prompt \(60 tokens\) \+ max_new_tokens \(5\) exceed "
-                                         r"the model's 64 positions: ask for at most 4"):
+    with pytest.raises(
+        ValueError,
+        match=r"prompt \(60 tokens\) \+ max_new_tokens \(5\) exceed "
+        r"the model's 64 positions: ask for at most 4",
+    ):
         generate(model, [[5] * 60], max_new_tokens=5)
     assert generate(model, [[5] * 60], max_new_tokens=4).shape == (1, 4)
 
@@ -137,8 +161,10 @@ def test_absurd_max_new_tokens_is_refused_not_allocated(kind):
     runner = Runner.of(model)
     # RoFormer keeps its configured 512 positions; T5 has no limit: the cache bound refuses
     message = "Runner.max_cache_elements" if kind == "t5" else "positions"
-    for call in (lambda: generate(model, [[5, 6]], max_new_tokens=10 ** 9),
-                 lambda: next(stream_generate(model, [[5, 6]], max_new_tokens=10 ** 9))):
+    for call in (
+        lambda: generate(model, [[5, 6]], max_new_tokens=10**9),
+        lambda: next(stream_generate(model, [[5, 6]], max_new_tokens=10**9)),
+    ):
         with pytest.raises(ValueError, match=message):
             call()
     assert runner.compiled_loops() == 0
@@ -149,7 +175,7 @@ def test_the_cache_bound_counts_rows_and_can_be_raised(monkeypatch):
     monkeypatch.setattr(Runner, "max_cache_elements", 10_000)
     with pytest.raises(ValueError, match=r"3 rows x 64 positions x 128 per position"):
         generate(model, PROMPTS, max_new_tokens=20)
-    monkeypatch.setattr(Runner, "max_cache_elements", 2 ** 31)
+    monkeypatch.setattr(Runner, "max_cache_elements", 2**31)
     assert generate(model, PROMPTS, max_new_tokens=20).shape[0] == 3
 
 
@@ -177,11 +203,16 @@ def test_thirty_lengths_compile_a_handful_of_loops_with_the_same_tokens(kind):
         assert outputs[n].shape == (3, n)
 
 
-@pytest.mark.parametrize("kwargs", [dict(num_beams=3), dict(num_beams=2, num_return_sequences=2),
-                                    dict(do_sample=True, seed=3, top_k=10),
-                                    dict(do_sample=True, seed=4, num_return_sequences=2),
-                                    dict(num_beams=2, early_stopping="never",
-                                         length_penalty=0.5)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(num_beams=3),
+        dict(num_beams=2, num_return_sequences=2),
+        dict(do_sample=True, seed=3, top_k=10),
+        dict(do_sample=True, seed=4, num_return_sequences=2),
+        dict(num_beams=2, early_stopping="never", length_penalty=0.5),
+    ],
+)
 def test_rounded_loops_give_the_same_beams_and_samples(kwargs):
     transformer = build("gpt2")._kerasformers_transformer
     rounded, exact = Runner(transformer), Runner(transformer)
@@ -214,12 +245,25 @@ class _Tokenizer:
         return " ".join(f"t{i}" for i in ids)
 
 
-@pytest.mark.parametrize("size", [10, V - 1])
-def test_a_tokenizer_smaller_than_the_model_is_refused_at_start(size):
+def test_a_tokenizer_smaller_than_the_model_warns_then_refuses_ids_without_text():
+    """Real T5 checkpoints pad their embedding past the tokenizer: streaming warns at
+    start, runs while every id has text, and names the first id that has none."""
     model = build("gpt2")
-    steps = stream_generate(model, PROMPTS[:1], _Tokenizer(size), max_new_tokens=3)
-    with pytest.raises(ValueError, match=rf"tokenizer's vocabulary \({size} tokens\) is smaller "
-                                         rf"than the model's \({V}\)"):
-        next(steps)
+    generated = generate(model, PROMPTS[:1], max_new_tokens=3)[0]
+    top = int(max(generated))
+    assert top < V - 1, "the check needs a generated id below the model's last"
+    with pytest.warns(
+        UserWarning,
+        match=rf"tokenizer's vocabulary \({top + 1} tokens\) is "
+        rf"smaller than the model's \({V}\)",
+    ):
+        pieces = list(stream_generate(model, PROMPTS[:1], _Tokenizer(top + 1), max_new_tokens=3))
+    assert len(pieces) == 3
+    steps = stream_generate(model, PROMPTS[:1], _Tokenizer(top), max_new_tokens=3)
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(ValueError, match=rf"generated id {top}, which the"),
+    ):
+        list(steps)
     pieces = list(stream_generate(model, PROMPTS[:1], _Tokenizer(V), max_new_tokens=3))
     assert len(pieces) == 3 and all(len(p) == 1 for p in pieces)
