@@ -82,22 +82,12 @@ def transformers_paths(args):
     """Build BertModel, save it (checkpoint + inputs + reference output) to the workdir."""
     import numpy as np
     import torch
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
     torch.set_num_threads(THREADS)
     cfg = model_config(args.quick)
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=cfg["vocab_size"],
-        hidden_size=cfg["hidden_size"],
-        num_hidden_layers=cfg["num_hidden_layers"],
-        num_attention_heads=cfg["num_attention_heads"],
-        intermediate_size=cfg["intermediate_size"],
-        max_position_embeddings=cfg["max_position"],
-        hidden_act="gelu",
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
+    config = harness.hf_bert_config(cfg)
     model = BertModel(config, add_pooling_layer=False)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -200,23 +200,13 @@ class Contender:
 
 def transformers_contenders(args, data):
     import torch
-    from transformers import BertConfig, BertForMaskedLM, get_linear_schedule_with_warmup
+    from transformers import BertForMaskedLM, get_linear_schedule_with_warmup
 
     cfg = model_config(args.quick)
     out = []
     for precision in args.precisions:
         torch.manual_seed(0)
-        config = BertConfig(
-            vocab_size=cfg["vocab_size"],
-            hidden_size=cfg["hidden_size"],
-            num_hidden_layers=cfg["num_hidden_layers"],
-            num_attention_heads=cfg["num_attention_heads"],
-            intermediate_size=cfg["intermediate_size"],
-            max_position_embeddings=cfg["max_position"],
-            hidden_act="gelu",
-            hidden_dropout_prob=cfg["dropout"],
-            attention_probs_dropout_prob=cfg["attention_dropout"],
-        )
+        config = harness.hf_bert_config(cfg, cfg["dropout"], cfg["attention_dropout"])
         model = BertForMaskedLM(config)
         model.train()
         named = list(model.named_parameters())

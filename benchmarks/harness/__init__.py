@@ -40,10 +40,11 @@ from .parent import Worker, run_parent
 from .paths import identity, keras_paths, method_patch, patched_paths
 from .process import MARK, ChildProcess
 from .report import STANDARD_KEYS, facts, summarise
-from .spec import BACKENDS, FIX_TAG, PATH_OPTIONS, ROOT, THREADS, Spec
+from .spec import BACKENDS, FIX_TAG, PATH_OPTIONS, ROOT, THREADS, Spec, hf_bert_config
 from .worker import run_child, set_threads, to_numpy
 
 __all__ = [
+    "hf_bert_config",
     "BACKENDS",
     "FIX_TAG",
     "MARK",

@@ -88,3 +88,21 @@ class Spec:
         if self.run_config:
             return self.run_config(args)
         return {"batch": self.batch, "seq_len": self.seq_len}
+
+
+def hf_bert_config(cfg, dropout=0.0, attention_dropout=0.0):
+    """transformers' `BertConfig` for one of the benchmarks' model configs (the sizes of
+    `cfg`, erf GELU), built where transformers is imported: in a reference worker."""
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=cfg["vocab_size"],
+        hidden_size=cfg["hidden_size"],
+        num_hidden_layers=cfg["num_hidden_layers"],
+        num_attention_heads=cfg["num_attention_heads"],
+        intermediate_size=cfg["intermediate_size"],
+        max_position_embeddings=cfg["max_position"],
+        hidden_act="gelu",
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=attention_dropout,
+    )
