@@ -443,8 +443,10 @@ def test_streamed_text_never_splits_a_character():
     assert all("\ufffd" not in p for p in pieces)
 
 
-def test_unilm_batch_equals_one_by_one():
-    unilm = build_transformer_model(
+@pytest.fixture(scope="module")
+def unilm():
+    """A tiny random BERT as UniLM (built once for the tests that only decode with it)."""
+    return build_transformer_model(
         None,
         model="bert",
         application="unilm",
@@ -455,6 +457,9 @@ def test_unilm_batch_equals_one_by_one():
         intermediate_size=48,
         return_keras_model=False,
     )
+
+
+def test_unilm_batch_equals_one_by_one(unilm):
     sources = [[2, 11, 12, 13, 3], [2, 20, 3], [2, 30, 31, 32, 33, 34, 3]]
     together = generate(unilm, sources, max_new_tokens=5, num_beams=3)
     for i, source in enumerate(sources):
@@ -513,22 +518,11 @@ def test_the_default_keras_model_generates_and_a_foreign_one_is_refused(gpt2):
 
 
 # ---------------------------------------------------------------- bert4keras-style API
-def test_autoregressive_decoder_equals_generate():
+def test_autoregressive_decoder_equals_generate(unilm):
     """A bert4keras-style UniLM decoder (whole sequence through the Keras model every
     step) gives generate's tokens: greedy beam search (topk=1) and topk=1 sampling."""
     from kerasformers.generation import AutoRegressiveDecoder
 
-    unilm = build_transformer_model(
-        None,
-        model="bert",
-        application="unilm",
-        vocab_size=V,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=48,
-        return_keras_model=False,
-    )
     source = [2, 11, 12, 13, 3]
     expected = list(generate(unilm, [source], max_new_tokens=6, eos_token_id=3)[0])
     end = expected[-1] if 3 in expected else None
