@@ -59,14 +59,15 @@ def vocab_hash(tokenizer):
     """SHA-256 (hex) of a vocabulary written as ``token\\n`` lines in id order (UTF-8): the
     sha256 of its ``vocab.txt`` unless that has tokens `load_vocab` strips (whitespace such
     as U+2028).  Takes a tokenizer (``id_to_token``, ``vocab_size``) or a ``{token: id}``
-    dict.
+    dict (a tokenizer's own ``token_dict`` when it has one).
 
     >>> vocab_hash({'[PAD]': 0, 'a': 1}) == hashlib.sha256(b'[PAD]\\na\\n').hexdigest()
     True
     """
-    if isinstance(tokenizer, dict):
-        tokens = sorted(tokenizer, key=tokenizer.__getitem__)
-    else:
+    vocab = tokenizer if isinstance(tokenizer, dict) else getattr(tokenizer, "token_dict", None)
+    if vocab is not None:  # ids in order, skipping ids no token has (a repeated vocab line)
+        tokens = sorted(vocab, key=vocab.__getitem__)
+    else:  # SentencePiece: every id has a piece
         tokens = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
     digest = hashlib.sha256()
     for token in tokens:
