@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kerasformers.checkpoints.bfloat16 import is_bfloat16, numpy_bfloat16
+from kerasformers.checkpoints.deferred import initialize_from, is_deferred
 from kerasformers.checkpoints.errors import CheckpointError
 from kerasformers.checkpoints.sources import open_checkpoint
 
@@ -220,6 +221,16 @@ def load_weights(
     Returns a LoadReport; raises CheckpointError listing every problem unless
     `ignore_invalid_weights`, in which case the bad rows are skipped and listed
     in a warning. Nothing is assigned unless the whole load is valid.
+
+    Streamed, one tensor at a time: names, shapes and dtypes are checked from the
+    file's header or index first (no tensor data read); then each tensor is read,
+    converted to its weight's dtype, checked for NaN/Inf and handed over before the
+    next is read, so the memory on top of the model is about one tensor. Weights
+    still waiting for their first value (built under `deferred.deferred_build`)
+    are created straight from the checkpoint's values, with no random copy first.
+    A model whose weights already have values is read twice: a checking pass
+    that keeps nothing, then the assigning pass, so a bad tensor found at the end
+    of the file (NaN, CRC mismatch, a short read) leaves it unchanged.
     """
     source = open_checkpoint(checkpoint)
     naming = naming or source.naming
@@ -230,7 +241,7 @@ def load_weights(
             "(it cannot be loaded from a checkpoint in that format)"
         )
     report = LoadReport()
-    assignments = []
+    plan = []  # (path, variable, key, name, our dtype) of rows whose header checks pass
     vocab_shapes = []  # (path, ours, found in our layout) for the vocabulary hint
     used = set()
     known = set()
@@ -245,55 +256,36 @@ def load_weights(
                     key.name[len(p) + 1 :] if key.name.startswith(p + ".") else f"{p}.{key.name}"
                 )
             )
+        name = resolve(source, key.name, prefixes)
         if path not in variables:
-            name = resolve(source, key.name, prefixes)
             if name:
                 used.add(name)  # an optional head this model did not build
             continue
-        name = resolve(source, key.name, prefixes)
         if name is None:
             report.missing.append((path, key.name))
             continue
         used.add(name)
         variable = variables[path]
         want = tuple(variable.shape)
-        raw = np.asarray(source.get(name))
-        stored = tuple(raw.shape)  # quoted in errors: the file's layout, not ours
+        stored = tuple(source.shape(name))  # quoted in errors: the file's layout, not ours
         target = _numpy_dtype(variable.dtype)
-        if not _kind_fits(raw.dtype, target):
-            report.wrong_dtype.append((path, name, str(variable.dtype), _dtype_name(raw.dtype)))
+        stored_dtype = source.dtype(name)
+        if not _kind_fits(stored_dtype, target):
+            report.wrong_dtype.append((path, name, str(variable.dtype), _dtype_name(stored_dtype)))
             continue
         base_key = Key(key.name, key.transform, key.arg, key.parts)
-        if (
-            path not in vocab_paths
-            and not isinstance(key, VocabColumns)
-            and stored != base_key.stored_shape(want)
-        ):
-            report.mismatched.append((path, name, base_key.stored_shape(want), stored))
-            continue
-        value = key.to_ours(raw)
-        if path in vocab_paths and vocab_fn is not None:
-            try:
-                value = vocab_fn(value)
-            except IndexError as e:
-                raise CheckpointError(
-                    f"{source.path}: keep_tokens/compound_tokens do not fit {name!r}, whose "
-                    f"vocabulary has {value.shape[0]} rows ({e}). Nothing was loaded."
-                ) from None
-        if tuple(value.shape) != want:
-            report.mismatched.append((path, name, base_key.stored_shape(want), stored))
-            vocab_shapes.append((path, want, tuple(value.shape)))
-            continue
-        with np.errstate(over="ignore"):  # an overflow is reported just below
-            value = np.asarray(value).astype(target, copy=False)
-        if target.kind == "f" or is_bfloat16(target):
-            bad = _count_not_finite(value)
-            if bad:
-                converted = "" if _count_not_finite(raw) else str(variable.dtype)
-                report.not_finite.append((path, name, bad, value.size, converted))
+        vocab_row = path in vocab_paths and vocab_fn is not None
+        if not vocab_row and not isinstance(key, VocabColumns):
+            if stored != base_key.stored_shape(want):
+                report.mismatched.append((path, name, base_key.stored_shape(want), stored))
                 continue
-        assignments.append((variable, value))
-        report.loaded.append(path)
+        else:
+            ours = _shape_in_ours(key, stored, vocab_fn if vocab_row else None, source, name)
+            if ours != want:
+                report.mismatched.append((path, name, base_key.stored_shape(want), stored))
+                vocab_shapes.append((path, want, ours))
+                continue
+        plan.append((path, variable, key, name, target))
     for name in source.keys():
         if name in used or _IGNORED.search(name):
             continue
@@ -301,6 +293,40 @@ def load_weights(
             report.unexpected.append(name)
         else:
             report.unused.append(name)
+
+    def value_of(path, key, name, target):
+        """The checked value for `path`, or None (its problem is in the report)."""
+        raw = source.get(name)
+        value = key.to_ours(raw)
+        if path in vocab_paths and vocab_fn is not None:
+            value = vocab_fn(value)
+        with np.errstate(over="ignore"):  # an overflow is reported just below
+            value = np.asarray(value).astype(target, copy=False)
+        if target.kind == "f" or is_bfloat16(target):
+            bad = _count_not_finite(value)
+            if bad:
+                converted = "" if _count_not_finite(np.asarray(raw)) else str(target_names[path])
+                report.not_finite.append((path, name, bad, value.size, converted))
+                return None
+        return value
+
+    target_names = {path: variable.dtype for path, variable, *_ in plan}
+    deferred = all(is_deferred(variable) for _, variable, *_ in plan)
+    if report.ok and deferred:
+        # One pass: each value becomes its weight's first value as soon as it is
+        # checked; nothing outside this call can see these weights yet.
+        kept = []
+        for path, variable, key, name, target in plan:
+            value = value_of(path, key, name, target)
+            if value is not None and (report.ok or ignore_invalid_weights):
+                initialize_from(variable, value)
+                kept.append(path)
+            del value
+        report.loaded = kept if report.ok or ignore_invalid_weights else []
+    else:
+        # A checking pass that keeps nothing; the assigning pass comes after.
+        for path, variable, key, name, target in plan:
+            value_of(path, key, name, target)
     if not report.ok:
         message = f"{source.path}: checkpoint does not fit the model:\n{report.describe()}"
         vocab = [
@@ -326,9 +352,53 @@ def load_weights(
             f"used by this model: {shown}",
             stacklevel=3,
         )
-    for variable, value in assignments:  # every value is converted and checked by now
-        variable.assign(value)
+    if deferred and report.loaded or not plan:
+        return report
+    bad = {path for path, *_ in report.not_finite}
+    for path, variable, key, name, target in plan:  # every value was checked by now
+        if path in bad:
+            continue
+        value = value_of(path, key, name, target)
+        if value is None:  # the file changed since the checking pass
+            raise CheckpointError(
+                f"{source.path}: tensor {name!r} changed on disk during the load "
+                f"(now {report.not_finite[-1][2]} NaN or Inf values); the weights before "
+                f"{path} in the table are already replaced"
+            )
+        if is_deferred(variable):
+            initialize_from(variable, value)
+        else:
+            variable.assign(value)
+        del value
+        report.loaded.append(path)
     return report
+
+
+def _shape_in_ours(key, stored, vocab_fn, source, name):
+    """Our shape for a tensor stored as `stored`, after `key` and `vocab_fn`,
+    computed on a one-column stand-in (no tensor data is read)."""
+    stored = tuple(stored)
+    if key.transform == "transpose":
+        ours = stored[::-1]
+    elif key.transform == "skip_rows":
+        ours = (max(stored[0] - key.arg, 0),) + stored[1:] if stored else stored
+    elif key.transform == "split":
+        ours = stored[:-1] + (stored[-1] // key.parts,) if stored else stored
+    else:
+        ours = stored
+    if not ours:
+        return ours
+    try:
+        if isinstance(key, VocabColumns):
+            ours = ours[:-1] + (key.vocab_fn(np.zeros((ours[-1], 1), np.float32)).shape[0],)
+        if vocab_fn is not None:
+            ours = (vocab_fn(np.zeros((ours[0], 1), np.float32)).shape[0],) + ours[1:]
+    except IndexError as e:
+        raise CheckpointError(
+            f"{source.path}: keep_tokens/compound_tokens do not fit {name!r}, whose "
+            f"vocabulary has {ours[0]} rows ({e}). Nothing was loaded."
+        ) from None
+    return ours
 
 
 def _numpy_dtype(dtype):

@@ -1,24 +1,28 @@
 """Uniform read access to every checkpoint format we load.
 
-`open_checkpoint(path)` returns a `Source` with `keys()`, `shape(key)` and
-`get(key)` (a NumPy array), whatever the format on disk:
+`open_checkpoint(path)` returns a `Source` with `keys()`, `shape(key)`,
+`dtype(key)` (both from the header or index: no data is read) and `get(key)`
+(one tensor as a NumPy array, read when asked), whatever the format on disk:
 
 * Google/TF checkpoints (`model.ckpt` prefix, `.index` + `.data-*`), read by our
   own tensor-bundle reader: TensorFlow is not needed;
 * HF `model.safetensors`, sharded `model.safetensors.index.json`, or a directory;
   each tensor is read from the shard the index's `weight_map` names, and a shard
   path must stay inside the index's directory;
-* `pytorch_model.bin` (and sharded), via `torch.load(weights_only=True)` (no
-  pickle code execution), only when torch is installed;
+* `pytorch_model.bin` (and sharded), via `torch.load(weights_only=True,
+  mmap=True)` (no pickle code execution; tensors stay in the file until read,
+  each read one is copied out and its pages handed back), only when torch is
+  installed;
 * a plain dict name -> array.
 
 `naming` tells which column of a model's weight table applies: 'google' for
 slash-separated TF names, 'hf' for dotted PyTorch-style names.
 
 >>> import numpy as np
->>> src = open_checkpoint({"bert/embeddings/word_embeddings": np.zeros((3, 2))})
->>> src.naming, src.shape("bert/embeddings/word_embeddings")
-('google', (3, 2))
+>>> name = "bert/embeddings/word_embeddings"
+>>> src = open_checkpoint({name: np.zeros((3, 2))})
+>>> src.naming, src.shape(name), src.dtype(name)
+('google', (3, 2), dtype('float64'))
 """
 
 import json
@@ -69,6 +73,12 @@ class Source:
     def shape(self, key):
         return tuple(self._shapes[key])
 
+    def dtype(self, key):
+        """The NumPy dtype `get(key)` returns (bfloat16 is widened: float32)."""
+        if key not in self._shapes:
+            raise CheckpointError(f"{self.path}: no tensor named {key!r}")
+        return np.dtype(self._dtype(key))
+
     def get(self, key):
         if key not in self._shapes:
             raise CheckpointError(f"{self.path}: no tensor named {key!r}")
@@ -107,6 +117,9 @@ class AliasedSource(Source):
     def _read(self, key):
         return self._base.get(self._aliases.get(key, key))
 
+    def _dtype(self, key):
+        return self._base.dtype(self._aliases.get(key, key))
+
 
 class DictSource(Source):
     def __init__(self, tensors, path="<dict>"):
@@ -116,6 +129,9 @@ class DictSource(Source):
 
     def _read(self, key):
         return self._tensors[key]
+
+    def _dtype(self, key):
+        return self._tensors[key].dtype
 
 
 class SafetensorsSource(Source):
@@ -167,6 +183,10 @@ class SafetensorsSource(Source):
             key: (file, size, 8 + n + start, shape, code)
             for key, (code, shape, start, end) in entries.items()
         }
+
+    def _dtype(self, key):
+        code = self._where[key][4]
+        return np.float32 if code == "BF16" else _ST_DTYPES[code]
 
     def _read(self, key):
         file, size, offset, shape, code = self._where[key]
@@ -311,7 +331,17 @@ def _check_homes(found, weight_map, path):
 
 
 class TorchBinSource(Source):
-    """pytorch_model.bin files, loaded with `weights_only=True` (no code execution)."""
+    """pytorch_model.bin files, loaded with `weights_only=True` (no code execution).
+
+    Zip-format files (every `torch.save` since torch 1.6) are memory-mapped
+    (`mmap=True`): opening reads only the pickled table of contents, and `get`
+    copies one tensor out of the map and hands its pages back to the kernel
+    (`madvise(MADV_DONTNEED)` on Linux, after checking that the pages belong to
+    this file's private map), so loading holds about one tensor beyond the
+    model. A file whose size or modification time changed since it was opened
+    is refused before each read (a map of a file truncated underneath would
+    fault). Legacy (pre-zip) files are read whole, as before.
+    """
 
     def __init__(self, files, path=None, weight_map=None):
         super().__init__(path or files[0])
@@ -325,13 +355,14 @@ class TorchBinSource(Source):
                 f"{files[0]}: reading a PyTorch .bin checkpoint needs torch installed "
                 "(pip install torch==2.13.0), or convert it to safetensors"
             ) from None
+        self._torch = torch
         self._tensors = {}
+        self._file_of = {}
+        self._stamps = {}
+        self._maps = {}  # file -> [(start, end)] of its private maps in this process
         found = {}  # tensor -> every file holding it
         for file in files:
-            try:
-                state = torch.load(file, map_location="cpu", weights_only=True)
-            except Exception as e:
-                raise CheckpointError(f"{file}: cannot read PyTorch checkpoint ({e})") from None
+            state = self._load(file)
             if not isinstance(state, dict):
                 raise CheckpointError(
                     f"{file}: expected a state dict, found {type(state).__name__}"
@@ -344,18 +375,100 @@ class TorchBinSource(Source):
                 if home is not None and not _same_file(home, file):
                     continue  # the index says this name is read from another shard
                 if hasattr(v, "detach"):
-                    v = v.detach()
-                    if v.dtype == torch.bfloat16:  # NumPy has no bfloat16: widen its bits
-                        self._tensors[k] = widen_bfloat16(
-                            v.view(torch.int16).numpy().view(np.uint16)
-                        )
-                    else:
-                        self._tensors[k] = v.numpy()
+                    self._tensors[k] = v.detach()
+                    self._file_of[k] = file
         _check_homes(found, weight_map, self.path)
-        self._shapes = {k: v.shape for k, v in self._tensors.items()}
+        self._shapes = {k: tuple(v.shape) for k, v in self._tensors.items()}
+        self._dtypes = {}
+        for k, v in self._tensors.items():
+            if v.dtype == torch.bfloat16:  # NumPy has no bfloat16: widened on read
+                self._dtypes[k] = np.dtype(np.float32)
+                continue
+            try:
+                self._dtypes[k] = torch.empty(0, dtype=v.dtype).numpy().dtype
+            except TypeError:
+                raise CheckpointError(
+                    f"{self._file_of[k]}: tensor {k!r} has dtype {v.dtype}, which NumPy cannot hold"
+                ) from None
+
+    def _load(self, file):
+        torch = self._torch
+        stat = os.stat(file)
+        self._stamps[file] = (stat.st_size, stat.st_mtime_ns)
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap can only be used" not in str(e):
+                raise CheckpointError(f"{file}: cannot read PyTorch checkpoint ({e})") from None
+            state = None  # a legacy (pre-zip) file: read it whole
+        except Exception as e:
+            raise CheckpointError(f"{file}: cannot read PyTorch checkpoint ({e})") from None
+        if state is None:
+            try:
+                return torch.load(file, map_location="cpu", weights_only=True)
+            except Exception as e:
+                raise CheckpointError(f"{file}: cannot read PyTorch checkpoint ({e})") from None
+        self._maps[file] = _private_maps_of(file)
+        return state
+
+    def _dtype(self, key):
+        return self._dtypes[key]
 
     def _read(self, key):
-        return self._tensors[key]
+        torch = self._torch
+        file, v = self._file_of[key], self._tensors[key]
+        try:
+            stat = os.stat(file)
+        except OSError as e:
+            raise CheckpointError(f"{file}: cannot read tensor {key!r} ({e})") from None
+        if (stat.st_size, stat.st_mtime_ns) != self._stamps[file]:
+            raise CheckpointError(
+                f"{file}: the file changed while it was being read "
+                f"({self._stamps[file][0]} bytes when opened, {stat.st_size} now)"
+            )
+        if v.dtype == torch.bfloat16:
+            value = widen_bfloat16(v.view(torch.int16).numpy().view(np.uint16))
+        else:
+            value = np.array(v.numpy(), copy=True)
+        _hand_back(v, self._maps.get(file, ()))
+        return value
+
+
+def _private_maps_of(file):
+    """[(start, end)] of the private maps of `file` in this process (Linux), else []."""
+    real = os.path.realpath(file)
+    maps = []
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                parts = line.split(None, 5)
+                if len(parts) == 6 and parts[1][3] == "p" and parts[5].rstrip("\n") == real:
+                    start, end = (int(x, 16) for x in parts[0].split("-"))
+                    maps.append((start, end))
+    except OSError:
+        return []
+    return maps
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _hand_back(tensor, maps):
+    """Drop the resident pages of a tensor read from a private file map: they are
+    clean copies of the file, so the kernel reloads them if touched again."""
+    if not maps or not tensor.is_contiguous():
+        return
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    if not any(lo <= start and end <= hi for lo, hi in maps):
+        return
+    first = -(-start // _PAGE) * _PAGE
+    last = end // _PAGE * _PAGE
+    if last > first:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), 4)  # MADV_DONTNEED
 
 
 class TFSource(Source):
@@ -369,6 +482,10 @@ class TFSource(Source):
     def _read(self, key):
         value = self._reader.get_tensor(key)
         return widen_bfloat16(value) if is_bfloat16(value.dtype) else value
+
+    def _dtype(self, key):
+        dtype = self._reader.dtype(key)
+        return np.float32 if is_bfloat16(dtype) else dtype
 
 
 def _sharded(index_file):

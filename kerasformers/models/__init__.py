@@ -11,6 +11,7 @@ True
 import os
 
 from kerasformers import config as config_lib
+from kerasformers.checkpoints import deferred
 from kerasformers.models.albert import ALBERT, ALBERT_Unshared
 from kerasformers.models.base import Transformer
 from kerasformers.models.bert import BERT
@@ -212,11 +213,22 @@ def build_transformer_model(
     if missing:
         raise ValueError(f"config is missing {', '.join(missing)} (config_path={config_path!r})")
     transformer = MODEL(**configs)
-    transformer.build()
+    if checkpoint_path is None:
+        transformer.build()
+    else:
+        # weights wait for their first value: the checkpoint's, or (for weights it
+        # does not provide) their initializer's, never both (checkpoints/deferred.py)
+        with deferred.deferred_build() as created:
+            transformer.build()
     # the way back from the Keras model to its Transformer (generate, stream_generate)
     transformer.model._kerasformers_transformer = transformer
     if checkpoint_path is not None:
-        transformer.load_weights_from_checkpoint(checkpoint_path)
+        try:
+            transformer.load_weights_from_checkpoint(checkpoint_path)
+        except BaseException:
+            deferred.forget(created)
+            raise
+        deferred.initialize_rest(created)
     return transformer.model if return_keras_model else transformer
 
 
