@@ -301,7 +301,8 @@ class _Evil:
 
 @pytest.mark.parametrize("zipfile", [True, False], ids=["zip", "legacy"])
 def test_malicious_pytorch_bin_is_not_executed(zipfile, tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
+
     target = str(tmp_path / "pwned")
     state = {k: torch.from_numpy(v) for k, v in checkpoint("hf").items()}
     state["payload"] = _Evil(target)
@@ -315,7 +316,8 @@ def test_malicious_pytorch_bin_is_not_executed(zipfile, tmp_path):
 
 def test_clean_pytorch_bin_loads(tmp_path):
     """Control for the test above: the same file without the payload loads."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     tensors = checkpoint("hf")
     torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, tmp_path / "pytorch_model.bin")
     model = make()

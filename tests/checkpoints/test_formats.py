@@ -3,7 +3,7 @@
 * Google TF checkpoints with the ORIGINAL variable names (SPEC §1.2): a random
   transformers model is renamed to the Google names by an independent converter
   written here from the spec, written by TensorFlow itself (`tf.raw_ops.SaveV2`;
-  our writer when TF is absent), loaded by `build_transformer_model` and compared
+  the test dependency `tensorflow-cpu`), loaded by `build_transformer_model` and compared
   with transformers and with the HF-loaded model (1e-4, padded batch). The
   converter's names are also the names our `save_weights_as_checkpoint` writes.
 * Our Google checkpoints are read by TensorFlow's `tf.train.load_checkpoint`.
@@ -19,17 +19,14 @@ import re
 
 import numpy as np
 import pytest
+import tensorflow as tf
+import torch
+import transformers
 
 from kerasformers import build_transformer_model
-from kerasformers.checkpoints.tf_checkpoint import TFCheckpointReader, save_tf_checkpoint
-from tests.utils import assert_close, batch, installed, randomize_torch, run
+from kerasformers.checkpoints.tf_checkpoint import TFCheckpointReader
+from tests.utils import assert_close, batch, randomize_torch, run
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-HAS_TF = installed("tensorflow")
-if HAS_TF:
-    import tensorflow as tf
 NEZHA_FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "nezha")
 
 SMALL = dict(
@@ -206,17 +203,14 @@ def google_config(hf_config, with_embedding_size=True):
 
 
 def write_tf_checkpoint(prefix, tensors):
-    """A real TF checkpoint: written by TensorFlow when installed, else by our writer."""
-    if HAS_TF:
-        names = sorted(tensors)
-        tf.raw_ops.SaveV2(
-            prefix=prefix,
-            tensor_names=names,
-            shape_and_slices=[""] * len(names),
-            tensors=[tf.constant(tensors[n]) for n in names],
-        )
-    else:
-        save_tf_checkpoint(prefix, tensors)
+    """A real TF checkpoint, written by TensorFlow itself."""
+    names = sorted(tensors)
+    tf.raw_ops.SaveV2(
+        prefix=prefix,
+        tensor_names=names,
+        shape_and_slices=[""] * len(names),
+        tensors=[tf.constant(tensors[n]) for n in names],
+    )
     assert os.path.exists(prefix + ".index")
 
 
@@ -366,7 +360,6 @@ def test_google_checkpoint_with_original_names(key, tmp_path, tmp_path_factory):
     assert_same_weights(fresh, ours)
 
 
-@pytest.mark.skipif(not HAS_TF, reason="TensorFlow is the oracle here")
 @pytest.mark.parametrize("key", ["bert", "albert", "electra", "roformer"])
 def test_google_checkpoint_written_by_us_is_read_by_tensorflow(key, tmp_path, tmp_path_factory):
     ref = get_reference(key, tmp_path_factory)

@@ -17,6 +17,8 @@ import math
 import keras
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from kerasformers import build_transformer_model
 from kerasformers.checkpoints.errors import CheckpointError
@@ -242,9 +244,6 @@ def test_tf_checkpoint_round_trip(key, names, tmp_path):
 
 
 # ---------------------------------------------------------------- GPT2 vs transformers
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
 GPT2_CFG = dict(
     vocab_size=99,
     n_embd=32,

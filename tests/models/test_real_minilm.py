@@ -4,15 +4,13 @@ transformers' BertModel."""
 import os
 
 import numpy as np
-import pytest
+import torch
+import transformers
 
 from kerasformers import build_transformer_model
 from kerasformers.data import sequence_padding
 from kerasformers.tokenizers import Tokenizer
 from tests.utils import assert_close, package_file, run
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 SENTENCES = [
     "A man is playing a guitar.",

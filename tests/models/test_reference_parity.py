@@ -7,12 +7,11 @@ for an unpadded row on its own.
 """
 
 import pytest
+import torch
+import transformers
 
 from kerasformers import build_transformer_model
 from tests.utils import assert_close, batch, randomize_torch, run
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 SMALL = dict(
     vocab_size=99,

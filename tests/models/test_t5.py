@@ -11,14 +11,13 @@ round-trip exactly, keep_tokens, and the bucket ids of the relative bias.
 
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from kerasformers import build_transformer_model
 from kerasformers.checkpoints.sources import open_checkpoint
 from kerasformers.layers import Embedding, RelativePositionEmbeddingT5
 from tests.utils import assert_close, randomize_torch, to_numpy
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 V, H, L, HEADS, DKV, FF = 99, 32, 2, 4, 8, 37
 SMALL = dict(
