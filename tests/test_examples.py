@@ -162,6 +162,23 @@ def test_token_spans_with_the_real_vocabulary():
     assert char_to_token_spans(offsets, [(1, 3, "LOC")]) == []
 
 
+def test_split_holds_out_dev_from_the_training_range_and_drops_repeated_texts():
+    from types import SimpleNamespace
+
+    data = [(f"t{i}", [(0, 1, "PER")]) for i in range(10)]
+    data[6] = ("t1", [])  # a dev text also in train: dropped
+    data[7] = ("t5", [])  # a test text also in dev: dropped
+    data[8] = ("t3", [])  # a test text also in train: dropped
+    train, dev, test = ner_data._split(data, SimpleNamespace(train=7, dev=2, test=3))
+    assert train == data[:5]
+    assert dev == [data[5]]
+    assert test == [data[9]]
+    with pytest.raises(SystemExit, match="--dev"):
+        ner_data._split(data, SimpleNamespace(train=7, dev=7, test=3))
+    with pytest.raises(SystemExit, match="exceeds"):
+        ner_data._split(data, SimpleNamespace(train=8, dev=2, test=3))
+
+
 def test_entity_scores_exact_span_and_type():
     gold = [[(0, 3, "PER"), (5, 7, "LOC")], [(1, 4, "ORG")], []]
     pred = [[(0, 3, "PER"), (5, 7, "ORG")], [(1, 3, "ORG")], [(0, 2, "LOC")]]
@@ -195,11 +212,15 @@ def test_script_smoke_run(script):
     out = proc.stdout
     assert f"backend {backend};" in out
     assert re.search(
-        r"^epoch 1: loss [0-9.]+, test precision [0-9.]+  recall [0-9.]+  "
+        r"^epoch 1: loss [0-9.]+, dev precision [0-9.]+  recall [0-9.]+  "
         r"f1 [0-9.]+  \(entities: true [1-9]\d*, ",
         out,
         re.M,
     ), out
+    assert re.search(r"^selected epoch 1 \(dev f1 [0-9.]+\)$", out, re.M), out
+    # the test split is scored once, after the selection
+    assert out.index("selected epoch") < out.index("test precision")
+    assert out.count("test precision ") == 1, out
     for name in ("precision", "recall", "f1"):
         match = re.search(rf"^test {name}: ([0-9.]+)$", out, re.M)
         assert match, out
