@@ -15,6 +15,7 @@ from typing import List, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 MAX_INPUTS = 2048  # texts per request, as OpenAI's embeddings endpoint
+UNION_TAGS = ("str", "list[str]", "int", "float", "bool", "none")
 
 
 class ApiError(Exception):
@@ -114,9 +115,8 @@ def parse(schema, data):
 def _validation_error(error):
     problems, first = [], None
     for e in error.errors():
-        loc = [str(p) for p in e["loc"] if not str(p).startswith(("str", "list["))]
-        # Union members add their type name to loc ("input.str"); keep the field path
-        loc = [p for p in loc if p not in ("str", "list", "function-after")]
+        # Union members add their type to loc ("input.list[str].1"); keep the field path
+        loc = [str(p) for p in e["loc"] if str(p) not in UNION_TAGS]
         field = ".".join(loc) or "body"
         first = first or (loc[0] if loc else None)
         message = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
