@@ -24,14 +24,20 @@ class AttentionMask(keras.layers.Layer):
     'lm': padding and causal (j <= i);
     'unilm': inputs [token_ids, segment_ids]; j is visible to i iff
              cumsum(segment)[j] <= cumsum(segment)[i] (UniLM seq2seq), plus padding.
+
+    key_sets=True: the mask of linear attention, [batch, 2, k]: row 0 the keys
+    every query sees (padding: the real tokens; UniLM: the source), row 1 the
+    keys seen by the queries at or after them (lm: the real tokens; UniLM: the
+    target). Exact for UniLM when the segment ids are 0...0 1...1 (then padding).
     """
 
-    def __init__(self, mode="padding", pad_token_id=0, **kwargs):
+    def __init__(self, mode="padding", pad_token_id=0, key_sets=False, **kwargs):
         super().__init__(**kwargs)
         if mode not in ("padding", "lm", "unilm"):
             raise ValueError(f"AttentionMask mode must be padding|lm|unilm, got {mode!r}")
         self.mode = mode
         self.pad_token_id = pad_token_id
+        self.key_sets = key_sets
 
     def call(self, inputs):
         if self.mode == "unilm":
@@ -42,6 +48,8 @@ class AttentionMask(keras.layers.Layer):
             mask = ops.ones_like(token_ids, dtype="bool")[:, None, None, :]
         else:
             mask = ops.not_equal(token_ids, self.pad_token_id)[:, None, None, :]
+        if self.key_sets:
+            return key_sets(mask[:, 0, 0], self.mode, segment_ids if self.mode == "unilm" else None)
         if self.mode == "lm":
             idx = ops.arange(ops.shape(token_ids)[1])
             mask = ops.logical_and(mask, (idx[None, :] <= idx[:, None])[None, None])
@@ -52,6 +60,8 @@ class AttentionMask(keras.layers.Layer):
 
     def compute_output_spec(self, inputs):
         t = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+        if self.key_sets:
+            return keras.KerasTensor((t.shape[0], 2, t.shape[1]), dtype="bool")
         q = 1 if self.mode == "padding" else t.shape[1]
         return keras.KerasTensor((t.shape[0], 1, q, t.shape[1]), dtype="bool")
 
@@ -60,8 +70,26 @@ class AttentionMask(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(mode=self.mode, pad_token_id=self.pad_token_id)
+        config.update(mode=self.mode, pad_token_id=self.pad_token_id, key_sets=self.key_sets)
         return config
+
+
+def key_sets(real, mode, segment_ids=None, segment_start=None):
+    """[b, 2, n] key sets (global, causal) of linear attention from the real-token
+    mask [b, n]; UniLM needs the segment ids (and `segment_start`, the running
+    segment sum before them, in a cached step)."""
+    none = ops.zeros_like(real)
+    if mode == "padding":
+        return ops.stack([real, none], axis=1)
+    if mode == "lm":
+        return ops.stack([none, real], axis=1)
+    cs = ops.cumsum(ops.cast(segment_ids, "int32"), axis=1)
+    if segment_start is not None:
+        cs = cs + ops.cast(segment_start, "int32")[:, None]
+    source = ops.equal(cs, 0)
+    return ops.stack(
+        [ops.logical_and(real, source), ops.logical_and(real, ops.logical_not(source))], axis=1
+    )
 
 
 @register

@@ -56,6 +56,13 @@ class GatedAttentionUnit(keras.layers.Layer):
             q and k (bert4keras' p_bias='rotary'; q and k need the same length).
     Keys hidden by the masks never reach the output; rows with no visible key
     give a finite output (o_dense of zeros), where bert4keras gave NaN.
+
+    Incremental decoding (self-attention, eager or traced): cache=(k, v) buffers
+    [b, max_len, 1, key_size] and [b, max_len, 1, units], cache_index=i: the new
+    keys/values are written at positions i.. and the queries attend the whole
+    buffer through `attention_mask` (which must hide unwritten slots and padding;
+    `mask` is not used); RoPE needs `position_bias` at the new positions. Returns
+    (output, (k, v)).
     """
 
     def __init__(
@@ -137,7 +144,13 @@ class GatedAttentionUnit(keras.layers.Layer):
         position_bias=None,
         p_bias=None,
         training=None,
+        cache=None,
+        cache_index=None,
     ):
+        if cache is not None and (not self.self_attention or cache_index is None):
+            raise ValueError("GatedAttentionUnit caches self-attention only (cache_index needed)")
+        if cache is not None and self.rope and position_bias is None:
+            raise ValueError("a cached GatedAttentionUnit step needs position_bias for RoPE")
         if p_bias not in (None, "rotary"):
             raise ValueError(f"GatedAttentionUnit only supports p_bias='rotary', got {p_bias!r}")
         if p_bias == "rotary" and position_bias is None and not self.rope:
@@ -159,6 +172,11 @@ class GatedAttentionUnit(keras.layers.Layer):
             k = apply_rotary_position_embeddings(_positions(k, self.key_size), k)
         elif position_bias is not None:
             q, k = apply_rotary_position_embeddings(position_bias, q, k)
+        if cache is not None:  # write the new keys/values, attend the whole buffer
+            start = (0, cache_index, 0, 0)
+            k_buf = ops.slice_update(cache[0], start, ops.cast(k[:, :, None], cache[0].dtype))
+            v_buf = ops.slice_update(cache[1], start, ops.cast(v[:, :, None], cache[1].dtype))
+            k, v, key_mask = k_buf[:, :, 0], v_buf[:, :, 0], None
         scores = ops.einsum("bmd,bnd->bmn", q, k)
         if self.attention_scale:
             scores = scores / (self.key_size**0.5)
@@ -170,7 +188,8 @@ class GatedAttentionUnit(keras.layers.Layer):
             probs = ops.where(visible, probs, ops.zeros_like(probs))
         if self.attention_dropout:
             probs = self.dropout(probs, training=training)
-        return self.o_dense(u * ops.einsum("bmn,bnd->bmd", probs, v))
+        o = self.o_dense(u * ops.einsum("bmn,bnd->bmd", probs, ops.cast(v, probs.dtype)))
+        return o if cache is None else (o, (k_buf, v_buf))
 
     def compute_output_spec(self, inputs, **kwargs):
         x = inputs[0] if isinstance(inputs, (list, tuple)) else inputs

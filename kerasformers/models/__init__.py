@@ -16,6 +16,7 @@ from kerasformers.models.albert import ALBERT, ALBERT_Unshared
 from kerasformers.models.base import Transformer
 from kerasformers.models.bert import BERT
 from kerasformers.models.electra import ELECTRA
+from kerasformers.models.gau_alpha import GAU_alpha
 from kerasformers.models.gpt import GPT, GPT2, GPT2_ML
 from kerasformers.models.nezha import NEZHA
 from kerasformers.models.roberta import RoBERTa
@@ -30,6 +31,7 @@ MODELS = {
     "nezha": NEZHA,
     "roformer": RoFormer,
     "roformer_v2": RoFormerV2,
+    "gau_alpha": GAU_alpha,
     "electra": ELECTRA,
     "gpt": GPT,
     "gpt2": GPT2,
@@ -121,7 +123,7 @@ def build_transformer_model(
     checkpoint_path: TF checkpoint prefix, `.safetensors`, `.bin`, a directory or a
         dict of arrays; weights are matched by name.
     model: 'bert' (default), 'roberta', 'albert', 'albert_unshared', 'nezha',
-        'electra', 'roformer', 'roformer_v2', 'gpt', 'gpt2', 'gpt2_ml' (causal LMs;
+        'electra', 'roformer', 'roformer_v2', 'gau_alpha', 'gpt', 'gpt2', 'gpt2_ml' (causal LMs;
         `final_activation` 'softmax' or 'linear'), or a Transformer subclass.
         T5: 't5' / 't5.1.0', 't5.1.1', 'mt5.1.1' (the joint model; `.encoder`
         and `.decoder` on the object) and each with '_encoder' / '_decoder'.
@@ -242,6 +244,7 @@ __all__ = [
     "NEZHA",
     "RoFormer",
     "RoFormerV2",
+    "GAU_alpha",
     "ELECTRA",
     "GPT",
     "GPT2",

@@ -27,7 +27,19 @@ from kerasformers.layers import (
     LayerNormalization,
     MultiHeadAttention,
 )
+from kerasformers.layers import linear_attention as linear_lib
+from kerasformers.layers.attention import check_attention_options
 from kerasformers.models import cache as cache_lib
+
+#: the attention options every model takes, with their defaults
+ATTENTION_OPTIONS = {
+    "attention_type": "softmax",
+    "feature_map": "elu",
+    "num_random_features": None,
+    "redraw_features": False,
+    "attention_scale": None,
+    "training_length": 512,
+}
 
 
 class Transformer:
@@ -87,8 +99,11 @@ class Transformer:
         """Check argument values (a hook: subclasses add their own rules).
         None is accepted where the constructor's default is None."""
         optional = {k for k, v in cls._defaults().items() if v is None} | {"pad_token_id"}
+        attention = {k: arguments.pop(k) for k in ATTENTION_OPTIONS if k in arguments}
         config_lib.check_arguments(arguments, cls.__name__, optional)
+        arguments.update(attention)
         cls.check_condition_arguments(arguments)
+        cls.check_attention_arguments(arguments)
         hidden, heads = arguments.get("hidden_size"), arguments.get("num_attention_heads")
         if arguments.get("attention_head_size") is None and hidden and heads and hidden % heads:
             names = config_lib.FILE_NAMES
@@ -98,6 +113,80 @@ class Transformer:
                 f"{names['num_attention_heads']}); pass attention_head_size to choose the "
                 "size of each head"
             )
+
+    #: False where the model's attention cannot be linear (a score-matrix position bias)
+    supports_linear_attention = True
+    #: False where the model's attention is unscaled (T5)
+    supports_entropy_scale = True
+
+    @classmethod
+    def check_attention_arguments(cls, arguments):
+        """attention_type / feature_map / num_random_features / redraw_features /
+        attention_scale / training_length (see `MultiHeadAttention`)."""
+        options = {
+            **ATTENTION_OPTIONS,
+            **{k: arguments[k] for k in ATTENTION_OPTIONS if k in arguments},
+        }
+        scale = options["attention_scale"]
+        check_attention_options(
+            options["attention_type"],
+            options["feature_map"],
+            True if scale is None else scale,
+            options["training_length"],
+            options["num_random_features"],
+        )
+        if options["attention_type"] != "softmax" and not cls.supports_linear_attention:
+            raise ValueError(
+                f"{cls.__name__}: attention_type={options['attention_type']!r} is not available: "
+                "its relative position bias acts on the attention score matrix, which linear "
+                "attention never forms"
+            )
+        if scale is not None and not cls.supports_entropy_scale:
+            raise ValueError(
+                f"{cls.__name__}: attention_scale={scale!r} is not available: the model's "
+                "attention is not MultiHeadAttention's 1/sqrt(d)-scaled softmax (T5 is unscaled, "
+                "GAU-alpha has its own softmax_plus)"
+            )
+        if options["attention_type"] != "softmax" and arguments.get("residual_attention_scores"):
+            raise ValueError(
+                f"{cls.__name__}: residual_attention_scores needs the attention scores, which "
+                f"attention_type={options['attention_type']!r} never forms"
+            )
+        if not isinstance(options["redraw_features"], bool):
+            raise TypeError(
+                f"redraw_features must be True or False, got {options['redraw_features']!r}"
+            )
+        if options["feature_map"] != "elu" and options["attention_type"] != "linear":
+            raise ValueError("feature_map is an option of attention_type='linear'")
+        if options["attention_type"] != "performer" and (
+            options["num_random_features"] is not None or options["redraw_features"]
+        ):
+            raise ValueError(
+                "num_random_features and redraw_features are options of attention_type='performer'"
+            )
+        if scale is not None and scale != "entropy_invariant":
+            raise ValueError(
+                f"{cls.__name__}: attention_scale must be None (the model's own) or "
+                f"'entropy_invariant', got {scale!r}"
+            )
+        if options["training_length"] != 512 and scale != "entropy_invariant":
+            raise ValueError("training_length is an option of attention_scale='entropy_invariant'")
+
+    def attention_options(self):
+        """The MultiHeadAttention keywords of the attention options (none by default)."""
+        options = {}
+        if self.attention_type != "softmax":
+            options.update(attention_type=self.attention_type, feature_map=self.feature_map)
+            if self.attention_type == "performer":
+                options.update(
+                    num_random_features=self.num_random_features,
+                    redraw_features=self.redraw_features,
+                )
+        if self.attention_scale is not None:
+            options.update(
+                attention_scale=self.attention_scale, training_length=self.training_length
+            )
+        return options
 
     #: False where the model's norms have no scale or offset for a condition to change
     supports_layer_norm_cond = True
@@ -164,6 +253,12 @@ class Transformer:
         layers=None,
         prefix=None,
         name=None,
+        attention_type="softmax",
+        feature_map="elu",
+        num_random_features=None,
+        redraw_features=False,
+        attention_scale=None,
+        training_length=512,
     ):
         if keep_tokens is not None:
             vocab_size = len(keep_tokens)
@@ -200,6 +295,12 @@ class Transformer:
         self.layers = {} if layers is None else layers
         self.prefix = prefix or ""
         self.name = name
+        self.attention_type = attention_type
+        self.feature_map = feature_map
+        self.num_random_features = num_random_features
+        self.redraw_features = redraw_features
+        self.attention_scale = attention_scale
+        self.training_length = training_length
         self.attention_scores = None
         self.attention_bias = None
         self.position_bias = None
@@ -259,6 +360,8 @@ class Transformer:
             return inputs
         if layer is MultiHeadAttention and self.residual_attention_scores:
             kwargs["return_attention_scores"] = True
+        if layer is MultiHeadAttention:
+            kwargs.update(self.attention_options())
         arguments = dict(arguments or {})
         name = self.prefixed(kwargs.get("name"))
         kwargs["name"] = name
@@ -311,6 +414,7 @@ class Transformer:
                 layer=AttentionMask,
                 mode=self.attention_mode,
                 pad_token_id=self.pad_token_id,
+                key_sets=self.attention_type != "softmax",
                 name=names[self.attention_mode],
             )
         return self.attention_bias
@@ -340,13 +444,28 @@ class Transformer:
         """
         self._check_incremental()
         dtype = dtype or cache_lib.compute_dtype_of(self.layers)
+        states = None
+        if self.attention_type != "softmax":  # a constant-size recurrent state per layer
+            states = [
+                linear_lib.empty_state(
+                    batch_size, heads, self.feature_count(key_size), head_size, self.feature_map
+                )
+                for heads, key_size, head_size in self.cached_attention_shapes()
+            ]
         return cache_lib.empty_cache(
             batch_size,
             max_length,
             self.cached_attention_shapes(),
             dtype,
             unilm=self.step_attention_mode == "unilm",
+            states=states,
         )
+
+    def feature_count(self, key_size):
+        """The features per head of linear attention (its recurrent state's rows)."""
+        if self.attention_type == "performer":
+            return self.num_random_features or 2 * key_size
+        return key_size
 
     #: layers whose activation `call_with_cache(logits=True)` skips (the LM heads)
     logit_layer_names = (
@@ -396,6 +515,7 @@ class Transformer:
                 self.step_attention_mode,
                 self.step_pad_token_id,
                 mask=mask,
+                key_sets=self.attention_type != "softmax",
                 logit_layers=[self.prefixed(n) for n in self.logit_layer_names] if logits else (),
                 plan=plan
                 if plan is not None or not torch_backend.available()

@@ -27,11 +27,13 @@ from keras import ops
 
 from kerasformers import ops as K
 from kerasformers.layers import (
+    GatedAttentionUnit,
     MultiHeadAttention,
     PositionEmbedding,
     RelativePositionEmbedding,
     SinusoidalPositionEmbedding,
 )
+from kerasformers.layers.core import key_sets as key_set_mask
 
 
 def _is_self_attention(inputs):
@@ -48,9 +50,10 @@ def _concrete_int(x):
         return None
 
 
-def empty_cache(batch_size, max_length, attention_shapes, dtype, unilm=False):
+def empty_cache(batch_size, max_length, attention_shapes, dtype, unilm=False, states=None):
     """A zero cache; `attention_shapes` lists (heads, key_size, head_size) per
-    self-attention call."""
+    self-attention call. `states`: linear attention's recurrent states, one per
+    self-attention call, in place of the key/value buffers."""
     cache = {
         "index": ops.convert_to_tensor(0, dtype="int32"),
         "key_mask": ops.zeros((batch_size, max_length), dtype="bool"),
@@ -60,7 +63,9 @@ def empty_cache(batch_size, max_length, attention_shapes, dtype, unilm=False):
                 ops.zeros((batch_size, max_length, heads, head_size), dtype=dtype),
             )
             for heads, key_size, head_size in attention_shapes
-        ),
+        )
+        if states is None
+        else tuple(states),
     }
     if unilm:
         cache["segment"] = ops.zeros((batch_size, max_length), dtype="int32")
@@ -76,9 +81,7 @@ def reorder_cache(cache, indices):
         if key == "index":
             out[key] = value
         elif key in ("self", "cross"):
-            out[key] = tuple(
-                (ops.take(k, indices, axis=0), ops.take(v, indices, axis=0)) for k, v in value
-            )
+            out[key] = tuple(tuple(ops.take(t, indices, axis=0) for t in slot) for slot in value)
         else:
             out[key] = ops.take(value, indices, axis=0)
     return out
@@ -94,6 +97,7 @@ class Step:
         mode,
         pad_token_id,
         mask=None,
+        key_sets=False,
         logit_layers=(),
         plan=None,
         inplace=False,
@@ -120,13 +124,22 @@ class Step:
             real = ops.not_equal(token_ids, pad_token_id)
         self.key_mask = K.slice_update(cache["key_mask"], (0, index), real)
         keys = self.key_mask[:, None, None, :]
-        if mode == "lm":
+        if mode == "unilm" and len(inputs) < 2:
+            raise ValueError("application='unilm' needs [token_ids, segment_ids]")
+        if key_sets and mode in ("lm", "unilm"):
+            # linear attention: the new keys as two sets; earlier keys are in the state
+            segments = inputs[1] if mode == "unilm" else None
+            total = cache.get("segment_total")
+            self.attention_mask = key_set_mask(real, mode, segments, total)
+            if mode == "unilm":
+                sums = total[:, None] + ops.cumsum(ops.cast(inputs[1], "int32"), axis=1)
+                self.segment = K.slice_update(cache["segment"], (0, index), sums)
+                self.segment_total = sums[:, -1]
+        elif mode == "lm":
             queries = ops.arange(length, dtype="int32") + index
             visible = ops.arange(max_length, dtype="int32")[None, :] <= queries[:, None]
             self.attention_mask = ops.logical_and(keys, visible[None, None])
         elif mode == "unilm":
-            if len(inputs) < 2:
-                raise ValueError("application='unilm' needs [token_ids, segment_ids]")
             sums = cache["segment_total"][:, None] + ops.cumsum(
                 ops.cast(inputs[1], "int32"), axis=1
             )
@@ -184,10 +197,10 @@ class Step:
 
     def call(self, layer, inputs, arguments):
         """Call `layer` as part of the step (cache and position arguments added)."""
-        if isinstance(layer, MultiHeadAttention):
+        if isinstance(layer, (MultiHeadAttention, GatedAttentionUnit)):
             extra, is_self = self.attention_arguments(inputs)
             result = NotImplemented
-            if self.plan is not None:
+            if self.plan is not None and isinstance(layer, MultiHeadAttention):
                 result = self.plan.attention(
                     layer,
                     inputs,

@@ -15,6 +15,9 @@ from kerasformers.models.bert import BERT
 
 
 class NEZHA(BERT):
+    #: a relative position bias on the score matrix
+    supports_linear_attention = False
+
     layer_norm_epsilon = 1e-7
     hf_prefixes = ("nezha",)
     hf_model_type = "nezha"

@@ -18,6 +18,8 @@ from kerasformers.saving import register
 class RoFormer(NEZHA):
     """NEZHA's layout with RoPE on queries and keys (GPT-J style interleaved pairs)."""
 
+    supports_linear_attention = True  # RoPE rotates the features, not the scores
+
     hf_prefixes = ("roformer",)
     hf_model_type = "roformer"
     hf_embedding_mapping = "embeddings_project"

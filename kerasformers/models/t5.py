@@ -63,6 +63,10 @@ class T5_Base(Transformer):
     the decoder.
     """
 
+    #: a relative position bias on the score matrix
+    supports_linear_attention = False
+    supports_entropy_scale = False
+
     layer_norm_epsilon = 1e-6
     hf_prefixes = ()
     hf_model_type = "t5"

@@ -69,6 +69,8 @@ def prepare_attention(layer):
     if (
         layer.return_attention_scores
         or layer.normalization != "softmax"
+        or layer.attention_type != "softmax"  # linear kinds keep a recurrent state
+        or layer.attention_scale not in (True, False)  # a per-query scale
         or layer.key_size != layer.head_size
         or not all(_dense_ok(d) for d in (*denses, layer.o_dense))
     ):
