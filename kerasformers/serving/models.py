@@ -244,8 +244,16 @@ class ServedModel:
 
     def stream(self, prompts, config):
         """Steps of new tokens for a batch of prompts (`stream_generate`): per step a list
-        with each row's token, None once a row has finished."""
-        return stream_generate(self.lm, prompts, config=config)
+        with each row's token, None once a row has finished. The batch is padded to a power
+        of two rows (copies of the first prompt, dropped) so few step shapes are compiled."""
+        n = len(prompts)
+        extra = bucket(n) - n  # a compiled step per power-of-two batch: pad with row 0
+        steps = stream_generate(self.lm, list(prompts) + list(prompts[:1]) * extra, config=config)
+        try:
+            for step in steps:
+                yield list(step)[:n]
+        finally:
+            steps.close()
 
 
 class Detokenizer:
