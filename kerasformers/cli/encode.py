@@ -59,10 +59,15 @@ def encode(transformer, tokenizer, texts, pool="cls", batch_size=32, max_length=
     for start in range(0, len(texts), batch_size):
         batch = texts[start : start + batch_size]
         encoded = [tokenizer.encode(text, maxlen=max_length) for text in batch]
-        token_ids = sequence_padding([ids for ids, _ in encoded])
-        segment_ids = sequence_padding([segments for _, segments in encoded])
+        # every batch padded to batch_size rows and a power-of-two length (>= 8, at most
+        # max_length): a handful of shapes, so JAX and TensorFlow compile a few times only
+        length = min(bucket(max(len(ids) for ids, _ in encoded), 8), max_length)
+        rows = encoded + [encoded[0]] * (batch_size - len(encoded))
+        token_ids = sequence_padding([ids for ids, _ in rows], length=length)
+        segment_ids = sequence_padding([segments for _, segments in rows], length=length)
         inputs = model_inputs(transformer, token_ids, segment_ids)
-        hidden = np.asarray(transformer.model.predict_on_batch(inputs), dtype="float32")
+        hidden = transformer.model.predict_on_batch(inputs)
+        hidden = np.asarray(hidden, dtype="float32")[: len(encoded)]
         if pool == "cls":
             out.append(hidden[:, 0])
         else:
@@ -74,6 +79,15 @@ def encode(transformer, tokenizer, texts, pool="cls", batch_size=32, max_length=
     if not out:
         return np.zeros((0, transformer.hidden_size), "float32")
     return np.concatenate(out).astype("float32")
+
+
+def bucket(n, minimum=1):
+    """The smallest power of two >= max(n, minimum).
+
+    >>> [bucket(n, 8) for n in (1, 8, 9, 100)]
+    [8, 8, 16, 128]
+    """
+    return 1 << (max(int(n), int(minimum), 1) - 1).bit_length()
 
 
 def read_lines(path, what="--input"):
