@@ -197,6 +197,8 @@ class Server:
             raise
         finally:
             await self.worker.run(steps.close)
+            for job in jobs:
+                job.payload["release"]()
         for job in jobs:
             if not job.cancelled:
                 job.payload["close"]()
@@ -457,7 +459,7 @@ def create_app(
                 choices.append(choice(i, text, d.finish_reason or "length"))
             return {**base, "choices": choices, "usage": usage(generated)}
 
-        server.take()  # released when the stream ends
+        server.take()  # released when the client goes away or the generation ends
         queue = asyncio.Queue()
         detoks = [
             Detokenizer(model.tokenizer, model.eos_id, stop, limit=req.max_tokens) for _ in prompts
@@ -491,11 +493,16 @@ def create_app(
             payload["done"] = True
             queue.put_nowait(error)
 
-        payload["push"], payload["close"], payload["fail"] = push, close, fail
+        def release():  # once: when the client has gone or the generation has ended
+            if not payload.get("released"):
+                payload["released"] = True
+                server.admitted -= 1
+
+        payload.update(push=push, close=close, fail=fail, release=release)
         try:
             job = server.streams.enqueue(Job(payload, key, len(prompts)))
         except BaseException:
-            server.admitted -= 1
+            release()
             raise
 
         async def events():
@@ -520,7 +527,7 @@ def create_app(
                     yield f"data: {json.dumps(item, ensure_ascii=False)}\n\n"
             finally:
                 job.cancelled = True  # a client that went away stops its rows' generation
-                server.admitted -= 1
+                release()
 
         def failed(future):
             if not future.cancelled() and future.exception() is not None:

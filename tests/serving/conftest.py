@@ -124,8 +124,17 @@ class ServerProcess:
 
 
 @pytest.fixture(scope="session")
-def server(model_dirs):
-    """A real server with both tiny models (the page test and the HTTP tests share it)."""
-    process = ServerProcess([model_dirs["bert"], model_dirs["gpt2"]])
-    yield process
-    process.stop()
+def _servers(model_dirs):
+    running = []
+    yield running
+    for process in running:
+        process.stop()
+
+
+@pytest.fixture
+def server(_servers, model_dirs):
+    """A real server with both tiny models, shared by the tests (started again if a test
+    stopped it, as the graceful-shutdown test does)."""
+    if not _servers or _servers[-1].proc.poll() is not None:
+        _servers.append(ServerProcess([model_dirs["bert"], model_dirs["gpt2"]]))
+    return _servers[-1]

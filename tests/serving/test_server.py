@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from tests.serving.conftest import ServerProcess, get_json
+from tests.serving.conftest import get_json
 
 
 def events(response):
@@ -69,21 +69,22 @@ def test_binds_loopback_only(server):
     assert listening == ["0100007F"]
 
 
-def test_graceful_shutdown_finishes_the_stream_in_flight(model_dirs):
-    process = ServerProcess([model_dirs["gpt2"]])
-    body = {"prompt": "Hello", "max_tokens": 200, "temperature": 0, "stream": True}
+def test_graceful_shutdown_finishes_the_stream_in_flight(server):
+    # the last test here: it stops the shared server (the fixture starts another if needed)
+    body = {"model": "gpt2", "prompt": "Hello", "max_tokens": 200, "temperature": 0}
     pieces = []
     try:
-        with httpx.Client(base_url=process.url, timeout=60) as client:
-            with client.stream("POST", "/v1/completions", json=body) as r:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
                 for data in events(r):
                     if not pieces:
-                        process.proc.send_signal(signal.SIGTERM)  # mid-stream
+                        server.proc.send_signal(signal.SIGTERM)  # mid-stream
                     pieces.append(data)
     finally:
-        code, output = process.stop()
+        code, output = server.stop()
     assert pieces[-1] == "[DONE]", output
     last = json.loads(pieces[-2])["choices"][0]
     assert last["finish_reason"] == "length"
+    assert sum(len(json.loads(p)["choices"][0]["text"]) > 0 for p in pieces[:-1]) >= 50
     # uvicorn exits by re-raising the signal once the in-flight requests are answered
     assert code == -signal.SIGTERM and "Traceback" not in output, output
