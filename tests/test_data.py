@@ -296,7 +296,9 @@ SCRIPT = r'''
 import json, sys, threading
 import numpy as np
 import keras
+from keras import ops
 from kerasformers.data import DataGenerator, sequence_padding
+from kerasformers.layers import Loss
 
 keras.utils.set_random_seed(0)
 lock = threading.Lock()
@@ -384,6 +386,72 @@ two = keras.Model([a, b], keras.layers.Dense(1)(keras.layers.Concatenate()([a, b
 two.compile('adam', 'mse')
 out['list_inputs_epochs'] = len(two.fit(ListBatches(samples, batch_size=8), epochs=2,
                                         verbose=0).history['loss'])
+
+# bert4keras' dynamic padding: each batch padded to its longest row; in data order the
+# first two batches share a length (TensorFlow fixes the shapes it reads first)
+lengths = [2, 3] * 8 + [2, 5] * 4 + [3, 4] * 4
+tokens = [(rng.randint(1, 20, n).tolist(), [i % 2]) for i, n in enumerate(lengths)]
+
+
+class Tokens(DataGenerator):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lengths = []
+
+    def __iter__(self, random=False):
+        xs, ss, ys = [], [], []
+        for is_end, (x, y) in self.sample(random):
+            xs.append(x)
+            ss.append([0] * len(x))
+            ys.append(y)
+            if len(xs) == self.batch_size or is_end:
+                xs, ss = sequence_padding(xs), sequence_padding(ss)
+                with lock:
+                    self.lengths.append(xs.shape[1])
+                yield [xs, ss], np.array(ys)
+                xs, ss, ys = [], [], []
+
+
+class NoTargets(Tokens):
+    def __iter__(self, random=False):
+        for x, _ in super().__iter__(random):
+            yield x, None
+
+
+t, s = keras.Input((None,), dtype='int32'), keras.Input((None,), dtype='int32')
+h = keras.layers.Embedding(20, 4)(t) + keras.layers.Embedding(2, 4)(s)
+probs = keras.layers.Dense(2, activation='softmax')(keras.layers.GlobalAveragePooling1D()(h))
+seq = keras.Model([t, s], probs)
+seq.compile('adam', 'sparse_categorical_crossentropy')
+direct = np.concatenate([seq.predict_on_batch(x) for x, _ in Tokens(tokens, 8)])
+out['variable_predict_diff'] = float(np.abs(seq.predict(Tokens(tokens, 8), verbose=0)
+                                            - direct).max())
+out['variable_fortest_diff'] = float(np.abs(seq.predict(Tokens(tokens, 8).fortest(), steps=4,
+                                                        verbose=0) - direct).max())
+variable = Tokens(tokens, 8)
+seq.fit(variable, epochs=2, verbose=0)
+out['variable_fit_lengths'] = variable.lengths
+variable = Tokens(tokens, 8)
+seq.fit(variable.forfit(random=False), steps_per_epoch=4, epochs=2, verbose=0)
+out['variable_forfit_lengths'] = variable.lengths[:8]
+bucketed = Tokens(tokens, 8, buckets=4)
+seq.fit(bucketed.forfit(random=False), steps_per_epoch=4, epochs=1, verbose=0)
+out['bucketed_forfit_lengths'] = bucketed.lengths[:4]
+bucketed = Tokens(tokens, 8, buckets=[4, 8])
+seq.fit(bucketed, epochs=1, verbose=0)
+out['bucketed_fit_lengths'] = bucketed.lengths
+
+
+class MeanLoss(Loss):
+    def compute_loss(self, inputs, mask=None):
+        return ops.mean(inputs)
+
+
+no_targets = keras.Model([t, s], MeanLoss()(probs))
+no_targets.compile('adam')
+out['no_targets_fit'] = no_targets.fit(NoTargets(tokens, 8), epochs=1, verbose=0).history['loss']
+out['no_targets_forfit'] = no_targets.fit(NoTargets(tokens, 8).forfit(), steps_per_epoch=4,
+                                          epochs=1, verbose=0).history['loss']
 print('RESULT ' + json.dumps(out))
 '''
 
@@ -446,6 +514,15 @@ def test_data_generator_with_keras(backend):
     assert passes(out["forfit_served"][:7], 7) == [everything]
     assert out["fortest_shape"] == [8, 6]
     assert out["list_inputs_epochs"] == 2  # list batches work (TensorFlow needs tuples)
+    # variable lengths, the first two batches of one length: served in order, every batch
+    # once per epoch (TensorFlow's shape probe sees the padded axes open), same predictions
+    assert out["variable_predict_diff"] < 1e-6 and out["variable_fortest_diff"] < 1e-6
+    assert out["variable_fit_lengths"] == [3, 3, 5, 4] * 2
+    assert out["variable_forfit_lengths"] == [3, 3, 5, 4] * 2
+    assert out["bucketed_forfit_lengths"] == [4, 4, 8, 4]  # buckets=4: multiples of 4
+    assert out["bucketed_fit_lengths"] == [4, 4, 8, 4]  # buckets=[4, 8]
+    # (x, None) batches train a model whose loss is a Loss layer
+    assert all(np.isfinite(out["no_targets_fit"] + out["no_targets_forfit"]))
 
 
 class Plain(data.DataGenerator):
@@ -480,6 +557,54 @@ def test_data_generator_bert4keras_api():
         Plain(list(range(10)), 4, use_multiprocessing=True, workers=2)
     with pytest.raises(NotImplementedError):
         next(iter(data.DataGenerator(list(range(3)))))
+
+
+def test_data_generator_shuffles_as_bert4keras():
+    """seed=None draws from NumPy's global state exactly as bert4keras 0.11.5's `sample`:
+    one ``np.random.permutation(len(data))`` per pass of sized data, and for a stream a
+    buffer of `buffer_size` from which ``np.random.randint(len(buffer))`` picks."""
+    data = list(range(30))
+    np.random.seed(7)
+    ours = [x for _, x in Plain(data, 4).sample(random=True)]
+    np.random.seed(7)
+    assert ours == [data[i] for i in np.random.permutation(30)]
+    np.random.seed(7)
+    forfit = Plain(data, 4).forfit()  # random=True by default, as bert4keras
+    batches = [next(forfit)[0].tolist() for _ in range(8)]  # one pass of 30 in batches of 4
+    np.random.seed(7)
+    expected = [data[i] for i in np.random.permutation(30)]
+    assert sum(batches, []) == expected
+    np.random.seed(7)
+    ours = [x for _, x in Plain(iter(data), 4, buffer_size=5).sample(random=True)]
+    np.random.seed(7)
+    buffer, expected = [], []
+    for x in data:  # the original's buffer: fill to 5, then draw one per new sample
+        buffer.append(x)
+        if len(buffer) > 5:
+            expected.append(buffer.pop(np.random.randint(len(buffer))))
+    while buffer:
+        expected.append(buffer.pop(np.random.randint(len(buffer))))
+    assert ours == expected
+    fortest = Plain(data, 4).fortest()  # data order by default; the inputs only
+    assert next(fortest).tolist() == [0, 1, 2, 3]
+
+
+def test_sequence_padding_buckets():
+    rows = [[1, 2, 3], [4]]
+    assert data.sequence_padding(rows, buckets=4).tolist() == [[1, 2, 3, 0], [4, 0, 0, 0]]
+    assert data.sequence_padding(rows, buckets=[2, 5, 9]).shape == (2, 5)
+    assert data.sequence_padding(rows, buckets=[2]).shape == (2, 3)  # beyond the last: as is
+    assert data.sequence_padding(rows, length=3, buckets=4).shape == (2, 3)  # length wins
+    assert data.sequence_padding([[1, 2], [3, 4]], buckets=4).shape == (2, 2)  # no axis varies
+    # GlobalPointer labels [heads, n, n]: the heads axis is the same in every row
+    labels = [np.ones((2, 3, 3)), np.ones((2, 5, 5))]
+    assert data.sequence_padding(labels, seq_dims=3, buckets=8).shape == (2, 2, 8, 8)
+    assert data.bucket_length(0, 8) == 0 and data.bucket_length(9, 8) == 16
+    for bad in (0, -4, [], [0, 8], "8", 2.5, True):
+        with pytest.raises(ValueError, match="buckets"):
+            data.sequence_padding(rows, buckets=bad)
+        with pytest.raises(ValueError, match="buckets"):
+            Plain(rows, 2, buckets=bad)
 
 
 def test_data_generator_to_dataset():

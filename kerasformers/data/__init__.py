@@ -18,7 +18,12 @@ import importlib
 
 from kerasformers.data.files import IndexedTextFile, open
 from kerasformers.data.parallel import parallel_apply, parallel_apply_generator
-from kerasformers.data.sequences import sequence_padding, to_array, truncate_sequences
+from kerasformers.data.sequences import (
+    bucket_length,
+    sequence_padding,
+    to_array,
+    truncate_sequences,
+)
 from kerasformers.data.text import (
     longest_common_subsequence,
     longest_common_substring,
@@ -29,6 +34,7 @@ from kerasformers.data.text import (
 __all__ = [
     "to_array",
     "sequence_padding",
+    "bucket_length",
     "truncate_sequences",
     "text_segmentate",
     "parallel_apply_generator",
