@@ -26,6 +26,8 @@ import contextlib
 import keras
 from keras.src.backend.common import global_state
 
+from kerasformers.backends import torch as torch_backend
+
 _PENDING = "uninitialized_variables"  # Keras' list of variables waiting for a value
 
 
@@ -51,9 +53,19 @@ def is_deferred(variable):
     )
 
 
+def backend_value(value):
+    """A NumPy array as the backend takes it with the fewest copies: on torch a tensor
+    sharing its memory (Keras' own conversion copies it first); elsewhere as it is."""
+    if torch_backend.available():
+        from kerasformers.backends.torch.arrays import from_numpy
+
+        return from_numpy(value)
+    return value
+
+
 def initialize_from(variable, value):
     """Give a waiting `variable` its first value, `value` (a NumPy array of its dtype)."""
-    variable._initialize(variable._convert_to_tensor(value, dtype=variable.dtype))
+    variable._initialize(variable._convert_to_tensor(backend_value(value), dtype=variable.dtype))
     variable._initializer = None
     _forget([variable])
 

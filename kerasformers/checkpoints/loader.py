@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kerasformers.checkpoints.bfloat16 import is_bfloat16, numpy_bfloat16
-from kerasformers.checkpoints.deferred import initialize_from, is_deferred
+from kerasformers.checkpoints.deferred import backend_value, initialize_from, is_deferred
 from kerasformers.checkpoints.errors import CheckpointError
 from kerasformers.checkpoints.sources import open_checkpoint
 
@@ -368,7 +368,7 @@ def load_weights(
         if is_deferred(variable):
             initialize_from(variable, value)
         else:
-            variable.assign(value)
+            variable.assign(backend_value(value))
         del value
         report.loaded.append(path)
     return report
@@ -423,12 +423,25 @@ def _kind_fits(stored, target):
     return stored == target
 
 
+_CHUNK = 1 << 20  # elements checked at a time: the temporaries stay small
+
+
 def _count_not_finite(value):
+    """NaN and Inf values in `value`, counted chunk by chunk (bfloat16 on its bits:
+    all exponent bits set)."""
     if not (value.dtype.kind == "f" or is_bfloat16(value.dtype)):
         return 0
+    flat = np.ascontiguousarray(value).reshape(-1)
     if is_bfloat16(value.dtype):
-        value = value.astype(np.float32)
-    return int(value.size - np.count_nonzero(np.isfinite(value)))
+        bits = flat.view(np.uint16)
+        return sum(
+            int(np.count_nonzero((bits[i : i + _CHUNK] & 0x7F80) == 0x7F80))
+            for i in range(0, bits.size, _CHUNK)
+        )
+    return sum(
+        int(flat[i : i + _CHUNK].size - np.count_nonzero(np.isfinite(flat[i : i + _CHUNK])))
+        for i in range(0, flat.size, _CHUNK)
+    )
 
 
 def export_weights(variables, table, naming):
