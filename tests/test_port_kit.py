@@ -56,7 +56,7 @@ def check_masked_language_model(ns):
 
 def check_gibbs_sampling(ns):
     assert len(ns["sentences"]) == ns["steps"] == 4
-    assert all(len(s) == len(ns["init_sent"]) for s in ns["sentences"])
+    assert len(ns["token_ids"]) == len(ns["tokenizer"].encode(ns["init_sent"])[0])  # resampled
 
 
 def check_classifier(ns):
@@ -112,5 +112,5 @@ def test_smoke(run, name):
 
 
 def test_every_port_is_tested():
-    ports = {p.stem for p in PORT.glob("*.py")} - {"smoke"}
+    ports = {p.stem for p in PORT.glob("*.py")} - {"smoke", "diff_original"}
     assert ports == set(SCRIPTS)

