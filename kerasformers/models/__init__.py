@@ -19,6 +19,7 @@ from kerasformers.models.electra import ELECTRA
 from kerasformers.models.gau_alpha import GAU_alpha
 from kerasformers.models.gpt import GPT, GPT2, GPT2_ML
 from kerasformers.models.nezha import NEZHA
+from kerasformers.models.outputs import layer_outputs
 from kerasformers.models.roberta import RoBERTa
 from kerasformers.models.roformer import RoFormer, RoFormerV2
 from kerasformers.models.t5 import T5, T5_Decoder, T5_Encoder
@@ -253,6 +254,7 @@ __all__ = [
     "T5_Encoder",
     "T5_Decoder",
     "build_transformer_model",
+    "layer_outputs",
     "extend_with_language_model",
     "extend_with_unified_language_model",
 ]
