@@ -25,15 +25,19 @@ def run(monkeypatch, tmp_path):
     """Run examples/port/<name>.py --smoke as __main__; return its globals."""
     monkeypatch.syspath_prepend(str(PORT))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the smoke run's files
-    monkeypatch.setattr(keras.Model, "fit", keras.Model.fit)  # --smoke caps it: restore after
     monkeypatch.chdir(tmp_path)
+    own_fit = vars(keras.Model).get("fit")  # --smoke caps keras.Model.fit: put it back after
 
     def run_script(name):
         path = str(PORT / f"{name}.py")
         monkeypatch.setattr(sys, "argv", [path, "--smoke"])
         return runpy.run_path(path, run_name="__main__")
 
-    return run_script
+    yield run_script
+    if own_fit is not None:
+        keras.Model.fit = own_fit
+    elif "fit" in vars(keras.Model):
+        del keras.Model.fit
 
 
 def trained_steps(ns):
