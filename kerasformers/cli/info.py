@@ -12,6 +12,7 @@ from kerasformers.cli.model_dir import (
     checkpoint_heads,
     load_report,
     open_model_dir,
+    structure_only,
 )
 
 
@@ -34,8 +35,9 @@ def describe(model_dir):
 
     source = open_checkpoint(model_dir.checkpoint)
     heads = checkpoint_heads(model_dir, source)
-    transformer = build(model_dir, load=False, **heads)
-    report = load_report(transformer, model_dir)
+    with structure_only():  # values only from the checkpoint, none drawn at random
+        transformer = build(model_dir, load=False, **heads)
+        report = load_report(transformer, model_dir)
     lines = [
         f"path: {model_dir.path}",
         f"format: {model_dir.kind} ({source.naming} names, {source.path})",

@@ -18,6 +18,7 @@ Traceback (most recent call last):
 kerasformers.cli.model_dir.CLIError: PATH ...: no config file (config.json / bert_config.json) ...
 """
 
+import contextlib
 import glob
 import os
 from dataclasses import dataclass
@@ -123,7 +124,8 @@ def checkpoint_heads(model_dir, source=None):
     from kerasformers.checkpoints.sources import open_checkpoint
 
     source = source or open_checkpoint(model_dir.checkpoint)
-    base = build(model_dir, load=False)
+    with structure_only():
+        base = build(model_dir, load=False)
     column = loader.naming_column(source.naming)
     built = base.variables()
     accepted = type(base).accepted_arguments()
@@ -141,6 +143,20 @@ def checkpoint_heads(model_dir, source=None):
             ):
                 heads[argument] = True
     return heads
+
+
+@contextlib.contextmanager
+def structure_only():
+    """Models built inside get variables without values (no random initialisation: its cost
+    is most of building a real model); for names, shapes, parameter counts and loading."""
+    from kerasformers.checkpoints import deferred
+
+    created = []
+    try:
+        with deferred.deferred_build() as created:
+            yield
+    finally:
+        deferred.forget(created)
 
 
 def build(model_dir, load=True, application="encoder", **kwargs):
