@@ -27,12 +27,6 @@ def run(capsys, *argv):
     return code, out, err
 
 
-def outputs(path, **heads):
-    model = build_transformer_model(checkpoint_path=path, **heads)
-    ids = np.array([[101, 791, 1921, 1921, 3698, 2523, 102]], "int32")
-    return [keras.ops.convert_to_numpy(x) for x in model([ids, np.zeros_like(ids)])]
-
-
 # ------------------------------------------------------------------ convert
 def test_round_trip_hf_google_hf(bert_dir, tmp_path, capsys):
     google, back = str(tmp_path / "google"), str(tmp_path / "hf")
@@ -56,9 +50,6 @@ def test_round_trip_hf_google_hf(bert_dir, tmp_path, capsys):
     assert sorted(first) == sorted(last)  # every head kept: MLM, pooler, NSP
     for name in first:
         np.testing.assert_array_equal(first[name], last[name], err_msg=name)
-    heads = dict(with_mlm=True, with_nsp=True)
-    for a, b in zip(outputs(bert_dir, **heads), outputs(google, **heads)):
-        np.testing.assert_array_equal(a, b)
 
 
 def test_convert_float16_rounds_the_weights(bert_dir, tmp_path, capsys):
