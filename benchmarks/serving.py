@@ -17,6 +17,9 @@ client sending requests back to back; a level ends after ``--requests`` requests
 * ``POST /v1/completions`` with ``stream: true``, greedy, 16 new tokens, English prompts from
   the standard library's source lines.
 
+Before measuring, every batch shape is compiled once (one request per power-of-two row count up
+to max_batch_size, with the shortest and longest inputs), so JAX/TF compilation is not timed.
+
 Every answer is checked against the single-request answer (computed first, one request at a
 time, on the batching-off server): embeddings within 1e-5, completions the identical text.
 An error, a wrong answer or a dropped request is counted and reported (the goal: zero).
@@ -101,7 +104,9 @@ class Server:
         code = (
             "from kerasformers.serving import serve; "
             f"serve({list(dirs)!r}, port={self.port}, log_level='warning', "
-            f"queue_size=4096, " + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")"
+            f"queue_size=4096, timeout_s=600, "
+            + ", ".join(f"{k}={v!r}" for k, v in options.items())
+            + ")"
         )
         env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
         self.proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT)
@@ -219,6 +224,34 @@ async def load(url, workload, model, inputs, reference, clients, requests, durat
     return out
 
 
+async def warm_up(url, workload, model, inputs, options):
+    """Compile every batch shape the load can make before measuring: one request per
+    power-of-two row count up to max_batch_size (a list input is one batch of that many rows),
+    with the shortest and the longest input (the length buckets in between too, for
+    embeddings)."""
+    import httpx
+
+    by_length = sorted(inputs, key=len)
+    if workload == "embeddings":
+        samples = [by_length[0], by_length[-1]] + ["好" * n for n in (14, 30, 62)]
+    else:
+        samples = [by_length[0], by_length[-1]]
+    rows = 1
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        while rows <= options["max_batch_size"]:
+            for text in samples:
+                if workload == "embeddings":
+                    body = {"model": model, "input": [text] * rows}
+                    r = await client.post("/v1/embeddings", json=body)
+                else:
+                    body = {"model": model, "prompt": [text] * rows, "max_tokens": MAX_TOKENS}
+                    body.update(temperature=0, stream=True)
+                    r = await client.post("/v1/completions", json=body)
+                if r.status_code != 200:
+                    raise RuntimeError(f"warm-up: HTTP {r.status_code}: {r.text[:200]}")
+            rows *= 2
+
+
 async def references(url, workload, model, inputs):
     import httpx
 
@@ -240,7 +273,7 @@ def main():
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=list(SIZES))
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 32, 200])
     parser.add_argument("--workloads", nargs="+", default=["embeddings", "completions"])
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds per level at most")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per level at most")
     parser.add_argument("--requests", type=int, default=4, help="requests per client at most")
     parser.add_argument("--inputs", type=int, default=64, help="distinct texts per workload")
     parser.add_argument("--output", default=os.path.join(HERE, "results", "serving.json"))
@@ -274,21 +307,8 @@ def main():
                             close(a, b) if workload == "embeddings" else a == b
                             for a, b in zip(ref, refs[workload])
                         )
+                        asyncio.run(warm_up(server.url, workload, model, inputs[workload], options))
                         for clients in args.clients:
-                            # warm-up: the same level once (JAX/TF compile each batch shape
-                            # once; the measured pass reuses them)
-                            warm = asyncio.run(
-                                load(
-                                    server.url,
-                                    workload,
-                                    model,
-                                    inputs[workload],
-                                    refs[workload],
-                                    clients,
-                                    args.requests,
-                                    args.duration,
-                                )
-                            )
                             row = asyncio.run(
                                 load(
                                     server.url,
@@ -303,9 +323,6 @@ def main():
                             )
                             row.update(size=size, workload=workload, mode=mode, **options)
                             row["single_answers_equal_unbatched"] = same
-                            row["warmup"] = {
-                                k: warm[k] for k in ("requests", "errors", "wrong_answers")
-                            }
                             print(json.dumps(row), flush=True)
                             results.append(row)
                     servers[f"{size}-{mode}"] = server.health()

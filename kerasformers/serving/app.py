@@ -409,6 +409,13 @@ def create_app(
         req = schemas.parse(schemas.CompletionRequest, await _read_json(request, max_body_bytes))
         model = server.model(req.model, "completions")
         items = schemas.texts(req.prompt, "prompt")
+        if len(items) > server.completions.max_batch_size:
+            raise ApiError(
+                422,
+                f"prompt has {len(items)} prompts; at most max_batch_size="
+                f"{server.completions.max_batch_size} per request",
+                param="prompt",
+            )
         prompts = _ids(model, items, "prompt", model.prompt_ids)
         for i, p in enumerate(prompts):
             if model.max_position and len(p) + req.max_tokens > model.max_position:

@@ -142,6 +142,11 @@ def test_greedy_completions_are_token_identical_batched_or_alone(app, model_dirs
             "completion_tokens": n,
             "total_tokens": len(ids) + n,
         }
+    # several prompts in one request: one choice each, in order, the same answers
+    listed = post(app, "/v1/completions", {**bodies[0], "prompt": prompts}).json()["choices"]
+    assert [c["index"] for c in listed] == [0, 1, 2, 3]
+    for i in (0, 2):  # the prompts asked for 4 tokens above too
+        assert listed[i]["text"] == batched[i].json()["choices"][0]["text"]
     # the streamed chunks concatenate to the same text
     stream = post(app, "/v1/completions", {**bodies[1], "stream": True})
     assert stream.headers["content-type"].startswith("text/event-stream")
@@ -194,6 +199,7 @@ def test_stop_strings_cut_the_text(app, served):
         ("/v1/completions", {"model": "gpt2", "prompt": "a", "stream": "yes"}, 422, "stream"),
         ("/v1/completions", {"model": "gpt2", "prompt": "a", "stop": ""}, 422, "stop"),
         ("/v1/completions", {"model": "bert", "prompt": "a"}, 400, "model"),
+        ("/v1/completions", {"model": "gpt2", "prompt": ["a"] * 9}, 422, "prompt"),
         ("/v1/tokenize", {"model": "bert", "text": "a"}, 422, "input"),
     ],
 )
