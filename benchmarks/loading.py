@@ -25,13 +25,15 @@ Contenders, each in a fresh process (``--child``), one at a time:
   ``build_transformer_model(config, prefix, model=...)`` for the TF checkpoint, with
   ``dtype='bfloat16'`` for the bfloat16 rows, per Keras backend.
 
-Each child imports everything first (import time is not load time), records its RSS
-(``VmRSS``), resets the peak (``/proc/self/clear_refs`` 5), then times the load alone and reads
-the peak (``VmHWM``). Reported: load seconds, peak RSS, the load's own peak (peak - RSS before
-the load) and that as a multiple of the model's in-memory size (the sum of its weights'
-bytes; for bfloat16 rows also as a multiple of the float32 size). Goal (issue #19): load's own
-peak <= 1.25x the model's size, bfloat16 <= 0.7x the float32 size; time <= 1.0x transformers
-on the best backend and <= 1.5x on the others; TF checkpoints within 1.5x of safetensors.
+Before each contender its files are read once (page cache warm: the disk of this machine
+reads ~45 MB/s cold, which would time the disk). Each child imports everything first (import
+time is not load time), records its RSS (``VmRSS``), resets the peak
+(``/proc/self/clear_refs`` 5), then times the load alone and reads the peak (``VmHWM``).
+Reported: load seconds, peak RSS, the load's own peak (peak - RSS before the load) and that as
+a multiple of the model's in-memory size (the sum of its weights' bytes; for bfloat16 rows
+also as a multiple of the float32 size). Goal (issue #19): load's own peak <= 1.25x the
+model's size, bfloat16 <= 0.7x the float32 size; time <= 1.0x transformers on the best
+backend and <= 1.5x on the others; TF checkpoints within 1.5x of safetensors.
 
 Then the 1.5B model in bfloat16 on torch samples 32 tokens (``generate``, top-k 40, seed 0,
 one 8-token prompt): first-call and steady tokens/s.
@@ -297,6 +299,16 @@ def sample(model):
     }
 
 
+def warm(folder):
+    """Read every file of `folder` once, so each contender starts from the page cache (the
+    disk here reads ~45 MB/s cold, which would time the disk, not the loaders)."""
+    buf = bytearray(64 << 20)
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+
+
 def _run_child(extra, backend):
     env = dict(os.environ, KERAS_BACKEND=backend, OMP_NUM_THREADS="2", TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run(
@@ -351,6 +363,7 @@ def main():
     for size in args.sizes:
         prepare(args, size)
         for contender, backend, dtype in contenders(args):
+            warm(os.path.join(cache_dir(args, size), "tf" if contender == "tf" else "hf"))
             extra = ["--child", "--size", size, "--contender", contender, "--dtype", dtype]
             extra += ["--cache", args.cache]
             result = _run_child(extra, backend)
@@ -366,6 +379,7 @@ def main():
             )
     sampled = None
     if not args.no_sample and "1.5b" in args.sizes:
+        warm(os.path.join(cache_dir(args, "1.5b"), "hf"))
         extra = ["--child", "--size", "1.5b", "--contender", "safetensors", "--dtype", "bfloat16"]
         sampled = _run_child(extra + ["--cache", args.cache, "--sample"], "torch")
         print(

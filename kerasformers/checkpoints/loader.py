@@ -18,8 +18,11 @@ overflow) and checkpoint tensors that look like ours but have no home (e.g. a
 check is one pass over each tensor (about 0.06 s for BERT-base's 110M values).
 """
 
+import ctypes
 import re
+import sys
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -294,9 +297,23 @@ def load_weights(
         else:
             report.unused.append(name)
 
+    shared = {}  # name -> [reads left, tensor]: a fused tensor (q|k|v) is read once per pass
+    uses = Counter(row[3] for row in plan)
+
+    def read(name):
+        entry = shared.get(name)
+        if entry is None:
+            if uses[name] == 1:
+                return source.get(name)
+            entry = shared[name] = [uses[name], source.get(name)]
+        entry[0] -= 1
+        if not entry[0]:
+            del shared[name]
+        return entry[1]
+
     def value_of(path, key, name, target):
         """The checked value for `path`, or None (its problem is in the report)."""
-        raw = source.get(name)
+        raw = read(name)
         value = key.to_ours(raw)
         if path in vocab_paths and vocab_fn is not None:
             value = vocab_fn(value)
@@ -311,6 +328,7 @@ def load_weights(
         return value
 
     target_names = {path: variable.dtype for path, variable, *_ in plan}
+    heap = _Heap()
     deferred = all(is_deferred(variable) for _, variable, *_ in plan)
     if report.ok and deferred:
         # One pass: each value becomes its weight's first value as soon as it is
@@ -321,6 +339,7 @@ def load_weights(
             if value is not None and (report.ok or ignore_invalid_weights):
                 initialize_from(variable, value)
                 kept.append(path)
+            heap.freed(value)
             del value
         report.loaded = kept if report.ok or ignore_invalid_weights else []
     else:
@@ -355,6 +374,8 @@ def load_weights(
     if deferred and report.loaded or not plan:
         return report
     bad = {path for path, *_ in report.not_finite}
+    uses = Counter(row[3] for row in plan if row[0] not in bad)
+    shared.clear()
     for path, variable, key, name, target in plan:  # every value was checked by now
         if path in bad:
             continue
@@ -369,9 +390,35 @@ def load_weights(
             initialize_from(variable, value)
         else:
             variable.assign(backend_value(value))
+        heap.freed(value)
         del value
         report.loaded.append(path)
     return report
+
+
+class _Heap:
+    """Hands memory that read buffers and conversions freed back to the system (glibc's
+    `malloc_trim`, every 16 MB handed over). Without it, buffers freed between the
+    backend's allocations stay in the process as holes in the heap: +20% of the model on
+    JAX and TensorFlow, measured."""
+
+    _trim = None
+
+    def __init__(self, every=16 << 20):
+        self.every, self.pending = every, 0
+        if _Heap._trim is None:
+            _Heap._trim = False
+            if sys.platform.startswith("linux"):
+                try:
+                    _Heap._trim = ctypes.CDLL("libc.so.6").malloc_trim
+                except (OSError, AttributeError):
+                    pass
+
+    def freed(self, value):
+        self.pending += getattr(value, "nbytes", 0)
+        if self._trim and self.pending >= self.every:
+            self._trim(0)
+            self.pending = 0
 
 
 def _shape_in_ours(key, stored, vocab_fn, source, name):
