@@ -38,8 +38,11 @@ def describe(model_dir):
     with structure_only():  # values only from the checkpoint, none drawn at random
         transformer = build(model_dir, load=False, **heads)
         report = load_report(transformer, model_dir)
+    import keras
+
     lines = [
         f"path: {model_dir.path}",
+        f"backend: {keras.backend.backend()}",
         f"format: {model_dir.kind} ({source.naming} names, {source.path})",
         f"model: {model_dir.model} ({type(transformer).__name__})",
         f"heads: {', '.join(sorted(heads)) or 'none'}",
