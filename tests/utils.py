@@ -1,6 +1,7 @@
 """Shared test helpers: random reference models, running ours, comparing."""
 
 import os
+import re
 
 import keras
 import numpy as np
@@ -10,8 +11,17 @@ BACKEND = keras.backend.backend()
 TOL = 1e-4
 
 
+#: the 1-D `.weight`s that are norm gains, per HF family: BERT-like `LayerNorm`,
+#: T5 / ALBERT / RoBERTa-head `layer_norm`, GPT-2 `ln_1` / `ln_2` / `ln_f`
+NORM_GAIN = re.compile(r"(LayerNorm|layer_norm|\bln_\w+)\.weight$")
+
+
 def randomize_torch(model, seed=0):
-    """Give an HF model weights far from init (std 0.2), so wrong maths cannot pass."""
+    """Give an HF model weights far from init, so wrong maths cannot pass: matrices
+    std 0.2, biases std 0.1, norm gains 1 + 0.1 noise. Every 1-D `.weight` must be a
+    norm gain (`NORM_GAIN`): GPT-2's `ln_*` gains were once missed, set near 0, and
+    its greedy output was one token at 26 of 30 positions (issue #20); an unknown
+    1-D weight is an error, not a guess."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -20,7 +30,9 @@ def randomize_torch(model, seed=0):
             if "embed_positions" in name:  # RoFormer's fixed sinusoidal table
                 continue
             noise = torch.randn(p.shape, generator=g)
-            if "LayerNorm.weight" in name or "layer_norm.weight" in name:
+            if p.ndim == 1 and name.endswith(".weight"):
+                if not NORM_GAIN.search(name):
+                    raise ValueError(f"randomize_torch: {name} is 1-D but not a known norm gain")
                 p.copy_(1.0 + 0.1 * noise)
             else:
                 p.copy_(noise * (0.2 if p.ndim > 1 else 0.1))

@@ -262,12 +262,7 @@ class GPT2Reference:
     def __init__(self, folder):
         config = transformers.GPT2Config(**GPT2_CFG)
         torch.manual_seed(0)
-        self.hf = randomize_torch(transformers.GPT2LMHeadModel(config))
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():  # LayerNorm gains near 1 (randomize_torch knows BERT's names)
-            for name, p in self.hf.named_parameters():
-                if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
-                    p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+        self.hf = randomize_torch(transformers.GPT2LMHeadModel(config))  # ln_* gains too
         self.hf.save_pretrained(folder)
         self.folder = folder
 
