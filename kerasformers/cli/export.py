@@ -71,10 +71,12 @@ def input_signature(transformer, shape):
     ]
 
 
-def export(transformer, out, format, batch_size=1, max_length=128):
+def export(transformer, out, format, batch_size=1, max_length=128, progress=None):
     """Export `transformer.model` to `out`; returns the max |difference| on sample inputs."""
     import keras
     import numpy as np
+
+    step = progress.update if progress is not None else (lambda n: None)
 
     backend = keras.backend.backend()
     if backend not in FORMATS[format]:
@@ -94,6 +96,7 @@ def export(transformer, out, format, batch_size=1, max_length=128):
             verbose=False,
             input_signature=input_signature(transformer, (batch_size, max_length)),
         )
+        step(1)
         session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])
         feeds = {spec.name: x for spec, x in zip(session.get_inputs(), inputs)}
         theirs = session.run(None, feeds)[0]
@@ -110,8 +113,10 @@ def export(transformer, out, format, batch_size=1, max_length=128):
             input_signature=input_signature(transformer, (None, None)),
             **kwargs,
         )
+        step(1)
         loaded = tf.saved_model.load(out)  # kept: its variables die with it
         theirs = loaded.serve(inputs)
+    step(1)
     return float(np.max(np.abs(np.asarray(theirs, dtype="float32") - ours)))
 
 
@@ -130,7 +135,13 @@ def run(args):
             f"--format {args.format} needs --backend {' or '.join(FORMATS[args.format])} "
             f"(this process runs {backend})"
         )
-    transformer = build(model_dir)
-    diff = export(transformer, args.out, args.format, args.batch_size, args.max_length)
+    from tqdm import tqdm
+
+    with tqdm(total=3, desc="export", unit="step", leave=False) as progress:
+        transformer = build(model_dir)
+        progress.update(1)
+        diff = export(
+            transformer, args.out, args.format, args.batch_size, args.max_length, progress
+        )
     print(f"wrote {args.out} ({args.format}, {backend} backend)")
     print(f"checked against our model: max |difference| = {diff:.3g}")
