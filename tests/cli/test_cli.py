@@ -16,6 +16,7 @@ from safetensors.numpy import load_file, save_file
 from kerasformers import build_transformer_model
 from kerasformers.cli import main
 from kerasformers.tokenizers import from_pretrained
+from tests.cli.conftest import TINY
 
 TEXTS = ["今天天气很好", "我爱北京天安门，天安门上太阳升", "你好"]
 
@@ -47,6 +48,33 @@ def test_round_trip_hf_google_hf(bert_dir, tmp_path, capsys):
         load_file(os.path.join(back, "model.safetensors")),
     )
     assert sorted(first) == sorted(last)  # every head kept: MLM, pooler, NSP
+    for name in first:
+        np.testing.assert_array_equal(first[name], last[name], err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "model, heads",
+    [
+        ("roberta", dict(with_mlm=True)),
+        ("albert", dict(with_mlm=True, with_nsp=True)),
+        ("nezha", dict(with_mlm=True, with_nsp=True)),
+        ("electra", dict(with_discriminator=True)),
+        ("roformer", dict(with_mlm=True, with_nsp=True)),
+    ],
+)
+def test_round_trip_of_every_bert_family_model(tmp_path, capsys, model, heads):
+    source, google, back = (str(tmp_path / name) for name in ("src", "google", "back"))
+    transformer = build_transformer_model(
+        None, model=model, vocab_size=64, return_keras_model=False, **TINY, **heads
+    )
+    transformer.save_weights_as_checkpoint(source, naming="hf")
+    assert run(capsys, "convert", source, google, "--to", "google")[0] == 0
+    code, out, _ = run(capsys, "info", google)
+    assert code == 0 and f"model: {model} " in out
+    assert run(capsys, "convert", google, back, "--to", "hf")[0] == 0
+    first = load_file(os.path.join(source, "model.safetensors"))
+    last = load_file(os.path.join(back, "model.safetensors"))
+    assert sorted(first) == sorted(last)
     for name in first:
         np.testing.assert_array_equal(first[name], last[name], err_msg=name)
 
