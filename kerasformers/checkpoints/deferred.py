@@ -55,9 +55,14 @@ def is_deferred(variable):
 
 def backend_value(value):
     """A NumPy array as the backend takes it with the fewest copies: on torch a tensor
-    sharing its memory (Keras' own conversion copies it first); elsewhere as it is."""
+    sharing its memory (Keras' own conversion copies it first), on JAX one
+    `device_put`; on TensorFlow as it is."""
     if torch_backend.available():
         from kerasformers.backends.torch.arrays import from_numpy
+
+        return from_numpy(value)
+    if keras.backend.backend() == "jax":
+        from kerasformers.backends.jax.arrays import from_numpy
 
         return from_numpy(value)
     return value
