@@ -328,75 +328,28 @@ def _run_child(extra, backend):
 # ----------------------------------------------------------------------------- parent
 def contenders(args):
     for dtype in args.dtypes:
-        yield ("transformers", "torch", dtype)
+        if dtype in args.transformers_dtypes:
+            yield ("transformers", "torch", dtype)
         for backend in args.backends:
             yield ("safetensors", backend, dtype)
             if dtype == "float32":
                 yield ("tf", backend, dtype)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    p.add_argument("--backends", nargs="+", default=["jax", "torch", "tensorflow"])
-    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
-    p.add_argument("--cache", default="~/.cache/kerasformers/bench-loading")
-    p.add_argument("--no-sample", action="store_true")
-    p.add_argument("--out", default=os.path.join(HERE, "results", "loading.json"))
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--write", choices=["hf", "tf"], help=argparse.SUPPRESS)
-    p.add_argument("--size", help=argparse.SUPPRESS)
-    p.add_argument("--contender", help=argparse.SUPPRESS)
-    p.add_argument("--dtype", help=argparse.SUPPRESS)
-    p.add_argument("--sample", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.write:
-        folder = os.path.join(cache_dir(args, args.size), args.write)
-        (write_hf if args.write == "hf" else write_tf)(folder, args.size)
-        return
-    if args.child:
-        return child(args)
-
+def save(args, rows, sampled):
+    """Ratios, then the results JSON (rewritten after every contender)."""
     from harness import git_commit, machine_info, versions
 
-    rows = []
-    for size in args.sizes:
-        prepare(args, size)
-        for contender, backend, dtype in contenders(args):
-            warm(os.path.join(cache_dir(args, size), "tf" if contender == "tf" else "hf"))
-            extra = ["--child", "--size", size, "--contender", contender, "--dtype", dtype]
-            extra += ["--cache", args.cache]
-            result = _run_child(extra, backend)
-            row = dict(size=size, contender=contender, backend=backend, dtype=dtype, **result)
-            rows.append(row)
-            print(
-                f"{size:6s} {contender:12s} {backend:10s} {dtype:8s} "
-                f"{result['seconds']:6.1f} s  peak {result['peak'] / 1e9:5.2f} GB  "
-                f"load peak {result['load_peak'] / 1e9:5.2f} GB = "
-                f"{result['load_peak'] / result['model_bytes']:.2f}x model "
-                f"({result['model_bytes'] / 1e9:.2f} GB)",
-                flush=True,
-            )
-    sampled = None
-    if not args.no_sample and "1.5b" in args.sizes:
-        warm(os.path.join(cache_dir(args, "1.5b"), "hf"))
-        extra = ["--child", "--size", "1.5b", "--contender", "safetensors", "--dtype", "bfloat16"]
-        sampled = _run_child(extra + ["--cache", args.cache, "--sample"], "torch")
-        print(
-            f"1.5B bfloat16 torch: load {sampled['seconds']:.1f} s, 32 sampled tokens: "
-            f"{sampled['sample_first_tok_s']:.2f} tok/s first call, "
-            f"{sampled['sample_tok_s']:.2f} tok/s after",
-            flush=True,
-        )
     for row in rows:  # ratios against transformers (same size and dtype) and safetensors
-        ref = next(
+        ref = [
             r
             for r in rows
             if r["size"] == row["size"]
             and r["contender"] == "transformers"
             and r["dtype"] == row["dtype"]
-        )
-        row["time_vs_transformers"] = row["seconds"] / ref["seconds"]
+        ]
+        if ref:
+            row["time_vs_transformers"] = row["seconds"] / ref[0]["seconds"]
         row["load_peak_vs_model"] = row["load_peak"] / row["model_bytes"]
         f32 = [
             r
@@ -432,6 +385,67 @@ def main():
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    p.add_argument("--backends", nargs="+", default=["jax", "torch", "tensorflow"])
+    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    p.add_argument("--cache", default="~/.cache/kerasformers/bench-loading")
+    p.add_argument("--no-sample", action="store_true")
+    p.add_argument(
+        "--transformers-dtypes",
+        nargs="+",
+        default=["float32", "bfloat16"],
+        help="dtypes transformers runs in (its bfloat16 load peaks at 1.6x the float32 size)",
+    )
+    p.add_argument("--out", default=os.path.join(HERE, "results", "loading.json"))
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--write", choices=["hf", "tf"], help=argparse.SUPPRESS)
+    p.add_argument("--size", help=argparse.SUPPRESS)
+    p.add_argument("--contender", help=argparse.SUPPRESS)
+    p.add_argument("--dtype", help=argparse.SUPPRESS)
+    p.add_argument("--sample", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.write:
+        folder = os.path.join(cache_dir(args, args.size), args.write)
+        (write_hf if args.write == "hf" else write_tf)(folder, args.size)
+        return
+    if args.child:
+        return child(args)
+
+    rows = []
+    for size in args.sizes:
+        prepare(args, size)
+        for contender, backend, dtype in contenders(args):
+            warm(os.path.join(cache_dir(args, size), "tf" if contender == "tf" else "hf"))
+            extra = ["--child", "--size", size, "--contender", contender, "--dtype", dtype]
+            extra += ["--cache", args.cache]
+            result = _run_child(extra, backend)
+            row = dict(size=size, contender=contender, backend=backend, dtype=dtype, **result)
+            rows.append(row)
+            print(
+                f"{size:6s} {contender:12s} {backend:10s} {dtype:8s} "
+                f"{result['seconds']:6.1f} s  peak {result['peak'] / 1e9:5.2f} GB  "
+                f"load peak {result['load_peak'] / 1e9:5.2f} GB = "
+                f"{result['load_peak'] / result['model_bytes']:.2f}x model "
+                f"({result['model_bytes'] / 1e9:.2f} GB)",
+                flush=True,
+            )
+            save(args, rows, None)
+    sampled = None
+    if not args.no_sample and "1.5b" in args.sizes:
+        warm(os.path.join(cache_dir(args, "1.5b"), "hf"))
+        extra = ["--child", "--size", "1.5b", "--contender", "safetensors", "--dtype", "bfloat16"]
+        sampled = _run_child(extra + ["--cache", args.cache, "--sample"], "torch")
+        print(
+            f"1.5B bfloat16 torch: load {sampled['seconds']:.1f} s, 32 sampled tokens: "
+            f"{sampled['sample_first_tok_s']:.2f} tok/s first call, "
+            f"{sampled['sample_tok_s']:.2f} tok/s after",
+            flush=True,
+        )
+    save(args, rows, sampled)
     print(f"wrote {args.out}")
 
 
