@@ -100,7 +100,9 @@ def open_model_dir(path, model=None):
             f"PATH {path!r}: no weights (model.safetensors, pytorch_model.bin or "
             "bert_model.ckpt.index) in this directory"
         )
-    if model is None:
+    if model is not None:
+        model = model.lower()
+    else:
         try:
             model = config_lib.detect_model(raw) or "bert"
         except ValueError as e:

@@ -248,6 +248,11 @@ def test_directory_without_config_or_weights(tmp_path, capsys):
     assert code == 2 and "no weights (model.safetensors" in err
 
 
+def test_unknown_model_key(bert_dir, capsys):
+    code, _, err = run(capsys, "info", bert_dir, "--model", "bret")
+    assert code == 2 and "--model 'bret' is not known; choose one of albert" in err
+
+
 def test_backend_cannot_change_after_keras_is_imported(bert_dir, capsys):
     other = next(b for b in ("jax", "torch", "tensorflow") if b != keras.backend.backend())
     code, _, err = run(capsys, "--backend", other, "info", bert_dir)
