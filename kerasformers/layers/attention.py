@@ -44,7 +44,8 @@ class MultiHeadAttention(keras.layers.Layer):
                       'rotary' (interleaved sin/cos [b|1, n, key_size], RoFormer),
                       't5_relative' ([q, k, heads]).
     Returns the output, or [output, scores] with `return_attention_scores`
-    (scores are the scaled pre-softmax logits, for RealFormer residuals).
+    (scores are the scaled pre-softmax logits before `attention_bias` is added, as
+    bert4keras returns them: RealFormer passes each layer's own scores to the next).
 
     Incremental decoding (key/value cache), eager or traced, not symbolic:
       cache=(k, v), cache_index=i: a self-attention cache of [b, max_len, h, d]
@@ -319,6 +320,7 @@ class MultiHeadAttention(keras.layers.Layer):
             scores = scores * ops.cast(factor, scores.dtype)
         elif self.attention_scale:
             scores = scores / (self.key_size**0.5)
+        own = scores  # returned without the bias, as bert4keras (RealFormer residuals)
         if bias is not None:
             scores = scores + ops.cast(bias, scores.dtype)
         probs = attention_normalize(scores, mask, -1, self.normalization)
@@ -327,7 +329,7 @@ class MultiHeadAttention(keras.layers.Layer):
         o = ops.einsum("bhjk,bkhd->bjhd", probs, vw)
         if p_bias == "typical_relative":
             o = o + ops.einsum("bhjk,jkd->bjhd", probs, ops.cast(position_bias, probs.dtype))
-        return o, scores
+        return o, own
 
     def rematerialized_call(self, layer_call, *args, **kwargs):
         if kwargs.get("cache") is not None:  # incremental decoding is inference

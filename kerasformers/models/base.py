@@ -376,7 +376,8 @@ class Transformer:
             return layer
         residual = isinstance(layer, MultiHeadAttention) and self.residual_attention_scores
         if residual and self.attention_scores is not None:
-            # RealFormer: each layer adds the previous layer's scaled scores.
+            # RealFormer as bert4keras: each layer adds the previous layer's own scaled
+            # scores (returned without the bias they received, so no running sum).
             arguments["attention_bias"] = self.attention_scores
         if self._step is not None:
             outputs = self._step.call(layer, inputs, arguments)

@@ -409,11 +409,66 @@ def test_hierarchical_position(ckpt):
 
 
 # --------------------------------------------------------------- attention variants
+def bert_numpy(w, ids, seg, residual_scores=False, heads=SMALL["num_attention_heads"]):
+    """BERT's sequence output in float64 from Google-named weights, written from the papers.
+
+    `residual_scores`: RealFormer as bert4keras 0.11.5 does it: each layer's softmax takes
+    its scaled q.k scores plus the previous layer's own scaled q.k scores (not their sum
+    with what that layer received: the paper's running sum differs from the third layer on).
+    """
+    w = {k: v.astype("float64") for k, v in w.items()}
+    eps = BERT.layer_norm_epsilon
+
+    def ln(x, prefix):
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + eps) * w[f"{prefix}/gamma"] + w[f"{prefix}/beta"]
+
+    def dense(x, prefix):
+        return x @ w[f"{prefix}/kernel"] + w[f"{prefix}/bias"]
+
+    b, n = ids.shape
+    x = (
+        w["bert/embeddings/word_embeddings"][ids]
+        + w["bert/embeddings/token_type_embeddings"][seg]
+        + w["bert/embeddings/position_embeddings"][:n][None]
+    )
+    x = ln(x, "bert/embeddings/LayerNorm")
+    previous = 0.0
+    layers = 1 + max(int(k.split("/")[2][6:]) for k in w if k.startswith("bert/encoder/layer_"))
+    for i in range(layers):
+        g = f"bert/encoder/layer_{i}"
+        q, k, v = (
+            dense(x, f"{g}/attention/self/{name}").reshape(b, n, heads, -1)
+            for name in ("query", "key", "value")
+        )
+        scores = np.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
+        if residual_scores:
+            scores, previous = scores + previous, scores
+        scores = np.where((ids != 0)[:, None, None, :], scores, -np.inf)
+        o = np.einsum("bhqk,bkhd->bqhd", softmax(scores), v).reshape(b, n, -1)
+        x = ln(x + dense(o, f"{g}/attention/output/dense"), f"{g}/attention/output/LayerNorm")
+        h = dense(numpy_gelu(dense(x, f"{g}/intermediate/dense")), f"{g}/output/dense")
+        x = ln(x + h, f"{g}/output/LayerNorm")
+    return x
+
+
 def test_residual_attention_scores(ckpt):
     ids, seg, mask = inputs()
     plain = run(build(checkpoint=ckpt), [ids, seg])
     real = build(checkpoint=ckpt, residual_attention_scores=True)
     residual = run(real, [ids, seg])
+    assert_close(plain, bert_numpy(ckpt, ids, seg), mask, what="plain BERT vs NumPy")
+    assert_close(residual, bert_numpy(ckpt, ids, seg, True), mask, what="RealFormer vs NumPy")
+    # three layers: the third layer's bias is the second layer's own scores, not a running
+    # sum (checked against bert4keras 0.11.5 itself: 9e-7; the running sum is 0.89 away)
+    three = random_checkpoint(num_hidden_layers=3, seed=1)
+    want = bert_numpy(three, ids, seg, residual_scores=True)
+    got = run(
+        build(checkpoint=three, num_hidden_layers=3, residual_attention_scores=True), [ids, seg]
+    )
+    assert_close(got, want, mask, what="RealFormer, 3 layers, vs NumPy")
+    assert np.abs(want - bert_numpy(three, ids, seg))[mask].max() > 1e-2
     assert np.isfinite(residual[mask]).all()
     assert np.abs(residual - plain)[mask].max() > 1e-2
     # the first layer has no previous scores: one layer is unchanged
