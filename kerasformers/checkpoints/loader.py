@@ -327,6 +327,12 @@ def load_weights(
                 return None
         return value
 
+    def own(name, value):
+        """`value` in memory of its own when the tensor `name` feeds several variables
+        (ALBERT_Unshared's blocks, a tied embedding loaded into an untied head): on torch
+        `backend_value` shares memory, and variables sharing it would change together."""
+        return np.array(value) if uses[name] > 1 else value
+
     target_names = {path: variable.dtype for path, variable, *_ in plan}
     heap = _Heap()
     deferred = all(is_deferred(variable) for _, variable, *_ in plan)
@@ -337,7 +343,7 @@ def load_weights(
         for path, variable, key, name, target in plan:
             value = value_of(path, key, name, target)
             if value is not None and (report.ok or ignore_invalid_weights):
-                initialize_from(variable, value)
+                initialize_from(variable, own(name, value))
                 kept.append(path)
             heap.freed(value)
             del value
@@ -386,6 +392,7 @@ def load_weights(
                 f"(now {report.not_finite[-1][2]} NaN or Inf values); the weights before "
                 f"{path} in the table are already replaced"
             )
+        value = own(name, value)
         if is_deferred(variable):
             initialize_from(variable, value)
         else:

@@ -241,8 +241,12 @@ def albert_weights(cfg, seed=0):
     return w
 
 
-def albert_numpy(w, cfg, ids, seg, eps):
-    """Returns (sequence output, NSP probabilities, MLM logits) in float64."""
+def albert_numpy(w, cfg, ids, seg, eps, block=lambda i: ALBERT):
+    """Returns (sequence output, NSP probabilities, MLM logits) in float64.
+
+    `block(i)`: the name prefix of layer i's weights in `w` (ALBERT's one shared group by
+    default; a different prefix per layer for an unshared model with its own weights).
+    """
     w = {k: v.astype("float64") for k, v in w.items()}
     act = ACTIVATIONS[cfg["hidden_act"]]
 
@@ -259,16 +263,17 @@ def albert_numpy(w, cfg, ids, seg, eps):
         + w["bert/embeddings/position_embeddings"][np.arange(n)][None]
     )
     x = dense(ln(x, "bert/embeddings/LayerNorm"), "bert/encoder/embedding_hidden_mapping_in")
-    for _ in range(cfg["num_hidden_layers"]):  # every layer: the same group_0 weights
+    for i in range(cfg["num_hidden_layers"]):
+        g = block(i)
         x = ln(
-            x + attention(x, w, ids, cfg["num_attention_heads"], f"{ALBERT}/attention_1"),
-            f"{ALBERT}/LayerNorm",
+            x + attention(x, w, ids, cfg["num_attention_heads"], f"{g}/attention_1"),
+            f"{g}/LayerNorm",
         )
         h = dense(
-            act(dense(x, f"{ALBERT}/ffn_1/intermediate/dense")),
-            f"{ALBERT}/ffn_1/intermediate/output/dense",
+            act(dense(x, f"{g}/ffn_1/intermediate/dense")),
+            f"{g}/ffn_1/intermediate/output/dense",
         )
-        x = ln(x + h, f"{ALBERT}/LayerNorm_1")
+        x = ln(x + h, f"{g}/LayerNorm_1")
     pool = np.tanh(dense(x[:, 0], "bert/pooler/dense"))
     nsp = softmax(
         pool @ w["cls/seq_relationship/output_weights"].T + w["cls/seq_relationship/output_bias"]
@@ -317,6 +322,39 @@ def test_albert_unshared_equals_numpy(albert_case):
     assert_close(mlm, want_mlm, mask, what="albert_unshared MLM")
 
 
+def test_albert_unshared_with_its_own_weights_per_layer_equals_numpy(albert_case):
+    """Loaded from ALBERT's shared group, then every block given different weights: the
+    NumPy pass with those per-layer weights agrees, and it tells the layers apart (the
+    same weights in the other order, or layer 0's everywhere, give other outputs)."""
+    cfg, w, ids, seg = albert_case
+    cfg = dict(cfg, num_hidden_layers=3)
+    mask = ids != 0
+    model = build_transformer_model(
+        cfg, checkpoint_path=w, model="albert_unshared", with_mlm="linear", return_keras_model=False
+    )
+    variables = model.variables()
+    rng = np.random.RandomState(7)
+    own = dict(w)  # + "layer_{i}/<name inside the group>" for each block's own weights
+    for path, google, _ in model.weight_table():
+        if not (isinstance(google, str) and google.startswith(ALBERT + "/")):
+            continue
+        i = int(path.split("-")[1])
+        value = w[google] + (rng.randn(*w[google].shape) * 0.2).astype("float32")
+        variables[path].assign(value)
+        own[f"layer_{i}" + google[len(ALBERT) :]] = value
+    eps = ALBERT_Unshared.layer_norm_epsilon
+    got = run(model.model, [ids, seg])
+    _, _, want = albert_numpy(own, cfg, ids, seg, eps, block=lambda i: f"layer_{i}")
+    assert_close(got, want, mask, what="albert_unshared (own weights per layer) MLM")
+    for name, block in (
+        ("reversed", lambda i: f"layer_{2 - i}"),
+        ("all layer 0", lambda i: "layer_0"),
+    ):
+        _, _, other = albert_numpy(own, cfg, ids, seg, eps, block=block)
+        gap = np.abs(other - want)[mask].max()
+        assert gap > 0.1, f"the reference cannot tell the layers apart ({name}: {gap})"
+
+
 def test_albert_unshared_equals_albert(albert_case):
     cfg, w, ids, seg = albert_case
     mask = ids != 0
@@ -339,7 +377,7 @@ def test_albert_unshared_layers_are_untied_after_loading(albert_case):
     """Each block owns its variables: changing one layer leaves the others alone."""
     cfg, w, _, _ = albert_case
     model = build_transformer_model(cfg, checkpoint_path=w, model="albert_unshared")
-    shared = w[f"{ALBERT}/ffn_1/intermediate/output/dense/kernel"]
+    shared = w[f"{ALBERT}/ffn_1/intermediate/output/dense/kernel"].copy()  # not an alias
     kernels = [
         model.get_layer(f"Transformer-{i}-FeedForward").o_dense.kernel
         for i in range(cfg["num_hidden_layers"])
