@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from kerasformers.serving import schemas
 from kerasformers.serving.batcher import Batcher, Job, Worker
-from kerasformers.serving.models import Detokenizer, ServedModel
+from kerasformers.serving.models import MIN_LENGTH, Detokenizer, ServedModel, bucket
 from kerasformers.serving.schemas import ApiError
 
 DEFAULTS = dict(
@@ -145,15 +145,8 @@ class Server:
     async def _run_encoder(self, key, jobs):
         model, task = key[0], key[1]
         rows = [r for job in jobs for r in job.payload["rows"]]
-        size = self.encoder.max_batch_size
-        if task == "embeddings":
-            out = []
-            for i in range(0, len(rows), size):
-                out.extend(await self.worker.run(model.embed, rows[i : i + size]))
-        else:
-            out = []
-            for i in range(0, len(rows), size):
-                out.extend(await self.worker.run(model.fill_mask, rows[i : i + size], key[2]))
+        top_k = key[2] if task == "fill-mask" else None
+        out = await self.worker.run(_encode, model, task, rows, self.encoder.max_batch_size, top_k)
         start = 0
         for job in jobs:
             n = len(job.payload["rows"])
@@ -202,6 +195,24 @@ class Server:
         for job in jobs:
             if not job.cancelled:
                 job.payload["close"]()
+
+
+def _encode(model, task, rows, size, top_k):
+    """Embeddings or fill-mask for a batch's rows: one forward pass per length bucket (at most
+    `size` rows each), so a short text is not padded to the longest one in the batch (on a CPU
+    that padding costs more than the batch saves)."""
+    groups = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(bucket(len(r), MIN_LENGTH), []).append(i)
+    out = [None] * len(rows)
+    for indices in groups.values():
+        for k in range(0, len(indices), size):
+            chunk = indices[k : k + size]
+            part = [rows[i] for i in chunk]
+            done = model.embed(part) if task == "embeddings" else model.fill_mask(part, top_k)
+            for i, value in zip(chunk, done):
+                out[i] = value
+    return out
 
 
 def _page():
