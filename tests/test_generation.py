@@ -36,7 +36,7 @@ def gpt2(tmp_path_factory):
     torch.manual_seed(0)
     config = GPT2Config(
         vocab_size=V,
-        n_embd=32,
+        n_embd=64,  # at 32 wide a few tokens win most steps whatever the context
         n_layer=2,
         n_head=4,
         n_positions=64,
@@ -44,7 +44,7 @@ def gpt2(tmp_path_factory):
         embd_pdrop=0,
         attn_pdrop=0,
     )
-    hf = randomize_torch(GPT2LMHeadModel(config), seed=3)
+    hf = randomize_torch(GPT2LMHeadModel(config), seed=2)
     folder = str(tmp_path_factory.mktemp("gpt2"))
     hf.save_pretrained(folder)
     ours = build_transformer_model(checkpoint_path=folder, return_keras_model=False)
@@ -60,9 +60,9 @@ def t5(request, tmp_path_factory):
     name = "MT5" if request.param == "mt5" else "T5"
     config = getattr(transformers, f"{name}Config")(
         vocab_size=V,
-        d_model=32,
+        d_model=64,  # at 32 wide most rows repeat one token (a degenerate reference)
         d_kv=8,
-        d_ff=64,
+        d_ff=128,
         num_layers=2,
         num_heads=4,
         dropout_rate=0.0,
@@ -73,15 +73,75 @@ def t5(request, tmp_path_factory):
         eos_token_id=1,
     )
     hf = getattr(transformers, f"{name}ForConditionalGeneration")(config)
-    hf = randomize_torch(hf, seed=4)
+    hf = randomize_torch(hf, seed=15)
     folder = str(tmp_path_factory.mktemp(request.param))
     hf.save_pretrained(folder)
     ours = build_transformer_model(checkpoint_path=folder, return_keras_model=False)
     return Reference(folder, hf, ours)
 
 
+def _eos_list(eos):
+    if eos is None:
+        return []
+    return [int(e) for e in np.atleast_1d(eos)]
+
+
+def _until_eos(row, eos):
+    hits = np.flatnonzero(np.isin(row, eos)) if eos else []
+    return list(row[: hits[0] + 1] if len(hits) else row)
+
+
+#: a reference's greedy choice must beat the runner-up by this much (float32 sums
+#: in another order move these logits by ~1e-6)
+MIN_MARGIN = 1e-3
+
+
+def assert_decisive(tokens, eos=None, scores=None, what="reference"):
+    """Fail loudly on a degenerate reference (issue #20): a model whose output barely
+    depends on its input agrees with a wrong implementation. tokens: [rows, steps]
+    new tokens (each row up to its first eos id is checked). Required: distinct
+    tokens at least a quarter of all tokens (at least 2), no row of 8+ tokens more
+    than 60% one token, and with `scores` (greedy: the processed scores per step,
+    [rows, steps, vocab]) a top-two margin of at least MIN_MARGIN at every step
+    that chose a token. Returns (distinct tokens, smallest margin or None)."""
+    eos = _eos_list(eos)
+    rows = [_until_eos(np.asarray(row), eos) for row in tokens]
+    flat = [t for row in rows for t in row]
+    distinct = len(set(flat))
+    assert distinct >= max(2, len(flat) // 4), (
+        f"{what}: degenerate, {distinct} distinct tokens in {len(flat)}: {rows}"
+    )
+    for row in rows:
+        if len(row) >= 8:
+            share = np.bincount(row).max() / len(row)
+            assert share <= 0.6, f"{what}: degenerate, one token is {share:.0%} of row {row}"
+    margin = None
+    if scores is not None:
+        scores = np.asarray(scores, "float64")
+        top2 = np.sort(scores, axis=-1)[..., -2:]
+        gaps = top2[..., 1] - top2[..., 0]
+        margin = min(float(gaps[i, : len(row)].min()) for i, row in enumerate(rows))
+        assert margin >= MIN_MARGIN, (
+            f"{what}: near-tie, top-two logit margin {margin:.2g} < {MIN_MARGIN}: pick another seed"
+        )
+    return distinct, margin
+
+
+def _checked(out, width, kwargs):
+    """(new tokens, sequence scores or None) of transformers' output, guarded."""
+    import torch
+
+    tokens = out.sequences[:, width:].numpy()
+    greedy = kwargs.get("num_beams", 1) == 1 and not kwargs.get("do_sample")
+    scores = torch.stack(out.scores, 1).numpy() if greedy else None
+    best = tokens[:: kwargs.get("num_return_sequences", 1)]  # a prompt's beams share prefixes
+    assert_decisive(best, kwargs.get("eos_token_id"), scores)
+    return tokens, getattr(out, "sequences_scores", None)
+
+
 def hf_generate_decoder_only(hf, prompts, **kwargs):
-    """transformers: left-padded batch; returns the new tokens per row (and scores)."""
+    """transformers: left-padded batch; returns the new tokens per row (and scores),
+    after `assert_decisive`."""
     import torch
 
     width = max(len(p) for p in prompts)
@@ -98,7 +158,7 @@ def hf_generate_decoder_only(hf, prompts, **kwargs):
             output_scores=True,
             **kwargs,
         )
-    return out.sequences[:, width:].numpy(), getattr(out, "sequences_scores", None)
+    return _checked(out, width, kwargs)
 
 
 def hf_generate_seq2seq(hf, prompts, **kwargs):
@@ -116,22 +176,22 @@ def hf_generate_seq2seq(hf, prompts, **kwargs):
             output_scores=True,
             **kwargs,
         )
-    return out.sequences[:, 1:].numpy(), getattr(out, "sequences_scores", None)
+    return _checked(out, 1, kwargs)
 
 
 def same_tokens(ours, theirs, pad, eos=None):
-    """Equal up to trailing padding (each side pads to its own longest row; with an
-    eos, whatever follows a row's first eos is padding: transformers' beam search
+    """Equal up to trailing padding (each side pads to its own longest row; with
+    eos ids, whatever follows a row's first eos is padding: transformers' beam search
     fills with the eos when pad_token_id is 0)."""
     width = max(ours.shape[1], theirs.shape[1])
+    eos = _eos_list(eos)
 
     def padded(a):
         a = np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=pad)
-        if eos is not None:
-            for row in a:
-                hits = np.flatnonzero(row == eos)
-                if hits.size:
-                    row[hits[0] + 1 :] = pad
+        for row in a:
+            hits = np.flatnonzero(np.isin(row, eos)) if eos else []
+            if len(hits):
+                row[hits[0] + 1 :] = pad
         return a
 
     np.testing.assert_array_equal(padded(ours), padded(theirs))
@@ -164,11 +224,24 @@ def test_gpt2_batch_equals_one_by_one(gpt2):
         )
 
 
-def test_t5_greedy_equals_transformers(t5):
-    prompts = [[5, 9, 14, 22, 1], [7, 7, 30, 1], [40, 41, 42, 43, 44, 45, 46, 1]]
-    theirs, _ = hf_generate_seq2seq(t5.hf, prompts, max_new_tokens=9, eos_token_id=1, **COMMON)
-    ours = generate(t5.ours, prompts, max_new_tokens=9, eos_token_id=1, pad_token_id=0)
+T5_PROMPTS = [[5, 9, 14, 22, 1], [7, 7, 30, 1], [40, 41, 42, 43, 44, 45, 46, 1]]
+
+
+@pytest.fixture(scope="module")
+def t5_eos(t5):
+    """Two eos ids the T5 model emits (its config's eos, 1, it never does): rows end
+    at different steps."""
+    greedy, _ = hf_generate_seq2seq(t5.hf, T5_PROMPTS, max_new_tokens=9, **COMMON)
+    return [int(greedy[0, 3]), int(greedy[2, 5])]
+
+
+def test_t5_greedy_equals_transformers(t5, t5_eos):
+    kwargs = dict(max_new_tokens=9, eos_token_id=t5_eos)
+    theirs, _ = hf_generate_seq2seq(t5.hf, T5_PROMPTS, **kwargs, **COMMON)
+    ours = generate(t5.ours, T5_PROMPTS, pad_token_id=0, **kwargs)
     same_tokens(ours, theirs, 0)
+    stop = np.flatnonzero(np.isin(ours[0], t5_eos))[0]  # row 0 emits an eos and stops
+    assert stop <= 3 and (ours[0, stop + 1 :] == 0).all()
 
 
 # ---------------------------------------------------------------- beam search
@@ -189,14 +262,17 @@ def test_gpt2_beam_search_equals_transformers(gpt2, length_penalty):
     np.testing.assert_allclose(our_scores, their_scores.numpy(), atol=1e-4, rtol=0)
 
 
-def test_t5_beam_search_equals_transformers(t5):
-    prompts = [[5, 9, 14, 22, 1], [7, 7, 30, 1]]
+def test_t5_beam_search_equals_transformers(t5, t5_eos):
+    prompts = T5_PROMPTS[:2]
     for length_penalty in (1.0, 0.6):
-        kwargs = dict(max_new_tokens=7, num_beams=4, length_penalty=length_penalty, eos_token_id=1)
+        kwargs = dict(
+            max_new_tokens=7, num_beams=4, length_penalty=length_penalty, eos_token_id=t5_eos
+        )
         theirs, their_scores = hf_generate_seq2seq(t5.hf, prompts, **COMMON, **kwargs)
         ours, our_scores = generate(t5.ours, prompts, pad_token_id=0, return_scores=True, **kwargs)
-        same_tokens(ours, theirs, 0, 1)
+        same_tokens(ours, theirs, 0, t5_eos)
         np.testing.assert_allclose(our_scores, their_scores.numpy(), atol=1e-4, rtol=0)
+        assert np.isin(ours, t5_eos).any()  # hypotheses that ended with an eos
 
 
 # ---------------------------------------------------------------- processors
@@ -221,13 +297,35 @@ def test_repetition_penalty_in_device_loops_equals_transformers(gpt2):
         same_tokens(ours, theirs, 0)
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        dict(max_new_tokens=9, min_new_tokens=4),
+#: (id, settings, loops to run, the feature switched off). Every case has two eos
+#: ids the model emits. Without sampling, each loop's tokens and scores equal
+#: transformers' `generate`, and transformers' output with the feature switched
+#: off differs (so the case can fail if the feature is ignored). The "device" cases
+#: also prove device loop == host loop; the host-only cases add features whose
+#: device path another case runs (min_new_tokens in beam search, eos ids) or that
+#: run on the host anyway (no_repeat_ngram_size).
+FEATURES = [
+    ("greedy-min", dict(max_new_tokens=9, min_new_tokens=4), "device", dict(min_new_tokens=0)),
+    (
+        "greedy-penalty",
         dict(max_new_tokens=9, repetition_penalty=1.3),
+        "device",
+        dict(repetition_penalty=1.0),
+    ),
+    (
+        "beam-early",
         dict(max_new_tokens=8, num_beams=3, early_stopping=True, num_return_sequences=3),
-        dict(max_new_tokens=8, num_beams=4, early_stopping="never", length_penalty=0.6),
+        "device",
+        dict(early_stopping=False),
+    ),
+    (  # "never" differs from False only if a later, longer hypothesis wins: lp 2
+        "beam-never",
+        dict(max_new_tokens=12, num_beams=2, early_stopping="never", length_penalty=2.0),
+        "device",
+        dict(early_stopping=False),
+    ),
+    (
+        "beam-negative-lp",
         dict(
             max_new_tokens=8,
             num_beams=2,
@@ -236,6 +334,11 @@ def test_repetition_penalty_in_device_loops_equals_transformers(gpt2):
             min_new_tokens=3,
             repetition_penalty=1.4,
         ),
+        "device",
+        dict(length_penalty=1.0),
+    ),
+    (
+        "sample-warped",
         dict(
             max_new_tokens=8,
             do_sample=True,
@@ -247,30 +350,77 @@ def test_repetition_penalty_in_device_loops_equals_transformers(gpt2):
             repetition_penalty=1.2,
             num_return_sequences=2,
         ),
-        dict(max_new_tokens=8, do_sample=True, seed=11),
-    ],
-    ids=[
-        "greedy-min",
-        "greedy-penalty",
-        "beam-early",
-        "beam-never",
-        "beam-negative-lp",
-        "sample-warped",
-        "sample",
-    ],
-)
-def test_device_loops_equal_host_loops(gpt2, kwargs):
-    """The compiled loops give the host loops' sequences and scores (eos hit early)."""
+        "device",
+        None,
+    ),
+    ("sample", dict(max_new_tokens=8, do_sample=True, seed=11), "device", None),
+    ("greedy-eos-ids", dict(max_new_tokens=8), "host", dict(eos_token_id="first")),
+    (
+        "beam-eos-ids",
+        dict(max_new_tokens=8, num_beams=4, num_return_sequences=4),
+        "host",
+        dict(eos_token_id="first"),
+    ),
+    (
+        "beam-min",
+        dict(max_new_tokens=8, num_beams=3, min_new_tokens=5, num_return_sequences=2),
+        "host",
+        dict(min_new_tokens=0),
+    ),
+    (  # no eos: greedy repeats a bigram only after 14 tokens
+        "greedy-ngram",
+        dict(max_new_tokens=24, no_repeat_ngram_size=2, eos_token_id=None),
+        "host",
+        dict(no_repeat_ngram_size=0),
+    ),
+    (
+        "beam-ngram",
+        dict(max_new_tokens=10, num_beams=3, no_repeat_ngram_size=2, eos_token_id=None),
+        "host",
+        dict(no_repeat_ngram_size=0),
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def eos_ids(gpt2):
+    """Two eos ids the model emits early (so rows and beams end at different steps)."""
     greedy = generate(gpt2.ours, PROMPTS, max_new_tokens=6)
-    eos = [int(greedy[0, 2]), int(greedy[2, 1])]
-    kwargs = dict(kwargs, eos_token_id=eos, pad_token_id=0, return_scores=True)
-    device, device_scores = generate(gpt2.ours, PROMPTS, loop="device", **kwargs)
-    host, host_scores = generate(gpt2.ours, PROMPTS, loop="host", **kwargs)
-    np.testing.assert_array_equal(device, host)
-    if host_scores is not None:
-        np.testing.assert_allclose(device_scores, host_scores, atol=1e-5, rtol=0)
-    if not kwargs.get("do_sample"):
-        assert (device == eos[0]).any() or (device == eos[1]).any()
+    return [int(greedy[0, 2]), int(greedy[2, 1])]
+
+
+@pytest.mark.parametrize(
+    "kwargs,loops,off", [f[1:] for f in FEATURES], ids=[f[0] for f in FEATURES]
+)
+def test_features_equal_transformers(gpt2, eos_ids, kwargs, loops, off):
+    """Each generation feature against transformers' generate (and, for the device
+    cases, the compiled loop against the host loop: sampling is checked that way)."""
+    kwargs = {"eos_token_id": eos_ids, **kwargs, "pad_token_id": 0}
+    eos = kwargs["eos_token_id"]
+    host, host_scores = generate(gpt2.ours, PROMPTS, loop="host", return_scores=True, **kwargs)
+    if loops == "device":
+        device, device_scores = generate(
+            gpt2.ours, PROMPTS, loop="device", return_scores=True, **kwargs
+        )
+        np.testing.assert_array_equal(device, host)
+        if host_scores is not None:
+            np.testing.assert_allclose(device_scores, host_scores, atol=1e-5, rtol=0)
+    if kwargs.get("do_sample"):
+        return
+    assert eos is None or np.isin(host, eos).any()
+    theirs, their_scores = hf_generate_decoder_only(gpt2.hf, PROMPTS, do_sample=False, **kwargs)
+    same_tokens(host, theirs, 0, eos)
+    if their_scores is not None:
+        np.testing.assert_allclose(host_scores, their_scores.numpy(), atol=1e-4, rtol=0)
+    # the feature matters here: transformers without it gives something else
+    off = {k: eos_ids[0] if v == "first" else v for k, v in off.items()}
+    other, other_scores = hf_generate_decoder_only(
+        gpt2.hf, PROMPTS, do_sample=False, **{**kwargs, **off}
+    )
+    differs = other.shape != theirs.shape or (other != theirs).any()
+    if their_scores is not None:
+        differs = differs or not np.allclose(other_scores.numpy(), their_scores.numpy(), atol=1e-4)
+    assert differs, f"switching off {off} changes nothing here: the case proves nothing"
 
 
 def test_processors_on_given_logits():
@@ -374,6 +524,36 @@ def test_warp_equals_transformers_warpers(warpers):
         np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(theirs))
         kept = np.isfinite(theirs)
         np.testing.assert_allclose(ours[kept], theirs[kept], atol=1e-6, rtol=0)
+
+
+#: a seeded sample with every warper and processor: the "sample-warped" case above,
+#: eos ids from the `eos_ids` fixture
+SAMPLE = dict(FEATURES[5][1], pad_token_id=0)
+#: its tokens, the same on jax, torch and tensorflow (counter-based draws): a literal,
+#: so a backend cannot pass by agreeing with itself
+SAMPLED = np.array(
+    [
+        [22, 56, 72, 60, 12, 73, 9, 23],
+        [17, 86, 23, 0, 0, 0, 0, 0],
+        [47, 28, 23, 0, 0, 0, 0, 0],
+        [76, 60, 21, 4, 26, 26, 4, 23],
+        [21, 25, 78, 53, 64, 9, 65, 65],
+        [22, 32, 85, 32, 31, 16, 3, 6],
+    ]
+)
+
+
+def test_seeded_sample_is_the_same_on_every_backend(gpt2, eos_ids):
+    """`generate` (compiled loop and host loop) and `stream_generate` give this
+    literal sample for this seed on every backend."""
+    kwargs = dict(SAMPLE, eos_token_id=eos_ids)
+    np.testing.assert_array_equal(generate(gpt2.ours, PROMPTS, **kwargs), SAMPLED)
+    np.testing.assert_array_equal(generate(gpt2.ours, PROMPTS, loop="host", **kwargs), SAMPLED)
+    streamed = np.array(list(stream_generate(gpt2.ours, PROMPTS, **kwargs))).T
+    np.testing.assert_array_equal(streamed[:, : SAMPLED.shape[1]], SAMPLED)
+    assert (streamed[:, SAMPLED.shape[1] :] == 0).all()
+    greedy = generate(gpt2.ours, PROMPTS, max_new_tokens=8, eos_token_id=eos_ids, pad_token_id=0)
+    assert not np.array_equal(SAMPLED[::2, : greedy.shape[1]], greedy)  # a real sample
 
 
 def test_sampling_is_reproducible_with_a_seed(gpt2):

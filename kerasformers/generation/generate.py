@@ -87,8 +87,9 @@ def stream_generate(model, inputs, tokenizer=None, config=None, **overrides):
         raise ValueError("streaming needs num_beams=1 (beam search decides at the end)")
     limit = None if tokenizer is None else _check_tokenizer(tokenizer, _runner(model).vocab_size)
     steps = _generate(model, inputs, config, "host", stream=True)
-    if tokenizer is None:
-        yield from steps
+    if tokenizer is None:  # as documented: an int array, pad_token_id for finished rows
+        for step in steps:
+            yield np.array([config.pad if t is None else t for t in step], "int64")
         return
     tokens = emitted = None
     for step in steps:
