@@ -11,9 +11,11 @@ about 30% of the model's FLOPs). ``--quick`` uses 2 layers instead of 12, as a s
 * transformers: ``GPT2LMHeadModel(GPT2Config(..., resid_pdrop=0, embd_pdrop=0,
   attn_pdrop=0))``, ``.eval()``, default attention implementation (SDPA), under
   ``torch.inference_mode()``, called as ``model(input_ids=ids).logits``. Its LayerNorm
-  gammas are randomised to 1 + 0.1 randn and every bias (LayerNorm betas, Conv1D biases) to
+  gammas are randomised to 1 + 0.1 randn, every bias (LayerNorm betas, Conv1D biases) to
   0.02 randn (HF initialises them to 1/0), so a swapped or missing weight in our loader would
-  show in the check below.
+  show in the check below, and every matrix (embeddings included) to 0.05 randn: at HF's
+  0.02 the residual stream is mostly the token's own embedding, and greedy decoding
+  (generation.py) repeated 1-5 ids in 128 tokens.
 * ours: ``build_transformer_model(checkpoint_path=tmpdir, final_activation='linear')`` on the
   directory that ``save_pretrained`` wrote (the model, ``gpt2``, is detected from its
   config.json; the Keras model's only input is the token ids), one process per Keras backend
@@ -57,6 +59,10 @@ from harness import identity
 
 BATCH, SEQ = 8, 128
 THREADS = harness.THREADS
+#: std of every weight matrix (embeddings included) of the random GPT2: at HF's init
+#: (0.02) the residual stream is mostly the token's own embedding and greedy decoding
+#: repeats 1-5 ids in 128 tokens; at 0.05 (2 layers) 103-112 distinct ids
+MATRIX_STD = 0.05
 
 
 def model_config(quick):
@@ -72,8 +78,9 @@ def model_config(quick):
 
 def random_gpt2(cfg, folder):
     """transformers' GPT2LMHeadModel of `cfg` sizes, seed 0, no dropout, LayerNorm gammas
-    1 + 0.1 randn and biases 0.02 randn (HF initialises them to 1/0, which would hide a
-    swapped weight); saved to `folder` (save_pretrained) and returned in eval mode."""
+    1 + 0.1 randn, biases 0.02 randn (HF initialises them to 1/0, which would hide a
+    swapped weight) and every matrix MATRIX_STD randn (so generation varies); saved to
+    `folder` (save_pretrained) and returned in eval mode."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -96,6 +103,8 @@ def random_gpt2(cfg, folder):
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             elif name.endswith(".bias"):
                 p.copy_(0.02 * torch.randn_like(p))
+            else:  # every matrix: at HF's std 0.02 greedy repeats 1-5 ids (#20)
+                p.copy_(MATRIX_STD * torch.randn_like(p))
     model.eval()
     model.save_pretrained(folder)
     return model

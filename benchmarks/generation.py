@@ -18,7 +18,7 @@ Modes (``--mode``, default all three; each gets its own table):
 Contenders, per mode:
 
 * transformers: ``GPT2LMHeadModel`` exactly as in decoder.py (``.eval()``, default attention
-  implementation SDPA, LayerNorm gammas / all biases randomised), called as
+  implementation SDPA, LayerNorm gammas / biases / matrices randomised), called as
   ``model.generate(input_ids, attention_mask=ones, do_sample=False, num_beams=...,
   max_new_tokens=N, min_new_tokens=N, eos_token_id=None, pad_token_id=0)`` (beam4 adds
   ``length_penalty=1.0, early_stopping=False``) under ``torch.inference_mode()``; everything
@@ -56,6 +56,12 @@ Contenders, per mode:
   it as a ``tf.function`` with ``reduce_retracing``, so the growing length is traced about
   twice in all; jax's ``predict_on_batch`` would compile once per length). Its ratio is vs
   transformers at N new tokens, whatever its own token count.
+
+The reference varies: the random GPT2 has every matrix at std 0.05 (decoder.py; at HF's
+0.02 greedy decoding repeated 1-5 ids in 128 tokens). transformers' row reports, per mode,
+``distinct_tokens`` (distinct ids per row; fewer than a quarter of the new tokens stops the
+run) and for greedy modes ``min_top2_margin`` (the smallest gap between the two best logits
+over every step) and ``steps_margin_below_1e-4``.
 
 Validity: generated tokens must be identical to transformers': max |ours - transformers| over
 the token ids must be 0 (the harness's ``max|d| < 1`` on integers). Beam search compares the
@@ -209,6 +215,45 @@ def check_args(args):
 
 
 # ------------------------------------------------------------------------ transformers
+def decisive_reference(model, prompts, mode, new_tokens):
+    """transformers' tokens for `mode` and facts about them: distinct ids per row and
+    (greedy) the smallest top-two logit margin over all steps, with the number of steps
+    under 1e-4 (float32 reassociation moves these logits by ~1e-5: a smaller margin can
+    swap a token). SystemExit if a row holds fewer than new_tokens / 4 distinct ids: a
+    degenerate reference agrees with wrong code (#20)."""
+    import numpy as np
+    import torch
+
+    batch, beams = MODES[mode]
+    ids = torch.from_numpy(prompts[:batch])
+    kwargs = dict(num_beams=beams, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    if beams > 1:
+        kwargs.update(length_penalty=1.0, early_stopping=False, num_return_sequences=1)
+    with torch.inference_mode():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+            return_dict_in_generate=True,
+            output_scores=beams == 1,
+            **kwargs,
+        )
+    tokens = out.sequences[:, PROMPT_LEN:].numpy()
+    facts = {"distinct_tokens": [len(set(row)) for row in tokens.tolist()]}
+    if beams == 1:
+        scores = torch.stack(out.scores, 1).float().numpy()
+        top2 = np.partition(scores, -2, axis=-1)[..., -2:]
+        margins = top2[..., 1] - top2[..., 0]
+        facts["min_top2_margin"] = float(f"{margins.min():.3g}")
+        facts["steps_margin_below_1e-4"] = int((margins < 1e-4).sum())
+    if min(facts["distinct_tokens"]) < new_tokens // 4:
+        raise SystemExit(f"{mode}: degenerate reference, distinct ids per row {facts}")
+    print(f"  reference {mode}: {facts}", flush=True)
+    return tokens, facts
+
+
 def transformers_paths(args):
     """Build GPT2LMHeadModel, save it (checkpoint + prompts + reference tokens) to the workdir."""
     import numpy as np
@@ -245,10 +290,10 @@ def transformers_paths(args):
 
         return call
 
-    references, paths = {}, []
+    references, paths, facts = {}, [], {}
     for mode in args.mode:
         n = longest if mode == "greedy1" else args.new_tokens
-        out = caller(mode, n)().numpy()
+        out, facts[mode] = decisive_reference(model, prompts, mode, n)
         assert out.shape == (MODES[mode][0], n), (mode, out.shape)  # nothing stopped early
         references[mode] = out[:, : args.new_tokens]
         if mode == "greedy1":  # greedy is prefix-consistent: one run gives every length
@@ -267,6 +312,7 @@ def transformers_paths(args):
                     "group": mode,
                     "reference": references[mode],
                     "tokens": MODES[mode][0] * args.new_tokens,
+                    "facts": facts[mode],
                 },
             )
         )

@@ -19,6 +19,8 @@ PATH_OPTIONS = {
     "row": "label of a row of its own in the group's table; never the backend's number",
     "approximate": "reduced precision (bf16, int8): never INVALID; the table shows the share "
     "of output elements equal to the reference ('agreement') instead of max|d|",
+    "facts": "a dict of facts about the path's workload (e.g. the reference's distinct "
+    "tokens), saved with the path and printed after its max|d|",
 }
 
 

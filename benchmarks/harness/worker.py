@@ -60,6 +60,7 @@ def run_child(spec, args):
         unknown = set(options) - set(PATH_OPTIONS)
         assert not unknown, f"unknown path options {unknown}"
         tags = {k: options[k] for k in ("group", "tokens", "row") if k in options}
+        tags.update(options.get("facts", {}))
         ref = options.get("reference", reference)
         try:
             t = time.perf_counter()
