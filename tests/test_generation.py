@@ -1,13 +1,19 @@
 """`generate` equals transformers' `generate` on small random models, every backend.
 
+* the references are not degenerate: `assert_decisive` fails a transformers output
+  with few distinct tokens or a near-tie between its two best logits (issue #20);
 * greedy: token-identical for GPT2 (a batch of prompts of different lengths,
-  transformers left-pads them) and for T5 / mT5 (padded encoder batch);
+  transformers left-pads them) and for T5 / mT5 (padded encoder batch, eos ids the
+  model emits);
 * beam search (num_beams 4, length_penalty 1.0 and 0.6): identical sequences and
   sequence scores within 1e-4;
-* repetition_penalty and no_repeat_ngram_size: identical to transformers'
-  processors inside generate, and on given logits (with top-k / top-p);
-* sampling: reproducible with a seed; min_new_tokens respected; UniLM batches
-  equal one-by-one decoding; streaming equals generate; bad input is refused.
+* every feature (`FEATURES`: early_stopping True / "never", negative length_penalty,
+  min_new_tokens in greedy and beam search, several eos ids, num_return_sequences
+  3 and 4, repetition_penalty, no_repeat_ngram_size alone) equals transformers, in
+  a case where transformers without the feature differs; compiled loop == host loop;
+* sampling: a seeded sample is a literal, the same on every backend, in the
+  compiled loop, the host loop and `stream_generate`; UniLM batches equal
+  one-by-one decoding; streaming equals generate; bad input is refused.
 """
 
 import keras
