@@ -25,6 +25,8 @@ ONCE = [
     "tests/pretraining/test_vocab.py",
     "tests/pretraining/test_distribution.py",
     "tests/reliability/test_tokenizer_faults.py",
+    "tests/reliability/test_config_faults.py",
+    "tests/cli/test_cli.py",
     "--doctest-modules",
     "kerasformers/tokenizers",
     "kerasformers/data",
@@ -33,6 +35,7 @@ ONCE = [
     "kerasformers/pretraining/vocab.py",
     "kerasformers/pretraining/records.py",
     "kerasformers/saving.py",
+    "kerasformers/cli",
 ]
 PER_BACKEND = [
     "tests",

@@ -77,8 +77,14 @@ def _epochs(run_dir):
 
 
 def test_resume_after_sigkill_is_exact(shards, tmp_path):
-    straight = tmp_path / "straight"
-    _run(shards, straight, 20)
+    straight = tmp_path / "straight"  # runs beside the killed run: the same two processes
+    straight_log = open(tmp_path / "straight.log", "w+")
+    plain = subprocess.Popen(
+        [sys.executable, WORKER, str(shards), str(straight), "20"],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=straight_log,
+    )
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
@@ -97,9 +103,14 @@ def test_resume_after_sigkill_is_exact(shards, tmp_path):
             assert time.time() < deadline, "the worker never reached its step-10 checkpoint"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
+        plain.wait(timeout=600)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        for p in (proc, plain):
+            if p.poll() is None:
+                p.kill()
+    straight_log.seek(0)
+    assert plain.returncode == 0, straight_log.read()[-3000:]
+    straight_log.close()
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "final.npz").exists()
     assert sorted(p.name for p in killed.glob("step-*")) == ["step-00000010"]
