@@ -58,7 +58,7 @@ def main():
     parser.add_argument("bert4keras", help="bert4keras checkout or bare git directory")
     parser.add_argument("scripts", nargs="*", help="port file names (default: all)")
     parser.add_argument("--stat", action="store_true", help="changed line counts only")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     for name in args.scripts or ports():
         name = os.path.basename(name)
         original = house_style(original_text(args.bert4keras, name)).splitlines(keepends=True)
