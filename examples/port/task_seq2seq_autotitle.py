@@ -76,9 +76,8 @@ class CrossEntropy(Loss):
     def compute_loss(self, inputs, mask=None):
         y_true, y_mask, y_pred = inputs
         y_true = y_true[:, 1:]  # 目标token_ids
-        y_mask = ops.cast(
-            y_mask[:, 1:], keras.config.floatx()
-        )  # segment_ids，刚好指示了要预测的部分
+        y_mask = y_mask[:, 1:]  # segment_ids，刚好指示了要预测的部分
+        y_mask = ops.cast(y_mask, keras.config.floatx())  # ids are int32 inputs in Keras 3
         y_pred = y_pred[:, :-1]  # 预测序列，错开一位
         loss = ops.sparse_categorical_crossentropy(y_true, y_pred)
         loss = ops.sum(loss * y_mask) / ops.sum(y_mask)
