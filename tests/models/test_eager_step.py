@@ -6,13 +6,12 @@ on jax and tensorflow the same checks run through Keras. Float32 steps are
 checked against the uncached model in test_cache.py.
 """
 
-import warnings
-
 import keras
 import numpy as np
 import pytest
 
 from kerasformers import build_transformer_model
+from tests.models.test_quantize import quantize
 
 CONFIG = dict(
     model="gpt2",
@@ -48,9 +47,7 @@ IDS = np.random.default_rng(1).integers(1, 96, (2, 9))
 def test_int8_steps_equal_the_keras_int8_model():
     obj = randomized()
     float_out = np.asarray(obj.model.predict(IDS, verbose=0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # layers without int8 weights say so
-        obj.model.quantize("int8")
+    quantize(obj.model)  # warnings off (layers without int8 weights say so), no gc per layer
     full = np.asarray(obj.model.predict(IDS, verbose=0))
     steps, _ = stepwise(obj, IDS)
     np.testing.assert_allclose(steps, full, atol=1e-5, rtol=0)
@@ -92,9 +89,7 @@ def test_int8_one_token_steps(act, rows):
     rng = np.random.default_rng(0)
     for v in obj.model.weights:
         v.assign(rng.normal(0, 0.2, v.shape).astype("float32"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        obj.model.quantize("int8")
+    quantize(obj.model)
     ids = IDS[:rows]
     full = np.asarray(obj.model.predict(ids, verbose=0))
     cache = obj.init_cache(rows, 16)
