@@ -71,7 +71,8 @@ def test_binds_loopback_only(server):
 
 def test_graceful_shutdown_finishes_the_stream_in_flight(server):
     # the last test here: it stops the shared server (the fixture starts another if needed)
-    body = {"model": "gpt2", "prompt": "Hello", "max_tokens": 200, "temperature": 0}
+    # 64 tokens: well within serve's graceful_timeout_s (30 s) even on a loaded machine
+    body = {"model": "gpt2", "prompt": "Hello", "max_tokens": 64, "temperature": 0}
     pieces = []
     try:
         with httpx.Client(base_url=server.url, timeout=60) as client:
@@ -85,6 +86,6 @@ def test_graceful_shutdown_finishes_the_stream_in_flight(server):
     assert pieces[-1] == "[DONE]", output
     last = json.loads(pieces[-2])["choices"][0]
     assert last["finish_reason"] == "length"
-    assert sum(len(json.loads(p)["choices"][0]["text"]) > 0 for p in pieces[:-1]) >= 50
+    assert sum(len(json.loads(p)["choices"][0]["text"]) > 0 for p in pieces[:-1]) >= 20
     # uvicorn exits by re-raising the signal once the in-flight requests are answered
     assert code == -signal.SIGTERM and "Traceback" not in output, output
