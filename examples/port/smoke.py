@@ -18,8 +18,8 @@ exist here. Each port keeps those lines and adds one block, taken only with ``--
   in the file format each original expects; `open_files` / `glob_files` hand them out under
   the original paths, so the script's loaders run unchanged.
 - `keras.Model.fit` runs at most 1 epoch of at most 2 steps (the scripts pass literal
-  ``epochs=`` to `fit`), and the run happens in a fresh temporary directory (the scripts
-  save ``best_model.weights.h5`` into the current directory).
+  ``epochs=`` to `fit`), and the run happens in a fresh temporary directory, removed at
+  exit (the scripts save ``best_model.weights.h5`` into the current directory).
 
 Nothing here is used without ``--smoke``.
 
@@ -28,11 +28,13 @@ Nothing here is used without ``--smoke``.
 [('中共中央总书记、国家主席江泽民', [(0, 3, 'ORG'), (12, 14, 'PER')])]
 """
 
+import atexit
 import functools
 import glob as _glob
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -57,6 +59,13 @@ _CHECKPOINTS = {}  # model -> (config_path, checkpoint_path): one per process
 _ENTITY_TAGS = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
 
 
+def _mkdtemp(prefix):
+    """A temporary directory, removed when the process exits."""
+    directory = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return directory
+
+
 def _package_file(package, *parts):
     spec = importlib.util.find_spec(package)
     if spec is None:
@@ -77,7 +86,7 @@ def checkpoint(model="bert"):
 
         from kerasformers import build_transformer_model
 
-        directory = tempfile.mkdtemp(prefix=f"smoke_{model}_")
+        directory = _mkdtemp(prefix=f"smoke_{model}_")
         config = dict(CONFIG, embedding_size=16) if model == "albert" else dict(CONFIG)
         config_path = os.path.join(directory, "bert_config.json")
         with open(config_path, "w", encoding="utf-8") as f:
@@ -110,7 +119,7 @@ def start():
     """Enter a fresh temporary directory and cap `fit` (1 epoch, 2 steps); return the dir."""
     import keras
 
-    directory = tempfile.mkdtemp(prefix="smoke_run_")
+    directory = _mkdtemp(prefix="smoke_run_")
     os.chdir(directory)
     fit = keras.Model.fit
     if not getattr(fit, "smoke_capped", False):
@@ -227,7 +236,7 @@ def news_files(n=8):
     """THUCNews-style .txt files (a title line, then the body): each a People's Daily line
     as the title and the next two lines as the body."""
     texts = [text for text, _ in people_daily(3 * n, max_chars=200)]
-    directory = tempfile.mkdtemp(prefix="smoke_news_")
+    directory = _mkdtemp(prefix="smoke_news_")
     paths = []
     for i in range(n):
         path = os.path.join(directory, f"{i}.txt")
@@ -241,7 +250,7 @@ def novel_files(n=2, lines=24):
     """GBK-encoded .txt "novels" (the Jin Yong files' format): People's Daily lines, each
     paragraph indented by two full-width spaces."""
     texts = [text for text, _ in people_daily(n * lines, max_chars=120)]
-    directory = tempfile.mkdtemp(prefix="smoke_novels_")
+    directory = _mkdtemp(prefix="smoke_novels_")
     paths = []
     for i in range(n):
         path = os.path.join(directory, f"{i}.txt")
@@ -255,7 +264,7 @@ def novel_files(n=2, lines=24):
 def open_files(open_function, files):
     """`open_function` with the paths in `files` ({original path: lines}) redirected to
     temporary files holding those lines; every other path is opened as given."""
-    directory = tempfile.mkdtemp(prefix="smoke_data_")
+    directory = _mkdtemp(prefix="smoke_data_")
     redirect = {}
     for i, (original, lines) in enumerate(files.items()):
         path = os.path.join(directory, f"{i}_{os.path.basename(original)}")
