@@ -11,7 +11,7 @@ and bert4keras' `AutoRegressiveDecoder`.
 """
 
 from kerasformers.generation import processors
-from kerasformers.generation.autoregressive import AutoRegressiveDecoder
+from kerasformers.generation.autoregressive import AutoRegressiveDecoder, outside_distribution
 from kerasformers.generation.config import GenerationConfig
 from kerasformers.generation.generate import check_prompts, generate, stream_generate
 from kerasformers.generation.runner import Runner
@@ -21,6 +21,7 @@ __all__ = [
     "stream_generate",
     "GenerationConfig",
     "AutoRegressiveDecoder",
+    "outside_distribution",
     "Runner",
     "check_prompts",
     "processors",

@@ -18,7 +18,48 @@ cache and compiled steps. With topk=1 both give the same tokens.
 [1, 2, 3, 4, 0]
 """
 
+import contextlib
+import functools
+
 import numpy as np
+
+
+@contextlib.contextmanager
+def outside_distribution():
+    """Run a block without the active `keras.distribution` (restored afterwards).
+
+    Under ``keras.distribution.set_distribution(DataParallel(...))`` Keras splits every
+    batch that ``model.predict`` gets across the devices, so a decoding step on 1 row (or
+    on 3 beams with 2 devices) fails with JAX's ``IndivisibleError``.  Decoding is small
+    batches on one device: `AutoRegressiveDecoder.beam_search` / `random_sample` run
+    inside this context, and so can your own ``model.predict`` loops.  The model's
+    weights stay where the distribution put them (replicated by `DataParallel`).
+
+    >>> import keras
+    >>> with outside_distribution():
+    ...     keras.distribution.distribution() is None
+    True
+    """
+    import keras
+
+    current = keras.distribution.distribution()
+    if current is None:
+        yield
+        return
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(current)
+
+
+def _outside_distribution(search):
+    @functools.wraps(search)
+    def run(*args, **kwargs):
+        with outside_distribution():
+            return search(*args, **kwargs)
+
+    return run
 
 
 def _log_softmax(x):
@@ -99,8 +140,55 @@ class AutoRegressiveDecoder:
         """Scores of the next token for every row of output_ids (override this)."""
         raise NotImplementedError
 
-    def beam_search(self, inputs, topk, states=None, temperature=1, min_ends=1):
-        """Beam search of width topk; returns the best output ids."""
+    @_outside_distribution
+    def beam_search(
+        self,
+        inputs,
+        topk,
+        states=None,
+        temperature=1,
+        min_ends=1,
+        rule="bert4keras",
+        length_penalty=1.0,
+        early_stopping=False,
+    ):
+        """Beam search of width topk; returns the best output ids (with `start_id` and the
+        `end_id` that ended them).  Runs outside an active `keras.distribution`
+        (`outside_distribution`), so a batch of one decodes under `DataParallel`.
+
+        Two rules decide which hypothesis wins (they differ on some inputs, see the
+        README's "Beam search: two rules"):
+
+        - ``rule="bert4keras"`` (default, the original's): each step keeps the `topk`
+          best continuations; when the best of them ends with `end_id` (after `min_ends`
+          ends) it is returned at once; the other ended ones are dropped and the beam
+          narrows; at `maxlen` the best unfinished one.  Scores are plain sums of log
+          probabilities (no length normalisation).
+        - ``rule="transformers"``: `generate(num_beams=topk)`'s search, run over this
+          `predict` (the same loop code, `generation.loops.beam_steps`): `topk` beams stay
+          alive, every ended hypothesis among each step's best `topk` is kept, ranked by
+          ``sum of log probabilities / generated length ** length_penalty``, and the
+          search stops per `early_stopping` (True, False or "never").  ``minlen``
+          becomes ``min_new_tokens = minlen - len(first output ids) - 1`` (`end_id` is
+          suppressed before it, as `generate` does); `min_ends` must be 1.  Returns
+          what ``generate(model, [source], num_beams=topk, eos_token_id=end_id,
+          max_new_tokens=maxlen, length_penalty=..., early_stopping=...)`` returns for
+          the same model (after the first output ids).
+        """
+        if rule == "transformers":
+            if min_ends != 1:
+                raise ValueError('min_ends must be 1 with rule="transformers"')
+            return self._transformers_beam_search(
+                inputs, topk, states, temperature, length_penalty, early_stopping
+            )
+        if rule != "bert4keras":
+            raise ValueError(f'rule must be "bert4keras" or "transformers", got {rule!r}')
+        if length_penalty != 1.0 or early_stopping is not False:
+            raise ValueError(
+                'length_penalty and early_stopping belong to rule="transformers" '
+                "(bert4keras' rule has no length normalisation and stops at the first "
+                "best hypothesis that ends)"
+            )
         inputs = [np.array([i]) for i in inputs]
         output_ids, output_scores = self.first_output_ids, np.zeros(1)
         for step in range(self.maxlen):
@@ -126,11 +214,64 @@ class AutoRegressiveDecoder:
                     topk = int(flag.sum())
         return output_ids[output_scores.argmax()]
 
+    def _transformers_beam_search(
+        self, inputs, topk, states, temperature, length_penalty, early_stopping
+    ):
+        from keras import ops
+
+        from kerasformers.generation.loops import LoopConfig, beam_steps
+
+        first = self.first_output_ids
+        scores, states = self.predict(
+            [np.array([i]) for i in inputs], first, states, temperature, "logits"
+        )
+        repeated = [np.repeat(np.array([i]), topk, axis=0) for i in inputs]
+        box = {"states": states}
+
+        def step_fn(tokens, output_ids):
+            tokens = ops.convert_to_numpy(tokens).reshape((-1, 1)).astype(output_ids.dtype)
+            output_ids = np.concatenate([output_ids, tokens], 1)
+            scores, box["states"] = self.predict(
+                repeated, output_ids, box["states"], temperature, "logits"
+            )
+            return scores, output_ids
+
+        def reorder_fn(output_ids, rows):
+            return output_ids[ops.convert_to_numpy(rows)]
+
+        eos = () if self.end_id is None else (int(self.end_id),)
+        cfg = LoopConfig(
+            max_new_tokens=int(self.maxlen),
+            min_new_tokens=max(0, int(self.minlen) - first.shape[1] - 1),
+            repetition_penalty=1.0,
+            eos=eos,
+            pad=eos[0] if eos else 0,
+            num_beams=int(topk),
+            length_penalty=float(length_penalty),
+            early_stopping=early_stopping,
+            batch=1,
+        )
+        sequences, _ = beam_steps(
+            step_fn,
+            reorder_fn,
+            np.repeat(np.asarray(scores, "float32"), topk, axis=0),
+            np.repeat(first, topk, axis=0),
+            np.zeros((topk, 1), bool),
+            cfg,
+        )
+        best = sequences[0, 0]
+        ends = np.flatnonzero(np.isin(best, eos)) if eos else []
+        if len(ends):
+            best = best[: ends[0] + 1]
+        return np.concatenate([first[0], best]).astype(first.dtype)
+
+    @_outside_distribution
     def random_sample(
         self, inputs, n, topk=None, topp=None, states=None, temperature=1, min_ends=1, seed=None
     ):
         """n samples (top-k and/or nucleus filtering); returns a list of output ids.
-        `seed` (an addition) makes the draws reproducible."""
+        `seed` (an addition) makes the draws reproducible.  Runs outside an active
+        `keras.distribution` (`outside_distribution`)."""
         rng = np.random.default_rng(seed)
         inputs = [np.array([i]) for i in inputs]
         output_ids = self.first_output_ids
