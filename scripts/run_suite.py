@@ -27,6 +27,7 @@ ONCE = [
     "tests/reliability/test_tokenizer_faults.py",
     "tests/reliability/test_config_faults.py",
     "tests/cli/test_cli.py",
+    "tests/serving",
     "--doctest-modules",
     "kerasformers/tokenizers",
     "kerasformers/data",
@@ -36,6 +37,7 @@ ONCE = [
     "kerasformers/pretraining/records.py",
     "kerasformers/saving.py",
     "kerasformers/cli",
+    "kerasformers/serving",
 ]
 PER_BACKEND = [
     "tests",
