@@ -60,6 +60,9 @@ PER_BACKEND = [
     "kerasformers/pretraining/distribution.py",
 ]
 BACKENDS = ["jax", "torch", "tensorflow"]
+# Tests whose subject is not the backend (the ported examples' --smoke runs: each script was
+# checked by hand on every backend) run in one leg only, the one where they are fastest.
+ONLY_ON = {"tests/test_port_kit.py": "torch"}
 
 # Skips that are part of a test's design, each with the reason it states; any other skip fails
 # the suite, so a missing dependency or a silently disabled check cannot pass as green.
@@ -134,7 +137,17 @@ def main():
         *PER_BACKEND[1:],
     ]
     runs = [(once + extra, "jax", "backend-independent tests")]
-    runs += [(per_backend + extra, b, f"models and layers on {b}") for b in BACKENDS]
+    runs += [
+        (
+            per_backend[:1]
+            + [f"--ignore={p}" for p, only in ONLY_ON.items() if only != b]
+            + per_backend[1:]
+            + extra,
+            b,
+            f"models and layers on {b}",
+        )
+        for b in BACKENDS
+    ]
     total = {"passed": 0, "failed": 0, "skipped": 0}
     worst = style()
     for args, backend, label in runs:
