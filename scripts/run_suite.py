@@ -28,6 +28,7 @@ ONCE = [
     "tests/reliability/test_config_faults.py",
     "tests/cli/test_cli.py",
     "tests/serving",
+    "tests/test_decoding_distribution.py",
     "--doctest-modules",
     "kerasformers/tokenizers",
     "kerasformers/data",
