@@ -105,10 +105,10 @@ def sequence_padding(
     if variable:
         sizes = np.array([a.shape[:seq_dims] for a in arrays])
         length = sizes.max(axis=0)
+        varying = (sizes != length).any(axis=0)  # axes whose rows differ in this batch
         if buckets is None:
             buckets = padding_context.get()[0]
         if buckets is not None:
-            varying = (sizes != length).any(axis=0)
             length = [bucket_length(n, buckets) if v else n for n, v in zip(length, varying)]
     elif not hasattr(length, "__getitem__"):
         length = [length]
@@ -129,8 +129,9 @@ def sequence_padding(
             target = tuple(slice(n - m, n) for n, m in zip(length, a.shape[:seq_dims]))
         out[(k,) + target] = a
     record = padding_context.get()[1]
-    if record is not None and variable:
-        record[id(out)] = (out, tuple(range(1, seq_dims + 1)))
+    if record is not None and variable and varying.any():
+        # only axes padded here: [[label], ...] has rows of one length and stays fixed
+        record[id(out)] = (out, tuple(1 + a for a in np.flatnonzero(varying)))
     return out
 
 
