@@ -64,6 +64,7 @@ CASES = {
     "electra": case("electra", heads=dict(with_discriminator="linear")),
     "roformer": case("roformer", heads=MLM),
     "roformer_v2": case("roformer_v2", heads=MLM),
+    "gau_alpha": case("gau_alpha", heads=MLM),
     "bert-lm": case("bert", "lm", heads=MLM),
     "bert-unilm": case("bert", "unilm", heads=MLM),
     "roformer-unilm": case("roformer", "unilm", heads=MLM),
