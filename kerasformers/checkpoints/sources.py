@@ -128,7 +128,11 @@ class DictSource(Source):
         self._shapes = {k: v.shape for k, v in self._tensors.items()}
 
     def _read(self, key):
-        return self._tensors[key]
+        # read-only: the loader hands fresh arrays to the backend without a copy, and a
+        # caller's array must never become (and be changed through) a model's weight
+        view = self._tensors[key].view()
+        view.flags.writeable = False
+        return view
 
     def _dtype(self, key):
         return self._tensors[key].dtype
