@@ -2,6 +2,8 @@
 
 import os
 import re
+import warnings
+from unittest import mock
 
 import keras
 import numpy as np
@@ -136,3 +138,18 @@ def single_thread_torch():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def no_gc():
+    """Keras runs gc.collect() for every variable quantize() replaces
+    (Layer.__delattr__): ~0.2 s each on a test process's heap, nothing to test."""
+    return mock.patch("gc.collect", lambda *args: 0)
+
+
+def quantize(model, mode="int8"):
+    """`model.quantize(mode)` without the per-variable gc.collect and the warnings Keras
+    gives for every layer it leaves in float; returns the model."""
+    with warnings.catch_warnings(), no_gc():
+        warnings.simplefilter("ignore")
+        model.quantize(mode)
+    return model

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kerasformers import build_transformer_model
-from tests.models.test_quantize import quantize
+from tests.utils import quantize
 
 CONFIG = dict(
     model="gpt2",

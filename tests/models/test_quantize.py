@@ -16,7 +16,6 @@ size: std-0.02 weights leave many near ties). The test bounds: 4% and 90%.
 """
 
 import warnings
-from unittest import mock
 
 import keras
 import numpy as np
@@ -25,7 +24,7 @@ import pytest
 from kerasformers import build_transformer_model
 from kerasformers import layers as L
 from kerasformers.layers import Embedding
-from tests.utils import BACKEND, single_thread_torch, to_numpy  # noqa: F401
+from tests.utils import BACKEND, no_gc, quantize, single_thread_torch, to_numpy  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
@@ -68,19 +67,6 @@ def model_inputs(model, batch=4, length=16, seed=1):
     ids = np.random.RandomState(seed).randint(1, SMALL["vocab_size"], (batch, length))
     ids = ids.astype("int32")
     return [np.zeros_like(ids) if "Segment" in t.name else ids for t in model.inputs]
-
-
-def no_gc():
-    """Keras runs gc.collect() for every variable quantize() replaces
-    (Layer.__delattr__): ~0.2 s each on a test process's heap, nothing to test."""
-    return mock.patch("gc.collect", lambda *args: 0)
-
-
-def quantize(model, mode="int8"):
-    with warnings.catch_warnings(), no_gc():
-        warnings.simplefilter("ignore")  # Keras names every layer it leaves in float
-        model.quantize(mode)
-    return model
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
