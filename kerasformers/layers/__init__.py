@@ -1,7 +1,7 @@
 """Reusable Keras 3 layers (each usable on its own, each `get_config` round-trips)."""
 
 from kerasformers.layers.attention import MultiHeadAttention
-from kerasformers.layers.core import AttentionMask, MaskedAdd, TokenSelect
+from kerasformers.layers.core import AttentionMask, MaskedAdd, TokenGather, TokenSelect
 from kerasformers.layers.embeddings import (
     Embedding,
     PositionEmbedding,
@@ -28,6 +28,7 @@ __all__ = [
     "RelativePositionEmbeddingT5",
     "ScaleOffset",
     "SinusoidalPositionEmbedding",
+    "TokenGather",
     "TokenSelect",
 ]
 

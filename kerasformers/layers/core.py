@@ -116,6 +116,34 @@ class TokenSelect(keras.layers.Layer):
 
 
 @register
+class TokenGather(keras.layers.Layer):
+    """``x[b, positions[b, p]]``: the vectors at given positions of each row.
+
+    Inputs ``[x, positions]`` with x ``[batch, length, ...]`` and int positions
+    ``[batch, count]``; output ``[batch, count, ...]``. Used to run the MLM head
+    only where a loss is taken (Google BERT's ``masked_lm_positions``).
+
+    >>> import numpy as np
+    >>> x = np.arange(12, dtype="float32").reshape(1, 4, 3)
+    >>> np.asarray(TokenGather()([x, np.array([[3, 0]])])).tolist()
+    [[[9.0, 10.0, 11.0], [0.0, 1.0, 2.0]]]
+    """
+
+    def call(self, inputs):
+        x, positions = inputs
+        positions = ops.cast(positions, "int32")
+        index = ops.reshape(positions, ops.shape(positions) + (1,) * (len(x.shape) - 2))
+        return ops.take_along_axis(x, index, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        x_shape, positions_shape = input_shape
+        return (x_shape[0], positions_shape[1]) + tuple(x_shape[2:])
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+
+@register
 class MaskedAdd(keras.layers.Add):
     """`keras.layers.Add` that keeps the padding mask of its first masked input.
 

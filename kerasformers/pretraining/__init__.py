@@ -12,6 +12,8 @@ bert4keras' `pretraining/` (TFRecords written 10 times for "dynamic" masks, then
   a new mask every epoch, never N copies on disk.
 * `PretrainingData` (`pipeline`): a grain pipeline (seeded per-epoch shuffle,
   prefetch workers, per-process sharding) that `model.fit` consumes on every backend.
+* `masked_positions_model`, `label_positions` (`positions`): the MLM head only at
+  the labelled positions (Google BERT's ``masked_lm_positions``), same loss.
 * `MaskedLMLoss`, `MaskedAccuracy` (`losses`); `compile_pretraining`,
   `fit_pretraining` (`trainer`); `TrainingCheckpoint`, `restore_checkpoint`
   (`checkpoint`): exact resume after a kill.
@@ -41,6 +43,8 @@ _EXPORTS = {
     "CausalLM": "objectives",
     "UniLM": "objectives",
     "PretrainingData": "pipeline",
+    "label_positions": "positions",
+    "masked_positions_model": "positions",
     "MaskedLMLoss": "losses",
     "MaskedAccuracy": "losses",
     "compile_pretraining": "trainer",

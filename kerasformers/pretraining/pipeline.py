@@ -172,6 +172,34 @@ class _Apply:
         return (token_ids, segment_ids), labels
 
 
+class _Positions:
+    """Global batch -> this process's rows, with labelled positions as a third input."""
+
+    def __init__(self, count, process_index, process_count):
+        self.count = None if count is True else count
+        self.process_index, self.process_count = process_index, process_count
+
+    def __call__(self, batch):
+        from kerasformers.pretraining.positions import label_positions
+
+        (token_ids, segment_ids), labels = batch
+        positions, labels = label_positions(labels, count=self.count)
+        rows = len(labels) // self.process_count
+        part = slice(self.process_index * rows, (self.process_index + 1) * rows)
+        return (token_ids[part], segment_ids[part], positions[part]), labels[part]
+
+
+def _positions_setting(value, sequence_length):
+    if value is True or value is False:
+        return value
+    if isinstance(value, (int, np.integer)) and 1 <= int(value) <= sequence_length:
+        return int(value)
+    raise ValueError(
+        f"masked_positions must be True, False or a width in [1, sequence_length="
+        f"{sequence_length}], got {value!r}"
+    )
+
+
 class PretrainingData:
     """Batches of a pretraining objective over ArrayRecord shards, for `model.fit`.
 
@@ -193,6 +221,12 @@ class PretrainingData:
         ``jax.process_count()`` on the JAX backend, else 0 / 1.
     workers: grain worker processes preparing batches (0: in this process,
         with reader threads).
+    masked_positions: False, True or a width: batches carry each row's
+        labelled positions as a third input and labels ``[batch, count]``
+        (`positions.label_positions`) for a `masked_positions_model`, which
+        computes the MLM head only there. True: ``count`` is the global batch's
+        most labels per row rounded up to a multiple of 8 (the same on every
+        process); an int fixes it (a row with more labels is an error).
 
     The module docstring has a runnable example.
     """
@@ -208,6 +242,7 @@ class PretrainingData:
         process_index=None,
         process_count=None,
         workers=0,
+        masked_positions=False,
     ):
         self.files, self.manifest, self.manifest_sha256 = _shard_files(shards)
         self.counts = _record_counts(self.files)
@@ -224,6 +259,7 @@ class PretrainingData:
         self.shuffle = bool(shuffle)
         self.num_epochs = None if num_epochs is None else int(num_epochs)
         self.process_index, self.process_count = _default_process(process_index, process_count)
+        self.masked_positions = _positions_setting(masked_positions, objective.sequence_length)
         self._check_settings()
         self._check_manifest()
         self._max_id = None
@@ -326,13 +362,20 @@ class PretrainingData:
         A grain IterDataset of int32 numpy arrays, ``[local_batch_size,
         sequence_length]`` each, that ``model.fit`` consumes directly
         (infinite unless `num_epochs` is set; give ``fit`` its
-        ``steps_per_epoch``).
+        ``steps_per_epoch``). With `masked_positions`, the inputs are
+        ``(token_ids, segment_ids, positions)`` and the labels ``[local_batch_size,
+        count]``.
         """
         start_step = int(start_step)
         if start_step < 0:
             raise ValueError(f"start_step must be >= 0, got {start_step}")
-        ds = self.examples().batch(self.local_batch_size, drop_remainder=True)
-        ds = ds[self.process_index :: self.process_count][start_step:]
+        if self.masked_positions is False:
+            ds = self.examples().batch(self.local_batch_size, drop_remainder=True)
+            ds = ds[self.process_index :: self.process_count][start_step:]
+        else:
+            # the width comes from the global batch, so every process gets the same shapes
+            ds = self.examples().batch(self.batch_size, drop_remainder=True)[start_step:]
+            ds = ds.map(_Positions(self.masked_positions, self.process_index, self.process_count))
         ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
         if self.workers:
             _parse_absl_flags()

@@ -26,6 +26,7 @@ import keras
 from kerasformers import optimizers as optimizers_lib
 from kerasformers.pretraining.checkpoint import TrainingCheckpoint, restore_checkpoint
 from kerasformers.pretraining.losses import MaskedAccuracy, MaskedLMLoss
+from kerasformers.pretraining.positions import takes_positions
 
 
 def compile_pretraining(
@@ -99,6 +100,7 @@ def fit_pretraining(
         )
     if hasattr(data, "check_vocab"):
         data.check_vocab(vocab_size=_vocab_size(model))
+    _check_positions(model, data)
     start = restore_checkpoint(model, directory, data=data)
     if start % steps_per_epoch:
         raise ValueError(
@@ -119,6 +121,24 @@ def fit_pretraining(
         validation_data=validation_data,
         shuffle=False,
     )
+
+
+def _check_positions(model, data):
+    """Data with labelled positions needs a `masked_positions_model`, and the reverse."""
+    wanted = getattr(data, "masked_positions", None)
+    if wanted is None:
+        return
+    takes = takes_positions(model)
+    if wanted is not False and not takes:
+        raise ValueError(
+            "the data yields masked positions (PretrainingData(masked_positions=...)) but "
+            "the model has no positions input: train masked_positions_model(model)"
+        )
+    if wanted is False and takes:
+        raise ValueError(
+            "the model takes masked positions (masked_positions_model) but the data does "
+            "not yield them: PretrainingData(..., masked_positions=True)"
+        )
 
 
 def _vocab_size(model):
