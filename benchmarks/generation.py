@@ -105,6 +105,7 @@ import harness
 
 THREADS = harness.THREADS
 PROMPT_LEN, PROMPTS = 32, 8
+MIN_DISTINCT = 16  # distinct new ids per row below which a reference is degenerate
 #: mode: (batch, num_beams)
 MODES = {"greedy1": (1, 1), "greedy8": (8, 1), "beam4": (1, 4)}
 TITLES = {
@@ -219,8 +220,10 @@ def decisive_reference(model, prompts, mode, new_tokens):
     """transformers' tokens for `mode` and facts about them: distinct ids per row and
     (greedy) the smallest top-two logit margin over all steps, with the number of steps
     under 1e-4 (float32 reassociation moves these logits by ~1e-5: a smaller margin can
-    swap a token). SystemExit if a row holds fewer than new_tokens / 4 distinct ids: a
-    degenerate reference agrees with wrong code (#20)."""
+    swap a token). SystemExit if a row holds fewer than MIN_DISTINCT distinct ids: a
+    degenerate reference agrees with wrong code (#20). (Greedy decoding of random weights
+    settles into a repeating cycle after some tokens: measured 31 distinct ids in 256 at
+    batch 1; the unperturbed gains of #20 gave 1-5.)"""
     import numpy as np
     import torch
 
@@ -248,7 +251,7 @@ def decisive_reference(model, prompts, mode, new_tokens):
         margins = top2[..., 1] - top2[..., 0]
         facts["min_top2_margin"] = float(f"{margins.min():.3g}")
         facts["steps_margin_below_1e-4"] = int((margins < 1e-4).sum())
-    if min(facts["distinct_tokens"]) < new_tokens // 4:
+    if min(facts["distinct_tokens"]) < MIN_DISTINCT:
         raise SystemExit(f"{mode}: degenerate reference, distinct ids per row {facts}")
     print(f"  reference {mode}: {facts}", flush=True)
     return tokens, facts
