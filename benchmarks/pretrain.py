@@ -20,10 +20,10 @@ weights; transformers ``torch.autocast('cpu', dtype=torch.bfloat16)`` around the
   each row's labelled positions (``label_positions``, one fixed width for all batches: the
   largest count per row rounded up to 8), runs the MLM head only where the loss is taken
   (Google BERT's ``masked_lm_positions``; the same loss, about 6x less head work) -- what
-  ``PretrainingData(masked_positions=...)`` trains. Keras' ``jit_compile="auto"`` turns XLA off for TensorFlow on CPU-only machines, so
-  TensorFlow's number is a ``tf.function`` graph; one more TensorFlow row times ``fit`` of a
-  model compiled with ``jit_compile=True`` (``--no-tf-xla`` skips it; never the backend's
-  number).
+  ``PretrainingData(masked_positions=...)`` trains. Keras' ``jit_compile="auto"`` turns XLA
+  off for TensorFlow on CPU-only machines, so TensorFlow's number is a ``tf.function``
+  graph; one more TensorFlow row times ``fit`` of a model compiled with
+  ``jit_compile=True`` (``--no-tf-xla`` skips it; never the backend's number).
 * transformers: ``BertForMaskedLM(BertConfig(same sizes, hidden_dropout_prob=0.1,
   attention_probs_dropout_prob=0.1))`` (default attention implementation, SDPA),
   ``torch.optim.AdamW(lr=1e-4, weight_decay=0.01, eps=1e-6)`` with the same parameter
