@@ -174,7 +174,8 @@ class Runner:
     def check(self, lengths, max_new_tokens, copies=1):
         """Refuse, on the host and before anything is allocated or compiled, prompts +
         max_new_tokens beyond the model's positions, or a key/value cache of more
-        than `max_cache_elements` (T5, which has no position limit, included)."""
+        than `max_cache_elements` (T5, which has no position limit, included; linear
+        attention counts its constant-size recurrent state instead)."""
         longest, max_new_tokens = max(lengths), int(max_new_tokens)
         if self.max_position is not None and longest + max_new_tokens > self.max_position:
             raise ValueError(
@@ -183,8 +184,22 @@ class Runner:
                 f"most {max(self.max_position - longest, 0)} new tokens"
             )
         t = getattr(self.transformer, "decoder_transformer", self.transformer)
-        per_position = sum(h * (k + v) for h, k, v in t.cached_attention_shapes())
         rows = len(lengths) * copies
+        if getattr(t, "attention_type", "softmax") != "softmax":
+            # linear attention: a recurrent state (S [m, e], z [m], softmax's max [m]) per
+            # head, whatever the length: only more rows can make it too big
+            per_row = sum(
+                h * t.feature_count(k) * (v + 2) for h, k, v in t.cached_attention_shapes()
+            )
+            elements = rows * per_row
+            if elements > self.max_cache_elements:
+                raise ValueError(
+                    f"{rows} rows need a recurrent state of {elements:,} elements ({per_row:,} "
+                    f"per row), more than Runner.max_cache_elements "
+                    f"({self.max_cache_elements:,}): ask for fewer rows (or raise it)"
+                )
+            return
+        per_position = sum(h * (k + v) for h, k, v in t.cached_attention_shapes())
         length = self.cache_length(longest, max_new_tokens)
         elements = rows * length * per_position
         if elements > self.max_cache_elements:

@@ -7,6 +7,7 @@ from keras import ops
 
 from kerasformers import build_transformer_model
 from kerasformers.generation import generate
+from kerasformers.generation.runner import Runner
 from kerasformers.layers import MultiHeadAttention
 from kerasformers.layers import linear_attention as la
 
@@ -231,6 +232,19 @@ def test_gpt2_linear_generate_equals_full_model_greedy():
     tokens = prompt + new[-5:]
     logits = ops.convert_to_numpy(t.model(np.array([tokens])))[0]
     assert [int(i) for i in logits[2:-1].argmax(-1)] == tokens[3:]
+
+
+def test_the_cache_bound_counts_the_recurrent_state(monkeypatch):
+    """Runner.max_cache_elements bounds linear attention's state, not a key/value cache
+    of the length: 1 layer x 2 heads x 8 features x (8 + 2) = 160 elements per row."""
+    linear = Runner(_tiny(layers=1, attention_type="linear", feature_map="relu"))
+    softmax = Runner(_tiny(layers=1))
+    monkeypatch.setattr(Runner, "max_cache_elements", 400)
+    linear.check([3, 3], max_new_tokens=200)  # 320 elements, whatever the length
+    with pytest.raises(ValueError, match=r"rows x .* positions"):
+        softmax.check([3, 3], max_new_tokens=200)
+    with pytest.raises(ValueError, match=r"3 rows need a recurrent state of 480 elements"):
+        linear.check([3, 3, 3], max_new_tokens=1)
 
 
 def test_encoder_padding_is_respected():
