@@ -48,13 +48,13 @@ class Log(keras.callbacks.Callback):
             time.sleep(3600)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("shards")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("total_steps", type=int)
     parser.add_argument("--stall-after", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     keras.utils.set_random_seed(0)
     model = build_transformer_model(
         None,
