@@ -88,6 +88,11 @@ def pytest(args, backend, label):
     print(f"\n=== {label} (KERAS_BACKEND={backend}) ===", flush=True)
     start = time.time()
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log_dir = os.environ.get("SUITE_LOG_DIR")  # keep each leg's whole output (e.g. --durations)
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+        with open(os.path.join(log_dir, f"{label.replace(' ', '-')}-{backend}.txt"), "w") as f:
+            f.write(proc.stdout)
     tail = proc.stdout.strip().splitlines()
     summary = next(
         (
