@@ -766,7 +766,7 @@ def summarise(report, args):
                         p["path"],
                     )
                 )
-                if p["kind"] in ("step", "fit") and (
+                if p["kind"] in ("step", "fit", "fit-positions") and (
                     best_training is None or p["tokens_per_s"] > best_training["tokens_per_s"]
                 ):
                     best_training = dict(p, contender=kind)
