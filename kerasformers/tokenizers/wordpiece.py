@@ -426,23 +426,28 @@ class Tokenizer(DictVocabTokenizer):
             [[], [0, 1], [3], [5, 6], []]
         """
         unk = self._token_unk
-
-        def kept(t):
-            return not self._is_special(t) or t == unk
-
-        keep = [k for k, t in enumerate(tokens) if kept(t)]
+        # kept: not a "[xxx]" token, or [UNK] (written inline: this runs per token)
+        keep = [k for k, t in enumerate(tokens) if not (t[:1] == "[" and t[-1:] == "]") or t == unk]
         mapping = [[] for _ in tokens]
         own_tokens, own_maps = self._own_mapping(text)
-        own = [(t, m) for t, m in zip(self._translate(own_tokens), own_maps) if kept(t)]
-        given_ids = self.tokens_to_ids([tokens[k] for k in keep])
-        own_ids = self.tokens_to_ids([t for t, _ in own])
-        n = len(given_ids)
-        if own_ids[:n] == given_ids:
+        own = [
+            (t, m)
+            for t, m in zip(self._translate(own_tokens), own_maps)
+            if not (t[:1] == "[" and t[-1:] == "]") or t == unk
+        ]
+        given = [tokens[k] for k in keep]
+        own_tokens = [t for t, _ in own]
+        n = len(given)
+
+        def same(part):  # equal strings, or failing that equal ids
+            return part == given or self.tokens_to_ids(part) == self.tokens_to_ids(given)
+
+        if same(own_tokens[:n]):
             maps = [m for _, m in own[:n]]
-        elif n and own_ids[-n:] == given_ids:
+        elif n and same(own_tokens[-n:]):
             maps = [m for _, m in own[-n:]]
         else:
-            maps = self._search_mapping(text, [tokens[k] for k in keep])
+            maps = self._search_mapping(text, given)
         for k, m in zip(keep, maps):
             mapping[k] = m
         return mapping
@@ -458,7 +463,7 @@ class Tokenizer(DictVocabTokenizer):
         normalized, index, token_re = self._normalize(text)
         tokens, offsets = self._tokens_normalized(normalized, token_re)
         if index is None:
-            return tokens, [list(range(s, e)) for s, e in offsets]
+            index = list(range(len(normalized)))  # slices of one list: faster than range()s
         return tokens, [index[s:e] for s, e in offsets]
 
     def _search_mapping(self, text, tokens):
