@@ -291,6 +291,11 @@ LAYERS = {
     ),
     "MaskedAdd": (lambda dtype: L.MaskedAdd(dtype=dtype), lambda l: l([X, X[::-1]]), [None]),
     "TokenSelect": (lambda dtype: L.TokenSelect(dtype=dtype), lambda l: l(X), [None]),
+    "TokenGather": (
+        lambda dtype: L.TokenGather(dtype=dtype),
+        lambda l: l([X, np.tile(np.array([[N - 1, 0, 2]]), (len(X), 1))]),
+        [None],
+    ),
     "MultiHeadAttention": (mha(), attention_call(), [SEEN]),
     "MultiHeadAttention-softmax_plus": (
         mha(normalization="softmax_plus"),
