@@ -282,12 +282,16 @@ def main():
     parser.add_argument("--requests", type=int, default=4, help="requests per client at most")
     parser.add_argument("--inputs", type=int, default=64, help="distinct texts per workload")
     parser.add_argument("--output", default=os.path.join(HERE, "results", "serving.json"))
+    parser.add_argument(
+        "--max-wait-ms", type=float, default=BATCHED["max_wait_ms"], help="the batched server's"
+    )
     args = parser.parse_args()
     if max(args.clients) > 200:
         parser.error("at most 200 concurrent clients")
 
     from harness.machine import git_commit, machine_info, versions
 
+    BATCHED["max_wait_ms"] = args.max_wait_ms
     chinese, prompts = texts()
     results, servers = [], {}
     folder = tempfile.mkdtemp(prefix="kf-serving-bench-")
