@@ -106,7 +106,7 @@ def test_t5_learns_to_reverse():
         [encoder_ids.astype("int32"), decoder_ids.astype("int32")],
         labels,
         batch_size=64,
-        epochs=12,
+        epochs=9,  # exact match by epoch (seed 0): jax >= 0.96 from 5, torch 1.0 from 8, tf from 6
         verbose=0,
     )
 
