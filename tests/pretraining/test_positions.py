@@ -20,6 +20,7 @@ from kerasformers.pretraining.positions import label_positions, masked_positions
 from kerasformers.pretraining.trainer import compile_pretraining, fit_pretraining
 from tests.pretraining.test_objectives import MASK, SPECIAL, VOCAB
 from tests.pretraining.test_pipeline import shards, take  # noqa: F401 (module fixture)
+from tests.pretraining.test_trainer import tiny as trainer_tiny
 from tests.utils import to_numpy
 
 SEQ = 128
@@ -49,19 +50,7 @@ def test_label_positions_keeps_every_label_in_order():
 
 
 def tiny(dropout=0.0):
-    keras.utils.set_random_seed(0)
-    return build_transformer_model(
-        None,
-        model="bert",
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        with_mlm="linear",
-        dropout_rate=dropout,
-        return_keras_model=False,
-    )
+    return trainer_tiny(dropout_rate=dropout, return_keras_model=False)
 
 
 def batch(seed=0, rows=4, length=24):
