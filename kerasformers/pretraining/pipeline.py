@@ -189,6 +189,12 @@ class _Positions:
         return (token_ids[part], segment_ids[part], positions[part]), labels[part]
 
 
+def _backend():
+    import keras  # here, not at the top: grain's worker processes stay light
+
+    return keras.backend.backend()
+
+
 def _positions_setting(value, sequence_length):
     if value is True or value is False:
         return value
@@ -226,7 +232,9 @@ class PretrainingData:
         (`positions.label_positions`) for a `masked_positions_model`, which
         computes the MLM head only there. True: ``count`` is the global batch's
         most labels per row rounded up to a multiple of 8 (the same on every
-        process); an int fixes it (a row with more labels is an error).
+        process; on TensorFlow, whose Keras data adapter fixes every shape from
+        the first batches, the sequence length); an int fixes it (a row with
+        more labels is an error).
 
     The module docstring has a runnable example.
     """
@@ -260,6 +268,10 @@ class PretrainingData:
         self.num_epochs = None if num_epochs is None else int(num_epochs)
         self.process_index, self.process_count = _default_process(process_index, process_count)
         self.masked_positions = _positions_setting(masked_positions, objective.sequence_length)
+        if self.masked_positions is True and _backend() == "tensorflow":
+            # Keras' TensorFlow data adapter fixes every shape from the first batches, so a
+            # width that changes between batches fails later: one width, the longest
+            self.masked_positions = int(objective.sequence_length)
         self._check_settings()
         self._check_manifest()
         self._max_id = None
