@@ -24,9 +24,8 @@ losses on ``Lambda`` layers: pass them to ``model.compile``.
 import keras
 from keras import ops
 
+from kerasformers.pretraining.objectives import IGNORE
 from kerasformers.saving import register
-
-IGNORE = -100
 
 
 def _labels_and_valid(y_true, y_pred):

@@ -126,12 +126,16 @@ def _record_counts(files):
     return counts
 
 
+def _backend():
+    import keras  # here, not at the top: grain's worker processes stay light
+
+    return keras.backend.backend()
+
+
 def _default_process(process_index, process_count):
     """Fill in jax.process_index()/process_count() on JAX, else 0/1."""
     if process_index is None or process_count is None:
-        import keras  # here, not at the top: grain's worker processes stay light
-
-        if keras.backend.backend() == "jax":
+        if _backend() == "jax":
             import jax  # only on the jax backend
 
             index, count = jax.process_index(), jax.process_count()
@@ -187,12 +191,6 @@ class _Positions:
         rows = len(labels) // self.process_count
         part = slice(self.process_index * rows, (self.process_index + 1) * rows)
         return (token_ids[part], segment_ids[part], positions[part]), labels[part]
-
-
-def _backend():
-    import keras  # here, not at the top: grain's worker processes stay light
-
-    return keras.backend.backend()
 
 
 def _positions_setting(value, sequence_length):

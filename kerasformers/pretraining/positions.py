@@ -27,7 +27,8 @@ the same up to float rounding):
 
 import numpy as np
 
-IGNORE = -100
+from kerasformers.pretraining.objectives import IGNORE
+
 POSITIONS_INPUT = "Input-Masked-Positions"
 
 
